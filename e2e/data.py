@@ -1,0 +1,139 @@
+"""Token streams: fixed-context rows from an HF dataset, in a seeded order, resumable in O(1).
+
+Documents are concatenated with EOS between them and cut into rows of `context_length`; no BOS
+is added (the paper). A pre-tokenized column (`input_ids`) is concatenated as it is, since its
+rows already carry their EOS separators. The stream's position (document cursor plus the tokens
+carried over into the next row) is a small state dict a checkpoint stores, so a resumed run
+continues mid-epoch without replaying the stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2e.config import DataConfig
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset can be neither opened locally nor streamed."""
+
+
+def _open_local(path: Path, split: str):
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataUnavailableError(f"{path} has no split {split!r}; it has {list(ds)}")
+        ds = ds[split]
+    return ds
+
+
+def _open_streaming(name: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as e:  # the hub client raises many types; all mean "not reachable"
+        raise DataUnavailableError(f"cannot stream dataset {name!r} split {split!r}: {e}") from e
+
+
+def check_dataset(cfg: DataConfig) -> None:
+    """Fails fast (before submission) if the train and eval sources cannot be opened."""
+    for split in {cfg.split, cfg.eval_split or cfg.split}:
+        if Path(cfg.dataset).exists():
+            ds = _open_local(Path(cfg.dataset), split)
+            if cfg.column not in ds.column_names:
+                raise DataUnavailableError(
+                    f"{cfg.dataset} split {split!r} has no column {cfg.column!r}; "
+                    f"columns: {ds.column_names}")
+        else:
+            _open_streaming(cfg.dataset, split)
+
+
+class TokenStream:
+    """Yields (batch, context_length) int64 token batches forever, in epochs."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any, seed: int, split: str):
+        self.cfg, self.tokenizer, self.seed, self.split = cfg, tokenizer, seed, split
+        self.local = Path(cfg.dataset).exists()
+        self.tokenized = cfg.column == "input_ids"
+        self.eos = tokenizer.eos_token_id if tokenizer is not None else None
+        if not self.tokenized and self.eos is None:
+            raise DataUnavailableError("a text column needs a tokenizer with an EOS token")
+        self.epoch, self.cursor, self.carry = 0, 0, []
+        self._ds = _open_local(Path(cfg.dataset), split) if self.local else None
+        self._order: torch.Tensor | None = None
+        self._stream_iter = None
+        self._stream_state: dict | None = None
+
+    # -- documents --------------------------------------------------------------------------
+    def _doc_tokens(self, example: dict) -> list[int]:
+        value = example[self.cfg.column]
+        if self.tokenized:
+            return list(value)
+        return self.tokenizer(value, add_special_tokens=False)["input_ids"] + [self.eos]
+
+    def _next_local_doc(self) -> list[int]:
+        if self._order is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._order = torch.randperm(len(self._ds), generator=g)
+        if self.cursor >= len(self._order):
+            self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
+            return self._next_local_doc()
+        idx = int(self._order[self.cursor])
+        self.cursor += 1
+        return self._doc_tokens(self._ds[idx])
+
+    def _make_stream(self):
+        ds = _open_streaming(self.cfg.dataset, self.split)
+        ds = ds.shuffle(seed=self.seed, buffer_size=self.cfg.shuffle_buffer)
+        ds.set_epoch(self.epoch)
+        if self._stream_state is not None:
+            ds.load_state_dict(self._stream_state)
+        return ds
+
+    def _next_stream_doc(self) -> list[int]:
+        if self._stream_iter is None:
+            self._stream_ds = self._make_stream()
+            self._stream_iter = iter(self._stream_ds)
+        try:
+            doc = next(self._stream_iter)
+        except StopIteration:
+            self.epoch, self._stream_iter, self._stream_state = self.epoch + 1, None, None
+            return self._next_stream_doc()
+        return self._doc_tokens(doc)
+
+    # -- rows -------------------------------------------------------------------------------
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        n = self.cfg.context_length
+        rows = []
+        while len(rows) < batch_size:
+            while len(self.carry) < n:
+                doc = self._next_local_doc() if self.local else self._next_stream_doc()
+                self.carry.extend(doc)
+            rows.append(self.carry[:n])
+            self.carry = self.carry[n:]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epoch": self.epoch, "cursor": self.cursor,
+                                 "carry": list(self.carry)}
+        if not self.local and self._stream_iter is not None:
+            state["stream"] = self._stream_ds.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.cursor, self.carry = state["epoch"], state["cursor"], list(state["carry"])
+        self._order, self._stream_iter = None, None
+        self._stream_state = state.get("stream")
+
+
+def eval_stream(cfg: DataConfig, tokenizer: Any, seed: int) -> TokenStream:
+    """The held-out split if configured, else the paper's train split with seed + offset."""
+    if cfg.eval_split is not None:
+        return TokenStream(cfg, tokenizer, seed, cfg.eval_split)
+    return TokenStream(cfg, tokenizer, seed + cfg.eval_seed_offset, cfg.split)

@@ -1,0 +1,61 @@
+"""Atomic writes and the one function that names every file of a cell."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary sibling of `path`; on success fsyncs it and renames it into place.
+
+    A reader (or a resumed run) sees either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+@dataclass(frozen=True)
+class CellPaths:
+    root: Path
+    config: Path
+    metrics: Path
+    sae: Path
+    checkpoint: Path
+    done: Path
+    log: Path
+
+
+def cell_paths(out_dir: Path | str) -> CellPaths:
+    root = Path(out_dir)
+    return CellPaths(
+        root=root,
+        config=root / "config.json",
+        metrics=root / "metrics.h5",
+        sae=root / "sae",
+        checkpoint=root / "checkpoint.pt",
+        done=root / "DONE",
+        log=root / "train.log",
+    )

@@ -1,0 +1,144 @@
+"""A small GPT-2-style language model built offline: corpus -> byte-level BPE -> pre-training.
+
+`pretrain(cfg, out_dir)` is a job like any other: it writes `model/` (Hugging Face layout with its
+tokenizer, which `TransformerBridge.boot_transformers` loads offline), `data/` (the corpus
+tokenized, EOS after every document), `pretrain.json` (validation loss, time) and `DONE` last.
+A second call with the same config returns at once. `train_steps=0` gives a random model (the
+smoke grid).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from e2e.config import ConfigError, DataConfig
+from e2e.io import atomic_write_text
+
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    corpus_max_chars: int | None = None  # None: the whole corpus (~9M chars)
+    vocab_size: int = 4096  # small: with GPT-2's 50257 the unembedding dominates on CPU
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_ctx: int = 256
+    train_steps: int = 1500
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {"vocab_size": self.vocab_size >= 260, "n_layers": self.n_layers >= 1,
+                  "d_model": self.d_model % self.n_heads == 0, "n_ctx": self.n_ctx >= 8,
+                  "train_steps": self.train_steps >= 0, "batch_size": self.batch_size >= 1}
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"pretrain.{name}={getattr(self, name)!r} is invalid")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE with one special token, EOS; it adds no BOS."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=[EOS],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS,
+                                   bos_token=EOS, unk_token=EOS, pad_token=EOS)
+
+
+def init_model(cfg: PretrainConfig, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(cfg.seed)
+    eos = tokenizer.eos_token_id
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=cfg.n_ctx, n_embd=cfg.d_model,
+        n_layer=cfg.n_layers, n_head=cfg.n_heads, bos_token_id=eos, eos_token_id=eos,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+
+
+def tokenize_corpus(corpus, tokenizer):
+    """Adds `input_ids` (each document's tokens then EOS) and drops the text."""
+    eos = tokenizer.eos_token_id
+
+    def enc(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [x + [eos] for x in ids]}
+
+    return corpus.map(enc, batched=True, remove_columns=["text"])
+
+
+@torch.no_grad()
+def eval_loss(model, batches: list[torch.Tensor]) -> float:
+    model.eval()
+    losses = [float(model(b, labels=b).loss) for b in batches]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) -> dict:
+    """Builds corpus, tokenizer and model and trains it; cached by `DONE` in out_dir."""
+    import datasets
+    from tqdm import tqdm
+
+    from e2e.corpus import build_corpus
+    from e2e.data import TokenStream
+
+    out = Path(out_dir)
+    done, summary_path = out / "DONE", out / "pretrain.json"
+    if done.exists():
+        return json.loads(summary_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    corpus = datasets.load_from_disk(str(build_corpus(out / "corpus", cfg.corpus_max_chars)))
+    tokenizer = train_tokenizer(corpus["train"]["text"], cfg.vocab_size)
+    tokenize_corpus(corpus, tokenizer).save_to_disk(str(out / "data"))
+    model = init_model(cfg, tokenizer)
+
+    data_cfg = DataConfig(dataset=str(out / "data"), column="input_ids",
+                          context_length=cfg.n_ctx, eval_split="validation")
+    train_stream = TokenStream(data_cfg, tokenizer, cfg.seed, "train")
+    val_stream = TokenStream(data_cfg, tokenizer, cfg.seed, "validation")
+    val_batches = [val_stream.next_batch(cfg.batch_size) for _ in range(8)]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1,
+                            betas=(0.9, 0.95))
+    warmup = max(1, cfg.train_steps // 20)
+
+    def lr_at(step: int) -> float:  # linear warmup, cosine to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup)
+                                               / max(1, cfg.train_steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    val_before = eval_loss(model, val_batches)
+    bar = tqdm(range(cfg.train_steps), desc="pretrain", disable=not progress, mininterval=5)
+    for _ in bar:
+        batch = train_stream.next_batch(cfg.batch_size)
+        loss = model(batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    val_after = eval_loss(model, val_batches)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    summary = {"config": asdict(cfg), "val_loss_init": val_before, "val_loss": val_after,
+               "train_tokens": cfg.train_steps * cfg.batch_size * cfg.n_ctx,
+               "train_time_s": time.time() - t0}
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    atomic_write_text(done, "ok\n")
+    return summary

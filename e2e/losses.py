@@ -1,0 +1,91 @@
+"""The paper's loss terms and the three training settings (Braun et al. 2024, Sec. 2 and App. A).
+
+Each term is a small function of tensors; `setting_loss` weights and sums them and returns
+`(total, terms)` so every term can be logged under its own name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from e2e.config import LossConfig
+
+
+def sparsity_loss(c: torch.Tensor, p: float, d_in: int) -> torch.Tensor:
+    """Lp norm of the codes over dictionary units, mean over tokens, divided by d_in."""
+    return torch.linalg.vector_norm(c, ord=p, dim=-1).mean() / d_in
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-element mean squared error: mean((pred - target)^2)."""
+    return F.mse_loss(pred, target)
+
+
+def kl_orig_sae(logits_orig: torch.Tensor, logits_sae: torch.Tensor) -> torch.Tensor:
+    """KL(p_orig || p_sae) of next-token distributions, summed over vocab, mean over tokens."""
+    vocab = logits_orig.shape[-1]
+    log_p_orig = F.log_softmax(logits_orig.reshape(-1, vocab).float(), dim=-1)
+    log_p_sae = F.log_softmax(logits_sae.reshape(-1, vocab).float(), dim=-1)
+    # F.kl_div(input, target) = KL(target || input): target is the clean distribution.
+    return F.kl_div(log_p_sae, log_p_orig, log_target=True, reduction="batchmean")
+
+
+def downstream_mse(resids_sae: list[torch.Tensor], resids_orig: list[torch.Tensor],
+                   total_coeff: float) -> torch.Tensor:
+    """Sum over later resid_pre positions of MSE, each weighted total_coeff / n_positions."""
+    if not resids_sae:
+        raise ValueError("downstream MSE needs at least one later layer")
+    weight = total_coeff / len(resids_sae)
+    return sum(weight * mse_loss(s, o) for s, o in zip(resids_sae, resids_orig, strict=True))
+
+
+@dataclass(frozen=True)
+class LossCoeffs:
+    sparsity: float
+    local_mse: float
+    kl: float
+    downstream: float
+
+
+def loss_coeffs(cfg: LossConfig, layer: int, n_layers: int) -> LossCoeffs:
+    """Resolves the paper's defaults for the setting; explicit config values win.
+
+    local = MSE 1 + λ·sparsity; e2e = KL 1 + λ·sparsity; e2e_ds = KL 0.5 + downstream + λ·sparsity,
+    where the downstream total is 2.5, or 0.05 when only one later block remains (GPT-2 layer 10).
+    """
+    defaults = {
+        "local": (1.0, 0.0, 0.0),
+        "e2e": (0.0, 1.0, 0.0),
+        "e2e_ds": (0.0, 0.5, 2.5 if layer < n_layers - 2 else 0.05),
+    }[cfg.setting]
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return LossCoeffs(
+        sparsity=cfg.sparsity_coeff,
+        local_mse=pick(cfg.local_mse_coeff, defaults[0]),
+        kl=pick(cfg.kl_coeff, defaults[1]),
+        downstream=pick(cfg.downstream_coeff, defaults[2]),
+    )
+
+
+def setting_loss(coeffs: LossCoeffs, *, p: float, x: torch.Tensor, x_hat: torch.Tensor,
+                 c: torch.Tensor, logits_orig: torch.Tensor | None = None,
+                 logits_sae: torch.Tensor | None = None,
+                 resids_orig: list[torch.Tensor] | None = None,
+                 resids_sae: list[torch.Tensor] | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the terms with a non-zero coefficient; returns (total, unweighted terms)."""
+    terms = {"sparsity": sparsity_loss(c, p, x.shape[-1])}
+    total = coeffs.sparsity * terms["sparsity"]
+    if coeffs.local_mse:
+        terms["local_mse"] = mse_loss(x_hat, x)
+        total = total + coeffs.local_mse * terms["local_mse"]
+    if coeffs.kl:
+        terms["kl_orig_sae"] = kl_orig_sae(logits_orig, logits_sae)
+        total = total + coeffs.kl * terms["kl_orig_sae"]
+    if coeffs.downstream:
+        terms["downstream_mse"] = downstream_mse(resids_sae, resids_orig, coeffs.downstream)
+        total = total + terms["downstream_mse"]  # already weighted per position
+    return total, terms

@@ -1,0 +1,98 @@
+"""The paper's evaluation metrics; every name carries its direction and sign.
+
+`ce_loss_increase` = CE(sae) - CE(orig); `kl_orig_sae` = KL(p_orig || p_sae); `l0` counts non-zero
+codes per token (position 0 included); explained variance is the paper's per-token
+1 - ||x - x_hat||^2 / ||x - mean(x)||^2, averaged over tokens.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from e2e.losses import kl_orig_sae, mse_loss
+from e2e.model import clean_pass, patched_pass
+from e2e.sae import SAE
+
+
+def ce_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over batch x (pos - 1)."""
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(pred, tokens[:, 1:].reshape(-1))
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of 1 - ||target - pred||^2 / ||target - mean_tokens(target)||^2."""
+    flat_t = target.reshape(-1, target.shape[-1]).float()
+    flat_p = pred.reshape(-1, pred.shape[-1]).float()
+    resid = (flat_t - flat_p).pow(2).sum(-1)
+    total = (flat_t - flat_t.mean(0)).pow(2).sum(-1)
+    return (1 - resid / total).mean()
+
+
+def l0(c: torch.Tensor) -> torch.Tensor:
+    """Mean number of non-zero dictionary activations per token."""
+    return (c > 0).float().sum(-1).mean()
+
+
+class AliveTracker:
+    """Counts dictionary elements that fired at least once in windows of `window_tokens`.
+
+    `alive` reports the last completed window (the paper's tables), or the current partial one
+    before the first window completes.
+    """
+
+    def __init__(self, n_dict: int, window_tokens: int):
+        self.window_tokens = window_tokens
+        self.fired = torch.zeros(n_dict, dtype=torch.bool)
+        self.tokens = 0
+        self.last_alive: int | None = None
+
+    def update(self, c: torch.Tensor) -> None:
+        self.fired |= (c.detach().reshape(-1, c.shape[-1]) > 0).any(0).cpu()
+        self.tokens += c.shape[0] * c.shape[1] if c.ndim == 3 else c.shape[0]
+        if self.tokens >= self.window_tokens:
+            self.last_alive = int(self.fired.sum())
+            self.fired.zero_()
+            self.tokens = 0
+
+    @property
+    def alive(self) -> int:
+        return self.last_alive if self.last_alive is not None else int(self.fired.sum())
+
+    def state_dict(self) -> dict:
+        return {"fired": self.fired.clone(), "tokens": self.tokens, "last_alive": self.last_alive}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.fired, self.tokens, self.last_alive = s["fired"].clone(), s["tokens"], s["last_alive"]
+
+
+@torch.no_grad()
+def evaluate(model, sae: SAE, layer: int, batches: list[torch.Tensor]) -> dict[str, float]:
+    """Mean of each metric over `batches`, with the SAE output replacing resid_pre at `layer`."""
+    sums: dict[str, float] = defaultdict(float)
+    for tokens in batches:
+        clean = clean_pass(model, tokens, layer, full=True)
+        x_hat, c = sae(clean.resid)
+        logits_sae, later_sae = patched_pass(model, x_hat, layer)
+        m = {
+            "ce_loss_orig": ce_loss(clean.logits, tokens),
+            "ce_loss_sae": ce_loss(logits_sae, tokens),
+            "kl_orig_sae": kl_orig_sae(clean.logits, logits_sae),
+            "top1_agreement": (clean.logits.argmax(-1) == logits_sae.argmax(-1)).float().mean(),
+            "l0": l0(c),
+            f"mse/blocks.{layer}.hook_resid_pre": mse_loss(x_hat, clean.resid),
+            f"explained_variance/blocks.{layer}.hook_resid_pre":
+                explained_variance(x_hat, clean.resid),
+        }
+        for k, (s, o) in enumerate(zip(later_sae, clean.later_resids, strict=True)):
+            name = f"blocks.{layer + 1 + k}.hook_resid_pre"
+            m[f"mse/{name}"] = mse_loss(s, o)
+            m[f"explained_variance/{name}"] = explained_variance(s, o)
+        for k, v in m.items():
+            sums[k] += float(v)
+    out = {k: v / len(batches) for k, v in sums.items()}
+    out["ce_loss_increase"] = out["ce_loss_sae"] - out["ce_loss_orig"]
+    return out

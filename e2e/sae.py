@@ -1,0 +1,98 @@
+"""The paper's SAE (ReLU encoder, unit-norm dictionary) and its SAELens on-disk format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from e2e.io import atomic_path, atomic_write_text
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+
+
+class SAE(nn.Module):
+    """c = ReLU(W_e x + b_e); x_hat = D c + b_d, with D's columns normalised in every forward.
+
+    The raw decoder weight is unconstrained (Braun et al. 2024, Sec. 2); only the dictionary
+    derived from it has unit-norm elements. No pre-encoder bias, no resampling.
+    """
+
+    def __init__(self, d_in: int, n_dict: int):
+        super().__init__()
+        self.d_in, self.n_dict = d_in, n_dict
+        self.encoder = nn.Linear(d_in, n_dict)  # nn.Linear's default init, as the paper
+        self.decoder = nn.Linear(n_dict, d_in)  # weight (d_in, n_dict): one column per element
+        nn.init.orthogonal_(self.decoder.weight)  # rows orthonormal when d_in < n_dict
+
+    @property
+    def dict_elements(self) -> torch.Tensor:
+        """(d_in, n_dict) dictionary, each column of unit L2 norm."""
+        return F.normalize(self.decoder.weight, dim=0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.encoder(x))
+
+    def decode(self, c: torch.Tensor) -> torch.Tensor:
+        return F.linear(c, self.dict_elements, self.decoder.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (x_hat, c): reconstruction (..., d_in) and codes (..., n_dict)."""
+        c = self.encode(x)
+        return self.decode(c), c
+
+
+def n_dict_for(d_in: int, ratio: float) -> int:
+    return int(round(d_in * ratio))
+
+
+def save_saelens(sae: SAE, out_dir: Path, meta: dict[str, Any]) -> None:
+    """Writes `cfg.json` + `sae_weights.safetensors` as SAELens's standard architecture.
+
+    W_dec holds the normalised dictionary, so loaders that do not renormalise see the SAE the
+    forward pass used.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "W_enc": sae.encoder.weight.detach().T.contiguous().cpu(),  # (d_in, d_sae)
+        "b_enc": sae.encoder.bias.detach().contiguous().cpu(),
+        "W_dec": sae.dict_elements.detach().T.contiguous().cpu(),  # (d_sae, d_in)
+        "b_dec": sae.decoder.bias.detach().contiguous().cpu(),
+    }
+    cfg = {
+        "architecture": "standard",
+        "d_in": sae.d_in,
+        "d_sae": sae.n_dict,
+        "dtype": "float32",
+        "device": "cpu",
+        "activation_fn_str": "relu",
+        "apply_b_dec_to_input": False,
+        "finetuning_scaling_factor": False,
+        "normalize_activations": "none",
+        "hook_head_index": None,
+        "prepend_bos": False,
+        **meta,
+    }
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_text(out_dir / CFG_FILE, json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def load_saelens(sae_dir: Path) -> tuple[SAE, dict[str, Any]]:
+    """Loads an SAE saved by `save_saelens` (or any SAELens standard SAE without b_dec input)."""
+    cfg = json.loads((Path(sae_dir) / CFG_FILE).read_text())
+    if cfg.get("apply_b_dec_to_input"):
+        raise ValueError(f"{sae_dir}: SAEs that subtract b_dec from the input are not this model")
+    t = load_file(str(Path(sae_dir) / WEIGHTS_FILE))
+    sae = SAE(cfg["d_in"], cfg["d_sae"])
+    sae.load_state_dict({
+        "encoder.weight": t["W_enc"].T, "encoder.bias": t["b_enc"],
+        "decoder.weight": t["W_dec"].T, "decoder.bias": t["b_dec"],
+    })
+    return sae, cfg
