@@ -1,0 +1,159 @@
+"""`python jobs/collect.py root=<root> grid=<name>`: the paper's tables and plots from the cells.
+
+Reads every cell's config.json and metrics.h5 (read-only: a running cell may be writing its
+own) and writes `<root>/<grid>/results/`: summary.csv, tables.md, tables.tex, headline.txt,
+pareto_l0.png, pareto_alive.png and results.h5. Cells that are running, failed, missing or
+corrupt are listed with their status and left out of the tables, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e2e.config import SETTINGS, CellConfig  # noqa: E402
+from e2e.io import atomic_path, atomic_write_text, cell_paths  # noqa: E402
+from e2e.store import read_metrics  # noqa: E402
+from jobs import tables  # noqa: E402
+
+
+@dataclass
+class CellResult:
+    id: str
+    status: str  # done | running | pending | failed | corrupt | missing_metrics
+    cfg: CellConfig | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+    train_time_s: float | None = None
+    reason: str = ""
+
+    @property
+    def row(self) -> dict:
+        c, e = self.cfg, self.eval
+        hook = f"blocks.{c.layer}.hook_resid_pre" if c else ""
+        later = {k: v for k, v in e.items() if k.startswith("mse/") and hook not in k}
+        return {
+            "cell_id": self.id, "status": self.status,
+            "layer": c.layer if c else "", "setting": c.loss.setting if c else "",
+            "sparsity_coeff": c.loss.sparsity_coeff if c else "", "seed": c.seed if c else "",
+            "l0": e.get("l0", ""), "alive_dict_elements": e.get("alive_dict_elements", ""),
+            "ce_loss_increase": e.get("ce_loss_increase", ""),
+            "kl_orig_sae": e.get("kl_orig_sae", ""),
+            "explained_variance": e.get(f"explained_variance/{hook}", ""),
+            "mse": e.get(f"mse/{hook}", ""),
+            "downstream_mse": ";".join(f"{k[4:]}={v:.6g}" for k, v in sorted(later.items())),
+            "grad_norm": e.get("grad_norm", ""),
+            "train_time_s": self.train_time_s if self.train_time_s is not None else "",
+            "reason": self.reason,
+        }
+
+
+def _tail(path: Path, n: int = 5) -> str:
+    if not path.exists():
+        return ""
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
+
+
+def read_cell(cell_dir: Path) -> CellResult:
+    paths = cell_paths(cell_dir)
+    try:
+        cfg = CellConfig.from_json(paths.config.read_text())
+    except Exception as e:  # an unreadable config is reported, not fatal
+        return CellResult(cell_dir.name, "corrupt", reason=f"config.json: {e}")
+    res = CellResult(cell_dir.name, "pending", cfg)
+    if paths.metrics.exists():
+        try:
+            m = read_metrics(paths.metrics)
+            res.eval = {k: float(v) for k, v in m["eval"].items()}
+            res.train_time_s = float(m["attrs"].get("train_time_s", 0.0))
+        except Exception as e:  # truncated or not HDF5 at all
+            res.status, res.reason = "corrupt", f"metrics.h5 unreadable: {type(e).__name__}: {e}"
+            return res
+    failed = cell_dir / "FAILED"
+    if paths.done.exists():
+        if not res.eval:
+            res.status, res.reason = "missing_metrics", "DONE but metrics.h5 has no eval group"
+        else:
+            res.status = "done"
+    elif failed.exists():
+        res.status = "failed"
+        res.reason = failed.read_text().strip() + " || log: " + _tail(paths.log)
+    elif paths.checkpoint.exists() or paths.metrics.exists():
+        res.status, res.eval = "running", {}
+    return res
+
+
+def read_grid(grid_dir: Path) -> list[CellResult]:
+    dirs = sorted(d for d in grid_dir.iterdir()
+                  if d.is_dir() and not d.name.startswith("_") and d.name != "results")
+    return [read_cell(d) for d in dirs if (d / "config.json").exists()]
+
+
+def _write_csv(path: Path, cells: list[CellResult]) -> None:
+    buf = io.StringIO()
+    rows = [c.row for c in cells]
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["cell_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_h5(path: Path, cells: list[CellResult]) -> None:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for c in cells:
+                g = f.create_group(c.id)
+                g.attrs["status"] = c.status
+                g.attrs["reason"] = c.reason
+                if c.cfg is not None:
+                    g.attrs["config"] = c.cfg.to_json()
+                for k, v in c.eval.items():
+                    g.create_dataset(k, data=v)
+
+
+def collect(root: Path | str, grid: str) -> Path:
+    """Builds everything under `<root>/<grid>/results/` and returns that folder."""
+    grid_dir = Path(root) / grid
+    out = grid_dir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    cells = read_grid(grid_dir)
+    done = [c for c in cells if c.status == "done"]
+    _write_csv(out / "summary.csv", cells)
+    _write_h5(out / "results.h5", cells)
+    points = [tables.Point(c.id, c.cfg.layer, c.cfg.loss.setting, c.cfg.loss.sparsity_coeff,
+                           c.eval["l0"], c.eval.get("alive_dict_elements", float("nan")),
+                           c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
+                           c.train_time_s or 0.0) for c in done]
+    headline = tables.headline(points, SETTINGS)
+    not_done = [c for c in cells if c.status != "done"]
+    md, tex = tables.render(points, not_done=[(c.id, c.status, c.reason) for c in not_done],
+                            headline=headline, paper=(grid == "paper"))
+    atomic_write_text(out / "tables.md", md)
+    atomic_write_text(out / "tables.tex", tex)
+    atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
+    if points:
+        tables.plot(points, out)
+    return out
+
+
+def main(*tokens: str) -> None:
+    args = dict(str(t).lstrip("-").partition("=")[::2] for t in tokens)
+    unknown = set(args) - {"root", "grid"}
+    if unknown or "grid" not in args:
+        sys.exit(f"usage: python jobs/collect.py root=<root> grid=<name> (unknown: {unknown})")
+    out = collect(Path(args.get("root", "runs")), args["grid"])
+    print((out / "headline.txt").read_text())
+    print(f"tables and plots: {out}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

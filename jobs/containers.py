@@ -1,0 +1,38 @@
+"""The command that stands for `python` in a job: plain, or inside an Apptainer/podman image.
+
+submitit puts it verbatim before `-u -m submitit.core._submit <folder>`. The shared root is
+bound at the same path; `/etc/slurm` and munge's socket are bound so that the requeue after a
+preemption (`scontrol requeue`, run by submitit inside the container) reaches the controller.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+# Variables the job needs inside the container: SLURM's and submitit's own, the GPUs, offline
+# switches for the Hugging Face clients.
+PASS_ENV = ("SLURM_*", "SUBMITIT_*", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE",
+            "HF_DATASETS_OFFLINE", "HF_HOME", "WANDB_MODE", "WANDB_API_KEY")
+
+
+def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
+    root = shlex.quote(str(root))
+    if container == "none":
+        return shlex.quote(sys.executable)
+    if container == "apptainer":
+        # The wrapper must not die on USR2 (it stays parent of the job); python still gets it
+        # from SLURM, and installs its own handler over the inherited "ignore".
+        nv = " --nv" if gpus else ""
+        inner = (f"apptainer exec{nv} --bind {root} --bind /etc/slurm "
+                 f"--bind /run/munge --pwd /app {shlex.quote(image)} python")
+        return f"bash -c 'trap \"\" USR2; exec {inner} \"$@\"' --"
+    if container == "podman":
+        # podman's container is not a child of the SLURM step, so `podman run` proxies USR2.
+        envs = " ".join(f"--env '{e}'" for e in PASS_ENV)
+        dev = " --device nvidia.com/gpu=all" if gpus else ""
+        return (f"podman run --rm -i --network host --ipc host{dev} -v {root}:{root} "
+                f"-v /etc/slurm:/etc/slurm:ro -v /run/munge:/run/munge {envs} "
+                f"-w /app {shlex.quote(image)} python")
+    raise ValueError(f"unknown container runtime {container!r}")

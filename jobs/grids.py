@@ -1,0 +1,125 @@
+"""Named grids: plain data expanded into one CellConfig per (layer, setting, λ) cell. No I/O.
+
+A grid may need a pre-training job first (`pretrain`): its model and tokenized corpus live in
+`<root>/<grid>/_pretrain/` and the cells point there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from e2e.config import (
+    SETTINGS,
+    CellConfig,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    SAEConfig,
+)
+from e2e.lm import PretrainConfig
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    base: CellConfig
+    layers: tuple[int, ...]
+    # setting -> λ values; (layer, setting) entries in `layer_lambdas` take precedence.
+    lambdas: dict[str, tuple[float, ...]]
+    layer_lambdas: dict[tuple[int, str], tuple[float, ...]] = field(default_factory=dict)
+    pretrain: PretrainConfig | None = None
+    # SLURM resources per cell (minutes), sized for the grid's model.
+    time_min: int = 60
+    # Default container runtime and image (a path is relative to the repository root).
+    container: str = "none"
+    image: str = ""
+
+    def lambdas_for(self, layer: int, setting: str) -> tuple[float, ...]:
+        return self.layer_lambdas.get((layer, setting), self.lambdas.get(setting, ()))
+
+
+def pretrain_dir(root: Path, grid: str) -> Path:
+    return Path(root) / grid / "_pretrain"
+
+
+def cell_id(cfg: CellConfig) -> str:
+    """Readable id plus a short hash of the canonical JSON, e.g. `L6-e2e-lam1.5-3f2a9c`."""
+    digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:6]
+    return f"L{cfg.layer}-{cfg.loss.setting}-lam{cfg.loss.sparsity_coeff:g}-{digest}"
+
+
+def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
+           settings: tuple[str, ...] | None = None,
+           sparsity_coeffs: tuple[float, ...] | None = None) -> list[CellConfig]:
+    """All cells of the grid, with axis overrides (layers, settings, one λ list for all)."""
+    base = grid.base
+    if grid.pretrain is not None:
+        lm = pretrain_dir(root, grid.name)
+        base = replace(base, model=ModelConfig(str(lm / "model")),
+                       data=replace(base.data, dataset=str(lm / "data")))
+    cells = []
+    for layer in layers or grid.layers:
+        for setting in settings or SETTINGS:
+            for lam in sparsity_coeffs or grid.lambdas_for(layer, setting):
+                cells.append(replace(base, layer=layer, loss=replace(
+                    base.loss, setting=setting, sparsity_coeff=float(lam))))
+    return cells
+
+
+_LOCAL_DATA = DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation")
+
+SMOKE = Grid(
+    name="smoke",
+    base=CellConfig(
+        model=ModelConfig("<pretrain>"),
+        data=replace(_LOCAL_DATA, context_length=32),
+        sae=SAEConfig(dict_size_to_input_ratio=4.0),
+        optim=OptimConfig(warmup_samples=8, batch_size=4, grad_accum_steps=2, n_samples=96),
+        eval=EvalConfig(every_samples=48, n_samples=8, batch_size=4, alive_window_tokens=1024,
+                        grad_norm_after_samples=16, log_every_steps=2, checkpoint_every_steps=4),
+        device="cpu"),
+    layers=(1,),
+    lambdas={"local": (1.0,), "e2e": (1.0,), "e2e_ds": (1.0,)},
+    # A random model on a 200k-character slice: exercises every part in seconds.
+    pretrain=PretrainConfig(corpus_max_chars=200_000, vocab_size=512, n_layers=3, d_model=32,
+                            n_heads=4, n_ctx=64, train_steps=0),
+    time_min=10,
+)
+
+TINY = Grid(
+    name="tiny",
+    base=CellConfig(
+        model=ModelConfig("<pretrain>"),
+        data=replace(_LOCAL_DATA, context_length=128),
+        sae=SAEConfig(dict_size_to_input_ratio=8.0),
+        optim=OptimConfig(lr=2e-3, warmup_samples=200, batch_size=8, grad_accum_steps=1,
+                          n_samples=2400),
+        eval=EvalConfig(every_samples=800, n_samples=64, batch_size=16,
+                        alive_window_tokens=100_000, grad_norm_after_samples=400,
+                        log_every_steps=10, checkpoint_every_steps=100),
+        device="cpu"),
+    layers=(2,),
+    lambdas={"local": (0.5, 2.0, 8.0, 30.0), "e2e": (0.1, 0.4, 1.5, 6.0),
+             "e2e_ds": (0.3, 1.0, 4.0, 15.0)},
+    pretrain=PretrainConfig(),
+    time_min=30,
+)
+
+PAPER = Grid(
+    name="paper",
+    base=CellConfig(data=DataConfig()),  # the config defaults are the paper's GPT-2 settings
+    layers=(2, 6, 10),
+    lambdas={"local": (0.8, 4.0, 6.0, 10.0), "e2e": (0.5, 1.5, 3.0),
+             "e2e_ds": (10.0, 35.0, 50.0)},
+    layer_lambdas={(10, "e2e_ds"): (1.75,)},
+    # Table 6: up to 12.5 h on an A100 for e2e; ask for 16 h and let preemption requeue.
+    time_min=16 * 60,
+    container="apptainer",
+    image="containers/e2e-sae-hpc.sif",
+)
+
+GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, TINY, PAPER)}

@@ -1,0 +1,129 @@
+"""Runs a checked plan through submitit: pre-training, one array of cells, then the collector.
+
+SLURM: three submissions chained by dependencies (the array `afterok` pre-training, the
+collector `afterany` the array), so the tables are built even when some cells fail. Local: the
+same jobs as local processes, in waves of `array_parallelism`, waiting for each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import submitit
+
+from jobs.cell import CellJob
+from jobs.collect import collect
+from jobs.grids import GRIDS, pretrain_dir
+
+
+def run_pretrain(grid: str, root: str) -> dict:
+    from e2e.lm import pretrain
+
+    return pretrain(GRIDS[grid].pretrain, pretrain_dir(Path(root), grid))
+
+
+def run_collect(grid: str, root: str) -> str:
+    return str(collect(Path(root), grid))
+
+
+def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None):
+    folder = plan.grid_dir / "_submitit" / "%j"
+    o = plan.opts
+    if cluster == "local":
+        ex = submitit.LocalExecutor(folder, python=plan.python)
+        ex.update_parameters(timeout_min=max(plan.time_min, 24 * 60), gpus_per_node=0)
+        return ex
+    ex = submitit.SlurmExecutor(folder, python=plan.python)
+    extra = {"requeue": True}
+    if dependency:
+        extra["dependency"] = dependency
+    params = dict(job_name=name, time=plan.time_min, cpus_per_task=o.cpus_per_cell,
+                  signal_delay_s=120, additional_parameters=extra)
+    if o.array_parallelism:
+        params["array_parallelism"] = o.array_parallelism
+    if gpus:
+        params["gres"] = f"gpu:{gpus}"
+    if o.partition:
+        params["partition"] = o.partition
+    if o.mem_gb:
+        params["mem"] = f"{o.mem_gb}G"
+    ex.update_parameters(**params)
+    return ex
+
+
+def launch(plan) -> None:
+    root, grid = str(Path(plan.opts.root).resolve()), plan.grid.name
+    if plan.executor == "local":
+        _launch_local(plan, root, grid)
+    else:
+        _launch_slurm(plan, root, grid)
+
+
+def _launch_local(plan, root: str, grid: str) -> None:
+    if not plan.todo and not plan.needs_pretrain and (plan.grid_dir / "results").exists():
+        print(f"nothing to do: every cell is done; results: {plan.grid_dir / 'results'}")
+        return
+    ex = _executor(plan, "local", grid, 0)
+    if plan.needs_pretrain:
+        print("pre-training ...", flush=True)
+        _follow(ex.submit(run_pretrain, grid, root))
+    todo = plan.todo
+    failed = []
+    step = plan.opts.array_parallelism or 1
+    for start in range(0, len(todo), step):
+        wave = todo[start:start + step]
+        with ex.batch():
+            jobs = [ex.submit(CellJob(c.dir)) for c in wave]
+        for c, job in zip(wave, jobs, strict=True):
+            try:
+                _follow(job)
+                print(f"[{start + 1 + wave.index(c)}/{len(todo)}] {c.id}: done", flush=True)
+            except Exception as e:  # a failed cell is reported, the others go on
+                failed.append(c.id)
+                print(f"{c.id}: FAILED ({str(e).strip().splitlines()[-1]})", flush=True)
+    results = ex.submit(run_collect, grid, root).result()
+    print(f"results: {results}")
+    if failed:
+        raise SystemExit(f"{len(failed)} cell(s) failed: {failed}")
+
+
+def _follow(job, poll_s: float = 1.0):
+    """Waits for a local job, copying its stderr (progress bars, errors) to ours as it grows."""
+    import sys
+    import time
+
+    shown = 0
+    while True:
+        finished = job.done()
+        path = job.paths.stderr
+        if path.exists():
+            text = path.read_text(errors="replace")
+            sys.stderr.write(text[shown:])
+            sys.stderr.flush()
+            shown = len(text)
+        if finished:
+            return job.result()
+        time.sleep(poll_s)
+
+
+def _launch_slurm(plan, root: str, grid: str) -> None:
+    dep = None
+    if plan.needs_pretrain:
+        pre = _executor(plan, "slurm", f"{grid}-pretrain", 0).submit(run_pretrain, grid, root)
+        print(f"pre-training job {pre.job_id}")
+        dep = f"afterok:{pre.job_id}"
+    ex = _executor(plan, "slurm", f"{grid}-cell", plan.opts.gpus_per_cell, dep)
+    with ex.batch():
+        jobs = [ex.submit(CellJob(c.dir)) for c in plan.todo]
+    after = ""
+    if jobs:
+        array_id = jobs[0].job_id.split("_")[0]
+        print(f"cell array {array_id}: {len(jobs)} tasks")
+        after = f"afterany:{array_id}"
+    elif dep:
+        after = dep.replace("afterok", "afterany")
+    col = _executor(plan, "slurm", f"{grid}-collect", 0, after or None)
+    col_job = col.submit(run_collect, grid, root)
+    print(f"collector job {col_job.job_id} ({after or 'no dependency'})")
+    if plan.opts.wait:
+        print(f"results: {col_job.result()}")

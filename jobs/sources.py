@@ -1,0 +1,34 @@
+"""Reachability of a grid's model and dataset, checked before any job is submitted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from e2e.config import CellConfig, ConfigError
+
+
+def check_sources(cfg: CellConfig) -> None:
+    """Raises ConfigError naming the model or dataset that cannot be loaded from here.
+
+    With HF_HUB_OFFLINE=1 a hub name must be in the local HF cache; otherwise the hub is asked.
+    """
+    from e2e.data import DataUnavailableError, check_dataset
+
+    name = cfg.model.name_or_path
+    if Path(name).exists():
+        if not (Path(name) / "config.json").exists():
+            raise ConfigError(f"model directory {name} has no config.json")
+    else:
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(name)
+        except Exception as e:  # OSError, connection and hub errors alike
+            offline = " with HF_HUB_OFFLINE=1 (not in the HF cache?)" if os.environ.get(
+                "HF_HUB_OFFLINE") == "1" else ""
+            raise ConfigError(f"model {name!r} cannot be loaded{offline}: {e}") from None
+    try:
+        check_dataset(cfg.data)
+    except DataUnavailableError as e:
+        raise ConfigError(str(e)) from None

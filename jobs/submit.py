@@ -1,0 +1,182 @@
+"""`python jobs/submit.py grid=<name> [key=value ...]`: a grid becomes one array of cell jobs.
+
+Everything is checked before anything is written or submitted: keys, values, grid name, every
+cell's config, and existing cell folders whose config differs. Then, through submitit, the same
+jobs run on SLURM (one array, after the pre-training job if the grid has one, followed by the
+collector with `afterany`) or as local processes (in waves of `array_parallelism`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/submit.py` from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e2e.config import CellConfig, ConfigError, with_overrides  # noqa: E402
+from e2e.io import atomic_write_text, cell_paths  # noqa: E402
+from jobs import containers  # noqa: E402
+from jobs.grids import GRIDS, Grid, cell_id, expand, pretrain_dir  # noqa: E402
+from jobs.overrides import Axes, RunOptions, parse_overrides  # noqa: E402
+from jobs.sources import check_sources  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Cell:
+    id: str
+    cfg: CellConfig
+    dir: Path
+    status: str  # "done", "resume" (a checkpoint exists) or "new"
+
+
+@dataclass
+class Plan:
+    opts: RunOptions
+    grid: Grid
+    executor: str
+    container: str
+    cells: list[Cell]
+    python: str  # the command that runs `python` for a job (container wrapper included)
+    time_min: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def grid_dir(self) -> Path:
+        return Path(self.opts.root).resolve() / self.grid.name
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if c.status != "done"]
+
+    @property
+    def needs_pretrain(self) -> bool:
+        done = (pretrain_dir(Path(self.opts.root).resolve(), self.grid.name) / "DONE").exists()
+        return self.grid.pretrain is not None and not done
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def make_plan(tokens: list[str]) -> Plan:
+    """Parses and validates everything; reads the output root but writes nothing."""
+    opts, axes, cfg_overrides = parse_overrides(tokens)
+    if opts.grid not in GRIDS:
+        raise ConfigError(f"grid={opts.grid!r} is invalid: must be one of {sorted(GRIDS)}")
+    grid = GRIDS[opts.grid]
+    root = Path(opts.root).resolve()
+    cfgs = [with_overrides(c, cfg_overrides) for c in _expand(grid, root, axes)]
+    if not cfgs:
+        raise ConfigError("the grid with these overrides has no cells")
+    cells = []
+    for cfg in cfgs:
+        cid = cell_id(cfg)
+        paths = cell_paths(root / grid.name / cid)
+        status = "new"
+        if paths.config.exists():
+            old = CellConfig.from_json(paths.config.read_text())
+            if old != cfg:
+                diff = "; ".join(_diff(old.to_dict(), cfg.to_dict()))
+                raise ConfigError(f"{paths.root} holds a different config: {diff}")
+            status = "done" if paths.done.exists() else (
+                "resume" if paths.checkpoint.exists() else "new")
+        cells.append(Cell(cid, cfg, paths.root, status))
+    if len({c.id for c in cells}) != len(cells):
+        raise ConfigError("two cells of the grid have the same config")
+    executor = opts.executor
+    if executor == "auto":
+        executor = "slurm" if _slurm_reachable() else "local"
+    container = opts.container or grid.container
+    image = opts.image if opts.image is not None else grid.image
+    if container != "none" and not image:
+        raise ConfigError(f"container={container} needs image=<path or name>")
+    if container == "apptainer" and not Path(image).is_absolute():
+        image = str(REPO / image)
+    python = containers.python_command(container, image, root, gpus=opts.gpus_per_cell > 0)
+    plan = Plan(opts, grid, executor, container, cells, python, opts.time or grid.time_min)
+    if not opts.dry_run and grid.pretrain is None:
+        check_sources(cells[0].cfg)  # fails with a clear message before anything is submitted
+    elif grid.pretrain is None:
+        plan.notes.append("model and dataset reachability is checked at submission, not in "
+                          "a dry run")
+    return plan
+
+
+def _slurm_reachable() -> bool:
+    """sbatch on PATH and a controller that answers (an installed but unconfigured client
+    would otherwise fail only at submission)."""
+    if not shutil.which("sbatch"):
+        return False
+    r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30)
+    return r.returncode == 0
+
+
+def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
+    return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs)
+
+
+def format_plan(plan: Plan) -> str:
+    o = plan.opts
+    lines = [f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.todo)} to run "
+             f"({sum(c.status == 'done' for c in plan.cells)} done) under {plan.grid_dir}",
+             f"executor: {plan.executor}; container: {plan.container}"]
+    if plan.executor == "slurm":
+        lines.append(f"SLURM, per cell: --gres=gpu:{o.gpus_per_cell} --cpus-per-task="
+                     f"{o.cpus_per_cell} --time={plan.time_min} (minutes) "
+                     f"--partition={o.partition or '(default)'} "
+                     f"--mem={f'{o.mem_gb}G' if o.mem_gb else '(default)'}, one array "
+                     f"(parallelism {o.array_parallelism or 'unlimited'}), --signal=USR2@120, "
+                     "--requeue")
+    else:
+        lines.append(f"local processes, {o.array_parallelism or 1} at a time (on SLURM each "
+                     f"cell would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
+    if plan.needs_pretrain:
+        lines.append(f"pre-training job first -> {pretrain_dir(Path(o.root), plan.grid.name)}")
+    lines.append(f"job command: {plan.python} -u -m submitit.core._submit <job folder>")
+    lines.append(f"{'cell':34} {'layer':>5} {'setting':8} {'λ':>8}  status")
+    for c in plan.cells:
+        lines.append(f"{c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
+                     f"{c.cfg.loss.sparsity_coeff:>8g}  {c.status}")
+    lines.append("then: collector job (after the array, whatever its outcome)")
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def write_configs(plan: Plan) -> None:
+    for c in plan.todo:
+        paths = cell_paths(c.dir)
+        if not paths.config.exists():
+            atomic_write_text(paths.config, c.cfg.to_json())
+
+
+def main(*tokens: str) -> None:
+    try:
+        plan = make_plan([str(t) for t in tokens])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    print(format_plan(plan), flush=True)
+    if plan.opts.dry_run:
+        return
+    write_configs(plan)
+    from jobs.launch import launch
+
+    launch(plan)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,220 @@
+"""The paper's tables, headline and Pareto plots from finished cells' eval scalars.
+
+Pairing is by rule, never by hand-picked run ids: in each layer the reference is the e2e run
+with the median λ of its sweep; Table 2 pairs it with the local and e2e_ds runs of nearest CE
+loss increase, Table 3 with those of nearest L0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from e2e.io import atomic_path
+
+# Braun et al. 2024, Tables 2 and 3 (GPT-2 small): (layer, setting) -> (λ, L0, alive, CE↑).
+PAPER_SIMILAR_CE = {
+    (2, "local"): (0.8, 73.5, 41_000, 0.016), (2, "e2e"): (0.5, 33.4, 22_000, 0.020),
+    (2, "e2e_ds"): (10, 36.2, 18_000, 0.015), (6, "local"): (4, 69.4, 26_000, 0.144),
+    (6, "e2e"): (3, 27.5, 22_000, 0.145), (6, "e2e_ds"): (50, 36.8, 15_000, 0.124),
+    (10, "local"): (6, 162.7, 33_000, 0.122), (10, "e2e"): (1.5, 62.3, 25_000, 0.131),
+    (10, "e2e_ds"): (1.75, 70.2, 25_000, 0.144),
+}
+PAPER_SIMILAR_L0 = {
+    (2, "local"): (4, 18.4, 18_000, 0.101), (2, "e2e"): (1.5, 18.6, 20_000, 0.043),
+    (2, "e2e_ds"): (35, 17.9, 15_000, 0.039), (6, "local"): (6, 42.8, 21_000, 0.228),
+    (6, "e2e"): (1.5, 39.7, 25_000, 0.099), (6, "e2e_ds"): (50, 36.8, 15_000, 0.124),
+    (10, "local"): (10, 74.9, 28_000, 0.202), (10, "e2e"): (1.5, 62.3, 25_000, 0.131),
+    (10, "e2e_ds"): (1.75, 70.2, 25_000, 0.144),
+}
+PAPER_TIME = {2: ("3h45m", "12h24m", "12h30m"), 6: ("4h45m", "11h20m", "11h24m"),
+              10: ("5h19m", "10h12m", "10h20m")}
+
+COLUMNS = ("setting", "λ", "L0", "alive", "grad norm", "CE loss increase")
+
+
+@dataclass(frozen=True)
+class Point:
+    cell_id: str
+    layer: int
+    setting: str
+    lam: float
+    l0: float
+    alive: float
+    grad_norm: float
+    ce_loss_increase: float
+    train_time_s: float
+
+
+def reference(points: list[Point], layer: int) -> Point | None:
+    """The e2e run with the median λ of the layer's e2e sweep (lower middle if even)."""
+    e2e = sorted((p for p in points if p.layer == layer and p.setting == "e2e"),
+                 key=lambda p: p.lam)
+    return e2e[(len(e2e) - 1) // 2] if e2e else None
+
+
+def paired(points: list[Point], layer: int, key: str) -> list[Point]:
+    """Reference run plus, per other setting, the run nearest to it in `key` (ce or l0)."""
+    ref = reference(points, layer)
+    if ref is None:
+        return []
+    value = (lambda p: p.ce_loss_increase) if key == "ce" else (lambda p: p.l0)
+    out = []
+    for setting in ("local", "e2e", "e2e_ds"):
+        if setting == "e2e":
+            out.append(ref)
+            continue
+        cands = [p for p in points if p.layer == layer and p.setting == setting]
+        if cands:
+            out.append(min(cands, key=lambda p: abs(value(p) - value(ref))))
+    return out
+
+
+def curve(points: list[Point], layer: int, setting: str) -> tuple[np.ndarray, np.ndarray]:
+    """(L0, CE increase) of a setting's runs, sorted by L0."""
+    ps = sorted((p for p in points if p.layer == layer and p.setting == setting),
+                key=lambda p: p.l0)
+    return np.array([p.l0 for p in ps]), np.array([p.ce_loss_increase for p in ps])
+
+
+def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str,
+                         n: int = 64) -> tuple[float, float, float] | None:
+    """Mean CE increase of `setting` / mean of local's, both interpolated linearly along
+    their curves at n L0 values spanning the range the two curves share.
+
+    Returns (ratio, l0_low, l0_high), or None if the curves share no L0 range.
+    """
+    xl, yl = curve(points, layer, "local")
+    xs, ys = curve(points, layer, setting)
+    if len(xl) < 2 or len(xs) < 2:
+        return None
+    lo, hi = max(xl[0], xs[0]), min(xl[-1], xs[-1])
+    if not lo < hi:
+        return None
+    grid = np.linspace(lo, hi, n)
+    local_mean = float(np.interp(grid, xl, yl).mean())
+    if local_mean <= 0:
+        return None
+    return float(np.interp(grid, xs, ys).mean()) / local_mean, float(lo), float(hi)
+
+
+def headline(points: list[Point], settings) -> list[str]:
+    lines = []
+    for layer in sorted({p.layer for p in points}):
+        for setting in settings:
+            if setting == "local":
+                continue
+            r = ce_ratio_at_equal_l0(points, layer, setting)
+            if r is None:
+                lines.append(f"layer {layer}: {setting} vs local: no shared L0 range "
+                             "(need >= 2 finished runs of each, overlapping in L0)")
+            else:
+                ratio, lo, hi = r
+                lines.append(f"layer {layer}: at equal L0 ({lo:.1f}-{hi:.1f}), {setting}'s "
+                             f"CE loss increase is {100 * ratio:.0f}% of local's")
+    return lines or ["no finished cells yet"]
+
+
+def _row(p: Point) -> tuple:
+    return (p.setting, f"{p.lam:g}", f"{p.l0:.1f}", f"{p.alive:.0f}", f"{p.grad_norm:.3g}",
+            f"{p.ce_loss_increase:.4f}")
+
+
+def _md(title: str, header, rows, note: str = "") -> str:
+    out = [f"## {title}", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return "\n".join(out + ([f"", f"_{note}_"] if note else []) + ["", ""])
+
+
+def _tex(title: str, header, rows, note: str = "") -> str:
+    esc = lambda s: str(s).replace("_", r"\_").replace("λ", r"$\lambda$")  # noqa: E731
+    lines = [r"\begin{table}[h]", r"\centering", r"\begin{tabular}{" + "l" * len(header) + "}",
+             r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(x) for x in r) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(title)}. {esc(note)}}}",
+              r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _fmt_time(s: float) -> str:
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m{int(s % 60):02d}s"
+
+
+def render(points: list[Point], not_done: list[tuple[str, str, str]], headline: list[str],
+           paper: bool) -> tuple[str, str]:
+    """tables.md and tables.tex: Tables 1, 2, 3 and 6 plus the cells left out."""
+    layers = sorted({p.layer for p in points})
+    header = ("layer",) + COLUMNS
+    sections = []
+    ce_rule = ("reference: the e2e run with the median λ of its sweep; local and e2e_ds: the "
+               "run with the nearest CE loss increase")
+    l0_rule = "reference as Table 2; local and e2e_ds: the run with the nearest L0"
+    t2 = [(layer,) + _row(p) for layer in layers for p in paired(points, layer, "ce")]
+    t3 = [(layer,) + _row(p) for layer in layers for p in paired(points, layer, "l0")]
+    mid = 6 if 6 in layers else (layers[len(layers) // 2] if layers else None)
+    t1 = [r for r in t2 if r[0] == mid]
+    t6 = []
+    for layer in layers:
+        times = []
+        for s in ("local", "e2e", "e2e_ds"):
+            ts = [p.train_time_s for p in points if p.layer == layer and p.setting == s]
+            times.append(_fmt_time(float(np.mean(ts))) if ts else "-")
+        t6.append((layer, *times))
+    sections.append(("Table 1: one layer of Table 2", header, t1, f"layer {mid}; " + ce_rule))
+    sections.append(("Table 2: runs with similar CE loss increase", header, t2, ce_rule))
+    sections.append(("Table 3: runs with similar L0", header, t3, l0_rule))
+    sections.append(("Table 6: mean training time per cell", ("layer", "local", "e2e", "e2e_ds"),
+                     t6, "wall time of the training loop, resumes included"))
+    if paper:
+        ref = [(layer, s) + tuple(PAPER_SIMILAR_CE[(layer, s)]) for layer, s in
+               sorted(PAPER_SIMILAR_CE)]
+        sections.append(("Paper (GPT-2 small), Table 2", ("layer", "setting", "λ", "L0", "alive",
+                                                          "CE loss increase"), ref, ""))
+        ref3 = [(layer, s) + tuple(PAPER_SIMILAR_L0[(layer, s)]) for layer, s in
+                sorted(PAPER_SIMILAR_L0)]
+        sections.append(("Paper (GPT-2 small), Table 3", ("layer", "setting", "λ", "L0", "alive",
+                                                          "CE loss increase"), ref3, ""))
+        sections.append(("Paper, Table 6 (one A100)", ("layer", "local", "e2e", "e2e_ds"),
+                         [(k, *v) for k, v in PAPER_TIME.items()], ""))
+    sections.append(("Cells left out of the tables", ("cell", "status", "reason"),
+                     not_done or [("-", "-", "none: every cell finished")], ""))
+    md = "# Results\n\n" + "\n".join(f"- {h}" for h in headline) + "\n\n"
+    md += "".join(_md(*s) for s in sections)
+    tex = "% generated by jobs/collect.py\n" + "".join(_tex(*s) for s in sections)
+    return md, tex
+
+
+def plot(points: list[Point], out_dir: Path) -> list[Path]:
+    """CE loss increase against L0 and against alive elements; a panel per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted({p.layer for p in points})
+    colors = {"local": "tab:blue", "e2e": "tab:orange", "e2e_ds": "tab:green"}
+    written = []
+    for x_name, fname in (("l0", "pareto_l0.png"), ("alive", "pareto_alive.png")):
+        fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), squeeze=False)
+        for ax, layer in zip(axes[0], layers, strict=True):
+            for s, color in colors.items():
+                ps = sorted((p for p in points if p.layer == layer and p.setting == s),
+                            key=lambda p: getattr(p, x_name))
+                if ps:
+                    ax.plot([getattr(p, x_name) for p in ps],
+                            [p.ce_loss_increase for p in ps], "o-", color=color, label=s)
+            ax.set_title(f"layer {layer}")
+            ax.set_xlabel("L0" if x_name == "l0" else "alive dictionary elements")
+            ax.set_ylabel("CE loss increase")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = out_dir / fname
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        written.append(path)
+    return written
