@@ -1,0 +1,136 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from e2e.io import cell_paths
+from e2e.store import read_metrics
+from e2e.train import NonFiniteLossError, lr_factor, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _longer(cfg):
+    """A few more steps and frequent checkpoints, so interruptions land mid-run."""
+    return replace(cfg, optim=replace(cfg.optim, n_samples=160),
+                   eval=replace(cfg.eval, checkpoint_every_steps=3, every_samples=40))
+
+
+def _outputs(cell_dir: Path):
+    p = cell_paths(cell_dir)
+    m = read_metrics(p.metrics)
+    return load_file(str(p.sae / "sae_weights.safetensors")), m
+
+
+def _assert_identical(a: Path, b: Path):
+    (wa, ma), (wb, mb) = _outputs(a), _outputs(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    for group in ("train", "eval_history", "eval"):
+        assert ma[group].keys() == mb[group].keys()
+        for k in ma[group]:
+            assert np.array_equal(ma[group][k], mb[group][k]), (group, k)
+
+
+@pytest.mark.parametrize("setting", ["local", "e2e", "e2e_ds"])
+def test_each_setting_trains_and_writes_its_outputs(smoke_cells, tmp_path, setting):
+    (cfg,) = [c for c in smoke_cells if c.loss.setting == setting]
+    assert train(cfg, tmp_path, progress=False) == "done"
+    p = cell_paths(tmp_path)
+    for f in (p.config, p.metrics, p.sae / "cfg.json", p.sae / "sae_weights.safetensors",
+              p.checkpoint, p.done):
+        assert f.exists(), f
+    m = read_metrics(p.metrics)
+    ev = m["eval"]
+    for k in ("ce_loss_orig", "ce_loss_sae", "ce_loss_increase", "kl_orig_sae",
+              "top1_agreement", "l0", "alive_dict_elements", "grad_norm",
+              f"mse/{cfg.hook_name}", f"explained_variance/{cfg.hook_name}",
+              "mse/blocks.2.hook_resid_pre"):
+        assert k in ev and np.isfinite(ev[k]), k
+    assert ev["ce_loss_increase"] == pytest.approx(ev["ce_loss_sae"] - ev["ce_loss_orig"])
+    assert ev["kl_orig_sae"] >= 0
+    term = {"local": "local_mse", "e2e": "kl_orig_sae", "e2e_ds": "downstream_mse"}[setting]
+    assert term in m["train"] and len(m["train"]["step"]) == len(m["train"]["loss"])
+    with h5py.File(p.metrics) as f:
+        assert "config" in f.attrs
+
+
+def test_done_cell_returns_at_once(smoke_cells, tmp_path):
+    cfg = smoke_cells[0]
+    train(cfg, tmp_path, progress=False)
+    before = {f: f.stat().st_mtime_ns for f in tmp_path.rglob("*") if f.is_file()}
+    t0 = time.perf_counter()
+    assert train(cfg, tmp_path, progress=False) == "done"
+    assert time.perf_counter() - t0 < 0.5  # no model was loaded
+    assert before == {f: f.stat().st_mtime_ns for f in tmp_path.rglob("*") if f.is_file()}
+
+
+@pytest.mark.parametrize("setting", ["local", "e2e_ds"])
+def test_interrupt_and_resume_is_bit_identical(smoke_cells, tmp_path, setting):
+    (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == setting]
+    train(cfg, tmp_path / "straight", progress=False)
+    polls = iter(range(1000))
+    for stop_at in (4, 7):  # two interruptions, one between checkpoints
+        status = train(cfg, tmp_path / "resumed", progress=False,
+                       should_stop=lambda n=stop_at: next(polls) == n)
+        assert status == "interrupted"
+        polls = iter(range(1000))
+    assert train(cfg, tmp_path / "resumed", progress=False) == "done"
+    _assert_identical(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_sigkill_at_any_point_then_resume_is_bit_identical(smoke_cells, tmp_path):
+    cfg = _longer([c for c in smoke_cells if c.loss.setting == "e2e"][0])
+    cfg = replace(cfg, optim=replace(cfg.optim, n_samples=400))
+    train(cfg, tmp_path / "straight", progress=False)
+    killed = tmp_path / "killed"
+    cell_paths(killed).root.mkdir()
+    cell_paths(killed).config.write_text(cfg.to_json())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cell", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not cell_paths(killed).checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # somewhere after the first checkpoint, mid-step
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not cell_paths(killed).done.exists()
+    assert train(cfg, killed, progress=False) == "done"
+    _assert_identical(tmp_path / "straight", killed)
+
+
+def test_non_finite_loss_stops_with_step_and_never_marks_done(smoke_cells, tmp_path,
+                                                             monkeypatch):
+    import e2e.train as t
+
+    real = t.setting_loss
+    calls = []
+
+    def poisoned(*a, **k):
+        total, terms = real(*a, **k)
+        calls.append(1)
+        return (total * float("nan") if len(calls) > 4 else total), terms
+
+    monkeypatch.setattr(t, "setting_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        train(smoke_cells[0], tmp_path, progress=False)
+    assert not cell_paths(tmp_path).done.exists()
+
+
+def test_lr_schedule_warmup_then_cosine_to_tenth(smoke_cells):
+    o = replace(smoke_cells[0].optim, warmup_samples=40, n_samples=400)  # 5 warmup of 50 steps
+    assert lr_factor(0, o) == pytest.approx(0.2)
+    assert lr_factor(4, o) == pytest.approx(1.0)
+    assert lr_factor(o.n_steps, o) == pytest.approx(0.1)
+    assert lr_factor(5 + 22, o) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 22 / 45)))
