@@ -1,0 +1,112 @@
+import csv
+from dataclasses import replace
+
+import h5py
+import pytest
+
+from e2e.config import CellConfig, LossConfig
+from e2e.io import cell_paths
+from e2e.store import write_metrics
+from jobs.collect import collect
+from jobs.grids import cell_id
+from jobs.tables import Point, ce_ratio_at_equal_l0, paired, reference
+
+# (setting, λ, L0, CE increase): local's curve lies at twice e2e's CE increase.
+RUNS = [("local", 1, 100, 0.02), ("local", 4, 40, 0.10), ("local", 10, 10, 0.40),
+        ("e2e", 0.5, 90, 0.01), ("e2e", 1.5, 35, 0.05), ("e2e", 3, 12, 0.20),
+        ("e2e_ds", 10, 80, 0.012), ("e2e_ds", 35, 30, 0.06)]
+
+
+def _cell(root, setting, lam, seed=0):
+    cfg = CellConfig(layer=6, seed=seed, loss=LossConfig(setting=setting, sparsity_coeff=lam))
+    p = cell_paths(root / "g" / cell_id(cfg))
+    p.root.mkdir(parents=True)
+    p.config.write_text(cfg.to_json())
+    return cfg, p
+
+
+def _finished(root, setting, lam, l0, ce):
+    cfg, p = _cell(root, setting, lam)
+    ev = {"l0": l0, "ce_loss_increase": ce, "alive_dict_elements": 1000 - l0,
+          "grad_norm": 0.5, "kl_orig_sae": ce / 2, "mse/blocks.6.hook_resid_pre": 0.1,
+          "explained_variance/blocks.6.hook_resid_pre": 0.9, "mse/blocks.7.hook_resid_pre": 0.2}
+    write_metrics(p.metrics, config_json=cfg.to_json(), train={"step": [0.0]},
+                  eval_history={}, final_eval=ev, attrs={"train_time_s": 3600.0})
+    p.done.write_text("ok")
+
+
+@pytest.fixture
+def half_finished(tmp_path):
+    for run in RUNS:
+        _finished(tmp_path, *run)
+    _, p = _cell(tmp_path, "e2e", 0.1)  # running: a checkpoint, partial metrics
+    p.checkpoint.write_bytes(b"x")
+    _, p = _cell(tmp_path, "e2e", 0.2)  # failed, with its log
+    (p.root / "FAILED").write_text("NonFiniteLossError: non-finite loss nan at step 7")
+    p.log.write_text("start\nTraceback ...\nNonFiniteLossError: at step 7\n")
+    _, p = _cell(tmp_path, "local", 0.3)  # corrupt: truncated HDF5
+    p.metrics.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20)
+    _, p = _cell(tmp_path, "local", 0.4)  # DONE but no metrics
+    p.done.write_text("ok")
+    _cell(tmp_path, "local", 0.5)  # pending: config only
+    return tmp_path
+
+
+def test_collector_on_half_finished_grid(half_finished):
+    out = collect(half_finished, "g")
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    status = {(r["setting"], float(r["sparsity_coeff"])): r["status"] for r in rows}
+    assert len(rows) == len(RUNS) + 5
+    assert status[("e2e", 0.1)] == "running" and status[("e2e", 0.2)] == "failed"
+    assert status[("local", 0.3)] == "corrupt" and status[("local", 0.4)] == "missing_metrics"
+    assert status[("local", 0.5)] == "pending"
+    failed = [r for r in rows if r["status"] == "failed"][0]
+    assert "step 7" in failed["reason"] and "Traceback" in failed["reason"]
+    done = [r for r in rows if r["status"] == "done"]
+    assert all(r["downstream_mse"] == "blocks.7.hook_resid_pre=0.2" for r in done)
+    md = (out / "tables.md").read_text()
+    for cid in (r["cell_id"] for r in rows if r["status"] != "done"):
+        assert cid in md.split("Cells left out")[1]  # listed, not silently dropped
+    assert "Table 2" in md and "Table 3" in md and "Table 6" in md and "1h00m00s" in md
+    assert "\\begin{tabular}" in (out / "tables.tex").read_text()
+    with h5py.File(out / "results.h5") as f:
+        assert len(f) == len(rows)
+    png = (out / "pareto_l0.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert (out / "pareto_alive.png").exists()
+    headline = (out / "headline.txt").read_text()
+    assert "layer 6: at equal L0" in headline and "e2e's CE loss increase is" in headline
+
+
+def _points():
+    return [Point(f"{s}{lam}", 6, s, lam, l0, 0, 0, ce, 0) for s, lam, l0, ce in RUNS]
+
+
+def test_pairing_is_by_nearest_ce_and_nearest_l0():
+    pts = _points()
+    assert reference(pts, 6).lam == 1.5  # the median λ of the e2e sweep
+    by_ce = {p.setting: p.lam for p in paired(pts, 6, "ce")}
+    assert by_ce == {"local": 1, "e2e": 1.5, "e2e_ds": 35}  # CE 0.02 and 0.06 nearest 0.05
+    by_l0 = {p.setting: p.lam for p in paired(pts, 6, "l0")}
+    assert by_l0 == {"local": 4, "e2e": 1.5, "e2e_ds": 35}  # L0 40 and 30 nearest 35
+    shifted = [replace(p, l0=p.l0 + 50) if p.setting == "local" else p for p in pts]
+    assert {p.setting: p.lam for p in paired(shifted, 6, "l0")}["local"] == 10  # L0 60
+
+
+def test_interpolated_ratio_over_shared_l0_range():
+    # two straight lines in L0: local CE = 0.5 - 0.004 L0, e2e = half of it
+    pts = [Point("l", 6, "local", 1, x, 0, 0, 0.5 - 0.004 * x, 0) for x in (0, 50, 100)]
+    pts += [Point("e", 6, "e2e", 1, x, 0, 0, (0.5 - 0.004 * x) / 2, 0) for x in (20, 80)]
+    ratio, lo, hi = ce_ratio_at_equal_l0(pts, 6, "e2e")
+    assert (lo, hi) == (20, 80) and ratio == pytest.approx(0.5)
+    assert ce_ratio_at_equal_l0(pts[:3] + [Point("e", 6, "e2e", 1, 200, 0, 0, 0.1, 0)] * 2,
+                                6, "e2e") is None  # no shared range
+
+
+def test_paper_grid_prints_the_papers_numbers(tmp_path):
+    cfg = CellConfig(layer=6)
+    p = cell_paths(tmp_path / "paper" / cell_id(cfg))
+    p.root.mkdir(parents=True)
+    p.config.write_text(cfg.to_json())
+    md = (collect(tmp_path, "paper") / "tables.md").read_text()
+    assert "Paper (GPT-2 small), Table 2" in md and "| 6 | e2e | 3 | 27.5 | 22000 | 0.145 |" in md

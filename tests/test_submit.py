@@ -1,0 +1,103 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e.config import ConfigError
+from e2e.io import cell_paths
+from jobs.overrides import parse_overrides
+from jobs.submit import make_plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _submit(*args, env_extra=None):
+    env = {**os.environ, "PATH": os.environ["PATH"], **(env_extra or {})}
+    return subprocess.run([sys.executable, "jobs/submit.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_overrides_are_typed_and_unknown_keys_list_valid_ones():
+    opts, axes, cfg = parse_overrides(["grid=paper", "layers=[6]", "sparsity_coeffs=[1,2.5]",
+                                       "optim.n_samples=1e6".replace("1e6", "1000000"),
+                                       "optim.lr=1e-3", "dry_run=true", "data.eval_split=none"])
+    assert opts.grid == "paper" and opts.dry_run is True
+    assert axes.layers == (6,) and axes.sparsity_coeffs == (1.0, 2.5)
+    assert cfg == {"optim.n_samples": 1_000_000, "optim.lr": 1e-3, "data.eval_split": None}
+    with pytest.raises(ConfigError, match=r"unknown key 'lr'; valid keys: .*optim.lr"):
+        parse_overrides(["lr=1e-3"])
+    with pytest.raises(ConfigError, match=r"optim.n_samples='1e6' is invalid: must be int"):
+        parse_overrides(["optim.n_samples=1e6"])
+    with pytest.raises(ConfigError, match=r"executor='pbs' is invalid: must be one of"):
+        parse_overrides(["executor=pbs"])
+
+
+def test_bad_input_fails_before_anything_is_written(tmp_path):
+    for args, msg in ((["grid=nope"], "grid='nope' is invalid: must be one of"),
+                      (["grid=smoke", "optim.lr=7"], "optim.lr=7.0 is invalid"),
+                      (["grid=smoke", "settings=[e2e+ds]"], "settings='e2e+ds' is invalid"),
+                      (["grid=smoke", "typo=1"], "unknown key 'typo'")):
+        r = _submit(*args, f"root={tmp_path}")
+        assert r.returncode != 0 and msg in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
+    r = _submit("grid=paper", "dry_run=true", "executor=slurm", f"root={tmp_path}",
+                env_extra={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "grid paper: 28 cells" in out
+    for layer in (2, 6, 10):
+        for setting, lams in (("local", (0.8, 4, 6, 10)), ("e2e", (0.5, 1.5, 3))):
+            for lam in lams:
+                assert f"L{layer}-{setting}-lam{lam:g}-" in out
+    for lam in (10, 35, 50):
+        assert f"L6-e2e_ds-lam{lam}-" in out
+    assert "L10-e2e_ds-lam1.75-" in out
+    assert "--gres=gpu:1" in out and "--time=960" in out
+    assert "apptainer exec --nv" in out and "--bind /etc/slurm" in out
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
+def test_changed_config_is_refused_naming_the_fields(smoke_root):
+    plan = make_plan(["grid=smoke", f"root={smoke_root}", "layers=[2]"])
+    cell = plan.cells[0]
+    paths = cell_paths(cell.dir)
+    paths.root.mkdir(parents=True)
+    d = json.loads(cell.cfg.to_json())
+    d["optim"]["lr"] = 0.123
+    paths.config.write_text(json.dumps(d))
+    try:
+        with pytest.raises(ConfigError, match=r"different config: optim.lr: 0.123 -> 0.0005"):
+            make_plan(["grid=smoke", f"root={smoke_root}", "layers=[2]"])
+    finally:
+        paths.config.unlink()
+        paths.root.rmdir()
+
+
+def test_unreachable_model_fails_before_submission(tmp_path):
+    r = _submit("grid=paper", f"root={tmp_path}", "executor=local", "container=none",
+                "model.name_or_path=no-such-org/no-such-model",
+                env_extra={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0
+    assert "model 'no-such-org/no-such-model' cannot be loaded with HF_HUB_OFFLINE=1" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
+    r = _submit("grid=smoke", f"root={tmp_path}", "executor=local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    grid = tmp_path / "smoke"
+    cells = [d for d in grid.iterdir() if d.name.startswith("L")]
+    assert len(cells) == 3 and all((d / "DONE").exists() for d in cells)
+    results = grid / "results"
+    for f in ("summary.csv", "tables.md", "tables.tex", "results.h5", "pareto_l0.png"):
+        assert (results / f).exists(), f
+    stamps = {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}
+    r2 = _submit("grid=smoke", f"root={tmp_path}", "executor=local")
+    assert r2.returncode == 0 and "nothing to do" in r2.stdout
+    assert stamps == {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}
