@@ -31,7 +31,7 @@ class PretrainConfig:
     d_model: int = 128
     n_heads: int = 4
     n_ctx: int = 256
-    train_steps: int = 1500
+    train_steps: int = 800
     batch_size: int = 16
     lr: float = 3e-3
     seed: int = 0
