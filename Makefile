@@ -20,6 +20,7 @@ demo: install
 	$(PY) jobs/submit.py grid=tiny
 
 test: install
+	$(PY) -m ruff check e2e jobs tests benchmarks
 	$(PY) -m pytest -q tests
 
 lint: install

@@ -29,8 +29,8 @@ from e2e.sae import SAE, n_dict_for  # noqa: E402
 
 
 def build_model(args, tmp: Path):
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=args.vocab, n_positions=max(args.ctx, 64),

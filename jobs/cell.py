@@ -20,6 +20,9 @@ from e2e.io import cell_paths
 from e2e.train import train
 
 FAILED = "FAILED"
+# Exit status of a cell run by hand (not under submitit) that stopped on SIGUSR2 after
+# checkpointing; slurm/array.sbatch requeues on it.
+EXIT_INTERRUPTED = 3
 
 
 def _log(cell_dir: Path, message: str) -> None:
@@ -43,7 +46,8 @@ class _StopOnUsr2:
         """Lets submitit checkpoint (pickle this job) and requeue; it exits the process."""
         if callable(self.previous):
             self.previous(signal.SIGUSR2, None)
-        sys.exit("interrupted by SIGUSR2; checkpoint written, run again to resume")
+        print("interrupted by SIGUSR2; checkpoint written, run again to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 class CellJob(submitit.helpers.Checkpointable):

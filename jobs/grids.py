@@ -15,7 +15,6 @@ from e2e.config import (
     CellConfig,
     DataConfig,
     EvalConfig,
-    LossConfig,
     ModelConfig,
     OptimConfig,
     SAEConfig,

@@ -55,7 +55,7 @@ def parse_value(text: str, tp: Any, key: str) -> Any:
         return parse_value(text, inner, key)
     if origin is tuple:
         body = text.strip()
-        if body.startswith("[") and body.endswith("]") or body.startswith("(") and body.endswith(")"):
+        if body[:1] + body[-1:] in ("[]", "()"):
             body = body[1:-1]
         items = [s.strip().strip("'\"") for s in body.split(",") if s.strip()]
         if not items:

@@ -156,10 +156,13 @@ def format_plan(plan: Plan) -> str:
 
 
 def write_configs(plan: Plan) -> None:
+    """Each cell's config.json, and `manifest.txt` (one cell folder per line) for the plain
+    `sbatch slurm/array.sbatch` path."""
     for c in plan.todo:
         paths = cell_paths(c.dir)
         if not paths.config.exists():
             atomic_write_text(paths.config, c.cfg.to_json())
+    atomic_write_text(plan.grid_dir / "manifest.txt", "".join(f"{c.dir}\n" for c in plan.cells))
 
 
 def main(*tokens: str) -> None:

@@ -126,7 +126,7 @@ def _md(title: str, header, rows, note: str = "") -> str:
     out = [f"## {title}", "", "| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
-    return "\n".join(out + ([f"", f"_{note}_"] if note else []) + ["", ""])
+    return "\n".join(out + (["", f"_{note}_"] if note else []) + ["", ""])
 
 
 def _tex(title: str, header, rows, note: str = "") -> str:

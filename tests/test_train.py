@@ -79,12 +79,11 @@ def test_done_cell_returns_at_once(smoke_cells, tmp_path):
 def test_interrupt_and_resume_is_bit_identical(smoke_cells, tmp_path, setting):
     (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == setting]
     train(cfg, tmp_path / "straight", progress=False)
-    polls = iter(range(1000))
     for stop_at in (4, 7):  # two interruptions, one between checkpoints
-        status = train(cfg, tmp_path / "resumed", progress=False,
-                       should_stop=lambda n=stop_at: next(polls) == n)
-        assert status == "interrupted"
         polls = iter(range(1000))
+        status = train(cfg, tmp_path / "resumed", progress=False,
+                       should_stop=lambda n=stop_at, it=polls: next(it) == n)
+        assert status == "interrupted"
     assert train(cfg, tmp_path / "resumed", progress=False) == "done"
     _assert_identical(tmp_path / "straight", tmp_path / "resumed")
 

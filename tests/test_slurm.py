@@ -1,0 +1,124 @@
+"""Through a real SLURM (slurm/local-cluster.sh) and real podman containers built from the
+project's Dockerfile: the smoke grid as one array, a preemption that resumes to identical
+results, and the collector after the array. In CI (CI=true or E2E_REQUIRE_SLURM=1) these fail,
+never skip, when the cluster or the image is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from e2e.io import cell_paths
+from e2e.store import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("E2E_IMAGE", "localhost/e2e-sae-hpc")
+REQUIRED = os.environ.get("CI") == "true" or os.environ.get("E2E_REQUIRE_SLURM") == "1"
+
+
+def _cluster_problem() -> str | None:
+    if not shutil.which("sbatch"):
+        return "sbatch is not installed"
+    if subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        return "the SLURM controller does not answer (bash slurm/local-cluster.sh up)"
+    if not shutil.which("podman"):
+        return "podman is not installed (bash containers/setup-podman.sh)"
+    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
+        return f"image {IMAGE} is missing (bash containers/make-base.sh)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    problem = _cluster_problem()
+    if problem and REQUIRED:
+        pytest.fail(f"SLURM/container tests are required here but {problem}")
+    if problem:
+        pytest.skip(problem)
+
+
+pytestmark = pytest.mark.slurm
+
+
+def _submit(root: Path, *extra: str, wait: bool = True) -> subprocess.CompletedProcess:
+    args = [sys.executable, "jobs/submit.py", "grid=smoke", f"root={root}", "executor=slurm",
+            "container=podman", f"image={IMAGE}", "time=30", f"wait={str(wait).lower()}",
+            *extra]
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def _sacct(job: str) -> list[dict]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "--format",
+                          "JobID,State,Start,End"], capture_output=True, text=True).stdout
+    return [dict(zip(("id", "state", "start", "end"), line.split("|"), strict=True))
+            for line in out.strip().splitlines()]
+
+
+def _job_ids(stdout: str) -> dict[str, str]:
+    ids = {}
+    for line in stdout.splitlines():
+        if line.startswith("cell array "):
+            ids["array"] = line.split()[2].rstrip(":")
+        elif line.startswith("collector job "):
+            ids["collector"] = line.split()[2]
+    return ids
+
+
+def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
+    r = _submit(tmp_path)
+    ids = _job_ids(r.stdout)
+    tasks = _sacct(ids["array"])
+    assert len(tasks) == 3 and all(t["state"] == "COMPLETED" for t in tasks), tasks
+    (col,) = _sacct(ids["collector"])
+    assert col["state"] == "COMPLETED"
+    assert col["start"] >= max(t["end"] for t in tasks)  # afterany: after the whole array
+    grid = tmp_path / "smoke"
+    assert all((d / "DONE").exists() for d in grid.glob("L*"))
+    assert (grid / "results" / "tables.md").exists()
+    # the cells ran inside the image: its python, not this machine's
+    logs = " ".join(p.read_text() for p in (grid / "_submitit").rglob("*_log.out"))
+    assert "/opt/venv" in logs or "submitit INFO" in logs
+
+
+def _wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_preempted_cell_requeues_and_ends_identical(tmp_path):
+    long = ("settings=[e2e]", "optim.n_samples=2400", "eval.checkpoint_every_steps=1000")
+    _submit(tmp_path / "straight", *long)
+    r = _submit(tmp_path / "preempted", *long, wait=False)
+    ids = _job_ids(r.stdout)
+    (cell,) = (tmp_path / "preempted" / "smoke").glob("L*")
+    job = f"{ids['array']}_0"
+    # USR2 only after the training loop (and so submitit's handler) is running
+    _wait_for(lambda: (cell / "train.log").exists() and _sacct(job)
+              and _sacct(job)[0]["state"] == "RUNNING", 300, "the cell to start")
+    time.sleep(8)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    _wait_for(lambda: (cell / "DONE").exists(), 600, "the requeued cell to finish")
+    log = (cell / "train.log").read_text()
+    assert "interrupted" in log and "start (resuming)" in log, log
+    (straight,) = (tmp_path / "straight" / "smoke").glob("L*")
+    wa = load_file(str(cell_paths(straight).sae / "sae_weights.safetensors"))
+    wb = load_file(str(cell_paths(cell).sae / "sae_weights.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = read_metrics(cell_paths(straight).metrics), read_metrics(cell_paths(cell).metrics)
+    for k in ma["eval"]:
+        assert np.array_equal(ma["eval"][k], mb["eval"][k]), k
+    _wait_for(lambda: (tmp_path / "preempted" / "smoke" / "results" / "tables.md").exists(),
+              300, "the collector")
