@@ -7,6 +7,7 @@ then submitit's own handler requeues the job, which resumes from the checkpoint.
 
 from __future__ import annotations
 
+import platform
 import signal
 import sys
 import traceback
@@ -62,7 +63,8 @@ class CellJob(submitit.helpers.Checkpointable):
         (cell_dir / FAILED).unlink(missing_ok=True)
         cfg = CellConfig.from_json(paths.config.read_text())
         stop = _StopOnUsr2()
-        _log(cell_dir, "start" + (" (resuming)" if paths.checkpoint.exists() else ""))
+        _log(cell_dir, "start" + (" (resuming)" if paths.checkpoint.exists() else "")
+             + f" on {platform.node()} with {sys.executable}")
         try:
             status = train(cfg, cell_dir, should_stop=lambda: stop.requested)
         except BaseException as e:

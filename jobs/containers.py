@@ -30,9 +30,12 @@ def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
         return f"bash -c 'trap \"\" USR2; exec {inner} \"$@\"' --"
     if container == "podman":
         # podman's container is not a child of the SLURM step, so `podman run` proxies USR2.
-        envs = " ".join(f"--env '{e}'" for e in PASS_ENV)
-        dev = " --device nvidia.com/gpu=all" if gpus else ""
-        return (f"podman run --rm -i --network host --ipc host{dev} -v {root}:{root} "
-                f"-v /etc/slurm:/etc/slurm:ro -v /run/munge:/run/munge {envs} "
-                f"-w /app {shlex.quote(image)} python")
+        # GPUs go in through NVIDIA's CDI spec, where the node has one (checked on the node).
+        envs = " ".join(f'--env "{e}"' for e in PASS_ENV)
+        run = (f"podman run --rm -i --network host --ipc host $gpu -v {root}:{root} "
+               f"-v /etc/slurm:/etc/slurm:ro -v /run/munge:/run/munge {envs} "
+               f"-w /app {shlex.quote(image)} python")
+        cdi = ("gpu=; for f in /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml; do "
+               "[ -e $f ] && gpu=\"--device nvidia.com/gpu=all\"; done; " if gpus else "gpu=; ")
+        return f"bash -c '{cdi}exec {run} \"$@\"' --"
     raise ValueError(f"unknown container runtime {container!r}")
