@@ -17,7 +17,7 @@ install: .venv/.installed
 	touch $@
 
 demo: install
-	$(PY) jobs/submit.py grid=tiny
+	$(PY) jobs/submit.py grid=tiny wait=true
 
 test: install
 	$(PY) -m ruff check e2e jobs tests benchmarks

@@ -124,6 +124,8 @@ class TokenStream:
                                  "carry": list(self.carry)}
         if not self.local and self._stream_iter is not None:
             state["stream"] = self._stream_ds.state_dict()
+        elif self._stream_state is not None:  # restored but not read from since
+            state["stream"] = self._stream_state
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -31,9 +31,9 @@ class PretrainConfig:
     d_model: int = 128
     n_heads: int = 4
     n_ctx: int = 256
-    train_steps: int = 800
+    train_steps: int = 1200
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 2e-3  # 3e-3 spiked the loss mid-run
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -1,13 +1,14 @@
 """Named grids: plain data expanded into one CellConfig per (layer, setting, λ) cell. No I/O.
 
 A grid may need a pre-training job first (`pretrain`): its model and tokenized corpus live in
-`<root>/<grid>/_pretrain/` and the cells point there.
+`<root>/<grid>/_pretrain-<hash>/` and the cells point there.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from e2e.config import (
@@ -33,6 +34,7 @@ class Grid:
     pretrain: PretrainConfig | None = None
     # SLURM resources per cell (minutes), sized for the grid's model.
     time_min: int = 60
+    cpus_per_cell: int = 1
     # Default container runtime and image (a path is relative to the repository root).
     container: str = "none"
     image: str = ""
@@ -42,7 +44,11 @@ class Grid:
 
 
 def pretrain_dir(root: Path, grid: str) -> Path:
-    return Path(root) / grid / "_pretrain"
+    """`<root>/<grid>/_pretrain-<hash>`: a changed pre-training config gets a new folder, and
+    so new cell ids, instead of silently reusing a model trained differently."""
+    cfg = GRIDS[grid].pretrain
+    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:6]
+    return Path(root) / grid / f"_pretrain-{digest}"
 
 
 def cell_id(cfg: CellConfig) -> str:
@@ -95,15 +101,17 @@ TINY = Grid(
         model=ModelConfig("<pretrain>"),
         data=replace(_LOCAL_DATA, context_length=128),
         sae=SAEConfig(dict_size_to_input_ratio=8.0),
-        optim=OptimConfig(lr=2e-3, warmup_samples=200, batch_size=8, grad_accum_steps=1,
-                          n_samples=2400),
+        optim=OptimConfig(lr=2e-3, warmup_samples=400, batch_size=8, grad_accum_steps=1,
+                          n_samples=4800),
         eval=EvalConfig(every_samples=800, n_samples=64, batch_size=16,
                         alive_window_tokens=100_000, grad_norm_after_samples=400,
                         log_every_steps=10, checkpoint_every_steps=100),
         device="cpu"),
     layers=(2,),
-    lambdas={"local": (0.5, 2.0, 8.0, 30.0), "e2e": (0.1, 0.4, 1.5, 6.0),
-             "e2e_ds": (0.3, 1.0, 4.0, 15.0)},
+    # Wide enough that the three curves overlap in L0 on this model (e2e reaches a given L0
+    # at a far smaller λ than local, as in the paper).
+    lambdas={"local": (1.0, 4.0, 15.0, 60.0), "e2e": (0.01, 0.03, 0.1, 0.4),
+             "e2e_ds": (0.1, 0.3, 1.0, 4.0)},
     pretrain=PretrainConfig(),
     time_min=30,
 )
@@ -117,6 +125,7 @@ PAPER = Grid(
     layer_lambdas={(10, "e2e_ds"): (1.75,)},
     # Table 6: up to 12.5 h on an A100 for e2e; ask for 16 h and let preemption requeue.
     time_min=16 * 60,
+    cpus_per_cell=4,
     container="apptainer",
     image="containers/e2e-sae-hpc.sif",
 )

@@ -37,7 +37,7 @@ def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None =
     extra = {"requeue": True}
     if dependency:
         extra["dependency"] = dependency
-    params = dict(job_name=name, time=plan.time_min, cpus_per_task=o.cpus_per_cell,
+    params = dict(job_name=name, time=plan.time_min, cpus_per_task=plan.cpus,
                   signal_delay_s=120, additional_parameters=extra)
     if o.array_parallelism:
         params["array_parallelism"] = o.array_parallelism

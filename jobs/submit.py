@@ -44,6 +44,7 @@ class Plan:
     cells: list[Cell]
     python: str  # the command that runs `python` for a job (container wrapper included)
     time_min: int
+    cpus: int
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -56,8 +57,9 @@ class Plan:
 
     @property
     def needs_pretrain(self) -> bool:
-        done = (pretrain_dir(Path(self.opts.root).resolve(), self.grid.name) / "DONE").exists()
-        return self.grid.pretrain is not None and not done
+        if self.grid.pretrain is None:
+            return False
+        return not (pretrain_dir(Path(self.opts.root).resolve(), self.grid.name) / "DONE").exists()
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -106,7 +108,8 @@ def make_plan(tokens: list[str]) -> Plan:
     if container == "apptainer" and not Path(image).is_absolute():
         image = str(REPO / image)
     python = containers.python_command(container, image, root, gpus=opts.gpus_per_cell > 0)
-    plan = Plan(opts, grid, executor, container, cells, python, opts.time or grid.time_min)
+    plan = Plan(opts, grid, executor, container, cells, python, opts.time or grid.time_min,
+                opts.cpus_per_cell or grid.cpus_per_cell)
     if not opts.dry_run and grid.pretrain is None:
         check_sources(cells[0].cfg)  # fails with a clear message before anything is submitted
     elif grid.pretrain is None:
@@ -135,7 +138,7 @@ def format_plan(plan: Plan) -> str:
              f"executor: {plan.executor}; container: {plan.container}"]
     if plan.executor == "slurm":
         lines.append(f"SLURM, per cell: --gres=gpu:{o.gpus_per_cell} --cpus-per-task="
-                     f"{o.cpus_per_cell} --time={plan.time_min} (minutes) "
+                     f"{plan.cpus} --time={plan.time_min} (minutes) "
                      f"--partition={o.partition or '(default)'} "
                      f"--mem={f'{o.mem_gb}G' if o.mem_gb else '(default)'}, one array "
                      f"(parallelism {o.array_parallelism or 'unlimited'}), --signal=USR2@120, "
