@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from e2e.config import LossConfig  # noqa: E402
-from e2e.losses import loss_coeffs, setting_loss  # noqa: E402
-from e2e.model import clean_pass, load_model, patched_pass  # noqa: E402
+from e2e.config import CellConfig, LossConfig, ModelConfig  # noqa: E402
+from e2e.losses import loss_coeffs  # noqa: E402
+from e2e.model import load_model  # noqa: E402
 from e2e.sae import SAE, n_dict_for  # noqa: E402
+from e2e.train import micro_step_loss  # noqa: E402
 
 
 def build_model(args, tmp: Path):
@@ -38,8 +39,6 @@ def build_model(args, tmp: Path):
                                n_head=max(1, args.d_model // 64))).save_pretrained(tmp)
     tok = Tokenizer(models.WordLevel({"<|endoftext|>": 0}, unk_token="<|endoftext|>"))
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(tmp)
-    from e2e.config import ModelConfig
-
     return load_model(ModelConfig(str(tmp)), args.device)
 
 
@@ -53,18 +52,12 @@ def bench(model, args, setting: str) -> tuple[float, float]:
     d = model.cfg.d_model
     sae = SAE(d, n_dict_for(d, args.ratio)).to(args.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    coeffs = loss_coeffs(LossConfig(setting=setting, sparsity_coeff=1.0), args.layer,
-                         model.cfg.n_layers)
-    full = coeffs.kl > 0 or coeffs.downstream > 0
+    cfg = CellConfig(layer=args.layer, loss=LossConfig(setting=setting, sparsity_coeff=1.0))
+    coeffs = loss_coeffs(cfg.loss, args.layer, model.cfg.n_layers)
     tokens = torch.randint(0, args.vocab, (args.batch, args.ctx), device=args.device)
 
-    def step():
-        clean = clean_pass(model, tokens, args.layer, full=full)
-        x_hat, c = sae(clean.resid)
-        logits, later = patched_pass(model, x_hat, args.layer) if full else (None, None)
-        loss, _ = setting_loss(coeffs, p=1.0, x=clean.resid, x_hat=x_hat, c=c,
-                               logits_orig=clean.logits, logits_sae=logits,
-                               resids_orig=clean.later_resids, resids_sae=later)
+    def step():  # the trainer's own micro-step: the same passes, the same loss
+        loss, _, _ = micro_step_loss(model, sae, cfg, coeffs, tokens)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

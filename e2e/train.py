@@ -172,7 +172,7 @@ def train(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] 
         for _ in range(o.grad_accum_steps):
             tokens = stream.next_batch(o.batch_size).to(device)
             with autocast:
-                loss, terms, c = _micro_step(model, sae, cfg, coeffs, tokens)
+                loss, terms, c = micro_step_loss(model, sae, cfg, coeffs, tokens)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step}")
             (loss / o.grad_accum_steps).backward()
@@ -222,7 +222,7 @@ def train(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] 
     return "done"
 
 
-def _micro_step(model, sae: SAE, cfg: CellConfig, coeffs, tokens: torch.Tensor):
+def micro_step_loss(model, sae: SAE, cfg: CellConfig, coeffs, tokens: torch.Tensor):
     """Loss of one micro-batch; the clean model runs without grad, only as far as needed."""
     needs_suffix = coeffs.kl > 0 or coeffs.downstream > 0
     clean = clean_pass(model, tokens, cfg.layer, full=needs_suffix)

@@ -61,7 +61,8 @@ def launch(plan) -> None:
 
 def _launch_local(plan, root: str, grid: str) -> None:
     if not plan.todo and not plan.needs_pretrain and (plan.grid_dir / "results").exists():
-        print(f"nothing to do: every cell is done; results: {plan.grid_dir / 'results'}")
+        print("nothing to do: every cell is done")
+        _report(plan.grid_dir / "results")
         return
     ex = _executor(plan, "local", grid, 0)
     if plan.needs_pretrain:
@@ -81,8 +82,7 @@ def _launch_local(plan, root: str, grid: str) -> None:
             except Exception as e:  # a failed cell is reported, the others go on
                 failed.append(c.id)
                 print(f"{c.id}: FAILED ({str(e).strip().splitlines()[-1]})", flush=True)
-    results = ex.submit(run_collect, grid, root).result()
-    print(f"results: {results}")
+    _report(Path(_follow(ex.submit(run_collect, grid, root))))
     if failed:
         raise SystemExit(f"{len(failed)} cell(s) failed: {failed}")
 
@@ -126,4 +126,13 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     col_job = col.submit(run_collect, grid, root)
     print(f"collector job {col_job.job_id} ({after or 'no dependency'})")
     if plan.opts.wait:
-        print(f"results: {col_job.result()}")
+        _report(Path(col_job.result()))
+    else:
+        print(f"results will be in {plan.grid_dir / 'results'} (squeue to follow; wait=true "
+              "to block until the collector has run)")
+
+
+def _report(results: Path) -> None:
+    print("\n" + (results / "headline.txt").read_text().strip())
+    print(f"tables: {results / 'tables.md'} (and .tex, summary.csv, results.h5)")
+    print(f"plots:  {results / 'pareto_l0.png'}, {results / 'pareto_alive.png'}")
