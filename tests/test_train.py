@@ -133,3 +133,10 @@ def test_lr_schedule_warmup_then_cosine_to_tenth(smoke_cells):
     assert lr_factor(4, o) == pytest.approx(1.0)
     assert lr_factor(o.n_steps, o) == pytest.approx(0.1)
     assert lr_factor(5 + 22, o) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 22 / 45)))
+
+
+def test_wandb_offline_on_request(smoke_cells, tmp_path):
+    cfg = replace(smoke_cells[0], wandb=replace(smoke_cells[0].wandb, mode="offline"))
+    assert train(cfg, tmp_path, progress=False) == "done"
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
