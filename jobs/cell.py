@@ -7,6 +7,7 @@ then submitit's own handler requeues the job, which resumes from the checkpoint.
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
 import sys
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import submitit
+import torch
 
 from e2e.config import CellConfig
 from e2e.io import cell_paths
@@ -51,6 +53,14 @@ class _StopOnUsr2:
         sys.exit(EXIT_INTERRUPTED)
 
 
+def match_threads_to_allocation() -> None:
+    """One torch thread per allocated CPU: without cgroups a job sees every core of the node,
+    and two cells each running a thread per core slow each other down tenfold."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus:
+        torch.set_num_threads(int(cpus))
+
+
 class CellJob(submitit.helpers.Checkpointable):
     """Picklable callable that submitit runs (and requeues) for one cell folder."""
 
@@ -58,6 +68,7 @@ class CellJob(submitit.helpers.Checkpointable):
         self.cell_dir = str(cell_dir)
 
     def __call__(self) -> str:
+        match_threads_to_allocation()
         cell_dir = Path(self.cell_dir)
         paths = cell_paths(cell_dir)
         (cell_dir / FAILED).unlink(missing_ok=True)

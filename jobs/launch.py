@@ -18,7 +18,9 @@ from jobs.grids import GRIDS, pretrain_dir
 
 def run_pretrain(grid: str, root: str) -> dict:
     from e2e.lm import pretrain
+    from jobs.cell import match_threads_to_allocation
 
+    match_threads_to_allocation()
     return pretrain(GRIDS[grid].pretrain, pretrain_dir(Path(root), grid))
 
 
