@@ -81,10 +81,12 @@ def curve(points: list[Point], layer: int, setting: str) -> tuple[np.ndarray, np
 
 def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str,
                          n: int = 64) -> tuple[float, float, float] | None:
-    """Mean CE increase of `setting` / mean of local's, both interpolated linearly along
-    their curves at n L0 values spanning the range the two curves share.
+    """`setting`'s CE loss increase as a fraction of local's at equal L0.
 
-    Returns (ratio, l0_low, l0_high), or None if the curves share no L0 range.
+    Both curves are interpolated linearly in L0 at n points spanning the L0 range they share;
+    the result is the geometric mean of the pointwise ratios, so that no part of the range
+    (e.g. a collapsed run's huge CE increase at tiny L0) dominates. Returns (ratio, l0_low,
+    l0_high), or None without a shared range or where a CE increase is not positive.
     """
     xl, yl = curve(points, layer, "local")
     xs, ys = curve(points, layer, setting)
@@ -94,10 +96,10 @@ def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str,
     if not lo < hi:
         return None
     grid = np.linspace(lo, hi, n)
-    local_mean = float(np.interp(grid, xl, yl).mean())
-    if local_mean <= 0:
+    local, other = np.interp(grid, xl, yl), np.interp(grid, xs, ys)
+    if (local <= 0).any() or (other <= 0).any():
         return None
-    return float(np.interp(grid, xs, ys).mean()) / local_mean, float(lo), float(hi)
+    return float(np.exp(np.mean(np.log(other / local)))), float(lo), float(hi)
 
 
 def headline(points: list[Point], settings) -> list[str]:
@@ -108,8 +110,8 @@ def headline(points: list[Point], settings) -> list[str]:
                 continue
             r = ce_ratio_at_equal_l0(points, layer, setting)
             if r is None:
-                lines.append(f"layer {layer}: {setting} vs local: no shared L0 range "
-                             "(need >= 2 finished runs of each, overlapping in L0)")
+                lines.append(f"layer {layer}: {setting} vs local: not comparable (needs >= 2 "
+                             "finished runs of each, overlapping in L0, CE increases > 0)")
             else:
                 ratio, lo, hi = r
                 lines.append(f"layer {layer}: at equal L0 ({lo:.1f}-{hi:.1f}), {setting}'s "
@@ -209,6 +211,8 @@ def plot(points: list[Point], out_dir: Path) -> list[Path]:
             ax.set_title(f"layer {layer}")
             ax.set_xlabel("L0" if x_name == "l0" else "alive dictionary elements")
             ax.set_ylabel("CE loss increase")
+            if all(p.ce_loss_increase > 0 for p in points):
+                ax.set_yscale("log")  # collapsed runs would flatten every other point
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()

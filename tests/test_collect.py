@@ -94,13 +94,18 @@ def test_pairing_is_by_nearest_ce_and_nearest_l0():
 
 
 def test_interpolated_ratio_over_shared_l0_range():
-    # two straight lines in L0: local CE = 0.5 - 0.004 L0, e2e = half of it
+    # straight lines in L0: local CE = 0.5 - 0.004 L0, e2e = half of it
     pts = [Point("l", 6, "local", 1, x, 0, 0, 0.5 - 0.004 * x, 0) for x in (0, 50, 100)]
     pts += [Point("e", 6, "e2e", 1, x, 0, 0, (0.5 - 0.004 * x) / 2, 0) for x in (20, 80)]
     ratio, lo, hi = ce_ratio_at_equal_l0(pts, 6, "e2e")
     assert (lo, hi) == (20, 80) and ratio == pytest.approx(0.5)
-    assert ce_ratio_at_equal_l0(pts[:3] + [Point("e", 6, "e2e", 1, 200, 0, 0, 0.1, 0)] * 2,
-                                6, "e2e") is None  # no shared range
+    far = [Point("e", 6, "e2e", 1, x, 0, 0, 0.1, 0) for x in (200, 300)]
+    assert ce_ratio_at_equal_l0(pts[:3] + far, 6, "e2e") is None  # no shared range
+    # a geometric mean of pointwise ratios: 1/4 over one half of the range, 1 over the other
+    pts = [Point("l", 6, "local", 1, x, 0, 0, 1.0, 0) for x in (0, 100)]
+    pts += [Point("e", 6, "e2e", 1, x, 0, 0, y, 0) for x, y in ((0, 0.25), (49.99, 0.25),
+                                                                  (50.01, 1.0), (100, 1.0))]
+    assert ce_ratio_at_equal_l0(pts, 6, "e2e", n=1000)[0] == pytest.approx(0.5, rel=0.01)
 
 
 def test_paper_grid_prints_the_papers_numbers(tmp_path):
