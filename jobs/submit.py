@@ -165,7 +165,10 @@ def write_configs(plan: Plan) -> None:
         paths = cell_paths(c.dir)
         if not paths.config.exists():
             atomic_write_text(paths.config, c.cfg.to_json())
-    atomic_write_text(plan.grid_dir / "manifest.txt", "".join(f"{c.dir}\n" for c in plan.cells))
+    manifest = plan.grid_dir / "manifest.txt"
+    text = "".join(f"{c.dir}\n" for c in plan.cells)
+    if not manifest.exists() or manifest.read_text() != text:  # a rerun writes nothing
+        atomic_write_text(manifest, text)
 
 
 def main(*tokens: str) -> None:
