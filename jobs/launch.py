@@ -91,6 +91,14 @@ def _launch_local(plan, root: str, grid: str) -> None:
 
 def _follow(job, poll_s: float = 1.0):
     """Waits for a local job, copying its stderr (progress bars, errors) to ours as it grows."""
+    try:
+        return _stream_until_done(job, poll_s)
+    except KeyboardInterrupt:  # Ctrl-C: the local job must not run on unsupervised
+        job.cancel(check=False)
+        raise
+
+
+def _stream_until_done(job, poll_s: float):
     import sys
     import time
 
