@@ -11,14 +11,13 @@ from pathlib import Path
 
 import submitit
 
-from jobs.cell import CellJob
+from jobs.cell import CellJob, match_threads_to_allocation
 from jobs.collect import collect
 from jobs.grids import GRIDS, pretrain_dir
 
 
 def run_pretrain(grid: str, root: str) -> dict:
     from e2e.lm import pretrain
-    from jobs.cell import match_threads_to_allocation
 
     match_threads_to_allocation()
     return pretrain(GRIDS[grid].pretrain, pretrain_dir(Path(root), grid))
