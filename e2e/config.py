@@ -195,6 +195,45 @@ class CellConfig:
         return cls.from_dict(json.loads(text))
 
 
+def check_layer(cfg: CellConfig, n_layers: int) -> None:
+    """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one)."""
+    if cfg.layer >= n_layers:
+        raise ConfigError(f"layer={cfg.layer} is invalid: the model has {n_layers} layers "
+                          f"(0..{n_layers - 1})")
+    if cfg.loss.setting == "e2e_ds" and cfg.layer >= n_layers - 1:
+        raise ConfigError(f"layer={cfg.layer} is invalid for e2e_ds: no later resid_pre exists "
+                          f"in a model of {n_layers} layers")
+
+
+def pack_key(cfg: CellConfig) -> str:
+    """Cells with the same key differ only in their loss and can train as one pack: the same
+    model, layer, data, seed and batch schedule, so they see the same token batches."""
+    d = cfg.to_dict()
+    d.pop("loss")
+    return json.dumps(d, sort_keys=True)
+
+
+def check_packable(cfgs: list[CellConfig]) -> None:
+    """Raises ConfigError naming the fields (other than loss) in which the cells differ."""
+    first = json.loads(pack_key(cfgs[0]))
+    for cfg in cfgs[1:]:
+        other = json.loads(pack_key(cfg))
+        if other != first:
+            diff = sorted(k for k in _leaves(first) | _leaves(other)
+                          if _leaves(first).get(k) != _leaves(other).get(k))
+            raise ConfigError(f"cells of one pack may differ only in loss; these differ in {diff}")
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def _build(cls: type, d: Any, prefix: str) -> Any:
     """Builds dataclass `cls` from a dict, rejecting unknown keys and mistyped values."""
     where = prefix.rstrip(".") or "config"

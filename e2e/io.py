@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,7 @@ class CellPaths:
     checkpoint: Path
     done: Path
     log: Path
+    lock: Path
 
 
 def cell_paths(out_dir: Path | str) -> CellPaths:
@@ -58,4 +61,34 @@ def cell_paths(out_dir: Path | str) -> CellPaths:
         checkpoint=root / "checkpoint.pt",
         done=root / "DONE",
         log=root / "train.log",
+        lock=root / ".lock",
     )
+
+
+class CellBusyError(RuntimeError):
+    """Another process is training this cell folder."""
+
+
+@contextlib.contextmanager
+def cell_lock(root: Path) -> Iterator[None]:
+    """Holds an exclusive lock on a cell folder while it trains; refuses a second holder.
+
+    flock(2) is released by the kernel when the holder dies, so a SIGKILLed or requeued job
+    never blocks its own restart; it also works across containers sharing the folder and, on
+    Linux, on NFS (emulated with byte-range locks).
+    """
+    path = cell_paths(root).lock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise CellBusyError(f"{root} is being trained by another process ({holder}); "
+                                "refusing to train it twice") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -44,14 +44,15 @@ class AliveTracker:
     before the first window completes.
     """
 
-    def __init__(self, n_dict: int, window_tokens: int):
+    def __init__(self, n_dict: int, window_tokens: int, device: str | torch.device = "cpu"):
         self.window_tokens = window_tokens
-        self.fired = torch.zeros(n_dict, dtype=torch.bool)
+        # On the codes' device: a step never waits for the host (read only when reported).
+        self.fired = torch.zeros(n_dict, dtype=torch.bool, device=device)
         self.tokens = 0
         self.last_alive: int | None = None
 
     def update(self, c: torch.Tensor) -> None:
-        self.fired |= (c.detach().reshape(-1, c.shape[-1]) > 0).any(0).cpu()
+        self.fired |= (c.detach().reshape(-1, c.shape[-1]) > 0).any(0)
         self.tokens += c.shape[0] * c.shape[1] if c.ndim == 3 else c.shape[0]
         if self.tokens >= self.window_tokens:
             self.last_alive = int(self.fired.sum())
@@ -63,36 +64,54 @@ class AliveTracker:
         return self.last_alive if self.last_alive is not None else int(self.fired.sum())
 
     def state_dict(self) -> dict:
-        return {"fired": self.fired.clone(), "tokens": self.tokens, "last_alive": self.last_alive}
+        return {"fired": self.fired.to("cpu", copy=True), "tokens": self.tokens,
+                "last_alive": self.last_alive}
 
     def load_state_dict(self, s: dict) -> None:
-        self.fired, self.tokens, self.last_alive = s["fired"].clone(), s["tokens"], s["last_alive"]
+        self.fired = s["fired"].to(self.fired.device)
+        self.tokens, self.last_alive = s["tokens"], s["last_alive"]
 
 
 @torch.no_grad()
 def evaluate(model, sae: SAE, layer: int, batches: list[torch.Tensor]) -> dict[str, float]:
     """Mean of each metric over `batches`, with the SAE output replacing resid_pre at `layer`."""
-    sums: dict[str, float] = defaultdict(float)
+    return evaluate_pack(model, [sae], layer, batches)[0]
+
+
+@torch.no_grad()
+def evaluate_pack(model, saes: list[SAE], layer: int, batches: list[torch.Tensor]
+                  ) -> list[dict[str, float]]:
+    """`evaluate` for several SAEs at one layer; the clean model runs once per batch for all."""
+    sums: list[dict[str, float]] = [defaultdict(float) for _ in saes]
     for tokens in batches:
         clean = clean_pass(model, tokens, layer, full=True)
-        x_hat, c = sae(clean.resid)
-        logits_sae, later_sae = patched_pass(model, x_hat, layer)
-        m = {
-            "ce_loss_orig": ce_loss(clean.logits, tokens),
-            "ce_loss_sae": ce_loss(logits_sae, tokens),
-            "kl_orig_sae": kl_orig_sae(clean.logits, logits_sae),
-            "top1_agreement": (clean.logits.argmax(-1) == logits_sae.argmax(-1)).float().mean(),
-            "l0": l0(c),
-            f"mse/blocks.{layer}.hook_resid_pre": mse_loss(x_hat, clean.resid),
-            f"explained_variance/blocks.{layer}.hook_resid_pre":
-                explained_variance(x_hat, clean.resid),
-        }
-        for k, (s, o) in enumerate(zip(later_sae, clean.later_resids, strict=True)):
-            name = f"blocks.{layer + 1 + k}.hook_resid_pre"
-            m[f"mse/{name}"] = mse_loss(s, o)
-            m[f"explained_variance/{name}"] = explained_variance(s, o)
-        for k, v in m.items():
-            sums[k] += float(v)
-    out = {k: v / len(batches) for k, v in sums.items()}
-    out["ce_loss_increase"] = out["ce_loss_sae"] - out["ce_loss_orig"]
+        for sae, sae_sums in zip(saes, sums, strict=True):
+            for k, v in _batch_metrics(model, sae, layer, tokens, clean).items():
+                sae_sums[k] += float(v)
+    out = []
+    for sae_sums in sums:
+        m = {k: v / len(batches) for k, v in sae_sums.items()}
+        m["ce_loss_increase"] = m["ce_loss_sae"] - m["ce_loss_orig"]
+        out.append(m)
     return out
+
+
+def _batch_metrics(model, sae: SAE, layer: int, tokens: torch.Tensor, clean
+                   ) -> dict[str, torch.Tensor]:
+    x_hat, c = sae(clean.resid)
+    logits_sae, later_sae = patched_pass(model, x_hat, layer)
+    m = {
+        "ce_loss_orig": ce_loss(clean.logits, tokens),
+        "ce_loss_sae": ce_loss(logits_sae, tokens),
+        "kl_orig_sae": kl_orig_sae(clean.target, logits_sae),
+        "top1_agreement": (clean.logits.argmax(-1) == logits_sae.argmax(-1)).float().mean(),
+        "l0": l0(c),
+        f"mse/blocks.{layer}.hook_resid_pre": mse_loss(x_hat, clean.resid),
+        f"explained_variance/blocks.{layer}.hook_resid_pre":
+            explained_variance(x_hat, clean.resid),
+    }
+    for k, (s, o) in enumerate(zip(later_sae, clean.later_resids, strict=True)):
+        name = f"blocks.{layer + 1 + k}.hook_resid_pre"
+        m[f"mse/{name}"] = mse_loss(s, o)
+        m[f"explained_variance/{name}"] = explained_variance(s, o)
+    return m

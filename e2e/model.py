@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from e2e.config import ModelConfig
+from e2e.losses import CleanTarget, clean_target
 
 
 class ModelUnavailableError(RuntimeError):
@@ -73,6 +74,7 @@ class CleanPass:
     resid: torch.Tensor  # (batch, pos, d_model) at blocks.layer.hook_resid_pre
     logits: torch.Tensor | None  # (batch, pos, d_vocab), None when only the prefix ran
     later_resids: list[torch.Tensor]  # resid_pre of blocks layer+1 .. n_layers-1
+    target: CleanTarget | None  # softmax of `logits` for the KL, None with the logits
 
 
 @torch.no_grad()
@@ -80,9 +82,9 @@ def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool) -> CleanPass
     """Runs the clean model; `full=False` stops after the prefix (local training)."""
     resid = resid_pre(model, tokens, layer)
     if not full:
-        return CleanPass(resid, None, [])
+        return CleanPass(resid, None, [], None)
     logits, later = run_from(model, resid, layer, keep_resids=True)
-    return CleanPass(resid, logits, later)
+    return CleanPass(resid, logits, later, clean_target(logits))
 
 
 def patched_pass(model, sae_out: torch.Tensor, layer: int

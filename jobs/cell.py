@@ -1,4 +1,6 @@
-"""One cell as a job: `python -m jobs.cell <cell_dir>` trains or resumes the cell in that folder.
+"""One pack as a job: `python -m jobs.cell <cell_dir> [<cell_dir> ...]` trains or resumes the
+cells in those folders together (one shared pass of the frozen model; a single cell is a pack of
+one). Each cell keeps its own files, log and FAILED marker.
 
 Under submitit the cell is `Checkpointable`: SIGUSR2 (preemption, or the time limit near) sets a
 flag that the training loop polls between optimizer steps; the loop checkpoints and returns, and
@@ -20,7 +22,7 @@ import torch
 
 from e2e.config import CellConfig
 from e2e.io import cell_paths
-from e2e.train import train
+from e2e.train import MemberFailed, train_pack
 
 FAILED = "FAILED"
 # Exit status of a cell run by hand (not under submitit) that stopped on SIGUSR2 after
@@ -62,33 +64,46 @@ def match_threads_to_allocation() -> None:
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """Picklable callable that submitit runs (and requeues) for one cell folder."""
+    """Picklable callable that submitit runs (and requeues) for one pack of cell folders."""
 
-    def __init__(self, cell_dir: str | Path):
-        self.cell_dir = str(cell_dir)
+    def __init__(self, cell_dirs: str | Path | list[str | Path]):
+        dirs = [cell_dirs] if isinstance(cell_dirs, (str, Path)) else list(cell_dirs)
+        self.cell_dirs = [str(d) for d in dirs]
 
     def __call__(self) -> str:
         match_threads_to_allocation()
-        cell_dir = Path(self.cell_dir)
-        paths = cell_paths(cell_dir)
-        (cell_dir / FAILED).unlink(missing_ok=True)
-        cfg = CellConfig.from_json(paths.config.read_text())
+        dirs = [Path(d) for d in self.cell_dirs]
+        cfgs = []
+        for d in dirs:
+            (d / FAILED).unlink(missing_ok=True)
+            cfgs.append(CellConfig.from_json(cell_paths(d).config.read_text()))
         stop = _StopOnUsr2()
-        _log(cell_dir, "start" + (" (resuming)" if paths.checkpoint.exists() else "")
-             + f" on {platform.node()} with {sys.executable}")
+        pack = f" in a pack of {len(dirs)}" if len(dirs) > 1 else ""
+        for d in dirs:
+            resuming = " (resuming)" if cell_paths(d).checkpoint.exists() else ""
+            _log(d, f"start{resuming}{pack} on {platform.node()} with {sys.executable}")
         try:
-            status = train(cfg, cell_dir, should_stop=lambda: stop.requested)
-        except BaseException as e:
-            _log(cell_dir, "failed:\n" + traceback.format_exc())
-            (cell_dir / FAILED).write_text(f"{type(e).__name__}: {e}\n")
+            statuses = train_pack(cfgs, dirs, should_stop=lambda: stop.requested)
+        except MemberFailed as e:
+            for d in dirs:
+                err = e.failures.get(str(d))
+                _log(d, f"failed: {type(err).__name__}: {err}" if err else "done")
+                if err:
+                    (d / FAILED).write_text(f"{type(err).__name__}: {err}\n")
             raise
-        _log(cell_dir, status)
-        if status == "interrupted":
+        except BaseException as e:
+            for d in dirs:
+                _log(d, "failed:\n" + traceback.format_exc())
+                (d / FAILED).write_text(f"{type(e).__name__}: {e}\n")
+            raise
+        for d, status in zip(dirs, statuses, strict=True):
+            _log(d, status)
+        if "interrupted" in statuses:
             stop.hand_over()
-        return status
+        return "done"
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m jobs.cell <cell_dir>")
-    print(CellJob(sys.argv[1])())
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m jobs.cell <cell_dir> [<cell_dir> ...]")
+    print(CellJob(sys.argv[1:])())

@@ -61,7 +61,7 @@ def launch(plan) -> None:
 
 
 def _launch_local(plan, root: str, grid: str) -> None:
-    if not plan.todo and not plan.needs_pretrain and (plan.grid_dir / "results").exists():
+    if not plan.todo_packs and not plan.needs_pretrain and (plan.grid_dir / "results").exists():
         print("nothing to do: every cell is done")
         _report(plan.grid_dir / "results")
         return
@@ -69,23 +69,24 @@ def _launch_local(plan, root: str, grid: str) -> None:
     if plan.needs_pretrain:
         print("pre-training ...", flush=True)
         _follow(ex.submit(run_pretrain, grid, root))
-    todo = plan.todo
+    todo = plan.todo_packs
     failed = []
     step = plan.opts.array_parallelism or 1
     for start in range(0, len(todo), step):
         wave = todo[start:start + step]
         with ex.batch():
-            jobs = [ex.submit(CellJob(c.dir)) for c in wave]
-        for c, job in zip(wave, jobs, strict=True):
+            jobs = [ex.submit(CellJob([c.dir for c in pack])) for pack in wave]
+        for k, (pack, job) in enumerate(zip(wave, jobs, strict=True)):
+            ids = ", ".join(c.id for c in pack)
             try:
                 _follow(job)
-                print(f"[{start + 1 + wave.index(c)}/{len(todo)}] {c.id}: done", flush=True)
-            except Exception as e:  # a failed cell is reported, the others go on
-                failed.append(c.id)
-                print(f"{c.id}: FAILED ({str(e).strip().splitlines()[-1]})", flush=True)
+                print(f"[{start + k + 1}/{len(todo)}] {ids}: done", flush=True)
+            except Exception as e:  # a failed task is reported, the others go on
+                failed.append(ids)
+                print(f"{ids}: FAILED ({str(e).strip().splitlines()[-1]})", flush=True)
     _report(Path(_follow(ex.submit(run_collect, grid, root))))
     if failed:
-        raise SystemExit(f"{len(failed)} cell(s) failed: {failed}")
+        raise SystemExit(f"{len(failed)} task(s) failed: {failed}")
 
 
 def _follow(job, poll_s: float = 1.0):
@@ -123,7 +124,7 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
         dep = f"afterok:{pre.job_id}"
     ex = _executor(plan, "slurm", f"{grid}-cell", plan.opts.gpus_per_cell, dep)
     with ex.batch():
-        jobs = [ex.submit(CellJob(c.dir)) for c in plan.todo]
+        jobs = [ex.submit(CellJob([c.dir for c in pack])) for pack in plan.todo_packs]
     after = ""
     if jobs:
         array_id = jobs[0].job_id.split("_")[0]

@@ -28,7 +28,10 @@ class RunOptions:
     gpus_per_cell: int = 1
     cpus_per_cell: int = 0  # 0: the grid's own (4 for paper, 1 for the small grids)
     mem_gb: int = 0  # 0: the partition's default
-    array_parallelism: int = 0  # 0: unlimited on SLURM, 1 cell at a time locally
+    array_parallelism: int = 0  # 0: unlimited on SLURM, 1 task at a time locally
+    # Cells per array task that differ only in loss and share one pass of the frozen model;
+    # 0 takes the grid's own choice, 1 runs every cell alone.
+    pack: int = 0
     dry_run: bool = False
     wait: bool = False
 
@@ -106,8 +109,8 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
         if s not in SETTINGS:
             raise ConfigError(f"settings={s!r} is invalid: must be among {list(SETTINGS)}")
     opts = RunOptions(**run)
-    for name, low in (("gpus_per_cell", 0), ("cpus_per_cell", 0), ("array_parallelism", 0),
-                      ("time", 0), ("mem_gb", 0)):
+    for name, low in (("pack", 0), ("gpus_per_cell", 0), ("cpus_per_cell", 0),
+                      ("array_parallelism", 0), ("time", 0), ("mem_gb", 0)):
         if getattr(opts, name) < low:
             raise ConfigError(f"{name}={getattr(opts, name)} is invalid: must be >= {low}")
     return opts, Axes(**axes), cfg

@@ -32,3 +32,24 @@ def check_sources(cfg: CellConfig) -> None:
         check_dataset(cfg.data)
     except DataUnavailableError as e:
         raise ConfigError(str(e)) from None
+
+
+def model_depth(name_or_path: str) -> int | None:
+    """Number of blocks of a local model folder or a hub model in the HF cache; None if it
+    cannot be known from here without downloading."""
+    import json
+
+    cfg_file = Path(name_or_path) / "config.json"
+    if cfg_file.exists():
+        d = json.loads(cfg_file.read_text())
+    else:
+        from transformers import AutoConfig
+
+        try:
+            d = AutoConfig.from_pretrained(name_or_path, local_files_only=True).to_dict()
+        except Exception:  # not cached: the depth is checked when the cell starts
+            return None
+    for key in ("n_layer", "num_hidden_layers", "n_layers"):
+        if isinstance(d.get(key), int):
+            return d[key]
+    return None

@@ -17,12 +17,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/submit.py` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e2e.config import CellConfig, ConfigError, with_overrides  # noqa: E402
+from e2e.config import CellConfig, ConfigError, check_layer, with_overrides  # noqa: E402
 from e2e.io import atomic_write_text, cell_paths  # noqa: E402
 from jobs import containers  # noqa: E402
-from jobs.grids import GRIDS, Grid, cell_id, expand, pretrain_dir  # noqa: E402
+from jobs.grids import GRIDS, Grid, cell_id, expand, make_packs, pretrain_dir  # noqa: E402
 from jobs.overrides import Axes, RunOptions, parse_overrides  # noqa: E402
-from jobs.sources import check_sources  # noqa: E402
+from jobs.sources import check_sources, model_depth  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,8 +43,10 @@ class Plan:
     container: str
     cells: list[Cell]
     python: str  # the command that runs `python` for a job (container wrapper included)
-    time_min: int
+    time_min: int  # per array task (a pack)
     cpus: int
+    pack_size: int
+    packs: list[list[Cell]] = field(default_factory=list)  # one array task each
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -54,6 +56,11 @@ class Plan:
     @property
     def todo(self) -> list[Cell]:
         return [c for c in self.cells if c.status != "done"]
+
+    @property
+    def todo_packs(self) -> list[list[Cell]]:
+        """Packs with a cell left to train; a pack's finished members are skipped by the job."""
+        return [p for p in self.packs if any(c.status != "done" for c in p)]
 
     @property
     def needs_pretrain(self) -> bool:
@@ -98,6 +105,11 @@ def make_plan(tokens: list[str]) -> Plan:
         cells.append(Cell(cid, cfg, paths.root, status))
     if len({c.id for c in cells}) != len(cells):
         raise ConfigError("two cells of the grid have the same config")
+    depth = (grid.pretrain.n_layers if grid.pretrain is not None
+             else model_depth(cfgs[0].model.name_or_path))
+    for cfg in cfgs if depth is not None else ():
+        check_layer(cfg, depth)
+    pack_size = opts.pack or grid.pack
     executor = opts.executor
     if executor == "auto":
         executor = "slurm" if _slurm_reachable() else "local"
@@ -108,8 +120,17 @@ def make_plan(tokens: list[str]) -> Plan:
     if container == "apptainer" and not Path(image).is_absolute():
         image = str(REPO / image)
     python = containers.python_command(container, image, root, gpus=opts.gpus_per_cell > 0)
-    plan = Plan(opts, grid, executor, container, cells, python, opts.time or grid.time_min,
-                opts.cpus_per_cell or grid.cpus_per_cell)
+    packs = [[cells[i] for i in p] for p in make_packs(cfgs, pack_size)]
+    largest = max(len(p) for p in packs)
+    # A member of a pack costs less than a cell alone (the clean pass is shared): the grid's
+    # time per cell times the pack size bounds a task. Capped at a day (common partition
+    # limits): a task that reaches its limit checkpoints on USR2, requeues and resumes.
+    time_min = opts.time or min(grid.time_min * largest, max(grid.time_min, 24 * 60))
+    plan = Plan(opts, grid, executor, container, cells, python, time_min,
+                opts.cpus_per_cell or grid.cpus_per_cell, pack_size, packs)
+    if depth is None:
+        plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
+                          "in the HF cache): layers are checked when each cell starts")
     if not opts.dry_run and grid.pretrain is None:
         check_sources(cells[0].cfg)  # fails with a clear message before anything is submitted
     elif grid.pretrain is None:
@@ -135,9 +156,12 @@ def format_plan(plan: Plan) -> str:
     o = plan.opts
     lines = [f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.todo)} to run "
              f"({sum(c.status == 'done' for c in plan.cells)} done) under {plan.grid_dir}",
+             f"packs: up to {plan.pack_size} cells per task sharing one pass of the frozen "
+             f"model (pack=; grid default {plan.grid.pack}): {len(plan.packs)} tasks, "
+             f"{len(plan.todo_packs)} to run",
              f"executor: {plan.executor}; container: {plan.container}"]
     if plan.executor == "slurm":
-        lines.append(f"SLURM, per cell: --gres=gpu:{o.gpus_per_cell} --cpus-per-task="
+        lines.append(f"SLURM, per task: --gres=gpu:{o.gpus_per_cell} --cpus-per-task="
                      f"{plan.cpus} --time={plan.time_min} (minutes) "
                      f"--partition={o.partition or '(default)'} "
                      f"--mem={f'{o.mem_gb}G' if o.mem_gb else '(default)'}, one array "
@@ -145,28 +169,29 @@ def format_plan(plan: Plan) -> str:
                      "--requeue")
     else:
         lines.append(f"local processes, {o.array_parallelism or 1} at a time (on SLURM each "
-                     f"cell would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
+                     f"task would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
     if plan.needs_pretrain:
         lines.append(f"pre-training job first -> {pretrain_dir(Path(o.root), plan.grid.name)}")
     lines.append(f"job command: {plan.python} -u -m submitit.core._submit <job folder>")
-    lines.append(f"{'cell':34} {'layer':>5} {'setting':8} {'λ':>8}  status")
-    for c in plan.cells:
-        lines.append(f"{c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
-                     f"{c.cfg.loss.sparsity_coeff:>8g}  {c.status}")
+    lines.append(f"{'task':>4} {'cell':34} {'layer':>5} {'setting':8} {'λ':>8}  status")
+    for t, pack in enumerate(plan.packs):
+        for c in pack:
+            lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
+                         f"{c.cfg.loss.sparsity_coeff:>8g}  {c.status}")
     lines.append("then: collector job (after the array, whatever its outcome)")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 
 
 def write_configs(plan: Plan) -> None:
-    """Each cell's config.json, and `manifest.txt` (one cell folder per line) for the plain
-    `sbatch slurm/array.sbatch` path."""
+    """Each cell's config.json, and `manifest.txt` (one pack per line: its cell folders,
+    space-separated) for the plain `sbatch slurm/array.sbatch` path."""
     for c in plan.todo:
         paths = cell_paths(c.dir)
         if not paths.config.exists():
             atomic_write_text(paths.config, c.cfg.to_json())
     manifest = plan.grid_dir / "manifest.txt"
-    text = "".join(f"{c.dir}\n" for c in plan.cells)
+    text = "".join(" ".join(str(c.dir) for c in p) + "\n" for p in plan.packs)
     if not manifest.exists() or manifest.read_text() != text:  # a rerun writes nothing
         atomic_write_text(manifest, text)
 

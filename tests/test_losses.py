@@ -5,6 +5,7 @@ import torch
 
 from e2e.config import LossConfig
 from e2e.losses import (
+    clean_target,
     downstream_mse,
     kl_orig_sae,
     loss_coeffs,
@@ -39,6 +40,19 @@ def test_kl_is_mean_over_tokens_of_sum_over_vocab():
     ls = torch.randn(2, 3, 5)
     per_token = (lo.softmax(-1) * (lo.log_softmax(-1) - ls.log_softmax(-1))).sum(-1)
     assert kl_orig_sae(lo, ls).item() == pytest.approx(per_token.mean().item(), rel=1e-5)
+
+
+def test_kl_from_shared_clean_target_has_the_plain_formulas_value_and_gradient():
+    torch.manual_seed(0)
+    lo = torch.randn(3, 4, 7, dtype=torch.float64).float()
+    ls = torch.randn(3, 4, 7, requires_grad=True)
+    plain = (lo.softmax(-1) * (lo.log_softmax(-1) - ls.log_softmax(-1))).sum(-1).mean()
+    (g_plain,) = torch.autograd.grad(plain, ls)
+    fused = kl_orig_sae(clean_target(lo), ls)
+    (g_fused,) = torch.autograd.grad(fused, ls)
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert torch.allclose(g_fused, g_plain, atol=1e-7)
+    assert kl_orig_sae(clean_target(lo), lo).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_downstream_weights_total_over_positions():

@@ -39,7 +39,10 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
     for args, msg in ((["grid=nope"], "grid='nope' is invalid: must be one of"),
                       (["grid=smoke", "optim.lr=7"], "optim.lr=7.0 is invalid"),
                       (["grid=smoke", "settings=[e2e+ds]"], "settings='e2e+ds' is invalid"),
-                      (["grid=smoke", "typo=1"], "unknown key 'typo'")):
+                      (["grid=smoke", "typo=1"], "unknown key 'typo'"),
+                      (["grid=tiny", "layers=[9]"], "layer=9 is invalid: the model has 4 layers"),
+                      (["grid=smoke", "layers=[7]"], "layer=7 is invalid: the model has 3 layers"),
+                      (["grid=smoke", "pack=-1"], "pack=-1 is invalid")):
         r = _submit(*args, f"root={tmp_path}")
         assert r.returncode != 0 and msg in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
@@ -64,7 +67,7 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
 
 
 def test_changed_config_is_refused_naming_the_fields(smoke_root):
-    plan = make_plan(["grid=smoke", f"root={smoke_root}", "layers=[2]"])
+    plan = make_plan(["grid=smoke", f"root={smoke_root}", "layers=[0]"])
     cell = plan.cells[0]
     paths = cell_paths(cell.dir)
     paths.root.mkdir(parents=True)
@@ -73,10 +76,29 @@ def test_changed_config_is_refused_naming_the_fields(smoke_root):
     paths.config.write_text(json.dumps(d))
     try:
         with pytest.raises(ConfigError, match=r"different config: optim.lr: 0.123 -> 0.0005"):
-            make_plan(["grid=smoke", f"root={smoke_root}", "layers=[2]"])
+            make_plan(["grid=smoke", f"root={smoke_root}", "layers=[0]"])
     finally:
         paths.config.unlink()
         paths.root.rmdir()
+
+
+def test_layer_outside_a_local_model_is_refused_before_anything_is_written(smoke_root, tmp_path):
+    model = smoke_root / "smoke" / next((smoke_root / "smoke").glob("_pretrain-*")).name / "model"
+    with pytest.raises(ConfigError, match="layer=2 is invalid for e2e_ds: no later resid_pre"):
+        make_plan(["grid=paper", f"root={tmp_path}", f"model.name_or_path={model}",
+                   "dry_run=true"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cells_that_differ_only_in_loss_are_packed_and_the_manifest_names_packs(smoke_root):
+    plan = make_plan(["grid=smoke", f"root={smoke_root}", "pack=2", "dry_run=true",
+                      "sparsity_coeffs=[1,2]"])
+    assert [len(p) for p in plan.packs] == [2, 2, 2]  # 6 cells of one layer and seed
+    assert all(len({c.cfg.layer for c in p}) == 1 for p in plan.packs)
+    plan = make_plan(["grid=smoke", f"root={smoke_root}", "pack=4", "dry_run=true",
+                      "layers=[0,1]", "settings=[local,e2e]"])
+    assert sorted(len(p) for p in plan.packs) == [2, 2]  # never across layers
+    assert {p[0].cfg.layer for p in plan.packs} == {0, 1}
 
 
 def test_unreachable_model_fails_before_submission(tmp_path):
@@ -89,15 +111,17 @@ def test_unreachable_model_fails_before_submission(tmp_path):
 
 
 def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
-    r = _submit("grid=smoke", f"root={tmp_path}", "executor=local")
+    r = _submit("grid=smoke", f"root={tmp_path}", "executor=local", "pack=3")
     assert r.returncode == 0, r.stdout + r.stderr
     grid = tmp_path / "smoke"
     cells = [d for d in grid.iterdir() if d.name.startswith("L")]
     assert len(cells) == 3 and all((d / "DONE").exists() for d in cells)
+    assert all("in a pack of 3" in (d / "train.log").read_text() for d in cells)
+    assert (grid / "manifest.txt").read_text().count("\n") == 1  # one line: the pack
     results = grid / "results"
     for f in ("summary.csv", "tables.md", "tables.tex", "results.h5", "pareto_l0.png"):
         assert (results / f).exists(), f
     stamps = {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}
-    r2 = _submit("grid=smoke", f"root={tmp_path}", "executor=local")
+    r2 = _submit("grid=smoke", f"root={tmp_path}", "executor=local", "pack=3")
     assert r2.returncode == 0 and "nothing to do" in r2.stdout
     assert stamps == {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}

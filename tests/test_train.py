@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2e.io import cell_paths
+from e2e.config import ConfigError
+from e2e.io import CellBusyError, cell_lock, cell_paths
 from e2e.store import read_metrics
-from e2e.train import NonFiniteLossError, lr_factor, train
+from e2e.train import NonFiniteLossError, lr_factor, train, train_pack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,7 +112,7 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(smoke_cells, tmp_path
 
 def test_non_finite_loss_stops_with_step_and_never_marks_done(smoke_cells, tmp_path,
                                                              monkeypatch):
-    import e2e.train as t
+    import e2e.member as t
 
     real = t.setting_loss
     calls = []
@@ -140,3 +141,67 @@ def test_wandb_offline_on_request(smoke_cells, tmp_path):
     assert train(cfg, tmp_path, progress=False) == "done"
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_a_pack_ends_bit_identical_to_its_cells_run_alone(smoke_cells, tmp_path):
+    cfgs = [_longer(c) for c in smoke_cells]  # local, e2e, e2e_ds: one pack
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone{i}", progress=False)
+    dirs = [tmp_path / f"pack{i}" for i in range(len(cfgs))]
+    assert train_pack(cfgs, dirs, progress=False) == ["done"] * 3
+    for i in range(len(cfgs)):
+        _assert_identical(tmp_path / f"alone{i}", dirs[i])
+
+
+def test_a_pack_resumes_members_at_different_steps_and_skips_finished_ones(smoke_cells,
+                                                                          tmp_path):
+    cfgs = [_longer(c) for c in smoke_cells]
+    dirs = [tmp_path / f"pack{i}" for i in range(len(cfgs))]
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone{i}", progress=False)
+    train(cfgs[0], dirs[0], progress=False)  # member 0 finished alone
+    polls = iter(range(1000))  # the pack stops at step 4 ...
+    assert train_pack(cfgs, dirs, progress=False,
+                      should_stop=lambda: next(polls) == 4) == ["done"] + ["interrupted"] * 2
+    polls = iter(range(1000))  # ... then member 2 goes on alone to step 10
+    train(cfgs[2], dirs[2], progress=False, should_stop=lambda: next(polls) == 6)
+    assert train_pack(cfgs, dirs, progress=False) == ["done"] * 3
+    for i in range(len(cfgs)):
+        _assert_identical(tmp_path / f"alone{i}", dirs[i])
+
+
+def test_a_cell_is_trained_by_one_process_at_a_time(smoke_cells, tmp_path):
+    cfg = smoke_cells[0]
+    with cell_lock(tmp_path), pytest.raises(CellBusyError, match=f"pid {os.getpid()}"):
+        train(cfg, tmp_path, progress=False)
+    assert train(cfg, tmp_path, progress=False) == "done"  # free again once released
+
+
+def test_cells_that_differ_in_more_than_loss_are_not_packed(smoke_cells, tmp_path):
+    a, b = smoke_cells[0], replace(smoke_cells[1], seed=1)
+    with pytest.raises(ConfigError, match=r"differ in \['seed'\]"):
+        train_pack([a, b], [tmp_path / "a", tmp_path / "b"], progress=False)
+
+
+def test_sigkilled_pack_resumes_every_member_bit_identical(smoke_cells, tmp_path):
+    cfgs = [replace(_longer(c), optim=replace(_longer(c).optim, n_samples=400))
+            for c in smoke_cells]
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone{i}", progress=False)
+    dirs = [tmp_path / f"pack{i}" for i in range(len(cfgs))]
+    for d, cfg in zip(dirs, cfgs, strict=True):
+        d.mkdir()
+        cell_paths(d).config.write_text(cfg.to_json())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cell", *map(str, dirs)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not cell_paths(dirs[-1]).checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not any(cell_paths(d).done.exists() for d in dirs)
+    assert train_pack(cfgs, dirs, progress=False) == ["done"] * 3
+    for i in range(len(cfgs)):
+        _assert_identical(tmp_path / f"alone{i}", dirs[i])
