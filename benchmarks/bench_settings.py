@@ -1,11 +1,15 @@
 """Tokens/s and peak memory of one training step per setting (local, e2e, e2e_ds).
 
     python benchmarks/bench_settings.py [--n_layers 4 --d_model 128 --vocab 4096 --ctx 128
-                                         --batch 8 --ratio 8 --layer 2 --steps 10 --device cpu]
+                                         --batch 8 --ratio 8 --layer 2 --steps 10 --device cpu
+                                         --pack 1 --dtype float32]
 
-A random GPT-2-shaped model of the given shape is built in-process (no downloads). Each setting
-runs in its own process, so peak memory is that setting's: the CUDA allocator's peak on GPU, the
-process's peak RSS on CPU (model and libraries included).
+A random GPT-2-shaped model of the given shape is built in-process (no downloads). The step is
+the trainer's own (`e2e.train.pack_step`): with `--pack k`, k cells of the setting (different λ)
+share one clean pass, and tokens/s is per cell (k x tokens / time). Each setting runs in its own
+process, so peak memory is that setting's: the CUDA allocator's peak on GPU, the process's peak
+RSS on CPU (model and libraries included). GFLOP/s counts the step's matmul FLOPs
+(torch.utils.flop_counter) against a dense fp32 matmul timed in the same process.
 """
 
 from __future__ import annotations
@@ -22,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from e2e.config import CellConfig, LossConfig, ModelConfig  # noqa: E402
-from e2e.losses import loss_coeffs  # noqa: E402
+from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig  # noqa: E402
+from e2e.member import Member  # noqa: E402
 from e2e.model import load_model  # noqa: E402
-from e2e.sae import SAE, n_dict_for  # noqa: E402
-from e2e.train import micro_step_loss  # noqa: E402
+from e2e.train import pack_step  # noqa: E402
 
 
 def build_model(args, tmp: Path):
@@ -48,32 +51,57 @@ def peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(model, args, setting: str) -> tuple[float, float]:
-    d = model.cfg.d_model
-    sae = SAE(d, n_dict_for(d, args.ratio)).to(args.device)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    cfg = CellConfig(layer=args.layer, loss=LossConfig(setting=setting, sparsity_coeff=1.0))
-    coeffs = loss_coeffs(cfg.loss, args.layer, model.cfg.n_layers)
-    tokens = torch.randint(0, args.vocab, (args.batch, args.ctx), device=args.device)
+def dense_gflops(device: str, n: int = 1024) -> float:
+    """This machine's fp32 matmul rate: the ceiling the step's matmuls are measured against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    reps = 20 if device == "cpu" else 200
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
-    def step():  # the trainer's own micro-step: the same passes, the same loss
-        loss, _, _ = micro_step_loss(model, sae, cfg, coeffs, tokens)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float]:
+    """Per-cell tokens/s, peak MiB and achieved matmul GFLOP/s of `args.pack` cells."""
+    from contextlib import nullcontext
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    d, n = model.cfg.d_model, model.cfg.n_layers
+    members = [Member(CellConfig(layer=args.layer, dtype=args.dtype, sae=SAEConfig(args.ratio),
+                                 loss=LossConfig(setting=setting, sparsity_coeff=1.0 + i)),
+                      tmp / f"m{i}", d, n, torch.device(args.device))
+               for i in range(args.pack)]
+    tokens = [torch.randint(0, args.vocab, (args.batch, args.ctx), device=args.device)]
+    autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.dtype == "bfloat16"
+                else nullcontext())
+
+    def step():  # the trainer's own step: the same passes, the same loss, the same optimizer
+        pack_step(model, members, tokens, step=1, log=False, autocast=autocast)
 
     for _ in range(2):  # warm-up
         step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    sync(args.device)
     if args.device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
-    if args.device == "cuda":
-        torch.cuda.synchronize()
+    sync(args.device)
     dt = time.perf_counter() - t0
-    return args.steps * args.batch * args.ctx / dt, peak_mb(args.device)
+    tps = args.pack * args.steps * args.batch * args.ctx / dt
+    return tps, peak_mb(args.device), counter.get_total_flops() * args.steps / dt / 1e9
 
 
 def main() -> None:
@@ -82,25 +110,31 @@ def main() -> None:
                           ("batch", 8), ("layer", 2), ("steps", 10)):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--ratio", type=float, default=8.0)
+    p.add_argument("--pack", type=int, default=1, help="cells sharing one clean pass")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", choices=("local", "e2e", "e2e_ds"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
-            tps, mem = bench(build_model(args, Path(tmp)), args, args.only)
-        print(f"{tps} {mem}")
+            model = build_model(args, Path(tmp) / "model")
+            tps, mem, gflops = bench(model, args, args.only, Path(tmp))
+        print(f"{tps} {mem} {gflops}")
         return
+    peak = dense_gflops(args.device)
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, vocab {args.vocab}; SAE at "
           f"layer {args.layer}, ratio {args.ratio:g}; batch {args.batch} x ctx {args.ctx}; "
-          f"{args.steps} steps on {args.device} ({torch.get_num_threads()} threads)")
+          f"pack {args.pack}; {args.dtype}; {args.steps} steps on {args.device} "
+          f"({torch.get_num_threads()} threads); dense fp32 matmul {peak:.0f} GFLOP/s")
     local_tps = None
     for setting in ("local", "e2e", "e2e_ds"):
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", setting],
                              capture_output=True, text=True, check=True).stdout
-        tps, mem = map(float, out.split()[-2:])
+        tps, mem, gflops = map(float, out.split()[-3:])
         local_tps = local_tps or tps
         rel = f"   {local_tps / tps:.2f}x local's time per token" if setting != "local" else ""
-        print(f"{setting:7} {tps:10.0f} tokens/s   peak memory {mem:8.1f} MiB{rel}", flush=True)
+        print(f"{setting:7} {tps:10.0f} tokens/s   peak memory {mem:8.1f} MiB   matmuls "
+              f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak:.0f}% of dense){rel}", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,10 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_factor + (1 - cfg.min_lr_factor) * cosine
 
 
-def make_optimizer(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    # One fused kernel over all parameters on CUDA; the default (foreach) elsewhere.
-    return torch.optim.Adam(params, lr=lr, fused=device.type == "cuda")
+def make_optimizer(params, lr: float) -> torch.optim.Adam:
+    # Fused Adam: one kernel over all parameters, on CUDA and on CPU (where it took 22 ms
+    # instead of foreach's 296 ms for a 46,080 x 768 dictionary's 35M weights).
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def _append(log: dict[str, list[float]], step: int, values: dict[str, float]) -> None:
@@ -59,7 +60,7 @@ class Member:
             torch.manual_seed(cfg.seed)
             self.sae = SAE(d_in, n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio))
         self.sae.to(device)
-        self.opt = make_optimizer(self.sae.parameters(), cfg.optim.lr, device)
+        self.opt = make_optimizer(self.sae.parameters(), cfg.optim.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
                                                        lambda s: lr_factor(s, cfg.optim))
         self.alive = AliveTracker(self.sae.n_dict, cfg.eval.alive_window_tokens, device)

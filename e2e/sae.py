@@ -17,6 +17,31 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 
 
+class _UnitNormColumns(torch.autograd.Function):
+    """w / ||w||_col (as F.normalize(w, dim=0)) with its gradient in one pass:
+    dL/dw = (g - D * sum_rows(g * D)) / ||w||_col.
+
+    Autograd's version of the same formula takes about twice as long on a 768 x 46,080
+    dictionary (a division, its backward and the norm's backward, each a pass over the matrix).
+    """
+
+    @staticmethod
+    def forward(ctx, w):
+        inv_norm = torch.linalg.vector_norm(w, dim=0).clamp_min(1e-12).reciprocal()
+        d = w * inv_norm
+        ctx.save_for_backward(d, inv_norm)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad):
+        d, inv_norm = ctx.saved_tensors
+        return torch.addcmul(grad, d, (grad * d).sum(0), value=-1).mul_(inv_norm)
+
+
+def unit_norm_columns(w: torch.Tensor) -> torch.Tensor:
+    return _UnitNormColumns.apply(w)
+
+
 class SAE(nn.Module):
     """c = ReLU(W_e x + b_e); x_hat = D c + b_d, with D's columns normalised in every forward.
 
@@ -34,7 +59,7 @@ class SAE(nn.Module):
     @property
     def dict_elements(self) -> torch.Tensor:
         """(d_in, n_dict) dictionary, each column of unit L2 norm."""
-        return F.normalize(self.decoder.weight, dim=0)
+        return unit_norm_columns(self.decoder.weight)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.encoder(x))

@@ -34,3 +34,18 @@ def test_saelens_format_round_trip(tmp_path):
     loaded, _ = load_saelens(tmp_path)
     x = torch.randn(4, 8)
     assert torch.allclose(loaded(x)[0], sae(x)[0], atol=1e-6)
+
+
+def test_unit_norm_columns_has_normalizes_value_and_gradient():
+    from e2e.sae import unit_norm_columns
+
+    torch.manual_seed(0)
+    w = (torch.randn(6, 9) * torch.rand(9) * 5).requires_grad_()
+    g = torch.randn(6, 9)
+    want = torch.nn.functional.normalize(w, dim=0)
+    (g_want,) = torch.autograd.grad(want, w, g)
+    got = unit_norm_columns(w)
+    (g_got,) = torch.autograd.grad(got, w, g)
+    assert torch.allclose(got, want, atol=1e-7)
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+    assert torch.autograd.gradcheck(unit_norm_columns, (w.detach().double().requires_grad_(),))
