@@ -39,3 +39,10 @@ def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
                "[ -e $f ] && gpu=\"--device nvidia.com/gpu=all\"; done; " if gpus else "gpu=; ")
         return f"bash -c '{cdi}exec {run} \"$@\"' --"
     raise ValueError(f"unknown container runtime {container!r}")
+
+
+if __name__ == "__main__":  # for slurm/array.sbatch: the same wrapper as the submitit path
+    usage = "usage: python -m jobs.containers none|apptainer|podman <image> <root> <gpus 0|1>"
+    if len(sys.argv) != 5:
+        sys.exit(usage)
+    print(python_command(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"))

@@ -17,6 +17,7 @@ from jobs.grids import GRIDS, pretrain_dir
 
 
 def run_pretrain(grid: str, root: str) -> dict:
+    """The grid's pre-training job (also `python -m jobs.launch pretrain <grid> <root>`)."""
     from e2e.lm import pretrain
 
     match_threads_to_allocation()
@@ -146,3 +147,13 @@ def _report(results: Path) -> None:
     print("\n" + (results / "headline.txt").read_text().strip())
     print(f"tables: {results / 'tables.md'} (and .tex, summary.csv, results.h5)")
     print(f"plots:  {results / 'pareto_l0.png'}, {results / 'pareto_alive.png'}")
+
+
+if __name__ == "__main__":  # the plain-sbatch path's pre-training and collector steps
+    import sys
+
+    usage = "usage: python -m jobs.launch pretrain|collect <grid> <root>"
+    if len(sys.argv) != 4 or sys.argv[1] not in ("pretrain", "collect"):
+        sys.exit(usage)
+    step = run_pretrain if sys.argv[1] == "pretrain" else run_collect
+    print(step(sys.argv[2], sys.argv[3]))

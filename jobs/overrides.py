@@ -34,6 +34,9 @@ class RunOptions:
     pack: int = 0
     dry_run: bool = False
     wait: bool = False
+    # false: write the cell configs and manifest.txt and print the plain `sbatch
+    # slurm/array.sbatch` commands instead of submitting through submitit.
+    submit: bool = True
 
 
 @dataclass(frozen=True)

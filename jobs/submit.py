@@ -8,6 +8,7 @@ collector with `afterany`) or as local processes (in waves of `array_parallelism
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ class Plan:
     executor: str
     container: str
     cells: list[Cell]
+    image: str
     python: str  # the command that runs `python` for a job (container wrapper included)
     time_min: int  # per array task (a pack)
     cpus: int
@@ -126,7 +128,7 @@ def make_plan(tokens: list[str]) -> Plan:
     # time per cell times the pack size bounds a task. Capped at a day (common partition
     # limits): a task that reaches its limit checkpoints on USR2, requeues and resumes.
     time_min = opts.time or min(grid.time_min * largest, max(grid.time_min, 24 * 60))
-    plan = Plan(opts, grid, executor, container, cells, python, time_min,
+    plan = Plan(opts, grid, executor, container, cells, image, python, time_min,
                 opts.cpus_per_cell or grid.cpus_per_cell, pack_size, packs)
     if depth is None:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
@@ -196,6 +198,30 @@ def write_configs(plan: Plan) -> None:
         atomic_write_text(manifest, text)
 
 
+def plain_sbatch_commands(plan: Plan) -> str:
+    """The plain-sbatch recipe for a written plan: pre-training if needed, the array over
+    manifest.txt (one task per pack), the collector after it."""
+    root, grid = Path(plan.opts.root).resolve(), plan.grid.name
+    n = len(plan.packs)
+    py = shlex.quote(sys.executable)
+    env = f"E2E_CONTAINER={plan.container}" + (
+        f" E2E_IMAGE={shlex.quote(plan.image)}" if plan.container != "none" else
+        f" E2E_PYTHON={py}")
+    lines = ["written: cell configs and " + str(plan.grid_dir / "manifest.txt") +
+             "; submit from the repository root with:"]
+    dep = ""
+    if plan.needs_pretrain:
+        lines.append(f"pre=$(sbatch --parsable --job-name={grid}-pretrain --wrap "
+                     f"'{py} -m jobs.launch pretrain {grid} {root}')")
+        dep = " --dependency=afterok:$pre"
+    lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} "
+                 f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
+                 f"{plan.grid_dir / 'manifest.txt'})")
+    lines.append(f"sbatch --dependency=afterany:$arr --job-name={grid}-collect --wrap "
+                 f"'{py} -m jobs.launch collect {grid} {root}'")
+    return "\n".join(lines)
+
+
 def main(*tokens: str) -> None:
     try:
         plan = make_plan([str(t) for t in tokens])
@@ -205,6 +231,9 @@ def main(*tokens: str) -> None:
     if plan.opts.dry_run:
         return
     write_configs(plan)
+    if not plan.opts.submit:
+        print(plain_sbatch_commands(plan))
+        return
     from jobs.launch import launch
 
     launch(plan)

@@ -5,6 +5,7 @@ never skip, when the cluster or the image is missing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -120,3 +121,55 @@ def test_preempted_cell_requeues_and_ends_identical(tmp_path):
         assert np.array_equal(ma["eval"][k], mb["eval"][k]), k
     _wait_for(lambda: (tmp_path / "preempted" / "smoke" / "results" / "tables.md").exists(),
               300, "the collector")
+
+
+def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:
+    """Cell folders keyed by (layer, setting, λ): ids differ between roots (the model path)."""
+    out = {}
+    for d in grid_dir.glob("L*"):
+        cfg = json.loads((d / "config.json").read_text())
+        out[(cfg["layer"], cfg["loss"]["setting"], cfg["loss"]["sparsity_coeff"])] = d
+    return out
+
+
+def test_plain_sbatch_array_over_the_manifest_preempted_and_requeued_matches_submitit(tmp_path):
+    from e2e.lm import pretrain
+    from jobs.grids import SMOKE, pretrain_dir
+
+    long = ("optim.n_samples=2400", "eval.checkpoint_every_steps=1000", "pack=2")
+    _submit(tmp_path / "submitit", *long)
+    plain = tmp_path / "plain"
+    pretrain(SMOKE.pretrain, pretrain_dir(plain, "smoke"), progress=False)
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={plain}",
+                        "executor=slurm", "container=podman", f"image={IMAGE}", "submit=false",
+                        *long], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "slurm/array.sbatch" in r.stdout and "E2E_CONTAINER=podman" in r.stdout
+    manifest = plain / "smoke" / "manifest.txt"
+    packs = manifest.read_text().splitlines()
+    assert [len(line.split()) for line in packs] == [2, 1]  # two tasks: packs of 2 and 1
+    env = {**os.environ, "E2E_CONTAINER": "podman", "E2E_IMAGE": IMAGE}
+    out = subprocess.run(["sbatch", "--parsable", f"--array=0-{len(packs) - 1}",
+                          "--cpus-per-task=1", "--time=30", f"--output={tmp_path}/%A_%a.out",
+                          "slurm/array.sbatch", str(manifest)], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    array = out.strip().split(";")[0]
+    first = packs[0].split()
+    _wait_for(lambda: all((Path(d) / "train.log").exists() for d in first), 300,
+              "task 0 to start")
+    time.sleep(4)  # into the training loop
+    subprocess.run(["scancel", "--signal=USR2", f"{array}_0"], check=True)
+    _wait_for(lambda: all((d / "DONE").exists() for d in (plain / "smoke").glob("L*")), 600,
+              "every cell of the array")
+    for d in first:
+        log = (Path(d) / "train.log").read_text()
+        assert "interrupted" in log and "start (resuming) in a pack of 2" in log, log
+    ref, got = _cells_by_axes(tmp_path / "submitit" / "smoke"), _cells_by_axes(plain / "smoke")
+    assert ref.keys() == got.keys() and len(ref) == 3
+    for key in ref:
+        wa = load_file(str(cell_paths(ref[key]).sae / "sae_weights.safetensors"))
+        wb = load_file(str(cell_paths(got[key]).sae / "sae_weights.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), key
+        ma = read_metrics(cell_paths(ref[key]).metrics)
+        mb = read_metrics(cell_paths(got[key]).metrics)
+        assert all(np.array_equal(ma["eval"][k], mb["eval"][k]) for k in ma["eval"]), key
