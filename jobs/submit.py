@@ -203,22 +203,25 @@ def plain_sbatch_commands(plan: Plan) -> str:
     manifest.txt (one task per pack), the collector after it."""
     root, grid = Path(plan.opts.root).resolve(), plan.grid.name
     n = len(plan.packs)
-    py = shlex.quote(sys.executable)
     env = f"E2E_CONTAINER={plan.container}" + (
         f" E2E_IMAGE={shlex.quote(plan.image)}" if plan.container != "none" else
-        f" E2E_PYTHON={py}")
+        f" E2E_PYTHON={shlex.quote(sys.executable)}")
+
+    def wrap(step: str) -> str:  # pre-training and collector run in the cells' container too
+        return shlex.quote(f"{plan.python} -m jobs.launch {step} {grid} {root}")
+
     lines = ["written: cell configs and " + str(plan.grid_dir / "manifest.txt") +
              "; submit from the repository root with:"]
     dep = ""
     if plan.needs_pretrain:
         lines.append(f"pre=$(sbatch --parsable --job-name={grid}-pretrain --wrap "
-                     f"'{py} -m jobs.launch pretrain {grid} {root}')")
+                     f"{wrap('pretrain')})")
         dep = " --dependency=afterok:$pre"
     lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} "
                  f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
                  f"{plan.grid_dir / 'manifest.txt'})")
     lines.append(f"sbatch --dependency=afterany:$arr --job-name={grid}-collect --wrap "
-                 f"'{py} -m jobs.launch collect {grid} {root}'")
+                 f"{wrap('collect')}")
     return "\n".join(lines)
 
 
