@@ -4,7 +4,8 @@ Documents are concatenated with EOS between them and cut into rows of `context_l
 is added (the paper). A pre-tokenized column (`input_ids`) is concatenated as it is, since its
 rows already carry their EOS separators. The stream's position (document cursor plus the tokens
 carried over into the next row) is a small state dict a checkpoint stores, so a resumed run
-continues mid-epoch without replaying the stream.
+continues mid-epoch without replaying the stream. A staged folder (`e2e.stage`) holds the rows
+themselves, already in stream order: they are read in order, memory-mapped, and never reshuffled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from e2e.config import DataConfig
+from e2e.stage import StagedRows, StageError, is_staged
 
 
 class DataUnavailableError(RuntimeError):
@@ -43,6 +45,13 @@ def _open_streaming(name: str, split: str):
 
 def check_dataset(cfg: DataConfig) -> None:
     """Fails fast (before submission) if the train and eval sources cannot be opened."""
+    if is_staged(cfg):
+        try:
+            for split in {cfg.split, cfg.eval_split or cfg.split}:
+                StagedRows(cfg, split)
+        except StageError as e:
+            raise DataUnavailableError(str(e)) from None
+        return
     for split in {cfg.split, cfg.eval_split or cfg.split}:
         if Path(cfg.dataset).exists():
             ds = _open_local(Path(cfg.dataset), split)
@@ -65,7 +74,9 @@ class TokenStream:
         if not self.tokenized and self.eos is None:
             raise DataUnavailableError("a text column needs a tokenizer with an EOS token")
         self.epoch, self.cursor, self.carry = 0, 0, []
-        self._ds = _open_local(Path(cfg.dataset), split) if self.local else None
+        self._staged = StagedRows(cfg, split) if self.local and is_staged(cfg) else None
+        self._ds = (_open_local(Path(cfg.dataset), split)
+                    if self.local and self._staged is None else None)
         self._order: torch.Tensor | None = None
         self._stream_iter = None
         self._stream_state: dict | None = None
@@ -109,6 +120,10 @@ class TokenStream:
 
     # -- rows -------------------------------------------------------------------------------
     def next_batch(self, batch_size: int) -> torch.Tensor:
+        if self._staged is not None:  # the cursor counts rows
+            batch = self._staged.take(self.cursor, batch_size)
+            self.cursor += batch_size
+            return batch
         n = self.cfg.context_length
         rows = []
         while len(rows) < batch_size:

@@ -21,7 +21,7 @@ import submitit
 import torch
 
 from e2e.config import CellConfig
-from e2e.io import cell_paths
+from e2e.io import CellBusyError, cell_paths
 from e2e.train import MemberFailed, train_pack
 
 FAILED = "FAILED"
@@ -84,10 +84,15 @@ class CellJob(submitit.helpers.Checkpointable):
             _log(d, f"start{resuming}{pack} on {platform.node()} with {sys.executable}")
         try:
             statuses = train_pack(cfgs, dirs, should_stop=lambda: stop.requested)
+        except CellBusyError as e:  # another process trains it: not a failure of the cell
+            for d in dirs:
+                _log(d, f"refused: {e}")
+            raise
         except MemberFailed as e:
             for d in dirs:
                 err = e.failures.get(str(d))
-                _log(d, f"failed: {type(err).__name__}: {err}" if err else "done")
+                _log(d, f"failed: {type(err).__name__}: {err}" if err else
+                     "finished or checkpointed; another member of its pack failed")
                 if err:
                     (d / FAILED).write_text(f"{type(err).__name__}: {err}\n")
             raise

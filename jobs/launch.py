@@ -66,6 +66,7 @@ def _launch_local(plan, root: str, grid: str) -> None:
         print("nothing to do: every cell is done")
         _report(plan.grid_dir / "results")
         return
+    _interrupt_on_sigterm()
     ex = _executor(plan, "local", grid, 0)
     if plan.needs_pretrain:
         print("pre-training ...", flush=True)
@@ -94,9 +95,20 @@ def _follow(job, poll_s: float = 1.0):
     """Waits for a local job, copying its stderr (progress bars, errors) to ours as it grows."""
     try:
         return _stream_until_done(job, poll_s)
-    except KeyboardInterrupt:  # Ctrl-C: the local job must not run on unsupervised
+    except KeyboardInterrupt:  # Ctrl-C, kill, closed terminal: no job runs on unsupervised
         job.cancel(check=False)
         raise
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a closed terminal) unwinds like Ctrl-C, so `_follow` cancels the job."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
 
 
 def _stream_until_done(job, poll_s: float):

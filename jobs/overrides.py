@@ -37,6 +37,12 @@ class RunOptions:
     # false: write the cell configs and manifest.txt and print the plain `sbatch
     # slurm/array.sbatch` commands instead of submitting through submitit.
     submit: bool = True
+    # Where cells read the model and tokens: "staged" (the copy `jobs/stage.py` made under
+    # <root>/_sources/, required), "hub" (the original ids; compute nodes need internet), or
+    # "auto" (the stage when a complete one exists, else the original).
+    source: Literal["auto", "staged", "hub"] = "auto"
+    # true: stage here first (on a machine with internet), then submit reading the stage.
+    stage: bool = False
 
 
 @dataclass(frozen=True)

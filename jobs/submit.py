@@ -49,6 +49,7 @@ class Plan:
     cpus: int
     pack_size: int
     packs: list[list[Cell]] = field(default_factory=list)  # one array task each
+    stages: list = field(default_factory=list)  # jobs.stage.Stage: staged sources involved
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +93,16 @@ def make_plan(tokens: list[str]) -> Plan:
     cfgs = [with_overrides(c, cfg_overrides) for c in _expand(grid, root, axes)]
     if not cfgs:
         raise ConfigError("the grid with these overrides has no cells")
+    notes: list[str] = []
+    stages = []
+    source_cfgs = cfgs
+    if grid.pretrain is not None and (opts.stage or opts.source == "staged"):
+        raise ConfigError(f"grid={grid.name} builds its own model and data (pre-training) on "
+                          "the shared root: there is nothing to stage")
+    if grid.pretrain is None:
+        from jobs.stage import apply_source
+
+        cfgs, stages = apply_source(cfgs, root, opts.source, opts.stage, notes)
     cells = []
     for cfg in cfgs:
         cid = cell_id(cfg)
@@ -107,8 +118,9 @@ def make_plan(tokens: list[str]) -> Plan:
         cells.append(Cell(cid, cfg, paths.root, status))
     if len({c.id for c in cells}) != len(cells):
         raise ConfigError("two cells of the grid have the same config")
-    depth = (grid.pretrain.n_layers if grid.pretrain is not None
-             else model_depth(cfgs[0].model.name_or_path))
+    depth = (grid.pretrain.n_layers if grid.pretrain is not None  # a stage knows it offline
+             else model_depth(cfgs[0].model.name_or_path)
+             or model_depth(source_cfgs[0].model.name_or_path))
     for cfg in cfgs if depth is not None else ():
         check_layer(cfg, depth)
     pack_size = opts.pack or grid.pack
@@ -129,12 +141,13 @@ def make_plan(tokens: list[str]) -> Plan:
     # limits): a task that reaches its limit checkpoints on USR2, requeues and resumes.
     time_min = opts.time or min(grid.time_min * largest, max(grid.time_min, 24 * 60))
     plan = Plan(opts, grid, executor, container, cells, image, python, time_min,
-                opts.cpus_per_cell or grid.cpus_per_cell, pack_size, packs)
+                opts.cpus_per_cell or grid.cpus_per_cell, pack_size, packs, stages, notes)
     if depth is None:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
                           "in the HF cache): layers are checked when each cell starts")
     if not opts.dry_run and grid.pretrain is None:
-        check_sources(cells[0].cfg)  # fails with a clear message before anything is submitted
+        # fails with a clear message before anything is submitted (staging reads the originals)
+        check_sources(source_cfgs[0] if opts.stage else cells[0].cfg)
     elif grid.pretrain is None:
         plan.notes.append("model and dataset reachability is checked at submission, not in "
                           "a dry run")
@@ -174,6 +187,8 @@ def format_plan(plan: Plan) -> str:
                      f"task would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
     if plan.needs_pretrain:
         lines.append(f"pre-training job first -> {pretrain_dir(Path(o.root), plan.grid.name)}")
+    for s in plan.stages:
+        lines.append(f"{'staging here first' if o.stage else 'stage'}: {s.describe()}")
     lines.append(f"job command: {plan.python} -u -m submitit.core._submit <job folder>")
     lines.append(f"{'task':>4} {'cell':34} {'layer':>5} {'setting':8} {'λ':>8}  status")
     for t, pack in enumerate(plan.packs):
@@ -233,6 +248,10 @@ def main(*tokens: str) -> None:
     print(format_plan(plan), flush=True)
     if plan.opts.dry_run:
         return
+    if plan.opts.stage:
+        from jobs.stage import run_stages
+
+        run_stages(plan.stages)
     write_configs(plan)
     if not plan.opts.submit:
         print(plain_sbatch_commands(plan))

@@ -125,3 +125,35 @@ def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
     r2 = _submit("grid=smoke", f"root={tmp_path}", "executor=local", "pack=3")
     assert r2.returncode == 0 and "nothing to do" in r2.stdout
     assert stamps == {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}
+
+
+def test_sigterm_of_a_local_run_stops_its_cell_so_a_rerun_is_not_refused(tmp_path):
+    import signal
+    import time
+
+    from e2e.io import CellBusyError, cell_lock
+
+    args = [sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
+            "executor=local", "settings=[e2e]", "optim.n_samples=40000"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    cells = []
+    while not cells and time.time() < deadline:
+        cells = [d for d in (tmp_path / "smoke").glob("L*") if (d / "checkpoint.pt").exists()
+                 or "start" in ((d / "train.log").read_text() if (d / "train.log").exists()
+                                else "")]
+        time.sleep(0.5)
+    (cell,) = cells
+    time.sleep(3)  # training
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    deadline = time.time() + 30
+    while True:  # the cell's process is gone: its lock is free
+        try:
+            with cell_lock(cell):
+                break
+        except CellBusyError:
+            assert time.time() < deadline, "the cell still trains after its run was killed"
+            time.sleep(0.5)
+    assert not (cell / "DONE").exists()

@@ -1,0 +1,110 @@
+"""`python jobs/stage.py grid=paper root=/shared/e2e`: copy a grid's model and the exact token
+rows its cells read to `<root>/_sources/<hash>/`, from a machine that reaches the hub (a login
+node), so the array's compute nodes run offline.
+
+Takes the same `key=value` arguments as `jobs/submit.py` (grid, root, axes, config fields) and
+stages what those cells would read: one stage per (model, data, seed, budget); resumable (run it
+again after an interruption) and verified (sha256 of every file). `dry_run=true` prints what
+would be staged and its size. `submit.py ... stage=true` stages first, then submits.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e2e.config import CellConfig, ConfigError  # noqa: E402
+from e2e.stage import StageError, rows_needed, stage, stage_key, staged_config, verify  # noqa: E402
+
+
+@dataclass
+class Stage:
+    dir: Path
+    cfg: CellConfig  # one of the cells reading it, with the original sources
+    n_train_rows: int
+    n_eval_rows: int
+
+    @property
+    def status(self) -> str:
+        if (self.dir / "DONE").exists():
+            return "staged"
+        return "partial (resumes)" if self.dir.exists() else "to stage"
+
+    def describe(self) -> str:
+        ctx = self.cfg.data.context_length
+        rows = self.n_train_rows + self.n_eval_rows
+        return (f"{self.dir}: {self.cfg.model.name_or_path} + {self.n_train_rows:,} train and "
+                f"{self.n_eval_rows:,} eval rows of {ctx} tokens from {self.cfg.data.dataset} "
+                f"(seed {self.cfg.seed}): {rows * ctx:,} tokens, "
+                f"{rows * ctx * 4 / 1e9:.2f} GB + the model; {self.status}")
+
+
+def stages_for(cfgs: list[CellConfig], root: Path) -> dict[str, Stage]:
+    """Stage per cell config (the same Stage object for cells that read the same rows)."""
+    by_key: dict[str, Stage] = {}
+    out = {}
+    for cfg in cfgs:
+        n_train, n_eval = rows_needed(cfg)
+        key = stage_key(cfg, n_train, n_eval)
+        st = by_key.setdefault(key, Stage(root / "_sources" / key, cfg, n_train, n_eval))
+        out[cfg.to_json()] = st
+    return out
+
+
+def apply_source(cfgs: list[CellConfig], root: Path, source: str, will_stage: bool,
+                 notes: list[str]) -> tuple[list[CellConfig], list[Stage]]:
+    """The cell configs reading the stage (or the original sources), and the stages involved.
+
+    Raises ConfigError when `source=staged` and a stage is missing, partial or corrupt.
+    """
+    stages = stages_for(cfgs, root)
+    unique = list({id(s): s for s in stages.values()}.values())
+    if source == "hub" and not will_stage:
+        return cfgs, []
+    complete = all(s.status == "staged" for s in unique)
+    if not will_stage and not complete:
+        if source == "staged":
+            missing = "; ".join(s.describe() for s in unique if s.status != "staged")
+            raise ConfigError(f"source=staged but not staged: {missing}. Stage from a machine "
+                              "with internet: python jobs/stage.py <the same arguments>")
+        notes.append("sources not staged: every compute node reads the hub (offline nodes: "
+                     "python jobs/stage.py <the same arguments> first, or stage=true)")
+        return cfgs, unique
+    if complete and not will_stage:
+        for s in unique:
+            try:
+                verify(s.dir)
+            except StageError as e:
+                raise ConfigError(str(e)) from None
+    return [staged_config(c, stages[c.to_json()].dir) for c in cfgs], unique
+
+
+def run_stages(stages: list[Stage]) -> None:
+    for s in stages:
+        print(f"staging {s.describe()}", flush=True)
+        stage(s.cfg, s.n_train_rows, s.n_eval_rows, s.dir)
+        verify(s.dir)
+        print(f"staged: {s.dir}", flush=True)
+
+
+def main(*tokens: str) -> None:
+    from jobs.submit import make_plan
+
+    try:
+        plan = make_plan([str(t) for t in tokens] + ["stage=true"])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    for s in plan.stages:
+        print(s.describe())
+    if not plan.opts.dry_run:
+        run_stages(plan.stages)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
