@@ -1,5 +1,5 @@
-"""Dense SAE step against a sparse-kernel prototype, at a planted L0: the measurement behind
-the decision to keep the SAE dense (README, Performance).
+"""The project's dense SAE step against a sparse-kernel prototype, at a planted L0: the
+measurement behind the decision to keep the SAE dense (README, Performance).
 
     python benchmarks/bench_sparse_sae.py [--tokens 1024 --d_in 128 --n_dict 2048 --l0 20 50 100]
 
@@ -12,10 +12,18 @@ gradients as `csr^T @ dense`. The encoder's forward product stays dense.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from e2e.sae import unit_norm_columns  # noqa: E402
+
+warnings.filterwarnings("ignore", category=UserWarning)  # "sparse CSR support is in beta"
 
 
 class _CSRSAE(torch.autograd.Function):
@@ -56,9 +64,9 @@ def main() -> None:
     b_dec = torch.zeros(d, requires_grad=True)
     params = None
 
-    def dense(b_enc):
+    def dense(b_enc):  # the project's SAE forward
         c = F.relu(F.linear(x, w_enc, b_enc))
-        return F.linear(c, F.normalize(w_dec, dim=0), b_dec), c
+        return F.linear(c, unit_norm_columns(w_dec), b_dec), c
 
     def sparse(b_enc):
         inv = w_dec.norm(dim=0).reciprocal()
