@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 from e2e.config import SETTINGS, CellConfig  # noqa: E402
 from e2e.io import atomic_path, atomic_write_text, cell_paths  # noqa: E402
 from e2e.store import read_metrics  # noqa: E402
-from jobs import tables  # noqa: E402
+from jobs import convergence, tables  # noqa: E402
 
 
 @dataclass
@@ -31,6 +31,8 @@ class CellResult:
     eval: dict[str, float] = field(default_factory=dict)
     train_time_s: float | None = None
     reason: str = ""
+    # relative change of CE loss increase and L0 over the second half of training
+    change: dict[str, float] = field(default_factory=dict)
 
     @property
     def row(self) -> dict:
@@ -49,6 +51,8 @@ class CellResult:
             "downstream_mse": ";".join(f"{k[4:]}={v:.6g}" for k, v in sorted(later.items())),
             "grad_norm": e.get("grad_norm", ""),
             "train_time_s": self.train_time_s if self.train_time_s is not None else "",
+            "ce_change_2nd_half": self.change.get("ce_loss_increase", ""),
+            "l0_change_2nd_half": self.change.get("l0", ""),
             "reason": self.reason,
         }
 
@@ -71,6 +75,8 @@ def read_cell(cell_dir: Path) -> CellResult:
             m = read_metrics(paths.metrics)
             res.eval = {k: float(v) for k, v in m["eval"].items()}
             res.train_time_s = float(m["attrs"].get("train_time_s", 0.0))
+            res.change = convergence.second_half_change(
+                m["eval_history"], float(m["attrs"].get("n_steps", 0)))
         except Exception as e:  # truncated or not HDF5 at all
             res.status, res.reason = "corrupt", f"metrics.h5 unreadable: {type(e).__name__}: {e}"
             return res
@@ -132,9 +138,14 @@ def collect(root: Path | str, grid: str) -> Path:
                            c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
                            c.train_time_s or 0.0) for c in done]
     headline = tables.headline(points, SETTINGS)
+    changes = {c.id: c.change for c in done}
+    flag = convergence.headline_line(changes)
+    headline += [flag] if flag else []
     not_done = [c for c in cells if c.status != "done"]
     md, tex = tables.render(points, not_done=[(c.id, c.status, c.reason) for c in not_done],
                             headline=headline, paper=(grid == "paper"))
+    if changes:
+        md += "\n" + convergence.markdown(changes)
     atomic_write_text(out / "tables.md", md)
     atomic_write_text(out / "tables.tex", tex)
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")

@@ -115,3 +115,31 @@ def test_paper_grid_prints_the_papers_numbers(tmp_path):
     p.config.write_text(cfg.to_json())
     md = (collect(tmp_path, "paper") / "tables.md").read_text()
     assert "Paper (GPT-2 small), Table 2" in md and "| 6 | e2e | 3 | 27.5 | 22000 | 0.145 |" in md
+
+
+def test_second_half_change_compares_the_final_eval_with_the_first_of_the_second_half():
+    from jobs.convergence import second_half_change
+
+    h = {"step": [100, 200, 300, 400], "ce_loss_increase": [0.1, 0.05, 0.045, 0.04],
+         "l0": [80, 50, 49, 49]}
+    ch = second_half_change(h, 400)
+    assert ch["ce_loss_increase"] == pytest.approx(0.25) and ch["l0"] == pytest.approx(1 / 49)
+    assert all(v != v for v in second_half_change({}, 400).values())  # NaN: no history
+
+
+def test_unconverged_cells_are_flagged_in_tables_and_headline(tmp_path):
+    for lam, late_ce in ((1, 0.0205), (4, 0.05)):  # converged (2.5%), not (150%)
+        cfg, p = _cell(tmp_path, "local", lam)
+        ev = {"l0": 50.0, "ce_loss_increase": 0.02, "alive_dict_elements": 900, "grad_norm": 1}
+        hist = {"step": [100.0, 300.0, 600.0], "ce_loss_increase": [0.1, late_ce, 0.02],
+                "l0": [90.0, 50.5, 50.0]}
+        write_metrics(p.metrics, config_json=cfg.to_json(), train={"step": [0.0]},
+                      eval_history=hist, final_eval=ev, attrs={"n_steps": 600})
+        p.done.write_text("ok")
+    out = collect(tmp_path, "g")
+    assert "not converged: 1 of 2 finished cells" in (out / "headline.txt").read_text()
+    md = (out / "tables.md").read_text()
+    assert "## Convergence" in md and md.count("not converged: compare with care") == 1
+    rows = {float(r["sparsity_coeff"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    assert float(rows[4.0]["ce_change_2nd_half"]) == pytest.approx(1.5)
+    assert float(rows[1.0]["ce_change_2nd_half"]) == pytest.approx(0.025)
