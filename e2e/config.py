@@ -141,6 +141,11 @@ class EvalConfig:
         _require(self.grad_norm_after_samples >= 0, "eval.grad_norm_after_samples", ">= 0",
                  self.grad_norm_after_samples)
 
+    @property
+    def n_batches(self) -> int:
+        """Eval batches a cell reads (at least one)."""
+        return max(1, self.n_samples // self.batch_size)
+
 
 @dataclass(frozen=True)
 class WandbConfig:
@@ -215,12 +220,12 @@ def pack_key(cfg: CellConfig) -> str:
 
 def check_packable(cfgs: list[CellConfig]) -> None:
     """Raises ConfigError naming the fields (other than loss) in which the cells differ."""
-    first = json.loads(pack_key(cfgs[0]))
+    first = _leaves(cfgs[0].to_dict())
     for cfg in cfgs[1:]:
-        other = json.loads(pack_key(cfg))
-        if other != first:
-            diff = sorted(k for k in _leaves(first) | _leaves(other)
-                          if _leaves(first).get(k) != _leaves(other).get(k))
+        other = _leaves(cfg.to_dict())
+        diff = sorted(k for k in first.keys() | other.keys()
+                      if not k.startswith("loss.") and first.get(k) != other.get(k))
+        if diff:
             raise ConfigError(f"cells of one pack may differ only in loss; these differ in {diff}")
 
 

@@ -35,7 +35,6 @@ from e2e.io import atomic_path, atomic_write_text
 ROWS_FILE = "rows.json"  # in rows/: split -> shard files, rows, context length
 MANIFEST = "manifest.json"
 SHARD_ROWS = 8192  # 32 MiB shards at the paper's 1,024-token rows
-SPLITS = ("train", "eval")
 
 
 class StageError(RuntimeError):
@@ -52,7 +51,7 @@ def stage_key(cfg: CellConfig, n_train_rows: int, n_eval_rows: int) -> str:
 def rows_needed(cfg: CellConfig) -> tuple[int, int]:
     """Train and eval rows one cell reads: every optimizer step's samples, every eval batch."""
     n_train = cfg.optim.n_steps * cfg.optim.samples_per_step
-    n_eval = max(1, cfg.eval.n_samples // cfg.eval.batch_size) * cfg.eval.batch_size
+    n_eval = cfg.eval.n_batches * cfg.eval.batch_size
     return n_train, n_eval
 
 

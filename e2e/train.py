@@ -78,7 +78,7 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
                 continue
             paths.root.mkdir(parents=True, exist_ok=True)
             locks.enter_context(cell_lock(paths.root))
-            if paths.done.exists():  # finished by another process while we waited for nothing
+            if paths.done.exists():  # finished by another process just before we locked it
                 continue
             if not paths.config.exists():
                 atomic_write_text(paths.config, cfgs[i].to_json())
@@ -127,8 +127,8 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
     if first.data_state is not None:
         stream.load_state_dict(first.data_state)
     evs = eval_stream(cfg.data, model.tokenizer, cfg.seed)
-    n_eval_batches = max(1, cfg.eval.n_samples // cfg.eval.batch_size)
-    eval_batches = [evs.next_batch(cfg.eval.batch_size).to(device) for _ in range(n_eval_batches)]
+    eval_batches = [evs.next_batch(cfg.eval.batch_size).to(device)
+                    for _ in range(cfg.eval.n_batches)]
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if cfg.dtype == "bfloat16" else nullcontext())
     runs = {id(m): _wandb_run(m.cfg, m.paths.root) for m in members}

@@ -43,16 +43,17 @@ class Stage:
                 f"{rows * ctx * 4 / 1e9:.2f} GB + the model; {self.status}")
 
 
-def stages_for(cfgs: list[CellConfig], root: Path) -> dict[str, Stage]:
-    """Stage per cell config (the same Stage object for cells that read the same rows)."""
+def stages_for(cfgs: list[CellConfig], root: Path) -> tuple[list[Stage], list[Stage]]:
+    """The stage each cell reads (in order; one object for cells that read the same rows) and
+    the distinct stages."""
     by_key: dict[str, Stage] = {}
-    out = {}
+    per_cell = []
     for cfg in cfgs:
         n_train, n_eval = rows_needed(cfg)
         key = stage_key(cfg, n_train, n_eval)
-        st = by_key.setdefault(key, Stage(root / "_sources" / key, cfg, n_train, n_eval))
-        out[cfg.to_json()] = st
-    return out
+        per_cell.append(by_key.setdefault(key, Stage(root / "_sources" / key, cfg, n_train,
+                                                      n_eval)))
+    return per_cell, list(by_key.values())
 
 
 def apply_source(cfgs: list[CellConfig], root: Path, source: str, will_stage: bool,
@@ -61,8 +62,7 @@ def apply_source(cfgs: list[CellConfig], root: Path, source: str, will_stage: bo
 
     Raises ConfigError when `source=staged` and a stage is missing, partial or corrupt.
     """
-    stages = stages_for(cfgs, root)
-    unique = list({id(s): s for s in stages.values()}.values())
+    per_cell, unique = stages_for(cfgs, root)
     if source == "hub" and not will_stage:
         return cfgs, []
     complete = all(s.status == "staged" for s in unique)
@@ -80,7 +80,7 @@ def apply_source(cfgs: list[CellConfig], root: Path, source: str, will_stage: bo
                 verify(s.dir)
             except StageError as e:
                 raise ConfigError(str(e)) from None
-    return [staged_config(c, stages[c.to_json()].dir) for c in cfgs], unique
+    return [staged_config(c, s.dir) for c, s in zip(cfgs, per_cell, strict=True)], unique
 
 
 def run_stages(stages: list[Stage]) -> None:
