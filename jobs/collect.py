@@ -100,6 +100,14 @@ def read_grid(grid_dir: Path) -> list[CellResult]:
     return [read_cell(d) for d in dirs if (d / "config.json").exists()]
 
 
+def to_point(c: CellResult) -> tables.Point:
+    """A finished cell as the tables see it."""
+    return tables.Point(c.id, c.cfg.layer, c.cfg.loss.setting, c.cfg.loss.sparsity_coeff,
+                        c.eval["l0"], c.eval.get("alive_dict_elements", float("nan")),
+                        c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
+                        c.train_time_s or 0.0)
+
+
 def _write_csv(path: Path, cells: list[CellResult]) -> None:
     buf = io.StringIO()
     rows = [c.row for c in cells]
@@ -133,10 +141,7 @@ def collect(root: Path | str, grid: str) -> Path:
     done = [c for c in cells if c.status == "done"]
     _write_csv(out / "summary.csv", cells)
     _write_h5(out / "results.h5", cells)
-    points = [tables.Point(c.id, c.cfg.layer, c.cfg.loss.setting, c.cfg.loss.sparsity_coeff,
-                           c.eval["l0"], c.eval.get("alive_dict_elements", float("nan")),
-                           c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
-                           c.train_time_s or 0.0) for c in done]
+    points = [to_point(c) for c in done]
     headline = tables.headline(points, SETTINGS)
     changes = {c.id: c.change for c in done}
     flag = convergence.headline_line(changes)

@@ -62,8 +62,10 @@ def cell_id(cfg: CellConfig) -> str:
 
 def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
            settings: tuple[str, ...] | None = None,
-           sparsity_coeffs: tuple[float, ...] | None = None) -> list[CellConfig]:
-    """All cells of the grid, with axis overrides (layers, settings, one λ list for all)."""
+           sparsity_coeffs: tuple[float, ...] | None = None,
+           lambdas: dict[str, tuple[float, ...]] | None = None) -> list[CellConfig]:
+    """All cells of the grid, with axis overrides (layers, settings, one λ list for all,
+    λ lists per setting)."""
     base = grid.base
     if grid.pretrain is not None:
         lm = pretrain_dir(root, grid.name)
@@ -72,7 +74,9 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
     cells = []
     for layer in layers or grid.layers:
         for setting in settings or SETTINGS:
-            for lam in sparsity_coeffs or grid.lambdas_for(layer, setting):
+            lams = ((lambdas or {}).get(setting) or sparsity_coeffs
+                    or grid.lambdas_for(layer, setting))
+            for lam in lams:
                 cells.append(replace(base, layer=layer, loss=replace(
                     base.loss, setting=setting, sparsity_coeff=float(lam))))
     return cells

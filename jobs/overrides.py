@@ -1,6 +1,7 @@
 """`key=value` command-line overrides: parsed in one place, each converted to its declared type.
 
-Run-level keys (where and how to run), grid axes (`layers`, `settings`, `sparsity_coeffs`) and
+Run-level keys (where and how to run), grid axes (`layers`, `settings`, `sparsity_coeffs` for
+every setting, `lambdas.<setting>` for one) and
 any CellConfig field by dotted name (`optim.lr=1e-3`) are accepted; anything else fails with the
 list of valid keys. Values are parsed here, not by fire, which would turn `1e6` into a float.
 """
@@ -50,11 +51,15 @@ class Axes:
     layers: tuple[int, ...] | None = None
     settings: tuple[str, ...] | None = None
     sparsity_coeffs: tuple[float, ...] | None = None
+    # setting -> λ values (`lambdas.e2e=[0.1,0.3]`): that setting's sweep at every layer,
+    # taking precedence over `sparsity_coeffs` and the grid's own values.
+    lambdas: dict[str, tuple[float, ...]] | None = None
 
 
 RUN_TYPES = typing.get_type_hints(RunOptions)
 AXIS_TYPES = {"layers": tuple[int, ...], "settings": tuple[str, ...],
-              "sparsity_coeffs": tuple[float, ...]}
+              "sparsity_coeffs": tuple[float, ...],
+              **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS}}
 
 
 def parse_value(text: str, tp: Any, key: str) -> Any:
@@ -117,6 +122,9 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
     for s in axes.get("settings", ()):
         if s not in SETTINGS:
             raise ConfigError(f"settings={s!r} is invalid: must be among {list(SETTINGS)}")
+    lambdas = {k.split(".", 1)[1]: axes.pop(k) for k in list(axes) if k.startswith("lambdas.")}
+    if lambdas:
+        axes["lambdas"] = lambdas
     opts = RunOptions(**run)
     for name, low in (("pack", 0), ("gpus_per_cell", 0), ("cpus_per_cell", 0),
                       ("array_parallelism", 0), ("time", 0), ("mem_gb", 0)):

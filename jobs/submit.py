@@ -164,7 +164,7 @@ def _slurm_reachable() -> bool:
 
 
 def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
-    return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs)
+    return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs, axes.lambdas)
 
 
 def format_plan(plan: Plan) -> str:

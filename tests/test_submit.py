@@ -101,6 +101,16 @@ def test_cells_that_differ_only_in_loss_are_packed_and_the_manifest_names_packs(
     assert {p[0].cfg.layer for p in plan.packs} == {0, 1}
 
 
+def test_a_settings_own_lambdas_override_the_common_list_and_the_grid(tmp_path):
+    plan = make_plan(["grid=paper", f"root={tmp_path}", "dry_run=true", "layers=[6]",
+                      "sparsity_coeffs=[1,2]", "lambdas.e2e=[0.1,0.3,0.9]"])
+    lams = {s: [c.cfg.loss.sparsity_coeff for c in plan.cells if c.cfg.loss.setting == s]
+            for s in ("local", "e2e", "e2e_ds")}
+    assert lams == {"local": [1.0, 2.0], "e2e": [0.1, 0.3, 0.9], "e2e_ds": [1.0, 2.0]}
+    with pytest.raises(ConfigError, match=r"unknown key 'lambdas.topk'"):
+        parse_overrides(["lambdas.topk=[1]"])
+
+
 def test_unreachable_model_fails_before_submission(tmp_path):
     r = _submit("grid=paper", f"root={tmp_path}", "executor=local", "container=none",
                 "model.name_or_path=no-such-org/no-such-model",
