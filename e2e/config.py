@@ -62,10 +62,78 @@ class DataConfig:
 class SAEConfig:
     # Dictionary size as a multiple of d_in; the paper's GPT-2 runs use 60 (46,080 elements).
     dict_size_to_input_ratio: float = 60.0
+    # "relu": the paper's ReLU codes with the Lp sparsity term; "topk": the k largest
+    # pre-activations per token, then ReLU (Gao et al. 2024; MFR), with no sparsity term.
+    activation: Literal["relu", "topk"] = "relu"
+    k: int = 0  # topk only
 
     def __post_init__(self) -> None:
         r = self.dict_size_to_input_ratio
         _require(r > 0, "sae.dict_size_to_input_ratio", "> 0", r)
+        _require(self.activation in ("relu", "topk"), "sae.activation", "relu or topk",
+                 self.activation)
+        if self.activation == "topk":
+            _require(self.k >= 1, "sae.k", ">= 1 with sae.activation=topk", self.k)
+        else:
+            _require(self.k == 0, "sae.k", "0 unless sae.activation=topk", self.k)
+
+
+# Hungarian matching is O(n^3) per pair of SAEs per step; beyond this many dictionary elements
+# a step would take minutes (46,080 elements: ~10^14 operations per pair).
+HUNGARIAN_MAX_ELEMENTS = 4096
+SIMILARITIES = ("hungarian", "max", "symmetric_max")
+
+
+@dataclass(frozen=True)
+class MFRConfig:
+    """Mutual Feature Regularization (Marks et al. 2024): `n_saes` SAEs of the cell's config
+    (init seeds seed, seed + 1000, ...) train on the same batches; with `coeff` > 0 each one's
+    loss gets coeff * w(t) * mean over pairs of (1 - similarity of their dictionaries)."""
+
+    n_saes: int = 1
+    coeff: float = 0.0
+    # w(t) = 0.5 (1 + cos(pi (T - t) / T)) for optimizer step t < T, then 1.
+    warmup_steps: int = 100
+    similarity: Literal["hungarian", "max", "symmetric_max"] = "symmetric_max"
+
+    def __post_init__(self) -> None:
+        _require(self.n_saes >= 1, "mfr.n_saes", ">= 1", self.n_saes)
+        _require(self.coeff >= 0, "mfr.coeff", ">= 0", self.coeff)
+        _require(self.coeff == 0 or self.n_saes >= 2, "mfr.coeff",
+                 "0 with mfr.n_saes=1 (the penalty compares SAEs)", self.coeff)
+        _require(self.warmup_steps >= 0, "mfr.warmup_steps", ">= 0", self.warmup_steps)
+        _require(self.similarity in SIMILARITIES, "mfr.similarity", f"one of {SIMILARITIES}",
+                 self.similarity)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Activations with known features (the MFR authors' generator): a Gaussian dictionary of
+    `n_features` in `d` dimensions; each sample picks one of `n_groups` groups of `group_size`
+    consecutive features and `active` of them (weights decay**i), coefficients U[0, 1)."""
+
+    d: int = 256
+    n_features: int = 512
+    n_groups: int = 12
+    group_size: int = 42
+    active: int = 32
+    decay: float = 0.99
+    noise_std: float = 0.0
+    # The authors' code drew one support per group per generation batch (all samples of a
+    # group in a batch share it); off: every sample draws its own.
+    shared_support_per_batch: bool = False
+    truth_seed: int = 0  # the ground-truth dictionary's seed (the cell's seed orders samples)
+
+    def __post_init__(self) -> None:
+        for name in ("d", "n_features", "n_groups", "group_size", "active"):
+            _require(getattr(self, name) >= 1, f"synthetic.{name}", ">= 1", getattr(self, name))
+        _require(self.n_groups * self.group_size <= self.n_features, "synthetic.n_groups",
+                 f"<= n_features / group_size ({self.n_features // self.group_size})",
+                 self.n_groups)
+        _require(self.active <= self.group_size, "synthetic.active",
+                 f"<= group_size ({self.group_size})", self.active)
+        _require(0 < self.decay <= 1, "synthetic.decay", "in (0, 1]", self.decay)
+        _require(self.noise_std >= 0, "synthetic.noise_std", ">= 0", self.noise_std)
 
 
 @dataclass(frozen=True)
@@ -169,6 +237,11 @@ class CellConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    mfr: MFRConfig = field(default_factory=MFRConfig)
+    # "model": activations of the frozen language model at the hook; "synthetic": generated
+    # activations with known features (`synthetic`), no model (local setting only).
+    source: Literal["model", "synthetic"] = "model"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     seed: int = 0
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -180,10 +253,37 @@ class CellConfig:
                  self.dtype)
         _require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda",
                  self.device)
+        _require(self.source in ("model", "synthetic"), "source", "model or synthetic",
+                 self.source)
+        if self.source == "synthetic":
+            _require(self.loss.setting == "local", "loss.setting",
+                     "local with source=synthetic (there is no model for a KL)",
+                     self.loss.setting)
+        if self.sae.activation == "topk":
+            _require(self.loss.sparsity_coeff == 0, "loss.sparsity_coeff",
+                     "0 with sae.activation=topk (TopK fixes L0 at k; there is no sparsity "
+                     "term)", self.loss.sparsity_coeff)
+        if self.mfr.similarity == "hungarian" and self.mfr.n_saes > 1:
+            n_dict = round(self.d_in_hint * self.sae.dict_size_to_input_ratio) \
+                if self.d_in_hint else 0
+            _require(n_dict <= HUNGARIAN_MAX_ELEMENTS, "mfr.similarity",
+                     f"max or symmetric_max for dictionaries over {HUNGARIAN_MAX_ELEMENTS} "
+                     f"elements (Hungarian matching is O(n^3) per pair per step; this one has "
+                     f"{n_dict})", self.mfr.similarity)
 
     @property
+    def tokens_per_sample(self) -> int:
+        """A sample is a sequence of tokens from the model, or one synthetic activation."""
+        return 1 if self.source == "synthetic" else self.data.context_length
+
+    @property
+    def d_in_hint(self) -> int | None:
+        """d_in where the config alone knows it (synthetic data); else None."""
+        return self.synthetic.d if self.source == "synthetic" else None
+    @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_pre"
+        """Where the SAE reads; "synthetic" for generated activations."""
+        return "synthetic" if self.source == "synthetic" else f"blocks.{self.layer}.hook_resid_pre"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,10 @@
-"""One member of a pack: a cell's dictionary with its optimizer, schedule, logs and files.
+"""One member of a pack: a cell's dictionaries with their optimizer, schedule, logs and files.
+
+A cell trains one SAE, or `mfr.n_saes` of them on the same batches (Mutual Feature
+Regularization): SAE i starts from seed + 1000 i and has its own gradient clipping; with
+`mfr.coeff` > 0 the penalty on the pairs of dictionaries is added once per optimizer step
+(it depends on the weights only). Eval values are the mean over the SAEs, with each SAE's own
+under `sae<i>/` when there are several.
 
 Everything a resumed member needs besides its config is in `state_dict()`, saved atomically to
 the member's own `checkpoint.pt`; the stream position saved there is the pack's at the member's
@@ -12,13 +18,16 @@ from pathlib import Path
 
 import torch
 
-from e2e.config import CellConfig, OptimConfig
+from e2e import mfr
+from e2e.config import HUNGARIAN_MAX_ELEMENTS, SIMILARITIES, CellConfig, ConfigError, OptimConfig
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.losses import loss_coeffs, setting_loss
 from e2e.metrics import AliveTracker, l0
 from e2e.model import CleanPass, patched_pass
 from e2e.sae import SAE, n_dict_for, save_saelens
 from e2e.store import write_metrics
+
+SEED_STRIDE = 1000  # SAE i of a cell starts from seed + 1000 i
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,23 +56,34 @@ def _append(log: dict[str, list[float]], step: int, values: dict[str, float]) ->
 
 
 class Member:
-    """A cell's SAE, Adam, LR schedule, alive tracker, step counters and logs."""
+    """A cell's SAEs, Adam, LR schedule, alive trackers, step counters and logs."""
 
     def __init__(self, cfg: CellConfig, out_dir: Path | str, d_in: int, n_layers: int,
                  device: torch.device):
         self.cfg, self.paths, self.device = cfg, cell_paths(out_dir), device
         self.coeffs = loss_coeffs(cfg.loss, cfg.layer, n_layers)
         self.needs_suffix = self.coeffs.kl > 0 or self.coeffs.downstream > 0
-        # The init depends on the seed alone, not on what ran before in the process (model
-        # loading, other members), so a packed cell starts exactly as it would alone.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.sae = SAE(d_in, n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio))
-        self.sae.to(device)
-        self.opt = make_optimizer(self.sae.parameters(), cfg.optim.lr)
+        n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
+        if (cfg.mfr.n_saes > 1 and cfg.mfr.similarity == "hungarian"
+                and n_dict > HUNGARIAN_MAX_ELEMENTS):
+            raise ConfigError(f"mfr.similarity=hungarian is invalid for {n_dict} dictionary "
+                              f"elements (over {HUNGARIAN_MAX_ELEMENTS}: O(n^3) per pair per "
+                              "step); use max or symmetric_max")
+        k = cfg.sae.k if cfg.sae.activation == "topk" else None
+        self.saes = []
+        for i in range(cfg.mfr.n_saes):
+            # The init depends on the seed alone, not on what ran before in the process (model
+            # loading, other members), so a packed cell starts exactly as it would alone.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + SEED_STRIDE * i)
+                self.saes.append(SAE(d_in, n_dict, k).to(device))
+        # One Adam over every SAE's parameters is N independent Adams (it is per-parameter);
+        # clipping stays per SAE.
+        self.opt = make_optimizer([p for s in self.saes for p in s.parameters()], cfg.optim.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
                                                        lambda s: lr_factor(s, cfg.optim))
-        self.alive = AliveTracker(self.sae.n_dict, cfg.eval.alive_window_tokens, device)
+        self.alives = [AliveTracker(n_dict, cfg.eval.alive_window_tokens, device)
+                       for _ in self.saes]
         self.step = self.samples_seen = 0
         self.train_time_s = 0.0
         # Tensors, so a step never waits for the host; read on log steps only.
@@ -75,31 +95,57 @@ class Member:
         self.data_state: dict | None = None  # the stream position at `self.step`
         self._terms: dict[str, torch.Tensor] = {}
 
+    @property
+    def sae(self) -> SAE:
+        """The first SAE: the cell's `sae/` (its only one without MFR)."""
+        return self.saes[0]
+
+    @property
+    def alive(self) -> float:
+        """Alive dictionary elements, mean over the SAEs."""
+        return sum(a.alive for a in self.alives) / len(self.alives)
+
     # -- one step ----------------------------------------------------------------------------
     def micro_step(self, model, clean: CleanPass, step: int, accum: int, log: bool,
                    autocast) -> None:
         """Forward (under `autocast`), loss and backward of one micro-batch; gradients
         accumulate in the SAE."""
         cfg = self.cfg
-        with autocast:
-            x_hat, c = self.sae(clean.resid)
-            logits_sae, later_sae = (patched_pass(model, x_hat, cfg.layer) if self.needs_suffix
-                                     else (None, None))
-            loss, terms = setting_loss(self.coeffs, p=cfg.loss.sparsity_p, x=clean.resid,
-                                       x_hat=x_hat, c=c, logits_orig=clean.target,
-                                       logits_sae=logits_sae, resids_orig=clean.later_resids,
-                                       resids_sae=later_sae)
-        bad = ~torch.isfinite(loss.detach())
-        self.bad_step = torch.where(bad & (self.bad_step < 0), step, self.bad_step)
-        (loss / accum).backward()
-        self.alive.update(c)
+        n = len(self.saes)
+        for sae, alive in zip(self.saes, self.alives, strict=True):
+            with autocast:
+                x_hat, c = sae(clean.resid)
+                logits_sae, later_sae = (patched_pass(model, x_hat, cfg.layer)
+                                         if self.needs_suffix else (None, None))
+                loss, terms = setting_loss(self.coeffs, p=cfg.loss.sparsity_p, x=clean.resid,
+                                           x_hat=x_hat, c=c, logits_orig=clean.target,
+                                           logits_sae=logits_sae,
+                                           resids_orig=clean.later_resids, resids_sae=later_sae)
+            bad = ~torch.isfinite(loss.detach())
+            self.bad_step = torch.where(bad & (self.bad_step < 0), step, self.bad_step)
+            (loss / accum).backward()
+            alive.update(c)
+            if log:  # logged values are means over the SAEs
+                for k, v in {"loss": loss, **terms, "l0": l0(c)}.items():
+                    self._terms[k] = self._terms.get(k, 0.0) + v.detach().float() / (accum * n)
+
+    def mfr_step(self, log: bool) -> None:
+        """Adds the gradient of coeff * w(t) * mean over pairs of (1 - similarity)."""
+        m = self.cfg.mfr
+        if m.coeff == 0 or len(self.saes) < 2:
+            return
+        weight = m.coeff * mfr.warmup_weight(self.step, m.warmup_steps)
+        pen = mfr.penalty([s.dict_elements for s in self.saes], m.similarity)
+        if weight:
+            (weight * pen).backward()
         if log:
-            for k, v in {"loss": loss, **terms, "l0": l0(c)}.items():
-                self._terms[k] = self._terms.get(k, 0.0) + v.detach().float() / accum
+            self._terms["mfr_penalty"] = pen.detach()
 
     def optimizer_step(self, log: bool) -> None:
         o = self.cfg.optim
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.sae.parameters(), o.max_grad_norm)
+        self.mfr_step(log)
+        grad_norm = sum(torch.nn.utils.clip_grad_norm_(s.parameters(), o.max_grad_norm)
+                        for s in self.saes) / len(self.saes)
         lr = self.sched.get_last_lr()[0]
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -112,9 +158,8 @@ class Member:
             self.grad_norm_count += 1
         if log:
             values = {k: float(v) for k, v in self._terms.items()}
-            values.update(grad_norm=float(grad_norm), lr=lr,
-                          alive_dict_elements=self.alive.alive,
-                          tokens_seen=self.samples_seen * self.cfg.data.context_length)
+            values.update(grad_norm=float(grad_norm), lr=lr, alive_dict_elements=self.alive,
+                          tokens_seen=self.samples_seen * self.cfg.tokens_per_sample)
             _append(self.train_log, step, values)
             self._terms = {}
 
@@ -123,10 +168,27 @@ class Member:
         if bad >= 0:
             raise NonFiniteLossError(f"{self.paths.root.name}: non-finite loss at step {bad}")
 
-    def record_eval(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
-        metrics = {**metrics, "alive_dict_elements": self.alive.alive}
+    def record_eval(self, step: int, per_sae: list[dict[str, float]]) -> dict[str, float]:
+        """The eval of each SAE (in order) -> the cell's: means under the standard names,
+        each SAE's values under `sae<i>/`, and the similarity of the dictionaries."""
+        per_sae = [{**m, "alive_dict_elements": a.alive}
+                   for m, a in zip(per_sae, self.alives, strict=True)]
+        metrics = {k: sum(m[k] for m in per_sae) / len(per_sae) for k in per_sae[0]}
+        if len(per_sae) > 1:
+            for i, m in enumerate(per_sae):
+                metrics.update({f"sae{i}/{k}": v for k, v in m.items()})
+            metrics.update(self.similarities())
         _append(self.eval_log, step, metrics)
         return metrics
+
+    @torch.no_grad()
+    def similarities(self) -> dict[str, float]:
+        """Mean pairwise similarity of the dictionaries, by each measure (Hungarian only where
+        it is affordable)."""
+        dicts = [s.dict_elements for s in self.saes]
+        return {f"mfr_similarity/{name}": float(mfr.mean_pairwise_similarity(dicts, name))
+                for name in SIMILARITIES
+                if name != "hungarian" or dicts[0].shape[1] <= HUNGARIAN_MAX_ELEMENTS}
 
     @property
     def last_train_values(self) -> dict[str, float]:
@@ -135,19 +197,21 @@ class Member:
     # -- state and files ---------------------------------------------------------------------
     def state_dict(self, data_state: dict) -> dict:
         return {
-            "sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
+            "saes": [s.state_dict() for s in self.saes], "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(), "data": data_state,
-            "alive": self.alive.state_dict(), "step": self.step,
+            "alive": [a.state_dict() for a in self.alives], "step": self.step,
             "samples_seen": self.samples_seen, "train_time_s": self.train_time_s,
             "grad_norm": [self.grad_norm_sum.cpu(), self.grad_norm_count],
             "train_log": self.train_log, "eval_log": self.eval_log,
         }
 
     def load_state_dict(self, s: dict) -> None:
-        self.sae.load_state_dict(s["sae"])
+        for sae, state in zip(self.saes, s["saes"], strict=True):
+            sae.load_state_dict(state)
         self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])
-        self.alive.load_state_dict(s["alive"])
+        for alive, state in zip(self.alives, s["alive"], strict=True):
+            alive.load_state_dict(state)
         self.data_state = s["data"]
         self.step, self.samples_seen = s["step"], s["samples_seen"]
         self.train_time_s = s["train_time_s"]
@@ -174,12 +238,15 @@ class Member:
                              "samples_seen": self.samples_seen})
 
     def finish(self, data_state: dict, final_eval: dict[str, float]) -> None:
-        """Final checkpoint and metrics.h5, sae/, then DONE, last."""
+        """Final checkpoint and metrics.h5, sae/ (and sae_1/ ... with MFR), then DONE, last."""
         cfg = self.cfg
         self.save(data_state, final_eval)
-        save_saelens(self.sae, self.paths.sae, {
-            "model_name": cfg.model.name_or_path, "hook_name": cfg.hook_name,
-            "hook_layer": cfg.layer, "context_size": cfg.data.context_length,
-            "dataset_path": cfg.data.dataset, "setting": cfg.loss.setting,
-            "sparsity_coeff": cfg.loss.sparsity_coeff})
+        for i, sae in enumerate(self.saes):
+            out = self.paths.sae if i == 0 else self.paths.sae.with_name(f"sae_{i}")
+            save_saelens(sae, out, {
+                "model_name": cfg.model.name_or_path if cfg.source == "model" else "synthetic",
+                "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
+                "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
+                "setting": cfg.loss.setting, "sparsity_coeff": cfg.loss.sparsity_coeff,
+                "seed": cfg.seed + SEED_STRIDE * i})
         atomic_write_text(self.paths.done, f"step {self.step}\n")

@@ -96,6 +96,22 @@ def evaluate_pack(model, saes: list[SAE], layer: int, batches: list[torch.Tensor
     return out
 
 
+@torch.no_grad()
+def evaluate_synthetic(saes: list[SAE], batches: list[torch.Tensor]) -> list[dict[str, float]]:
+    """Reconstruction of generated activations (no model): MSE, explained variance and L0,
+    mean over `batches`, under the names an LM cell uses, with the hook named "synthetic"."""
+    out = []
+    for sae in saes:
+        sums: dict[str, float] = defaultdict(float)
+        for x in batches:
+            x_hat, c = sae(x)
+            sums["mse/synthetic"] += float(mse_loss(x_hat, x))
+            sums["explained_variance/synthetic"] += float(explained_variance(x_hat, x))
+            sums["l0"] += float(l0(c))
+        out.append({k: v / len(batches) for k, v in sums.items()})
+    return out
+
+
 def _batch_metrics(model, sae: SAE, layer: int, tokens: torch.Tensor, clean
                    ) -> dict[str, torch.Tensor]:
     x_hat, c = sae(clean.resid)

@@ -1,4 +1,5 @@
-"""The paper's SAE (ReLU encoder, unit-norm dictionary) and its SAELens on-disk format."""
+"""The paper's SAE (ReLU encoder, unit-norm dictionary), its TopK variant, and their SAELens
+on-disk formats ("standard" and "topk")."""
 
 from __future__ import annotations
 
@@ -47,11 +48,19 @@ class SAE(nn.Module):
 
     The raw decoder weight is unconstrained (Braun et al. 2024, Sec. 2); only the dictionary
     derived from it has unit-norm elements. No pre-encoder bias, no resampling.
+
+    With `k`, the TopK SAE (Gao et al. 2024): the k largest pre-activations of each token are
+    kept, then ReLU'd, the rest are zero (SAELens's "topk" architecture computes the same). The
+    MFR authors' code kept negative values when fewer than k pre-activations were positive;
+    codes here are non-negative, as in SAELens.
     """
 
-    def __init__(self, d_in: int, n_dict: int):
+    def __init__(self, d_in: int, n_dict: int, k: int | None = None):
         super().__init__()
-        self.d_in, self.n_dict = d_in, n_dict
+        if k is not None and not 1 <= k <= n_dict:
+            raise ValueError(f"sae.k={k} is invalid: must be in [1, {n_dict}] (the dictionary "
+                             "size)")
+        self.d_in, self.n_dict, self.k = d_in, n_dict, k
         self.encoder = nn.Linear(d_in, n_dict)  # nn.Linear's default init, as the paper
         self.decoder = nn.Linear(n_dict, d_in)  # weight (d_in, n_dict): one column per element
         nn.init.orthogonal_(self.decoder.weight)  # rows orthonormal when d_in < n_dict
@@ -62,7 +71,11 @@ class SAE(nn.Module):
         return unit_norm_columns(self.decoder.weight)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.encoder(x))
+        pre = self.encoder(x)
+        if self.k is None:
+            return F.relu(pre)
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
 
     def decode(self, c: torch.Tensor) -> torch.Tensor:
         return F.linear(c, self.dict_elements, self.decoder.bias)
@@ -78,7 +91,8 @@ def n_dict_for(d_in: int, ratio: float) -> int:
 
 
 def save_saelens(sae: SAE, out_dir: Path, meta: dict[str, Any]) -> None:
-    """Writes `cfg.json` + `sae_weights.safetensors` as SAELens's standard architecture.
+    """Writes `cfg.json` + `sae_weights.safetensors` as SAELens's "standard" architecture, or
+    its "topk" architecture (with `k`) for a TopK SAE.
 
     W_dec holds the normalised dictionary, so loaders that do not renormalise see the SAE the
     forward pass used.
@@ -91,7 +105,8 @@ def save_saelens(sae: SAE, out_dir: Path, meta: dict[str, Any]) -> None:
         "b_dec": sae.decoder.bias.detach().contiguous().cpu(),
     }
     cfg = {
-        "architecture": "standard",
+        "architecture": "standard" if sae.k is None else "topk",
+        **({} if sae.k is None else {"k": sae.k}),
         "d_in": sae.d_in,
         "d_sae": sae.n_dict,
         "dtype": "float32",
@@ -110,12 +125,16 @@ def save_saelens(sae: SAE, out_dir: Path, meta: dict[str, Any]) -> None:
 
 
 def load_saelens(sae_dir: Path) -> tuple[SAE, dict[str, Any]]:
-    """Loads an SAE saved by `save_saelens` (or any SAELens standard SAE without b_dec input)."""
+    """Loads an SAE saved by `save_saelens` (or any SAELens standard or topk SAE without b_dec
+    input)."""
     cfg = json.loads((Path(sae_dir) / CFG_FILE).read_text())
     if cfg.get("apply_b_dec_to_input"):
         raise ValueError(f"{sae_dir}: SAEs that subtract b_dec from the input are not this model")
     t = load_file(str(Path(sae_dir) / WEIGHTS_FILE))
-    sae = SAE(cfg["d_in"], cfg["d_sae"])
+    if cfg.get("architecture", "standard") not in ("standard", "topk"):
+        raise ValueError(f"{sae_dir}: architecture {cfg['architecture']!r} is not this model")
+    sae = SAE(cfg["d_in"], cfg["d_sae"], cfg.get("k") if cfg.get("architecture") == "topk"
+              else None)
     sae.load_state_dict({
         "encoder.weight": t["W_enc"].T, "encoder.bias": t["b_enc"],
         "decoder.weight": t["W_dec"].T, "decoder.bias": t["b_dec"],

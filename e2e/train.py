@@ -11,20 +11,23 @@ metrics.h5, sae/ (SAELens format) and DONE, written last; each folder is locked 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from e2e.config import CellConfig, ConfigError, check_layer, check_packable
 from e2e.data import TokenStream, eval_stream
-from e2e.io import atomic_write_text, cell_lock, cell_paths
+from e2e.io import atomic_path, atomic_write_text, cell_lock, cell_paths
 from e2e.member import Member, NonFiniteLossError, lr_factor
-from e2e.metrics import evaluate_pack
-from e2e.model import clean_pass, load_model
+from e2e.metrics import evaluate_pack, evaluate_synthetic
+from e2e.model import CleanPass, clean_pass, load_model
+from e2e.synthetic import SyntheticStream, truth_metrics
 
 __all__ = ["train", "train_pack", "pack_step", "NonFiniteLossError", "MemberFailed",
            "lr_factor"]
@@ -97,13 +100,17 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
 def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], step: int,
               log: bool, autocast=None) -> None:
     """One optimizer step of every member on the same micro-batches; the clean model runs
-    once per micro-batch for all of them, only as far as some member needs."""
+    once per micro-batch for all of them, only as far as some member needs. Without a model
+    (`model=None`, synthetic data) the micro-batches are the activations themselves."""
     layer = members[0].cfg.layer
     autocast = autocast or nullcontext()
     full = any(m.needs_suffix for m in members)
-    for tokens in micro_batches:
-        with autocast:
-            clean = clean_pass(model, tokens, layer, full=full)
+    for batch in micro_batches:
+        if model is None:
+            clean = CleanPass(batch, None, [], None)
+        else:
+            with autocast:
+                clean = clean_pass(model, batch, layer, full=full)
         for m in members:
             m.micro_step(model, clean, step, len(micro_batches), log, autocast)
     for m in members:
@@ -115,18 +122,25 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
     device = resolve_device(cfg.device)
     if device.type == "cuda":  # TF32 for the fp32 matmuls that remain (autocast or not)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = load_model(cfg.model, device)
-    for c in cfgs:
-        check_layer(c, model.cfg.n_layers)
-    members = [Member(c, d, model.cfg.d_model, model.cfg.n_layers, device)
+    if cfg.source == "synthetic":
+        model, d_in, n_layers = None, cfg.synthetic.d, 0
+        stream = SyntheticStream(cfg.synthetic, cfg.seed)
+        evs = SyntheticStream(cfg.synthetic, cfg.seed + cfg.data.eval_seed_offset)
+        _save_truth(stream.truth, Path(out_dirs[0]).parent)
+    else:
+        model = load_model(cfg.model, device)
+        d_in, n_layers = model.cfg.d_model, model.cfg.n_layers
+        for c in cfgs:
+            check_layer(c, n_layers)
+        stream = TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split)
+        evs = eval_stream(cfg.data, model.tokenizer, cfg.seed)
+    members = [Member(c, d, d_in, n_layers, device)
                for c, d in zip(cfgs, out_dirs, strict=True)]
     for m in members:
         m.resume()
-    stream = TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split)
     first = min(members, key=lambda m: m.step)
     if first.data_state is not None:
         stream.load_state_dict(first.data_state)
-    evs = eval_stream(cfg.data, model.tokenizer, cfg.seed)
     eval_batches = [evs.next_batch(cfg.eval.batch_size).to(device)
                     for _ in range(cfg.eval.n_batches)]
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
@@ -145,13 +159,24 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
         except NonFiniteLossError as e:
             failures[str(m.paths.root)] = e
 
-    def run_eval(ms: list[Member]) -> list[dict[str, float]]:
+    def run_eval(ms: list[Member]) -> list[list[dict[str, float]]]:
+        """Per member, the eval of each of its SAEs."""
+        saes = [s for m in ms for s in m.saes]
+        for s in saes:
+            s.eval()
+        if model is None:
+            flat = evaluate_synthetic(saes, eval_batches)
+            for values, s in zip(flat, saes, strict=True):
+                values.update(truth_metrics(s.dict_elements.detach(), stream.truth))
+        else:
+            with autocast:
+                flat = evaluate_pack(model, saes, cfg.layer, eval_batches)
+        for s in saes:
+            s.train()
+        out, i = [], 0
         for m in ms:
-            m.sae.eval()
-        with autocast:
-            out = evaluate_pack(model, [m.sae for m in ms], cfg.layer, eval_batches)
-        for m in ms:
-            m.sae.train()
+            out.append(flat[i:i + len(m.saes)])
+            i += len(m.saes)
         return out
 
     step = first.step
@@ -215,6 +240,17 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
     if failures:
         raise MemberFailed(failures)
     return ["done"] * len(members)
+
+
+def _save_truth(truth: torch.Tensor, grid_dir: Path) -> None:
+    """The ground-truth dictionary beside the grid (`_truth/<sha>.npy`), so anyone can
+    re-check the recovery numbers; the same truth is written once."""
+    arr = truth.numpy()
+    path = grid_dir / "_truth" / f"{hashlib.sha256(arr.tobytes()).hexdigest()[:12]}.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
 
 
 def _wandb_run(cfg: CellConfig, out_dir: Path):

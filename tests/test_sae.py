@@ -49,3 +49,21 @@ def test_unit_norm_columns_has_normalizes_value_and_gradient():
     assert torch.allclose(got, want, atol=1e-7)
     assert torch.allclose(g_got, g_want, atol=1e-6)
     assert torch.autograd.gradcheck(unit_norm_columns, (w.detach().double().requires_grad_(),))
+
+
+def test_topk_keeps_the_k_largest_preactivations_relud_and_saves_as_saelens_topk(tmp_path):
+    torch.manual_seed(0)
+    sae = SAE(8, 16, k=3)
+    x = torch.randn(5, 8)
+    _, c = sae(x)
+    pre = x @ sae.encoder.weight.T + sae.encoder.bias
+    # SAELens's TopK: the top-k values of the pre-activation, ReLU'd, scattered; zero elsewhere
+    top = pre.topk(3, dim=-1)
+    want = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    assert torch.equal(c, want)
+    assert ((c > 0).sum(-1) <= 3).all() and (c >= 0).all()
+    save_saelens(sae, tmp_path, {})
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert (cfg["architecture"], cfg["k"]) == ("topk", 3)
+    loaded, _ = load_saelens(tmp_path)
+    assert loaded.k == 3 and torch.allclose(loaded(x)[0], sae(x)[0], atol=1e-6)
