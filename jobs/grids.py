@@ -7,6 +7,7 @@ A grid may need a pre-training job first (`pretrain`): its model and tokenized c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,10 +17,13 @@ from e2e.config import (
     CellConfig,
     DataConfig,
     EvalConfig,
+    LossConfig,
+    MFRConfig,
     ModelConfig,
     OptimConfig,
     SAEConfig,
     pack_key,
+    with_overrides,
 )
 from e2e.lm import PretrainConfig
 
@@ -32,6 +36,11 @@ class Grid:
     # setting -> λ values; (layer, setting) entries in `layer_lambdas` take precedence.
     lambdas: dict[str, tuple[float, ...]]
     layer_lambdas: dict[tuple[int, str], tuple[float, ...]] = field(default_factory=dict)
+    # Further axes: dotted config field -> values, crossed with every (layer, setting, λ) cell
+    # (e.g. {"mfr.coeff": (0, 1), "seed": (0, 1, 2)}).
+    sweep: dict[str, tuple] = field(default_factory=dict)
+    # The settings the grid trains (its λ table may name fewer or more).
+    settings: tuple[str, ...] = SETTINGS
     pretrain: PretrainConfig | None = None
     # SLURM resources per cell (minutes), sized for the grid's model.
     time_min: int = 60
@@ -55,30 +64,42 @@ def pretrain_dir(root: Path, grid: str) -> Path:
 
 
 def cell_id(cfg: CellConfig) -> str:
-    """Readable id plus a short hash of the canonical JSON, e.g. `L6-e2e-lam1.5-3f2a9c`."""
+    """Readable id plus a short hash of the canonical JSON, e.g. `L6-e2e-lam1.5-3f2a9c`,
+    `syn-local-k16-n5-mfr1-s2-0b1c2d` (synthetic data, TopK, 5 SAEs with MFR, seed 2)."""
     digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:6]
-    return f"L{cfg.layer}-{cfg.loss.setting}-lam{cfg.loss.sparsity_coeff:g}-{digest}"
+    parts = ["syn" if cfg.source == "synthetic" else f"L{cfg.layer}", cfg.loss.setting,
+             f"k{cfg.sae.k}" if cfg.sae.activation == "topk"
+             else f"lam{cfg.loss.sparsity_coeff:g}"]
+    if cfg.mfr.n_saes > 1:
+        parts.append(f"n{cfg.mfr.n_saes}-mfr{cfg.mfr.coeff:g}")
+    if cfg.seed:
+        parts.append(f"s{cfg.seed}")
+    return "-".join([*parts, digest])
 
 
 def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
            settings: tuple[str, ...] | None = None,
            sparsity_coeffs: tuple[float, ...] | None = None,
-           lambdas: dict[str, tuple[float, ...]] | None = None) -> list[CellConfig]:
+           lambdas: dict[str, tuple[float, ...]] | None = None,
+           sweep: dict[str, tuple] | None = None) -> list[CellConfig]:
     """All cells of the grid, with axis overrides (layers, settings, one λ list for all,
-    λ lists per setting)."""
+    λ lists per setting, further config-field axes merged over the grid's)."""
     base = grid.base
     if grid.pretrain is not None:
         lm = pretrain_dir(root, grid.name)
         base = replace(base, model=ModelConfig(str(lm / "model")),
                        data=replace(base.data, dataset=str(lm / "data")))
+    axes = {**grid.sweep, **(sweep or {})}
     cells = []
     for layer in layers or grid.layers:
-        for setting in settings or SETTINGS:
+        for setting in settings or grid.settings:
             lams = ((lambdas or {}).get(setting) or sparsity_coeffs
                     or grid.lambdas_for(layer, setting))
             for lam in lams:
-                cells.append(replace(base, layer=layer, loss=replace(
-                    base.loss, setting=setting, sparsity_coeff=float(lam))))
+                cell = replace(base, layer=layer, loss=replace(
+                    base.loss, setting=setting, sparsity_coeff=float(lam)))
+                for values in itertools.product(*axes.values()):
+                    cells.append(with_overrides(cell, dict(zip(axes, values, strict=True))))
     return cells
 
 
@@ -151,4 +172,61 @@ PAPER = Grid(
     image="containers/e2e-sae-hpc.sif",
 )
 
-GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, TINY, PAPER)}
+_TOPK = SAEConfig(dict_size_to_input_ratio=4.0, activation="topk", k=6)
+_NO_SPARSITY = {"local": (0.0,), "e2e": (0.0,), "e2e_ds": (0.0,)}  # TopK: no λ
+
+SYNTHETIC = Grid(
+    name="synthetic",
+    # The MFR authors' generator (d 256, 512 features, 12 groups of 42, 32 active) and SAE
+    # width (512 = the true feature count), on 300k samples of batch 1,000 instead of their
+    # 50M of 10,000: CPU minutes. lr 1e-3 as their MFR runs.
+    base=CellConfig(
+        source="synthetic",
+        sae=SAEConfig(dict_size_to_input_ratio=2.0, activation="topk", k=32),
+        loss=LossConfig(setting="local", sparsity_coeff=0.0),
+        optim=OptimConfig(lr=1e-3, warmup_samples=10_000, batch_size=1000, grad_accum_steps=1,
+                          n_samples=300_000),
+        eval=EvalConfig(every_samples=50_000, n_samples=4000, batch_size=1000,
+                        alive_window_tokens=100_000, grad_norm_after_samples=10_000,
+                        log_every_steps=20, checkpoint_every_steps=100),
+        device="cpu"),
+    layers=(0,),
+    settings=("local",),
+    lambdas={"local": (0.0,)},
+    sweep={"sae.k": (16, 32), "mfr.n_saes": (2, 5), "mfr.coeff": (0.0, 0.1, 1.0, 3.0),
+           "seed": (0, 1, 2)},
+    time_min=30,
+)
+
+MFR = Grid(
+    name="mfr",
+    # TopK SAEs (4x dictionary, k 16) at tiny's hook on tiny's LM, baseline against MFR.
+    base=replace(TINY.base, sae=replace(_TOPK, k=16), loss=LossConfig(sparsity_coeff=0.0),
+                 mfr=MFRConfig(n_saes=3)),
+    layers=(2,),
+    settings=("local", "e2e"),
+    lambdas=_NO_SPARSITY,
+    sweep={"mfr.coeff": (0.0, 1.0), "seed": (0, 1)},
+    pretrain=TINY.pretrain,
+    time_min=60,
+    pack=2,  # local and e2e share the clean pass
+)
+
+MFR_GPT2 = Grid(
+    name="mfr-gpt2",
+    # The paper's GPT-2 setting: 10 TopK SAEs, k 6, 4x dictionary (3,072), coefficient 0.005.
+    # The paper hooked block 0's MLP output; this system's hook point is resid_pre, so the
+    # SAEs read blocks.1.hook_resid_pre (which contains that output).
+    base=CellConfig(data=DataConfig(), sae=_TOPK, loss=LossConfig(sparsity_coeff=0.0),
+                    optim=OptimConfig(lr=1e-3), mfr=MFRConfig(n_saes=10)),
+    layers=(1,),
+    settings=("local", "e2e"),
+    lambdas=_NO_SPARSITY,
+    sweep={"mfr.coeff": (0.0, 0.005)},
+    time_min=24 * 60,
+    cpus_per_cell=4,
+    container="apptainer",
+    image="containers/e2e-sae-hpc.sif",
+)
+
+GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, TINY, PAPER, SYNTHETIC, MFR, MFR_GPT2)}

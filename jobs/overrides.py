@@ -54,6 +54,8 @@ class Axes:
     # setting -> λ values (`lambdas.e2e=[0.1,0.3]`): that setting's sweep at every layer,
     # taking precedence over `sparsity_coeffs` and the grid's own values.
     lambdas: dict[str, tuple[float, ...]] | None = None
+    # dotted config field -> values (`sweep.seed=[0,1,2]`), crossed with every cell.
+    sweep: dict[str, tuple] | None = None
 
 
 RUN_TYPES = typing.get_type_hints(RunOptions)
@@ -97,7 +99,8 @@ def parse_value(text: str, tp: Any, key: str) -> Any:
 
 
 def valid_keys() -> list[str]:
-    return sorted(RUN_TYPES) + sorted(AXIS_TYPES) + sorted(field_types())
+    return (sorted(RUN_TYPES) + sorted(AXIS_TYPES) + sorted(field_types())
+            + ["sweep.<config field>"])
 
 
 def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]]:
@@ -115,6 +118,10 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
             run[key] = parse_value(text, RUN_TYPES[key], key)
         elif key in AXIS_TYPES:
             axes[key] = parse_value(text, AXIS_TYPES[key], key)
+        elif key.startswith("sweep.") and key[6:] in cfg_types:
+            field = key[6:]
+            axes.setdefault("sweep", {})[field] = parse_value(text, tuple[cfg_types[field], ...],
+                                                              key)
         elif key in cfg_types:
             cfg[key] = parse_value(text, cfg_types[key], key)
         else:

@@ -96,10 +96,15 @@ def make_plan(tokens: list[str]) -> Plan:
     notes: list[str] = []
     stages = []
     source_cfgs = cfgs
+    # Generated activations (source=synthetic) need no model, data, stage or layer check.
+    needs_model = any(c.source == "model" for c in cfgs)
+    if not needs_model and (opts.stage or opts.source == "staged"):
+        raise ConfigError("source=synthetic cells read no model or data: there is nothing "
+                          "to stage")
     if grid.pretrain is not None and (opts.stage or opts.source == "staged"):
         raise ConfigError(f"grid={grid.name} builds its own model and data (pre-training) on "
                           "the shared root: there is nothing to stage")
-    if grid.pretrain is None:
+    if grid.pretrain is None and needs_model:
         from jobs.stage import apply_source
 
         cfgs, stages = apply_source(cfgs, root, opts.source, opts.stage, notes)
@@ -119,10 +124,12 @@ def make_plan(tokens: list[str]) -> Plan:
     if len({c.id for c in cells}) != len(cells):
         raise ConfigError("two cells of the grid have the same config")
     depth = (grid.pretrain.n_layers if grid.pretrain is not None  # a stage knows it offline
+             else None if not needs_model
              else model_depth(cfgs[0].model.name_or_path)
              or model_depth(source_cfgs[0].model.name_or_path))
     for cfg in cfgs if depth is not None else ():
-        check_layer(cfg, depth)
+        if cfg.source == "model":
+            check_layer(cfg, depth)
     pack_size = opts.pack or grid.pack
     executor = opts.executor
     if executor == "auto":
@@ -142,10 +149,12 @@ def make_plan(tokens: list[str]) -> Plan:
     time_min = opts.time or min(grid.time_min * largest, max(grid.time_min, 24 * 60))
     plan = Plan(opts, grid, executor, container, cells, image, python, time_min,
                 opts.cpus_per_cell or grid.cpus_per_cell, pack_size, packs, stages, notes)
-    if depth is None:
+    if depth is None and needs_model:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
                           "in the HF cache): layers are checked when each cell starts")
-    if not opts.dry_run and grid.pretrain is None:
+    if not needs_model:
+        pass
+    elif not opts.dry_run and grid.pretrain is None:
         # fails with a clear message before anything is submitted (staging reads the originals)
         check_sources(source_cfgs[0] if opts.stage else cells[0].cfg)
     elif grid.pretrain is None:
@@ -164,7 +173,8 @@ def _slurm_reachable() -> bool:
 
 
 def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
-    return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs, axes.lambdas)
+    return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs, axes.lambdas,
+                  axes.sweep)
 
 
 def format_plan(plan: Plan) -> str:
