@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 from e2e.config import SETTINGS, CellConfig  # noqa: E402
 from e2e.io import atomic_path, atomic_write_text, cell_paths  # noqa: E402
 from e2e.store import read_metrics  # noqa: E402
-from jobs import convergence, tables  # noqa: E402
+from jobs import convergence, mfr_report, tables  # noqa: E402
 
 
 @dataclass
@@ -37,12 +37,14 @@ class CellResult:
     @property
     def row(self) -> dict:
         c, e = self.cfg, self.eval
-        hook = f"blocks.{c.layer}.hook_resid_pre" if c else ""
+        hook = c.hook_name if c else ""
         later = {k: v for k, v in e.items() if k.startswith("mse/") and hook not in k}
         return {
             "cell_id": self.id, "status": self.status,
             "layer": c.layer if c else "", "setting": c.loss.setting if c else "",
             "sparsity_coeff": c.loss.sparsity_coeff if c else "", "seed": c.seed if c else "",
+            "k": c.sae.k if c and c.sae.activation == "topk" else "",
+            "n_saes": c.mfr.n_saes if c else "", "mfr_coeff": c.mfr.coeff if c else "",
             "l0": e.get("l0", ""), "alive_dict_elements": e.get("alive_dict_elements", ""),
             "ce_loss_increase": e.get("ce_loss_increase", ""),
             "kl_orig_sae": e.get("kl_orig_sae", ""),
@@ -50,6 +52,8 @@ class CellResult:
             "mse": e.get(f"mse/{hook}", ""),
             "downstream_mse": ";".join(f"{k[4:]}={v:.6g}" for k, v in sorted(later.items())),
             "grad_norm": e.get("grad_norm", ""),
+            "mmcs_true": e.get("mmcs_true", ""), "recovered_true": e.get("recovered_true", ""),
+            "cross_sae_similarity": e.get("mfr_similarity/symmetric_max", ""),
             "train_time_s": self.train_time_s if self.train_time_s is not None else "",
             "ce_change_2nd_half": self.change.get("ce_loss_increase", ""),
             "l0_change_2nd_half": self.change.get("l0", ""),
@@ -109,8 +113,11 @@ def to_point(c: CellResult) -> tables.Point:
 
 
 def _write_csv(path: Path, cells: list[CellResult]) -> None:
+    _write_dict_csv(path, [c.row for c in cells])
+
+
+def _write_dict_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    rows = [c.row for c in cells]
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["cell_id"])
     writer.writeheader()
     writer.writerows(rows)
@@ -141,14 +148,21 @@ def collect(root: Path | str, grid: str) -> Path:
     done = [c for c in cells if c.status == "done"]
     _write_csv(out / "summary.csv", cells)
     _write_h5(out / "results.h5", cells)
-    points = [to_point(c) for c in done]
-    headline = tables.headline(points, SETTINGS)
+    # The Pareto tables compare the paper's ReLU SAEs over λ; TopK and MFR cells (fixed L0 k)
+    # have their own table.
+    points = [to_point(c) for c in done if not mfr_report.is_mfr_cell(c.cfg)]
+    mfr_rows = mfr_report.rows(done)
+    headline = tables.headline(points, SETTINGS) if points or not mfr_rows else []
+    headline += mfr_report.headline(mfr_rows)
     changes = {c.id: c.change for c in done}
     flag = convergence.headline_line(changes)
     headline += [flag] if flag else []
     not_done = [c for c in cells if c.status != "done"]
     md, tex = tables.render(points, not_done=[(c.id, c.status, c.reason) for c in not_done],
                             headline=headline, paper=(grid == "paper"))
+    if mfr_rows:
+        md += "\n" + mfr_report.markdown(mfr_rows)
+        _write_dict_csv(out / "mfr.csv", mfr_report.to_csv_rows(mfr_rows))
     if changes:
         md += "\n" + convergence.markdown(changes)
     atomic_write_text(out / "tables.md", md)

@@ -186,3 +186,35 @@ def test_mfr_topk_saes_train_on_the_language_model(smoke_cells, tmp_path, settin
         assert np.isfinite(ev[k]), k
     assert ev["l0"] <= 4 + 1e-6
     assert (tmp_path / "sae_1" / "cfg.json").exists()
+
+
+SMALL_SYNTHETIC = [  # the synthetic grid, shrunk to seconds
+    "synthetic.d=32", "synthetic.n_features=64", "synthetic.n_groups=4", "synthetic.group_size=16",
+    "synthetic.active=4", "sae.k=4", "optim.lr=1e-2", "optim.warmup_samples=64",
+    "optim.batch_size=64", "optim.n_samples=1280", "eval.every_samples=640",
+    "eval.n_samples=256", "eval.batch_size=128", "eval.grad_norm_after_samples=0",
+    "mfr.warmup_steps=5", "sweep.sae.k=[4]", "sweep.mfr.n_saes=[2]",
+    "sweep.mfr.coeff=[0,3]", "sweep.seed=[0,1]"]
+
+
+def test_synthetic_grid_runs_through_submit_and_the_collector_compares_mfr_with_baseline(
+        tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(repo / "jobs" / "submit.py"), "grid=synthetic",
+                        f"root={tmp_path}", "executor=local", "wait=true", *SMALL_SYNTHETIC],
+                       capture_output=True, text=True, timeout=600, cwd=repo)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = tmp_path / "synthetic" / "results"
+    cells = [d for d in (tmp_path / "synthetic").iterdir() if d.name.startswith("syn-")]
+    assert len(cells) == 4 and all((d / "DONE").exists() for d in cells)
+    md = (results / "tables.md").read_text()
+    assert "## MFR" in md and "synthetic, k 4, 2x, 2 SAEs, MFR 3 (symmetric_max) | 2 |" in md
+    headline = (results / "headline.txt").read_text()
+    assert "MFR vs baseline, synthetic, k 4, 2x, 2 SAEs, MFR 3" in headline
+    assert "MMCS to truth" in headline and "MSE" in headline
+    assert "layer" not in headline  # no Pareto comparison of TopK cells over λ
+    assert (results / "mfr.csv").read_text().count("\n") == 3  # header + 2 configurations
+    assert list((tmp_path / "synthetic" / "_truth").glob("*.npy"))
