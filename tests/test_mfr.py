@@ -173,7 +173,7 @@ def test_an_interrupted_mfr_cell_resumes_bit_identical(tmp_path):
         assert np.array_equal(ma["eval_history"][k], mb["eval_history"][k]), k
 
 
-@pytest.mark.parametrize("setting", ["local", "e2e"])
+@pytest.mark.parametrize("setting", ["local", "e2e", "e2e_ds"])
 def test_mfr_topk_saes_train_on_the_language_model(smoke_cells, tmp_path, setting):
     (cfg,) = [c for c in smoke_cells if c.loss.setting == setting]
     cfg = replace(cfg, sae=SAEConfig(dict_size_to_input_ratio=2.0, activation="topk", k=4),
