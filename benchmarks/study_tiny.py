@@ -151,8 +151,15 @@ def plot(root: Path, names: list[str], results: dict[str, list[tables.Point]]) -
     plt.close(fig)
 
 
-def main(root: str = "runs-study", only: str = "", report_only: bool = False) -> None:
-    root = Path(root).resolve()
+def main(*tokens: str) -> None:
+    args = dict(str(t).lstrip("-").partition("=")[::2] for t in tokens)
+    unknown = set(args) - {"root", "only", "report_only"}
+    if unknown:
+        sys.exit(f"unknown arguments {sorted(unknown)}: root=<dir> only=<v1,v2> "
+                 "report_only=true")
+    root = Path(args.get("root", "runs-study")).resolve()
+    only = args.get("only", "")
+    report_only = args.get("report_only", "false").lower() == "true"
     names = [n for n in VARIANTS if not only or n in only.split(",")]
     unknown = set(only.split(",")) - set(VARIANTS) if only else set()
     if unknown:

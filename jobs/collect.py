@@ -21,6 +21,7 @@ from e2e.config import SETTINGS, CellConfig  # noqa: E402
 from e2e.io import atomic_path, atomic_write_text, cell_paths  # noqa: E402
 from e2e.store import read_metrics  # noqa: E402
 from jobs import convergence, mfr_report, tables  # noqa: E402
+from jobs.grids import GRIDS  # noqa: E402
 
 
 @dataclass
@@ -153,6 +154,9 @@ def collect(root: Path | str, grid: str) -> Path:
     points = [to_point(c) for c in done if not mfr_report.is_mfr_cell(c.cfg)]
     mfr_rows = mfr_report.rows(done)
     headline = tables.headline(points, SETTINGS) if points or not mfr_rows else []
+    if points:
+        note = GRIDS[grid].headline_note if grid in GRIDS else ""
+        headline += [tables.PAPER_HEADLINE] + ([note] if note else [])
     headline += mfr_report.headline(mfr_rows)
     changes = {c.id: c.change for c in done}
     flag = convergence.headline_line(changes)

@@ -47,6 +47,8 @@ class Grid:
     # Default pack size (cells of one array task sharing the frozen model's pass).
     pack: int = 1
     cpus_per_cell: int = 1
+    # One line under the headline: what this grid's comparison does and does not show.
+    headline_note: str = ""
     # Default container runtime and image (a path is relative to the repository root).
     container: str = "none"
     image: str = ""

@@ -102,6 +102,11 @@ def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str,
     return float(np.exp(np.mean(np.log(other / local)))), float(lo), float(hi)
 
 
+# The paper's number, printed beside ours on every grid of ReLU SAEs.
+PAPER_HEADLINE = ("paper (GPT-2 small, layer 6, L0 300 -> 50): e2e's CE loss increase is < 45% "
+                  "of local's at equal L0 (Braun et al. 2024, Fig. 1)")
+
+
 def headline(points: list[Point], settings) -> list[str]:
     lines = []
     for layer in sorted({p.layer for p in points}):
