@@ -48,27 +48,52 @@ class Point:
     train_time_s: float
 
 
-def reference(points: list[Point], layer: int) -> Point | None:
-    """The e2e run with the median λ of the layer's e2e sweep (lower middle if even)."""
+MISMATCH_FLAG = 0.20  # a pair further apart than this is flagged, not shown as "similar"
+
+
+def _value(key: str):
+    return (lambda p: p.ce_loss_increase) if key == "ce" else (lambda p: p.l0)
+
+
+def _mismatch(p: Point, ref: Point, key: str) -> float:
+    """Relative difference of p from the reference in CE loss increase or L0."""
+    v = _value(key)
+    return abs(v(p) - v(ref)) / abs(v(ref)) if v(ref) else float("inf")
+
+
+def reference(points: list[Point], layer: int, key: str = "ce") -> Point | None:
+    """The e2e run whose best match in every other setting is closest (the largest relative
+    mismatch over the settings is smallest); ties go to the middle of the λ sweep."""
     e2e = sorted((p for p in points if p.layer == layer and p.setting == "e2e"),
                  key=lambda p: p.lam)
-    return e2e[(len(e2e) - 1) // 2] if e2e else None
+    if not e2e:
+        return None
+    others = [[p for p in points if p.layer == layer and p.setting == s]
+              for s in ("local", "e2e_ds")]
+    others = [c for c in others if c]
+
+    def score(i: int) -> tuple[float, float]:
+        worst = max((min(_mismatch(p, e2e[i], key) for p in c) for c in others), default=0.0)
+        return worst, abs(i - (len(e2e) - 1) / 2)
+
+    return e2e[min(range(len(e2e)), key=score)]
 
 
-def paired(points: list[Point], layer: int, key: str) -> list[Point]:
-    """Reference run plus, per other setting, the run nearest to it in `key` (ce or l0)."""
-    ref = reference(points, layer)
+def paired(points: list[Point], layer: int, key: str) -> list[tuple[Point, float]]:
+    """The reference run plus, per other setting, the run nearest to it in `key` (ce or l0),
+    each with its relative mismatch from the reference."""
+    ref = reference(points, layer, key)
     if ref is None:
         return []
-    value = (lambda p: p.ce_loss_increase) if key == "ce" else (lambda p: p.l0)
     out = []
     for setting in ("local", "e2e", "e2e_ds"):
         if setting == "e2e":
-            out.append(ref)
+            out.append((ref, 0.0))
             continue
         cands = [p for p in points if p.layer == layer and p.setting == setting]
         if cands:
-            out.append(min(cands, key=lambda p: abs(value(p) - value(ref))))
+            best = min(cands, key=lambda p: _mismatch(p, ref, key))
+            out.append((best, _mismatch(best, ref, key)))
     return out
 
 
@@ -129,6 +154,12 @@ def _row(p: Point) -> tuple:
             f"{p.ce_loss_increase:.4f}")
 
 
+def _fmt_mismatch(p: Point, m: float) -> str:
+    if p.setting == "e2e":
+        return "reference"
+    return f"{m:.0%}" + (" (not similar)" if m > MISMATCH_FLAG else "")
+
+
 def _md(title: str, header, rows, note: str = "") -> str:
     out = [f"## {title}", "", "| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
@@ -154,13 +185,19 @@ def render(points: list[Point], not_done: list[tuple[str, str, str]], headline: 
            paper: bool) -> tuple[str, str]:
     """tables.md and tables.tex: Tables 1, 2, 3 and 6 plus the cells left out."""
     layers = sorted({p.layer for p in points})
-    header = ("layer",) + COLUMNS
+    header = ("layer",) + COLUMNS + ("mismatch",)
     sections = []
-    ce_rule = ("reference: the e2e run with the median λ of its sweep; local and e2e_ds: the "
-               "run with the nearest CE loss increase")
-    l0_rule = "reference as Table 2; local and e2e_ds: the run with the nearest L0"
-    t2 = [(layer,) + _row(p) for layer in layers for p in paired(points, layer, "ce")]
-    t3 = [(layer,) + _row(p) for layer in layers for p in paired(points, layer, "l0")]
+    rule = ("reference: the e2e run whose nearest {what} in each other setting is closest; "
+            "local and e2e_ds: the run with the nearest {what}; mismatch: relative difference "
+            f"from the reference, flagged above {MISMATCH_FLAG:.0%}")
+    ce_rule = rule.format(what="CE loss increase")
+    l0_rule = rule.format(what="L0")
+
+    def rows(key: str) -> list[tuple]:
+        return [(layer,) + _row(p) + (_fmt_mismatch(p, m),)
+                for layer in layers for p, m in paired(points, layer, key)]
+
+    t2, t3 = rows("ce"), rows("l0")
     mid = 6 if 6 in layers else (layers[len(layers) // 2] if layers else None)
     t1 = [r for r in t2 if r[0] == mid]
     t6 = []

@@ -82,15 +82,19 @@ def _points():
     return [Point(f"{s}{lam}", 6, s, lam, l0, 0, 0, ce, 0) for s, lam, l0, ce in RUNS]
 
 
-def test_pairing_is_by_nearest_ce_and_nearest_l0():
+def test_pairing_picks_the_e2e_run_with_the_closest_matches_and_reports_mismatch():
     pts = _points()
-    assert reference(pts, 6).lam == 1.5  # the median λ of the e2e sweep
-    by_ce = {p.setting: p.lam for p in paired(pts, 6, "ce")}
-    assert by_ce == {"local": 1, "e2e": 1.5, "e2e_ds": 35}  # CE 0.02 and 0.06 nearest 0.05
-    by_l0 = {p.setting: p.lam for p in paired(pts, 6, "l0")}
-    assert by_l0 == {"local": 4, "e2e": 1.5, "e2e_ds": 35}  # L0 40 and 30 nearest 35
-    shifted = [replace(p, l0=p.l0 + 50) if p.setting == "local" else p for p in pts]
-    assert {p.setting: p.lam for p in paired(shifted, 6, "l0")}["local"] == 10  # L0 60
+    # CE: e2e λ 1.5 (0.05) has matches 0.02 (60%) and 0.06 (20%); λ 0.5 and 3 do worse
+    assert reference(pts, 6, "ce").lam == 1.5
+    by_ce = {p.setting: (p.lam, round(m, 3)) for p, m in paired(pts, 6, "ce")}
+    assert by_ce == {"local": (1, 0.6), "e2e": (1.5, 0.0), "e2e_ds": (35, 0.2)}
+    # L0: e2e λ 0.5 (L0 90) has matches 100 and 80 (11% each); λ 1.5 (35) 14%; λ 3 150%
+    by_l0 = {p.setting: (p.lam, round(m, 3)) for p, m in paired(pts, 6, "l0")}
+    assert by_l0 == {"local": (1, 0.111), "e2e": (0.5, 0.0), "e2e_ds": (10, 0.111)}
+    # a tie goes to the middle of the sweep
+    flat = [p for p in pts if p.setting != "e2e_ds"]
+    flat = [replace(p, ce_loss_increase=0.1) for p in flat]
+    assert reference(flat, 6, "ce").lam == 1.5
 
 
 def test_interpolated_ratio_over_shared_l0_range():
@@ -143,3 +147,12 @@ def test_unconverged_cells_are_flagged_in_tables_and_headline(tmp_path):
     rows = {float(r["sparsity_coeff"]): r for r in csv.DictReader((out / "summary.csv").open())}
     assert float(rows[4.0]["ce_change_2nd_half"]) == pytest.approx(1.5)
     assert float(rows[1.0]["ce_change_2nd_half"]) == pytest.approx(0.025)
+
+
+def test_tables_print_each_pairs_mismatch_and_flag_pairs_that_are_not_similar():
+    from jobs.tables import render
+
+    md, _ = render(_points(), not_done=[], headline=[], paper=False)
+    t2 = md.split("## Table 2")[1].split("## Table 3")[0]
+    assert "| 6 | local | 1 | 100.0 |" in t2 and "60% (not similar) |" in t2
+    assert "| reference |" in t2 and "| 20% |" in t2
