@@ -32,6 +32,13 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (1 - resid / total).mean()
 
 
+def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean over tokens of ||x_hat|| / ||x|| at position 0 and at positions > 0 (batch, pos, d)."""
+    r = torch.linalg.vector_norm(x_hat.float(), dim=-1) / torch.linalg.vector_norm(
+        x.float(), dim=-1).clamp_min(1e-12)
+    return {"l2_ratio/pos0": r[:, 0].mean(), "l2_ratio/pos_gt0": r[:, 1:].mean()}
+
+
 def l0(c: torch.Tensor) -> torch.Tensor:
     """Mean number of non-zero dictionary activations per token."""
     return (c > 0).float().sum(-1).mean()
@@ -122,6 +129,9 @@ def _batch_metrics(model, sae: SAE, layer: int, tokens: torch.Tensor, clean
         "kl_orig_sae": kl_orig_sae(clean.target, logits_sae),
         "top1_agreement": (clean.logits.argmax(-1) == logits_sae.argmax(-1)).float().mean(),
         "l0": l0(c),
+        # Shrinkage (the paper's Table 5): mean ||x_hat|| / ||x||, position 0 apart (its norm
+        # is far larger in GPT-2).
+        **l2_ratios(x_hat, clean.resid),
         f"mse/blocks.{layer}.hook_resid_pre": mse_loss(x_hat, clean.resid),
         f"explained_variance/blocks.{layer}.hook_resid_pre":
             explained_variance(x_hat, clean.resid),

@@ -53,6 +53,8 @@ class CellResult:
             "mse": e.get(f"mse/{hook}", ""),
             "downstream_mse": ";".join(f"{k[4:]}={v:.6g}" for k, v in sorted(later.items())),
             "grad_norm": e.get("grad_norm", ""),
+            "l2_ratio_pos0": e.get("l2_ratio/pos0", ""),
+            "l2_ratio_pos_gt0": e.get("l2_ratio/pos_gt0", ""),
             "mmcs_true": e.get("mmcs_true", ""), "recovered_true": e.get("recovered_true", ""),
             "cross_sae_similarity": e.get("mfr_similarity/symmetric_max", ""),
             "train_time_s": self.train_time_s if self.train_time_s is not None else "",
@@ -110,7 +112,8 @@ def to_point(c: CellResult) -> tables.Point:
     return tables.Point(c.id, c.cfg.layer, c.cfg.loss.setting, c.cfg.loss.sparsity_coeff,
                         c.eval["l0"], c.eval.get("alive_dict_elements", float("nan")),
                         c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
-                        c.train_time_s or 0.0)
+                        c.train_time_s or 0.0, c.eval.get("l2_ratio/pos0", float("nan")),
+                        c.eval.get("l2_ratio/pos_gt0", float("nan")))
 
 
 def _write_csv(path: Path, cells: list[CellResult]) -> None:

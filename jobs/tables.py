@@ -29,6 +29,12 @@ PAPER_SIMILAR_L0 = {
     (10, "local"): (10, 74.9, 28_000, 0.202), (10, "e2e"): (1.5, 62.3, 25_000, 0.131),
     (10, "e2e_ds"): (1.75, 70.2, 25_000, 0.144),
 }
+# Table 5 (shrinkage, ||x_hat|| / ||x|| at the hook): (positions > 0, position 0), Table 2 runs.
+PAPER_L2_RATIO = {
+    (2, "local"): (0.98, 1.00), (2, "e2e"): (0.67, 0.16), (2, "e2e_ds"): (0.74, 0.14),
+    (6, "local"): (0.92, 1.00), (6, "e2e"): (0.31, 0.11), (6, "e2e_ds"): (0.56, 0.99),
+    (10, "local"): (0.91, 1.00), (10, "e2e"): (0.15, 0.08), (10, "e2e_ds"): (0.32, 0.99),
+}
 PAPER_TIME = {2: ("3h45m", "12h24m", "12h30m"), 6: ("4h45m", "11h20m", "11h24m"),
               10: ("5h19m", "10h12m", "10h20m")}
 
@@ -46,6 +52,8 @@ class Point:
     grad_norm: float
     ce_loss_increase: float
     train_time_s: float
+    l2_ratio_pos0: float = float("nan")
+    l2_ratio_pos_gt0: float = float("nan")
 
 
 MISMATCH_FLAG = 0.20  # a pair further apart than this is flagged, not shown as "similar"
@@ -210,6 +218,16 @@ def render(points: list[Point], not_done: list[tuple[str, str, str]], headline: 
     sections.append(("Table 1: one layer of Table 2", header, t1, f"layer {mid}; " + ce_rule))
     sections.append(("Table 2: runs with similar CE loss increase", header, t2, ce_rule))
     sections.append(("Table 3: runs with similar L0", header, t3, l0_rule))
+    t5 = []
+    for layer in layers:
+        for p, _ in paired(points, layer, "ce"):
+            paper_l2 = PAPER_L2_RATIO.get((layer, p.setting), ("-", "-")) if paper else ()
+            t5.append((layer, p.setting, f"{p.lam:g}", f"{p.l2_ratio_pos_gt0:.2f}",
+                       f"{p.l2_ratio_pos0:.2f}", *paper_l2))
+    t5_header = ("layer", "setting", "λ", "L2 ratio, pos > 0", "L2 ratio, pos 0") + (
+        ("paper, pos > 0", "paper, pos 0") if paper else ())
+    sections.append(("Table 5: shrinkage of the Table 2 runs", t5_header, t5,
+                     "mean ||x_hat|| / ||x|| at the hook over eval tokens"))
     sections.append(("Table 6: mean training time per cell", ("layer", "local", "e2e", "e2e_ds"),
                      t6, "wall time of the training loop, resumes included"))
     if paper:

@@ -35,3 +35,27 @@ def test_alive_reports_last_complete_window():
     assert t.alive == 3
     t.update(torch.tensor([[[1.0, 0, 0, 0]]]))  # new partial window does not replace it
     assert t.alive == 3
+
+
+def test_l2_ratio_of_an_identity_sae_is_one_and_of_a_halving_sae_one_half():
+    from e2e.metrics import l2_ratios
+    from e2e.sae import SAE
+
+    d = 6
+    sae = SAE(d, 2 * d)  # c = [relu(x), relu(-x)], x_hat = relu(x) - relu(-x) = x
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.encoder.weight.copy_(torch.cat([eye, -eye]))
+        sae.encoder.bias.zero_()
+        sae.decoder.weight.copy_(torch.cat([eye, -eye], 1))
+        sae.decoder.bias.zero_()
+    x = torch.randn(3, 5, d)
+    x[:, 0] *= 100  # position 0 apart, as GPT-2's large first-token norm
+    with torch.no_grad():
+        x_hat, _ = sae(x)
+    r = l2_ratios(x_hat, x)
+    assert float(r["l2_ratio/pos0"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(r["l2_ratio/pos_gt0"]) == pytest.approx(1.0, abs=1e-5)
+    r = l2_ratios(torch.cat([x[:, :1], 0.5 * x[:, 1:]], 1), x)
+    assert float(r["l2_ratio/pos0"]) == pytest.approx(1.0)
+    assert float(r["l2_ratio/pos_gt0"]) == pytest.approx(0.5)
