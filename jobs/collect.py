@@ -156,7 +156,8 @@ def collect(root: Path | str, grid: str) -> Path:
     # have their own table.
     points = [to_point(c) for c in done if not mfr_report.is_mfr_cell(c.cfg)]
     mfr_rows = mfr_report.rows(done)
-    headline = tables.headline(points, SETTINGS) if points or not mfr_rows else []
+    intervals = tables.PAPER_INTERVALS if grid.startswith("paper") else None
+    headline = tables.headline(points, SETTINGS, intervals) if points or not mfr_rows else []
     if points:
         note = GRIDS[grid].headline_note if grid in GRIDS else ""
         headline += [tables.PAPER_HEADLINE] + ([note] if note else [])

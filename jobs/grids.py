@@ -41,6 +41,12 @@ class Grid:
     sweep: dict[str, tuple] = field(default_factory=dict)
     # The settings the grid trains (its λ table may name fewer or more).
     settings: tuple[str, ...] = SETTINGS
+    # Single cells beyond the cross product: (layer, setting, λ, {dotted field: value}), e.g.
+    # the paper's seed-1 runs; kept when their layer and setting are among the chosen ones
+    # and no λ values are given on the command line.
+    extra_cells: tuple[tuple[int, str, float, dict], ...] = ()
+    # GPU-hours of one cell per (layer, setting) on the cluster, for the dry run's estimate.
+    gpu_hours: dict[tuple[int, str], float] = field(default_factory=dict)
     pretrain: PretrainConfig | None = None
     # SLURM resources per cell (minutes), sized for the grid's model.
     time_min: int = 60
@@ -102,6 +108,12 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
                     base.loss, setting=setting, sparsity_coeff=float(lam)))
                 for values in itertools.product(*axes.values()):
                     cells.append(with_overrides(cell, dict(zip(axes, values, strict=True))))
+    chosen_lambdas = sparsity_coeffs or lambdas  # the user's λ values replace the extras too
+    for layer, setting, lam, fields in () if chosen_lambdas else grid.extra_cells:
+        if layer in (layers or grid.layers) and setting in (settings or grid.settings):
+            cell = replace(base, layer=layer, loss=replace(base.loss, setting=setting,
+                                                           sparsity_coeff=float(lam)))
+            cells.append(with_overrides(cell, fields))
     return cells
 
 
@@ -157,13 +169,20 @@ TINY = Grid(
     pack=4,
 )
 
-PAPER = Grid(
-    name="paper",
+# The paper's Table 6 (one A100), hours per cell.
+_PAPER_HOURS = {(2, "local"): 3.75, (2, "e2e"): 12.4, (2, "e2e_ds"): 12.5,
+                (6, "local"): 4.75, (6, "e2e"): 11.33, (6, "e2e_ds"): 11.4,
+                (10, "local"): 5.32, (10, "e2e"): 10.2, (10, "e2e_ds"): 10.33}
+
+PAPER_TABLES = Grid(
+    name="paper-tables",
     base=CellConfig(data=DataConfig()),  # the config defaults are the paper's GPT-2 settings
     layers=(2, 6, 10),
+    # Only the λ values of the paper's Tables 1-3.
     lambdas={"local": (0.8, 4.0, 6.0, 10.0), "e2e": (0.5, 1.5, 3.0),
              "e2e_ds": (10.0, 35.0, 50.0)},
     layer_lambdas={(10, "e2e_ds"): (1.75,)},
+    gpu_hours=_PAPER_HOURS,
     # Table 6: up to 12.5 h on an A100 for e2e; ask for 16 h and let preemption requeue.
     time_min=16 * 60,
     # Alone by default: cells are hours long and a cluster runs them side by side; pack=4
@@ -172,6 +191,21 @@ PAPER = Grid(
     cpus_per_cell=4,
     container="apptainer",
     image="containers/e2e-sae-hpc.sif",
+)
+
+PAPER = replace(
+    PAPER_TABLES,
+    name="paper",
+    # Every GPT-2 table and figure: the tables' λ plus the published sweep values (local
+    # {1,3,6,10,15,20,30}, e2e {0.08,0.2,0.8,2}) and e2e+ds values around the tables', so each
+    # curve spans L0 ≈ 10-300 (Fig. 1), and the seed-1 runs of layer 6's similar-CE trio
+    # (cross-seed geometry).
+    lambdas={"local": (0.8, 1.0, 3.0, 4.0, 6.0, 10.0, 15.0, 20.0, 30.0),
+             "e2e": (0.08, 0.2, 0.5, 0.8, 1.5, 2.0, 3.0),
+             "e2e_ds": (3.0, 10.0, 20.0, 35.0, 50.0, 100.0)},
+    layer_lambdas={(10, "e2e_ds"): (0.5, 1.0, 1.75, 4.0, 10.0)},
+    extra_cells=((6, "local", 4.0, {"seed": 1}), (6, "e2e", 3.0, {"seed": 1}),
+                 (6, "e2e_ds", 50.0, {"seed": 1})),
 )
 
 _TOPK = SAEConfig(dict_size_to_input_ratio=4.0, activation="topk", k=6)
@@ -233,4 +267,5 @@ MFR_GPT2 = Grid(
     image="containers/e2e-sae-hpc.sif",
 )
 
-GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, TINY, PAPER, SYNTHETIC, MFR, MFR_GPT2)}
+GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, TINY, PAPER, PAPER_TABLES, SYNTHETIC, MFR,
+                                               MFR_GPT2)}

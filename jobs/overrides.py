@@ -56,11 +56,12 @@ class Axes:
     lambdas: dict[str, tuple[float, ...]] | None = None
     # dotted config field -> values (`sweep.seed=[0,1,2]`), crossed with every cell.
     sweep: dict[str, tuple] | None = None
+    seeds: tuple[int, ...] | None = None  # `seeds=[0,1]`: sweep.seed
 
 
 RUN_TYPES = typing.get_type_hints(RunOptions)
 AXIS_TYPES = {"layers": tuple[int, ...], "settings": tuple[str, ...],
-              "sparsity_coeffs": tuple[float, ...],
+              "sparsity_coeffs": tuple[float, ...], "seeds": tuple[int, ...],
               **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS}}
 
 

@@ -173,8 +173,9 @@ def _slurm_reachable() -> bool:
 
 
 def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
+    sweep = {**(axes.sweep or {}), **({"seed": axes.seeds} if axes.seeds else {})}
     return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs, axes.lambdas,
-                  axes.sweep)
+                  sweep)
 
 
 def format_plan(plan: Plan) -> str:
@@ -195,6 +196,11 @@ def format_plan(plan: Plan) -> str:
     else:
         lines.append(f"local processes, {o.array_parallelism or 1} at a time (on SLURM each "
                      f"task would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
+    if plan.grid.gpu_hours:
+        known = [plan.grid.gpu_hours.get((c.cfg.layer, c.cfg.loss.setting)) for c in plan.todo]
+        hours = sum(h for h in known if h is not None)
+        lines.append(f"estimated {hours:,.0f} GPU-hours for the {len(plan.todo)} cells to run "
+                     "(the paper's Table 6 per cell on one A100; packs share the clean pass)")
     if plan.needs_pretrain:
         lines.append(f"pre-training job first -> {pretrain_dir(Path(o.root), plan.grid.name)}")
     for s in plan.stages:

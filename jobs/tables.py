@@ -105,27 +105,32 @@ def paired(points: list[Point], layer: int, key: str) -> list[tuple[Point, float
     return out
 
 
-def curve(points: list[Point], layer: int, setting: str) -> tuple[np.ndarray, np.ndarray]:
-    """(L0, CE increase) of a setting's runs, sorted by L0."""
+def curve(points: list[Point], layer: int, setting: str, x: str = "l0"
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(x, CE increase) of a setting's runs, sorted by x (`l0` or `alive`)."""
     ps = sorted((p for p in points if p.layer == layer and p.setting == setting),
-                key=lambda p: p.l0)
-    return np.array([p.l0 for p in ps]), np.array([p.ce_loss_increase for p in ps])
+                key=lambda p: getattr(p, x))
+    return np.array([getattr(p, x) for p in ps]), np.array([p.ce_loss_increase for p in ps])
 
 
-def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str,
-                         n: int = 64) -> tuple[float, float, float] | None:
-    """`setting`'s CE loss increase as a fraction of local's at equal L0.
+def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str, n: int = 64,
+                         x: str = "l0", interval: tuple[float, float] | None = None
+                         ) -> tuple[float, float, float] | None:
+    """`setting`'s CE loss increase as a fraction of local's at equal L0 (or alive elements).
 
-    Both curves are interpolated linearly in L0 at n points spanning the L0 range they share;
-    the result is the geometric mean of the pointwise ratios, so that no part of the range
-    (e.g. a collapsed run's huge CE increase at tiny L0) dominates. Returns (ratio, l0_low,
-    l0_high), or None without a shared range or where a CE increase is not positive.
+    Both curves are interpolated linearly in x at n points spanning the range they share (cut
+    to `interval` when given, as the paper's L0 300 -> 50); the result is the geometric mean of
+    the pointwise ratios, so that no part of the range (e.g. a collapsed run's huge CE increase
+    at tiny L0) dominates. Returns (ratio, low, high), or None without a shared range or where
+    a CE increase is not positive.
     """
-    xl, yl = curve(points, layer, "local")
-    xs, ys = curve(points, layer, setting)
+    xl, yl = curve(points, layer, "local", x)
+    xs, ys = curve(points, layer, setting, x)
     if len(xl) < 2 or len(xs) < 2:
         return None
     lo, hi = max(xl[0], xs[0]), min(xl[-1], xs[-1])
+    if interval is not None:
+        lo, hi = max(lo, interval[0]), min(hi, interval[1])
     if not lo < hi:
         return None
     grid = np.linspace(lo, hi, n)
@@ -140,8 +145,16 @@ PAPER_HEADLINE = ("paper (GPT-2 small, layer 6, L0 300 -> 50): e2e's CE loss inc
                   "of local's at equal L0 (Braun et al. 2024, Fig. 1)")
 
 
-def headline(points: list[Point], settings) -> list[str]:
+# The paper's headline intervals (layer 6): L0 300 -> 50, and alive elements 23k-35k.
+PAPER_INTERVALS = {6: {"l0": (50.0, 300.0), "alive": (23_000.0, 35_000.0)}}
+
+
+def headline(points: list[Point], settings, intervals: dict | None = None) -> list[str]:
+    """Per layer and setting, its CE loss increase as a fraction of local's at equal L0 over
+    the shared range; with `intervals` ({layer: {"l0"|"alive": (low, high)}}) also over those
+    (the paper's), cut to where both curves have runs."""
     lines = []
+    names = {"l0": "L0", "alive": "alive elements"}
     for layer in sorted({p.layer for p in points}):
         for setting in settings:
             if setting == "local":
@@ -154,6 +167,17 @@ def headline(points: list[Point], settings) -> list[str]:
                 ratio, lo, hi = r
                 lines.append(f"layer {layer}: at equal L0 ({lo:.1f}-{hi:.1f}), {setting}'s "
                              f"CE loss increase is {100 * ratio:.0f}% of local's")
+            for x, want in (intervals or {}).get(layer, {}).items():
+                r = ce_ratio_at_equal_l0(points, layer, setting, x=x, interval=want)
+                where = f"the paper's interval of {names[x]} {want[0]:g}-{want[1]:g}"
+                if r is None:
+                    lines.append(f"layer {layer}: {setting} vs local over {where}: no runs "
+                                 "of both cover it")
+                else:
+                    ratio, lo, hi = r
+                    cut = "" if (lo, hi) == want else f", covered {lo:.0f}-{hi:.0f}"
+                    lines.append(f"layer {layer}: over {where}{cut}, {setting}'s CE loss "
+                                 f"increase is {100 * ratio:.0f}% of local's")
     return lines or ["no finished cells yet"]
 
 

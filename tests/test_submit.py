@@ -53,7 +53,13 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
                 env_extra={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "grid paper: 28 cells" in out
+    # the tables' λ, the published sweep values, and the seed-1 trio of layer 6
+    assert "grid paper: 68 cells" in out
+    assert "estimated 584 GPU-hours for the 68 cells" in out
+    for lam in (0.08, 0.2, 0.8, 2):
+        assert f"L6-e2e-lam{lam:g}-" in out
+    for setting, lam in (("local", 4), ("e2e", 3), ("e2e_ds", 50)):
+        assert f"L6-{setting}-lam{lam}-s1-" in out
     for layer in (2, 6, 10):
         for setting, lams in (("local", (0.8, 4, 6, 10)), ("e2e", (0.5, 1.5, 3))):
             for lam in lams:
@@ -99,6 +105,15 @@ def test_cells_that_differ_only_in_loss_are_packed_and_the_manifest_names_packs(
                       "layers=[0,1]", "settings=[local,e2e]"])
     assert sorted(len(p) for p in plan.packs) == [2, 2]  # never across layers
     assert {p[0].cfg.layer for p in plan.packs} == {0, 1}
+
+
+def test_paper_tables_grid_has_only_the_tables_cells_and_seeds_cross_every_cell(tmp_path):
+    plan = make_plan(["grid=paper-tables", f"root={tmp_path}", "dry_run=true", "layers=[6]",
+                      "seeds=[0,1]"])
+    assert len(plan.cells) == 2 * (4 + 3 + 3)
+    assert {c.cfg.seed for c in plan.cells} == {0, 1}
+    plan = make_plan(["grid=paper", f"root={tmp_path}", "dry_run=true", "layers=[2]"])
+    assert all(c.cfg.seed == 0 for c in plan.cells)  # the seed-1 extras are layer 6's
 
 
 def test_a_settings_own_lambdas_override_the_common_list_and_the_grid(tmp_path):
