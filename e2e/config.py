@@ -201,9 +201,13 @@ class EvalConfig:
     grad_norm_after_samples: int = 10_000
     log_every_steps: int = 10
     checkpoint_every_steps: int = 500
+    # After training, a pass over this many eval-stream tokens records which dictionary
+    # elements fire (metrics.h5 `alive_mask`, for the geometry); the paper used 500k tokens.
+    alive_pass_tokens: int = 500_000
 
     def __post_init__(self) -> None:
         for name in ("every_samples", "n_samples", "batch_size", "alive_window_tokens",
+                     "alive_pass_tokens",
                      "log_every_steps", "checkpoint_every_steps"):
             _require(getattr(self, name) >= 1, f"eval.{name}", ">= 1", getattr(self, name))
         _require(self.grad_norm_after_samples >= 0, "eval.grad_norm_after_samples", ">= 0",
@@ -270,6 +274,12 @@ class CellConfig:
                      f"max or symmetric_max for dictionaries over {HUNGARIAN_MAX_ELEMENTS} "
                      f"elements (Hungarian matching is O(n^3) per pair per step; this one has "
                      f"{n_dict})", self.mfr.similarity)
+
+    @property
+    def alive_pass_batches(self) -> int:
+        """Eval-stream batches of the post-training alive pass (at least one)."""
+        per_batch = self.eval.batch_size * self.tokens_per_sample
+        return max(1, -(-self.eval.alive_pass_tokens // per_batch))
 
     @property
     def tokens_per_sample(self) -> int:

@@ -93,6 +93,7 @@ class Member:
         self.train_log: dict[str, list[float]] = {}
         self.eval_log: dict[str, list[float]] = {}
         self.data_state: dict | None = None  # the stream position at `self.step`
+        self.alive_mask: torch.Tensor | None = None  # set by the post-training alive pass
         self._terms: dict[str, torch.Tensor] = {}
 
     @property
@@ -231,8 +232,10 @@ class Member:
             torch.save(self.state_dict(data_state), tmp)
         gn = float(self.grad_norm_sum) / max(1, self.grad_norm_count)
         final = None if final_eval is None else {**final_eval, "grad_norm": gn}
+        arrays = {} if self.alive_mask is None or final_eval is None else {
+            "alive_mask": self.alive_mask.cpu().numpy()}
         write_metrics(self.paths.metrics, config_json=self.cfg.to_json(), train=self.train_log,
-                      eval_history=self.eval_log, final_eval=final,
+                      eval_history=self.eval_log, final_eval=final, arrays=arrays,
                       attrs={"train_time_s": self.train_time_s, "step": self.step,
                              "n_steps": self.cfg.optim.n_steps,
                              "samples_seen": self.samples_seen})

@@ -49,9 +49,10 @@ def stage_key(cfg: CellConfig, n_train_rows: int, n_eval_rows: int) -> str:
 
 
 def rows_needed(cfg: CellConfig) -> tuple[int, int]:
-    """Train and eval rows one cell reads: every optimizer step's samples, every eval batch."""
+    """Train and eval rows one cell reads: every optimizer step's samples, every eval batch
+    (the eval stream also feeds the post-training alive pass, from its start)."""
     n_train = cfg.optim.n_steps * cfg.optim.samples_per_step
-    n_eval = cfg.eval.n_batches * cfg.eval.batch_size
+    n_eval = max(cfg.eval.n_batches, cfg.alive_pass_batches) * cfg.eval.batch_size
     return n_train, n_eval
 
 

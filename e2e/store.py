@@ -1,8 +1,9 @@
 """The cell's `metrics.h5`: train curves, eval history and final eval scalars, written atomically.
 
 Layout: `train/<name>` and `eval_history/<name>` are 1-D datasets aligned with their `step`
-dataset; `eval/<name>` are the final eval scalars; the root attribute `config` holds the cell
-config as JSON. Names with '/' (e.g. `mse/blocks.7.hook_resid_pre`) become nested groups.
+dataset; `eval/<name>` are the final eval scalars; `alive_mask` (n_saes, n_dict) marks the
+dictionary elements that fired in the post-training pass; the root attribute `config` holds the
+cell config as JSON. Names with '/' (e.g. `mse/blocks.7.hook_resid_pre`) become nested groups.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from e2e.io import atomic_path
 
 def write_metrics(path: Path, *, config_json: str, train: dict[str, list[float]],
                   eval_history: dict[str, list[float]], final_eval: dict[str, float] | None,
-                  attrs: dict[str, Any]) -> None:
+                  attrs: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
     """Writes the whole file to a temporary sibling and renames it: readers never see half."""
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -33,6 +34,8 @@ def write_metrics(path: Path, *, config_json: str, train: dict[str, list[float]]
                 g = f.create_group("eval")
                 for name, value in final_eval.items():
                     g.create_dataset(name, data=np.float64(value))
+            for name, value in (arrays or {}).items():  # e.g. alive_mask (n_saes, n_dict)
+                f.create_dataset(name, data=value, compression="gzip")
 
 
 def _flatten(group: h5py.Group, prefix: str = "") -> dict[str, Any]:
@@ -55,4 +58,5 @@ def read_metrics(path: Path) -> dict[str, Any]:
             "train": _flatten(f["train"]) if "train" in f else {},
             "eval_history": _flatten(f["eval_history"]) if "eval_history" in f else {},
             "eval": _flatten(f["eval"]) if "eval" in f else {},
+            "alive_mask": f["alive_mask"][()] if "alive_mask" in f else None,
         }

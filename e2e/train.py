@@ -125,7 +125,10 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
     if cfg.source == "synthetic":
         model, d_in, n_layers = None, cfg.synthetic.d, 0
         stream = SyntheticStream(cfg.synthetic, cfg.seed)
-        evs = SyntheticStream(cfg.synthetic, cfg.seed + cfg.data.eval_seed_offset)
+
+        def make_eval_stream():
+            return SyntheticStream(cfg.synthetic, cfg.seed + cfg.data.eval_seed_offset)
+
         _save_truth(stream.truth, Path(out_dirs[0]).parent)
     else:
         model = load_model(cfg.model, device)
@@ -133,7 +136,11 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
         for c in cfgs:
             check_layer(c, n_layers)
         stream = TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split)
-        evs = eval_stream(cfg.data, model.tokenizer, cfg.seed)
+
+        def make_eval_stream():
+            return eval_stream(cfg.data, model.tokenizer, cfg.seed)
+
+    evs = make_eval_stream()
     members = [Member(c, d, d_in, n_layers, device)
                for c, d in zip(cfgs, out_dirs, strict=True)]
     for m in members:
@@ -230,6 +237,7 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
 
     done = live()
     if done:
+        _alive_pass(model, done, cfg, make_eval_stream(), device, autocast)
         data = stream.state_dict()
         for m, metrics in zip(done, run_eval(done), strict=True):
             final = m.record_eval(step, metrics)
@@ -240,6 +248,23 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
     if failures:
         raise MemberFailed(failures)
     return ["done"] * len(members)
+
+
+@torch.no_grad()
+def _alive_pass(model, members: list[Member], cfg: CellConfig, evs, device, autocast) -> None:
+    """Which dictionary elements fire on `eval.alive_pass_tokens` tokens of the eval stream
+    (from its start), per SAE: `member.alive_mask`, (n_saes, n_dict) bool."""
+    for m in members:
+        m.alive_mask = torch.zeros(len(m.saes), m.sae.n_dict, dtype=torch.bool, device=device)
+    for _ in range(cfg.alive_pass_batches):
+        batch = evs.next_batch(cfg.eval.batch_size).to(device)
+        with autocast:
+            resid = batch if model is None else clean_pass(model, batch, cfg.layer,
+                                                           full=False).resid
+            for m in members:
+                for i, sae in enumerate(m.saes):
+                    c = sae.encode(resid)
+                    m.alive_mask[i] |= (c.reshape(-1, c.shape[-1]) > 0).any(0)
 
 
 def _save_truth(truth: torch.Tensor, grid_dir: Path) -> None:

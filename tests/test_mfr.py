@@ -122,7 +122,7 @@ def _tiny_synthetic(**mfr_kw) -> CellConfig:
                                  n_samples=64 * 40),
                    eval=replace(base.eval, every_samples=64 * 10, n_samples=256,
                                 batch_size=128, checkpoint_every_steps=7,
-                                grad_norm_after_samples=0),
+                                grad_norm_after_samples=0, alive_pass_tokens=256),
                    mfr=MFRConfig(warmup_steps=10, **mfr_kw))
 
 
@@ -193,6 +193,7 @@ SMALL_SYNTHETIC = [  # the synthetic grid, shrunk to seconds
     "synthetic.active=4", "sae.k=4", "optim.lr=1e-2", "optim.warmup_samples=64",
     "optim.batch_size=64", "optim.n_samples=1280", "eval.every_samples=640",
     "eval.n_samples=256", "eval.batch_size=128", "eval.grad_norm_after_samples=0",
+    "eval.alive_pass_tokens=256",
     "mfr.warmup_steps=5", "sweep.sae.k=[4]", "sweep.mfr.n_saes=[2]",
     "sweep.mfr.coeff=[0,3]", "sweep.seed=[0,1]"]
 

@@ -60,6 +60,7 @@ def test_each_setting_trains_and_writes_its_outputs(smoke_cells, tmp_path, setti
         assert k in ev and np.isfinite(ev[k]), k
     assert ev["ce_loss_increase"] == pytest.approx(ev["ce_loss_sae"] - ev["ce_loss_orig"])
     assert ev["kl_orig_sae"] >= 0
+    assert m["alive_mask"].dtype == bool and m["alive_mask"].shape == (1, 4 * 32)
     term = {"local": "local_mse", "e2e": "kl_orig_sae", "e2e_ds": "downstream_mse"}[setting]
     assert term in m["train"] and len(m["train"]["step"]) == len(m["train"]["loss"])
     with h5py.File(p.metrics) as f:
@@ -219,3 +220,23 @@ def test_bfloat16_autocast_tracks_float32_over_a_short_run(smoke_cells, tmp_path
     p = cell_paths(tmp_path / "bf16")
     w = load_file(str(p.sae / "sae_weights.safetensors"))
     assert all(t.dtype == torch.float32 for t in w.values())  # fp32 master weights
+
+
+def test_alive_mask_marks_exactly_the_elements_that_fire_on_the_alive_pass_tokens(
+        smoke_cells, smoke_model, tmp_path):
+    from e2e.data import eval_stream
+    from e2e.model import resid_pre
+    from e2e.sae import load_saelens
+
+    cfg = smoke_cells[0]
+    train(cfg, tmp_path, progress=False)
+    sae, _ = load_saelens(cell_paths(tmp_path).sae)
+    evs = eval_stream(cfg.data, smoke_model.tokenizer, cfg.seed)
+    fired = torch.zeros(sae.n_dict, dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(cfg.alive_pass_batches):
+            c = sae.encode(resid_pre(smoke_model, evs.next_batch(cfg.eval.batch_size),
+                                     cfg.layer))
+            fired |= (c > 0).reshape(-1, sae.n_dict).any(0)
+    mask = read_metrics(cell_paths(tmp_path).metrics)["alive_mask"][0]
+    assert np.array_equal(mask, fired.numpy()) and 0 < mask.sum() < sae.n_dict + 1
