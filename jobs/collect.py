@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 from e2e.config import SETTINGS, CellConfig  # noqa: E402
 from e2e.io import atomic_path, atomic_write_text, cell_paths  # noqa: E402
 from e2e.store import read_metrics  # noqa: E402
-from jobs import convergence, mfr_report, tables  # noqa: E402
+from jobs import analyze, convergence, mfr_report, tables  # noqa: E402
 from jobs.grids import GRIDS  # noqa: E402
 
 
@@ -34,6 +34,7 @@ class CellResult:
     reason: str = ""
     # relative change of CE loss increase and L0 over the second half of training
     change: dict[str, float] = field(default_factory=dict)
+    within_max_cos_mean: float | str = ""  # from the analysis step, once it ran
 
     @property
     def row(self) -> dict:
@@ -53,6 +54,7 @@ class CellResult:
             "mse": e.get(f"mse/{hook}", ""),
             "downstream_mse": ";".join(f"{k[4:]}={v:.6g}" for k, v in sorted(later.items())),
             "grad_norm": e.get("grad_norm", ""),
+            "within_max_cos_mean": self.within_max_cos_mean,
             "l2_ratio_pos0": e.get("l2_ratio/pos0", ""),
             "l2_ratio_pos_gt0": e.get("l2_ratio/pos_gt0", ""),
             "mmcs_true": e.get("mmcs_true", ""), "recovered_true": e.get("recovered_true", ""),
@@ -150,6 +152,9 @@ def collect(root: Path | str, grid: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cells = read_grid(grid_dir)
     done = [c for c in cells if c.status == "done"]
+    within = analyze.within_means(out)
+    for c in cells:
+        c.within_max_cos_mean = within.get(c.id, "")
     _write_csv(out / "summary.csv", cells)
     _write_h5(out / "results.h5", cells)
     # The Pareto tables compare the paper's ReLU SAEs over λ; TopK and MFR cells (fixed L0 k)
@@ -167,7 +172,11 @@ def collect(root: Path | str, grid: str) -> Path:
     headline += [flag] if flag else []
     not_done = [c for c in cells if c.status != "done"]
     md, tex = tables.render(points, not_done=[(c.id, c.status, c.reason) for c in not_done],
-                            headline=headline, paper=(grid == "paper"))
+                            headline=headline, paper=grid.startswith("paper"))
+    if (out / analyze.ANALYSIS_MD).exists():  # the analysis step's sections, its last run
+        md += "\n" + (out / analyze.ANALYSIS_MD).read_text()
+    if (out / analyze.ANALYSIS_TEX).exists():
+        tex += (out / analyze.ANALYSIS_TEX).read_text()
     if mfr_rows:
         md += "\n" + mfr_report.markdown(mfr_rows)
         _write_dict_csv(out / "mfr.csv", mfr_report.to_csv_rows(mfr_rows))

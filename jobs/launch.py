@@ -28,6 +28,14 @@ def run_collect(grid: str, root: str) -> str:
     return str(collect(Path(root), grid))
 
 
+def run_analyze(grid: str, root: str) -> str:
+    """The analysis step (geometry, downstream reconstruction); re-runs the collector."""
+    from jobs.analyze import analyze
+
+    match_threads_to_allocation()
+    return str(analyze(Path(root), grid))
+
+
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None):
     folder = plan.grid_dir / "_submitit" / "%j"
     o = plan.opts
@@ -86,7 +94,8 @@ def _launch_local(plan, root: str, grid: str) -> None:
             except Exception as e:  # a failed task is reported, the others go on
                 failed.append(ids)
                 print(f"{ids}: FAILED ({str(e).strip().splitlines()[-1]})", flush=True)
-    _report(Path(_follow(ex.submit(run_collect, grid, root))))
+    _follow(ex.submit(run_collect, grid, root))
+    _report(Path(_follow(ex.submit(run_analyze, grid, root))))
     if failed:
         raise SystemExit(f"{len(failed)} task(s) failed: {failed}")
 
@@ -148,8 +157,11 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     col = _executor(plan, "slurm", f"{grid}-collect", 0, after or None)
     col_job = col.submit(run_collect, grid, root)
     print(f"collector job {col_job.job_id} ({after or 'no dependency'})")
+    ana = _executor(plan, "slurm", f"{grid}-analyze", 0, f"afterany:{col_job.job_id}")
+    ana_job = ana.submit(run_analyze, grid, root)
+    print(f"analysis job {ana_job.job_id} (afterany:{col_job.job_id})")
     if plan.opts.wait:
-        _report(Path(col_job.result()))
+        _report(Path(ana_job.result()))
     else:
         print(f"results will be in {plan.grid_dir / 'results'} (squeue to follow; wait=true "
               "to block until the collector has run)")
@@ -158,14 +170,16 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
 def _report(results: Path) -> None:
     print("\n" + (results / "headline.txt").read_text().strip())
     print(f"tables: {results / 'tables.md'} (and .tex, summary.csv, results.h5)")
-    print(f"plots:  {results / 'pareto_l0.png'}, {results / 'pareto_alive.png'}")
+    print(f"plots:  {results / 'pareto_l0.png'}, {results / 'pareto_alive.png'}, "
+          "geometry_*.png, downstream.png")
 
 
 if __name__ == "__main__":  # the plain-sbatch path's pre-training and collector steps
     import sys
 
-    usage = "usage: python -m jobs.launch pretrain|collect <grid> <root>"
-    if len(sys.argv) != 4 or sys.argv[1] not in ("pretrain", "collect"):
+    steps = {"pretrain": run_pretrain, "collect": run_collect, "analyze": run_analyze}
+    usage = "usage: python -m jobs.launch pretrain|collect|analyze <grid> <root>"
+    if len(sys.argv) != 4 or sys.argv[1] not in steps:
         sys.exit(usage)
-    step = run_pretrain if sys.argv[1] == "pretrain" else run_collect
+    step = steps[sys.argv[1]]
     print(step(sys.argv[2], sys.argv[3]))

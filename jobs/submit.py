@@ -211,7 +211,8 @@ def format_plan(plan: Plan) -> str:
         for c in pack:
             lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
                          f"{c.cfg.loss.sparsity_coeff:>8g}  {c.status}")
-    lines.append("then: collector job (after the array, whatever its outcome)")
+    lines.append("then: collector job (after the array, whatever its outcome), then the "
+                 "analysis job (after the collector)")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 
@@ -231,7 +232,7 @@ def write_configs(plan: Plan) -> None:
 
 def plain_sbatch_commands(plan: Plan) -> str:
     """The plain-sbatch recipe for a written plan: pre-training if needed, the array over
-    manifest.txt (one task per pack), the collector after it."""
+    manifest.txt (one task per pack), the collector after it, then the analysis step."""
     root, grid = Path(plan.opts.root).resolve(), plan.grid.name
     n = len(plan.packs)
     env = f"E2E_CONTAINER={plan.container}" + (
@@ -251,8 +252,10 @@ def plain_sbatch_commands(plan: Plan) -> str:
     lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} "
                  f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
                  f"{plan.grid_dir / 'manifest.txt'})")
-    lines.append(f"sbatch --dependency=afterany:$arr --job-name={grid}-collect --wrap "
-                 f"{wrap('collect')}")
+    lines.append(f"col=$(sbatch --parsable --dependency=afterany:$arr --job-name={grid}-collect "
+                 f"--wrap {wrap('collect')})")
+    lines.append(f"sbatch --dependency=afterany:$col --job-name={grid}-analyze --wrap "
+                 f"{wrap('analyze')}")
     return "\n".join(lines)
 
 

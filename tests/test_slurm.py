@@ -73,6 +73,8 @@ def _job_ids(stdout: str) -> dict[str, str]:
             ids["array"] = line.split()[2].rstrip(":")
         elif line.startswith("collector job "):
             ids["collector"] = line.split()[2]
+        elif line.startswith("analysis job "):
+            ids["analysis"] = line.split()[2]
     return ids
 
 
@@ -84,9 +86,11 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     (col,) = _sacct(ids["collector"])
     assert col["state"] == "COMPLETED"
     assert col["start"] >= max(t["end"] for t in tasks)  # afterany: after the whole array
+    (ana,) = _sacct(ids["analysis"])
+    assert ana["state"] == "COMPLETED" and ana["start"] >= col["end"]
     grid = tmp_path / "smoke"
     assert all((d / "DONE").exists() for d in grid.glob("L*"))
-    assert (grid / "results" / "tables.md").exists()
+    assert "## Geometry: within-SAE" in (grid / "results" / "tables.md").read_text()
     for cell in grid.glob("L*"):  # the cells ran inside the image: its python, not ours
         assert "with /opt/venv/bin/python" in (cell / "train.log").read_text()
 

@@ -1,0 +1,82 @@
+"""The analysis step: dictionary geometry and downstream reconstruction from saved cells."""
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from e2e import geometry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_within_max_cos_of_a_duplicated_element_is_one_and_of_orthonormal_ones_zero():
+    q, _ = torch.linalg.qr(torch.randn(8, 8))
+    assert torch.allclose(geometry.max_cosines(q), torch.zeros(8), atol=1e-6)
+    dup = torch.cat([q[:, :5], q[:, :1]], 1)
+    got = geometry.max_cosines(dup)
+    assert got[0] == pytest.approx(1.0) and got[5] == pytest.approx(1.0)
+    assert torch.allclose(got[1:5], torch.zeros(4), atol=1e-6)
+
+
+def test_chunked_max_cosines_equal_the_dense_ones(monkeypatch):
+    monkeypatch.setattr(geometry, "CHUNK", 3)
+    a = torch.nn.functional.normalize(torch.randn(5, 11), dim=0)
+    b = torch.nn.functional.normalize(torch.randn(5, 7), dim=0)
+    dense = a.T @ a
+    dense.fill_diagonal_(-2)
+    assert torch.allclose(geometry.max_cosines(a), dense.max(1).values)
+    assert torch.allclose(geometry.max_cosines(a, b), (a.T @ b).max(1).values)
+
+
+def test_bootstrap_ci_contains_the_true_difference():
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(20):
+        x, y = rng.normal(0.3, 0.1, 400), rng.normal(0.2, 0.1, 300)
+        d, lo, hi = geometry.bootstrap_mean_diff(x, y, n_boot=400)
+        assert lo < d < hi
+        hits += lo < 0.1 < hi
+    assert hits >= 17  # a 95% interval
+
+
+def test_analysis_of_a_grid_writes_geometry_downstream_and_survives_a_half_finished_grid(
+        tmp_path):
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
+                        "executor=local", "wait=true", "pack=3", "seeds=[0,1]"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = tmp_path / "smoke" / "results"
+    md = (results / "tables.md").read_text()
+    for section in ("Geometry: within-SAE max cosine", "Geometry: cross-seed",
+                    "Geometry: cross-type", "within-SAE mean differences",
+                    "Downstream reconstruction"):
+        assert section in md, section
+    assert "seed 0 -> seed 1" in md and "seed 1 -> seed 0" in md
+    assert "e2e -> local" in md and "e2e_ds -> local" in md
+    assert "| 1 | local |" in md.split("Downstream reconstruction")[1]  # SAE layer 1 ...
+    assert "| 2 |" in md.split("Downstream reconstruction")[1]  # ... and model layer 2
+    for png in ("geometry_within.png", "geometry_hist.png", "downstream.png"):
+        assert (results / png).stat().st_size > 1000, png
+    rows = list(csv.DictReader(open(results / "summary.csv")))
+    assert len(rows) == 6 and all(0 <= float(r["within_max_cos_mean"]) <= 1 for r in rows)
+    with h5py.File(results / "analysis.h5") as f:
+        assert len(f["within"]) == 6 and len(f["cross_seed"]) == 6
+    # a half-finished grid: one cell still running, one without its alive mask
+    cells = sorted(d for d in (tmp_path / "smoke").iterdir() if d.name.startswith("L"))
+    (cells[0] / "DONE").unlink()
+    shutil.copy(cells[1] / "metrics.h5", tmp_path / "m.h5")
+    with h5py.File(cells[1] / "metrics.h5", "a") as f:
+        del f["alive_mask"]
+    r = subprocess.run([sys.executable, "jobs/analyze.py", f"root={tmp_path}", "grid=smoke"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    md = (results / "tables.md").read_text()
+    assert "no alive mask: all elements" in md
+    assert cells[0].name not in md.split("## Geometry: within-SAE")[1].split("## Geometry: c")[0]
