@@ -10,6 +10,9 @@ scalars) and writes beside the tables in `<root>/<grid>/results/`:
   95% bootstrap CIs; `geometry_within.png` (Fig. 7), `geometry_hist.png` (Fig. 3);
 - downstream reconstruction (Figs. 2, 6): MSE and explained variance at the SAE's layer and at
   every later resid_pre for the Table 2 trio of each layer, `downstream.png`;
+- multi-dimensional features (Engels et al. 2024) of the Table 2 trio of each layer: clusters
+  of alive directions, their points on eval tokens, PCA, mixture and separability indices,
+  `multidim_scatter.png` and `multidim_top.png` (e2e/multidim.py; options: `Options`);
 - `analysis.md` / `analysis.tex` (appended to tables.md/.tex by the collector, which this step
   re-runs at its end), `analysis.h5`, and a `within_max_cos_mean` column in summary.csv.
 A half-finished grid gets what its finished cells allow; cells without an alive mask (trained
@@ -51,6 +54,8 @@ class Dictionary:
     directions: torch.Tensor  # (d_in, n_alive) unit-norm alive elements
     mask_saved: bool
     eval: dict[str, float]
+    cfg: object  # CellConfig
+    alive_index: torch.Tensor  # indices of the alive elements in the dictionary
 
 
 def load(grid_dir: Path, results_cells) -> list[Dictionary]:
@@ -73,12 +78,27 @@ def load(grid_dir: Path, results_cells) -> list[Dictionary]:
         cfg = c.cfg.to_dict()
         cfg.pop("seed")
         out.append(Dictionary(to_point(c), c.cfg.seed, json.dumps(cfg, sort_keys=True),
-                              d[:, keep].contiguous(), saved, c.eval))
+                              d[:, keep].contiguous(), saved, c.eval, c.cfg,
+                              torch.nonzero(keep).flatten()))
     return out
 
 
-def analyze(root: Path | str, grid: str) -> Path:
+@dataclass(frozen=True)
+class Options:
+    multidim: bool = True
+    clustering: str = "spectral"  # or "graph" (top-k neighbours above a cosine cutoff)
+    n_clusters: int = 0  # spectral: 0 takes one cluster per 25 alive elements
+    graph_k: int = 2
+    graph_cutoff: float = 0.5
+    multidim_tokens: int = 20_000  # eval tokens whose codes feed the clusters' points
+    mixture_steps: int = 500  # gradient-ascent steps of the mixture index (authors: 10,000)
+    top: int = 10  # clusters listed per cell
+
+
+def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     from jobs.collect import collect, read_grid
+
+    opts = opts or Options()
 
     t0 = time.perf_counter()
     grid_dir = Path(root) / grid
@@ -152,6 +172,8 @@ def analyze(root: Path | str, grid: str) -> Path:
     sections.append(("Downstream reconstruction (Table 2 runs)",
                      ("SAE layer", "setting", "λ", "model layer (resid_pre)", "MSE",
                       "explained variance"), down or [("-",) * 6], ""))
+    if opts.multidim:
+        sections += _multidim(grid_dir, out, dicts, points, layers, opts, h5)
     elapsed = time.perf_counter() - t0
     md = "".join(tables._md(*s) for s in sections)
     md += f"_analysis of {len(dicts)} dictionaries in {elapsed:.1f} s_\n"
@@ -162,6 +184,109 @@ def analyze(root: Path | str, grid: str) -> Path:
         _plot(out, dicts, within, down)
     collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
     return out
+
+
+def _multidim(grid_dir: Path, out: Path, dicts: list[Dictionary], points, layers,
+              opts: Options, h5: dict) -> list[tuple]:
+    """Multi-dimensional features of the Table 2 trio of each layer: clusters, their points
+    Σ a_i d_i on eval tokens, PCA and the mixture / separability indices."""
+    from e2e import multidim
+    from e2e.data import eval_stream
+    from e2e.model import load_model, resid_pre
+    from e2e.sae import load_saelens
+
+    chosen = [d for layer in layers for p, _ in tables.paired(points, layer, "ce")
+              for d in dicts if d.point.cell_id == p.cell_id]
+    rows, scatter, tops = [], [], []
+    models: dict[str, object] = {}
+    for x in chosen:
+        cfg = x.cfg
+        if cfg.model.name_or_path not in models:
+            models[cfg.model.name_or_path] = load_model(cfg.model, "cpu")
+        model = models[cfg.model.name_or_path]
+        sae, _ = load_saelens(cell_paths(grid_dir / x.point.cell_id).sae)
+        evs = eval_stream(cfg.data, model.tokenizer, cfg.seed)
+        n_rows = max(1, opts.multidim_tokens // cfg.data.context_length)
+        tokens = evs.next_batch(n_rows)
+        with torch.no_grad():
+            codes = sae.encode(resid_pre(model, tokens, cfg.layer)).reshape(-1, sae.n_dict)
+        codes = codes[:, x.alive_index]
+        flat_tokens = tokens.reshape(-1).tolist()
+        if opts.clustering == "graph":
+            labels = multidim.graph_clusters(x.directions, opts.graph_k, opts.graph_cutoff)
+        else:
+            labels = multidim.spectral_clusters(
+                x.directions, opts.n_clusters or max(2, x.directions.shape[1] // 25))
+        results = []
+        for cl in np.unique(labels):
+            idx = np.flatnonzero(labels == cl)
+            if len(idx) < 2:
+                continue
+            fires = (codes[:, idx] > 0).any(1)
+            if int(fires.sum()) < 20:
+                continue
+            pts = (codes[fires][:, idx] @ x.directions[:, idx].T).double().numpy()[:20_000]
+            ind = multidim.cluster_indices(pts, steps=opts.mixture_steps)
+            if np.isnan(ind["score"]):
+                continue
+            toks = [flat_tokens[i] for i in np.flatnonzero(fires.numpy())[:len(pts)]]
+            d = x.directions[:, idx]
+            mean_cos = float(((d.T @ d).sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
+            results.append((ind["score"], int(cl), len(idx), len(pts), ind, toks, mean_cos))
+            scatter.append((x.point.setting, ind["mixture"], ind["separability"]))
+            h5[f"multidim/{x.point.cell_id}/cluster{cl}/pairs"] = np.array(ind["pairs"])
+        results.sort(key=lambda r: -r[0])
+        for score, cl, size, n, ind, toks, mean_cos in results[:opts.top]:
+            common = [t for t, _ in _most_common(toks, 5)]
+            words = ", ".join(repr(model.tokenizer.decode([t])) for t in common)
+            rows.append((x.point.layer, x.point.setting, f"{x.point.lam:g}", cl, size, n,
+                         f"{mean_cos:.2f}", f"{ind['mixture']:.3f}",
+                         f"{ind['separability']:.3f}", f"{score:.3f}", words))
+        for r in results[:2]:  # the two best clusters' PC planes
+            tops.append((x, r[1], r[4]["projection"], r[5], model.tokenizer))
+    if scatter or tops:
+        _plot_multidim(out, scatter, tops)
+    return [("Multi-dimensional features: top clusters (Table 2 runs)",
+             ("layer", "setting", "λ", "cluster", "elements", "points", "mean cos",
+              "mixture M", "separability S", "(1-M)·S", "frequent tokens"),
+             rows or [("-",) * 11],
+             f"{opts.clustering} clustering of alive directions; points: Σ a_i d_i of the "
+             f"cluster on {opts.multidim_tokens} eval tokens where any element fires; "
+             "indices on consecutive PC pairs (PCA ≤ 5), mean over pairs with M ≥ 0.01")]
+
+
+def _most_common(items, n):
+    from collections import Counter
+
+    return Counter(items).most_common(n)
+
+
+def _plot_multidim(out: Path, scatter, tops) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for s, color in COLORS.items():
+        pts = [(m, sep) for setting, m, sep in scatter if setting == s]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), color=color, label=s, s=12)
+    ax.invert_xaxis()
+    ax.set_xlabel("mixture index M (reducible ->)")
+    ax.set_ylabel("separability index S (bits)")
+    ax.legend()
+    _save(fig, out / "multidim_scatter.png")
+    if tops:
+        fig, axes = plt.subplots(1, len(tops), figsize=(4 * len(tops), 4), squeeze=False)
+        for ax, (x, cl, proj, toks, tok) in zip(axes[0], tops, strict=True):
+            ax.scatter(proj[:, 0], proj[:, 1], s=4, alpha=0.5)
+            for i in range(0, len(proj), max(1, len(proj) // 25)):
+                ax.annotate(tok.decode([toks[i]]).strip()[:8], proj[i, :2], fontsize=6)
+            ax.set_title(f"L{x.point.layer} {x.point.setting}: cluster {cl}", fontsize=9)
+            ax.set_xlabel("PC 1")
+            ax.set_ylabel("PC 2")
+        _save(fig, out / "multidim_top.png")
 
 
 def within_means(results: Path) -> dict[str, float]:
@@ -253,11 +378,20 @@ def _save(fig, path: Path) -> None:
 
 
 def main(*tokens: str) -> None:
+    from dataclasses import fields
+
+    from jobs.overrides import parse_value
+
     args = dict(str(t).lstrip("-").partition("=")[::2] for t in tokens)
-    unknown = set(args) - {"root", "grid"}
+    names = {f.name: f.type for f in fields(Options)}
+    unknown = set(args) - {"root", "grid"} - set(names)
     if unknown or "grid" not in args:
-        sys.exit(f"usage: python jobs/analyze.py root=<root> grid=<name> (unknown: {unknown})")
-    out = analyze(Path(args.get("root", "runs")), args["grid"])
+        sys.exit(f"usage: python jobs/analyze.py root=<root> grid=<name> "
+                 f"[{' '.join(f'{n}=' for n in names)}] (unknown: {sorted(unknown)})")
+    types = {"bool": bool, "int": int, "float": float, "str": str}
+    opts = Options(**{k: parse_value(v, types[names[k]], k) for k, v in args.items()
+                      if k in names})
+    out = analyze(Path(args.get("root", "runs")), args["grid"], opts)
     print(f"analysis: {out / ANALYSIS_MD} (tables.md includes it), {out}/*.png")
 
 

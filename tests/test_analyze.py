@@ -56,13 +56,15 @@ def test_analysis_of_a_grid_writes_geometry_downstream_and_survives_a_half_finis
     md = (results / "tables.md").read_text()
     for section in ("Geometry: within-SAE max cosine", "Geometry: cross-seed",
                     "Geometry: cross-type", "within-SAE mean differences",
-                    "Downstream reconstruction"):
+                    "Downstream reconstruction", "Multi-dimensional features: top clusters"):
         assert section in md, section
     assert "seed 0 -> seed 1" in md and "seed 1 -> seed 0" in md
     assert "e2e -> local" in md and "e2e_ds -> local" in md
     assert "| 1 | local |" in md.split("Downstream reconstruction")[1]  # SAE layer 1 ...
     assert "| 2 |" in md.split("Downstream reconstruction")[1]  # ... and model layer 2
-    for png in ("geometry_within.png", "geometry_hist.png", "downstream.png"):
+    assert "(1-M)·S" in md and "| 1 | local | 1 |" in md.split("Multi-dimensional")[1]
+    for png in ("geometry_within.png", "geometry_hist.png", "downstream.png",
+                "multidim_scatter.png", "multidim_top.png"):
         assert (results / png).stat().st_size > 1000, png
     rows = list(csv.DictReader(open(results / "summary.csv")))
     assert len(rows) == 6 and all(0 <= float(r["within_max_cos_mean"]) <= 1 for r in rows)
