@@ -36,7 +36,8 @@ def run_analyze(grid: str, root: str) -> str:
     return str(analyze(Path(root), grid))
 
 
-def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None):
+def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
+              time_min: int | None = None):
     folder = plan.grid_dir / "_submitit" / "%j"
     o = plan.opts
     if cluster == "local":
@@ -47,7 +48,7 @@ def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None =
     extra = {"requeue": True}
     if dependency:
         extra["dependency"] = dependency
-    params = dict(job_name=name, time=plan.time_min, cpus_per_task=plan.cpus,
+    params = dict(job_name=name, time=time_min or plan.time_min, cpus_per_task=plan.cpus,
                   signal_delay_s=120, additional_parameters=extra)
     if o.array_parallelism:
         params["array_parallelism"] = o.array_parallelism
@@ -157,7 +158,8 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     col = _executor(plan, "slurm", f"{grid}-collect", 0, after or None)
     col_job = col.submit(run_collect, grid, root)
     print(f"collector job {col_job.job_id} ({after or 'no dependency'})")
-    ana = _executor(plan, "slurm", f"{grid}-analyze", 0, f"afterany:{col_job.job_id}")
+    ana = _executor(plan, "slurm", f"{grid}-analyze", 0, f"afterany:{col_job.job_id}",
+                    plan.analysis_time_min)
     ana_job = ana.submit(run_analyze, grid, root)
     print(f"analysis job {ana_job.job_id} (afterany:{col_job.job_id})")
     if plan.opts.wait:

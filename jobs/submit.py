@@ -66,6 +66,12 @@ class Plan:
         return [p for p in self.packs if any(c.status != "done" for c in p)]
 
     @property
+    def analysis_time_min(self) -> int:
+        """The analysis job's limit: geometry of every cell (a 46,080² cosine pass is ≈1.6
+        TFLOP, under a minute on a few cores) plus multi-dimensional features of the trios."""
+        return min(24 * 60, 30 + 2 * len(self.cells))
+
+    @property
     def needs_pretrain(self) -> bool:
         if self.grid.pretrain is None:
             return False
@@ -212,7 +218,9 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
                          f"{c.cfg.loss.sparsity_coeff:>8g}  {c.status}")
     lines.append("then: collector job (after the array, whatever its outcome), then the "
-                 "analysis job (after the collector)")
+                 f"analysis job (after the collector; CPU only, {plan.cpus} CPUs, "
+                 f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "
+                 "multi-dimensional features)")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 
@@ -254,8 +262,8 @@ def plain_sbatch_commands(plan: Plan) -> str:
                  f"{plan.grid_dir / 'manifest.txt'})")
     lines.append(f"col=$(sbatch --parsable --dependency=afterany:$arr --job-name={grid}-collect "
                  f"--wrap {wrap('collect')})")
-    lines.append(f"sbatch --dependency=afterany:$col --job-name={grid}-analyze --wrap "
-                 f"{wrap('analyze')}")
+    lines.append(f"sbatch --dependency=afterany:$col --job-name={grid}-analyze "
+                 f"--time={plan.analysis_time_min} --wrap {wrap('analyze')}")
     return "\n".join(lines)
 
 

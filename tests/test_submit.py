@@ -56,6 +56,7 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
     # the tables' λ, the published sweep values, and the seed-1 trio of layer 6
     assert "grid paper: 68 cells" in out
     assert "estimated 584 GPU-hours for the 68 cells" in out
+    assert "analysis job (after the collector; CPU only, 4 CPUs, --time=166" in out
     for lam in (0.08, 0.2, 0.8, 2):
         assert f"L6-e2e-lam{lam:g}-" in out
     for setting, lam in (("local", 4), ("e2e", 3), ("e2e_ds", 50)):
