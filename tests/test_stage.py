@@ -40,7 +40,8 @@ def _small_shards(monkeypatch):
 def test_a_cell_trained_from_the_stage_is_identical_to_one_from_the_source(cfg, tmp_path):
     d = stage(cfg, *rows_needed(cfg), tmp_path / "stage", progress=False)
     manifest = verify(d)
-    assert manifest["rows"] == {"train": 96, "eval": 8, "context_length": 32}
+    # eval rows: the 8 of the evals, and the 16 of the post-training alive pass (512 tokens)
+    assert manifest["rows"] == {"train": 96, "eval": 16, "context_length": 32}
     assert manifest["sources"]["model_revision"] == "local"
     assert len([f for f in manifest["files"] if f.startswith("rows/train-")]) == 3
     staged = staged_config(cfg, d)
@@ -88,7 +89,8 @@ def _args(smoke_cells, root):
             f"data.dataset={c.data.dataset}", "data.context_length=32", "layers=[1]",
             "settings=[e2e]", "sparsity_coeffs=[1]", "optim.n_samples=48",
             "optim.batch_size=4", "optim.grad_accum_steps=1", "optim.warmup_samples=8",
-            "eval.n_samples=8", "eval.batch_size=4", "sae.dict_size_to_input_ratio=4",
+            "eval.n_samples=8", "eval.batch_size=4", "eval.alive_pass_tokens=256",
+            "sae.dict_size_to_input_ratio=4",
             "executor=local", "container=none", "device=cpu"]
 
 
