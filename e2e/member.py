@@ -184,12 +184,13 @@ class Member:
 
     @torch.no_grad()
     def similarities(self) -> dict[str, float]:
-        """Mean pairwise similarity of the dictionaries, by each measure (Hungarian only where
-        it is affordable)."""
+        """Mean pairwise similarity of the dictionaries, by each measure; Hungarian only up to
+        1,024 elements or when it is the penalty's (10 GPT-2 SAEs of 3,072: 45 matchings of
+        several seconds each at every eval)."""
         dicts = [s.dict_elements for s in self.saes]
+        cheap = dicts[0].shape[1] <= 1024 or self.cfg.mfr.similarity == "hungarian"
         return {f"mfr_similarity/{name}": float(mfr.mean_pairwise_similarity(dicts, name))
-                for name in SIMILARITIES
-                if name != "hungarian" or dicts[0].shape[1] <= HUNGARIAN_MAX_ELEMENTS}
+                for name in SIMILARITIES if name != "hungarian" or cheap}
 
     @property
     def last_train_values(self) -> dict[str, float]:
