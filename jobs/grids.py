@@ -239,9 +239,12 @@ SYNTHETIC = Grid(
 
 MFR = Grid(
     name="mfr",
-    # TopK SAEs (4x dictionary, k 16) at tiny's hook on tiny's LM, baseline against MFR.
+    # TopK SAEs (4x dictionary, k 16) at layer 2 of tiny's LM, baseline against MFR, with the
+    # budget measured for the README (600 steps at lr 2e-3), pinned here so it stays put.
     base=replace(TINY.base, sae=replace(_TOPK, k=16), loss=LossConfig(sparsity_coeff=0.0),
-                 mfr=MFRConfig(n_saes=3)),
+                 mfr=MFRConfig(n_saes=3),
+                 optim=OptimConfig(lr=2e-3, warmup_samples=400, batch_size=8,
+                                   grad_accum_steps=1, n_samples=4800)),
     layers=(2,),
     settings=("local", "e2e"),
     lambdas=_NO_SPARSITY,
