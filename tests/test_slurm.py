@@ -86,6 +86,9 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     (col,) = _sacct(ids["collector"])
     assert col["state"] == "COMPLETED"
     assert col["start"] >= max(t["end"] for t in tasks)  # afterany: after the whole array
+    # its result is back when the function returns; SLURM marks the job done a moment later
+    _wait_for(lambda: _sacct(ids["analysis"])[0]["state"] != "RUNNING", 120,
+              "the analysis job to end in SLURM")
     (ana,) = _sacct(ids["analysis"])
     assert ana["state"] == "COMPLETED" and ana["start"] >= col["end"]
     grid = tmp_path / "smoke"
