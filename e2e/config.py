@@ -14,8 +14,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Setting = Literal["local", "e2e", "e2e_ds"]
+# "ksvd": no SAE training; a dictionary fitted to the hook's activations by DB-KSVD (`ksvd`).
+Setting = Literal["local", "e2e", "e2e_ds", "ksvd"]
 SETTINGS: tuple[str, ...] = typing.get_args(Setting)
+SAE_SETTINGS = ("local", "e2e", "e2e_ds")  # trained by gradient descent on a loss
 
 
 class ConfigError(ValueError):
@@ -137,6 +139,43 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class KSVDConfig:
+    """DB-KSVD (Valentin et al. 2025; KSVD.jl), setting `ksvd`: K = dictionary ratio x d_in
+    atoms fitted to `n_tokens` cached activations at the hook, minus their mean (the decoder
+    bias), in sample batches of `batch_size` with one warm-started K-SVD iteration each, over
+    `n_passes` passes. The grid's λ axis is `max_nnz`, the L0 budget of the sparse coding."""
+
+    max_nnz: int = 16
+    # Matching pursuit stops a sample when ||r|| / ||y|| < rtol (KSVD.jl's default 0.05).
+    rtol: float = 0.05
+    coder: Literal["mp", "omp"] = "mp"
+    # Least-squares coefficients on each support after matching pursuit (KSVD.jl's default).
+    refit: bool = True
+    # "random": KSVD.jl's U(-0.5, 0.5) start; "data": K random centred activations.
+    init: Literal["random", "data"] = "random"
+    # The KSVD.jl paper script: 2.6M activations, batches of 2^16, 3 passes.
+    n_tokens: int = 2_621_440
+    batch_size: int = 65_536
+    n_passes: int = 3
+    # Atoms updated together against one residual (Jacobi inside, Gauss-Seidel across):
+    # on tiny's activations all 1,024 at once explained 94.6% of the variance, 128 98.5%.
+    atom_chunk: int = 128
+    # Power-iteration steps of each atom's rank-1 SVD, warm-started at the atom.
+    power_iters: int = 3
+    # The activation cache (n_tokens x d_in float32, `activations.npy` in the cell) is
+    # deleted once the cell is done unless kept.
+    keep_activations: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_nnz", "n_tokens", "batch_size", "n_passes", "atom_chunk",
+                     "power_iters"):
+            _require(getattr(self, name) >= 1, f"ksvd.{name}", ">= 1", getattr(self, name))
+        _require(0 <= self.rtol < 1, "ksvd.rtol", "in [0, 1)", self.rtol)
+        _require(self.coder in ("mp", "omp"), "ksvd.coder", "mp or omp", self.coder)
+        _require(self.init in ("random", "data"), "ksvd.init", "random or data", self.init)
+
+
+@dataclass(frozen=True)
 class LossConfig:
     setting: Setting = "e2e"
     # λ, the coefficient of the sparsity term (Lp norm over dictionary units / d_in).
@@ -242,6 +281,7 @@ class CellConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     mfr: MFRConfig = field(default_factory=MFRConfig)
+    ksvd: KSVDConfig = field(default_factory=KSVDConfig)
     # "model": activations of the frozen language model at the hook; "synthetic": generated
     # activations with known features (`synthetic`), no model (local setting only).
     source: Literal["model", "synthetic"] = "model"
@@ -260,9 +300,18 @@ class CellConfig:
         _require(self.source in ("model", "synthetic"), "source", "model or synthetic",
                  self.source)
         if self.source == "synthetic":
-            _require(self.loss.setting == "local", "loss.setting",
-                     "local with source=synthetic (there is no model for a KL)",
+            _require(self.loss.setting in ("local", "ksvd"), "loss.setting",
+                     "local or ksvd with source=synthetic (there is no model for a KL)",
                      self.loss.setting)
+        if self.loss.setting == "ksvd":
+            _require(self.loss.sparsity_coeff == 0, "loss.sparsity_coeff",
+                     "0 with loss.setting=ksvd (its sparsity is ksvd.max_nnz)",
+                     self.loss.sparsity_coeff)
+            _require(self.sae.activation == "relu" and self.mfr.n_saes == 1, "loss.setting",
+                     "not ksvd with a TopK SAE or MFR (ksvd fits one dictionary, no encoder)",
+                     self.loss.setting)
+            if self.d_in_hint:
+                check_n_dict(self, self.d_in_hint)
         if self.sae.activation == "topk":
             _require(self.loss.sparsity_coeff == 0, "loss.sparsity_coeff",
                      "0 with sae.activation=topk (TopK fixes L0 at k; there is no sparsity "
@@ -274,6 +323,13 @@ class CellConfig:
                      f"max or symmetric_max for dictionaries over {HUNGARIAN_MAX_ELEMENTS} "
                      f"elements (Hungarian matching is O(n^3) per pair per step; this one has "
                      f"{n_dict})", self.mfr.similarity)
+
+    @property
+    def lam(self) -> float:
+        """The value on the grid's λ axis: the sparsity coefficient, or for a ksvd cell its L0
+        budget `ksvd.max_nnz`."""
+        return float(self.ksvd.max_nnz) if self.loss.setting == "ksvd" else \
+            self.loss.sparsity_coeff
 
     @property
     def alive_pass_batches(self) -> int:
@@ -290,6 +346,7 @@ class CellConfig:
     def d_in_hint(self) -> int | None:
         """d_in where the config alone knows it (synthetic data); else None."""
         return self.synthetic.d if self.source == "synthetic" else None
+
     @property
     def hook_name(self) -> str:
         """Where the SAE reads; "synthetic" for generated activations."""
@@ -310,6 +367,25 @@ class CellConfig:
         return cls.from_dict(json.loads(text))
 
 
+def normalized(cfg: CellConfig) -> CellConfig:
+    """The cell with the sections its setting never reads at their defaults: `ksvd` for an
+    SAE cell; `optim` and `mfr` for a ksvd cell. A grid's ksvd options then never change its
+    SAE cells' ids (and finished work), nor its SAE options its ksvd cells'."""
+    if cfg.loss.setting == "ksvd":
+        return dataclasses.replace(cfg, optim=OptimConfig(), mfr=MFRConfig())
+    return dataclasses.replace(cfg, ksvd=KSVDConfig())
+
+
+def check_n_dict(cfg: CellConfig, d_in: int) -> None:
+    """A ksvd dictionary needs K >= 1 atoms and a budget max_nnz <= K."""
+    k = int(round(d_in * cfg.sae.dict_size_to_input_ratio))  # as e2e.sae.n_dict_for
+    _require(k >= 1, "sae.dict_size_to_input_ratio",
+             f"large enough for K >= 1 atoms with d_in {d_in} (K = {k})",
+             cfg.sae.dict_size_to_input_ratio)
+    if cfg.loss.setting == "ksvd":
+        _require(cfg.ksvd.max_nnz <= k, "ksvd.max_nnz", f"<= K = {k} atoms", cfg.ksvd.max_nnz)
+
+
 def check_layer(cfg: CellConfig, n_layers: int) -> None:
     """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one)."""
     if cfg.layer >= n_layers:
@@ -322,7 +398,10 @@ def check_layer(cfg: CellConfig, n_layers: int) -> None:
 
 def pack_key(cfg: CellConfig) -> str:
     """Cells with the same key differ only in their loss and can train as one pack: the same
-    model, layer, data, seed and batch schedule, so they see the same token batches."""
+    model, layer, data, seed and batch schedule, so they see the same token batches. A ksvd
+    cell has no batch schedule to share: it runs alone."""
+    if cfg.loss.setting == "ksvd":
+        return "ksvd:" + cfg.to_json()
     d = cfg.to_dict()
     d.pop("loss")
     return json.dumps(d, sort_keys=True)
@@ -330,20 +409,22 @@ def pack_key(cfg: CellConfig) -> str:
 
 def check_packable(cfgs: list[CellConfig]) -> None:
     """Raises ConfigError naming the fields (other than loss) in which the cells differ."""
-    first = _leaves(cfgs[0].to_dict())
+    if len(cfgs) > 1 and any(c.loss.setting == "ksvd" for c in cfgs):
+        raise ConfigError("a ksvd cell runs alone: it cannot be in a pack")
+    first = leaves(cfgs[0].to_dict())
     for cfg in cfgs[1:]:
-        other = _leaves(cfg.to_dict())
+        other = leaves(cfg.to_dict())
         diff = sorted(k for k in first.keys() | other.keys()
                       if not k.startswith("loss.") and first.get(k) != other.get(k))
         if diff:
             raise ConfigError(f"cells of one pack may differ only in loss; these differ in {diff}")
 
 
-def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
+def leaves(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_leaves(v, f"{prefix}{k}."))
+            out.update(leaves(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out

@@ -1,8 +1,8 @@
 """The paper's evaluation metrics; every name carries its direction and sign.
 
 `ce_loss_increase` = CE(sae) - CE(orig); `kl_orig_sae` = KL(p_orig || p_sae); `l0` counts non-zero
-codes per token (position 0 included); explained variance is the paper's per-token
-1 - ||x - x_hat||^2 / ||x - mean(x)||^2, averaged over tokens.
+codes per token (position 0 included; a fitted dictionary's codes are signed); explained
+variance is the paper's per-token 1 - ||x - x_hat||^2 / ||x - mean(x)||^2, averaged over tokens.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def l0(c: torch.Tensor) -> torch.Tensor:
     """Mean number of non-zero dictionary activations per token."""
-    return (c > 0).float().sum(-1).mean()
+    return (c != 0).float().sum(-1).mean()
 
 
 class AliveTracker:
@@ -59,8 +59,16 @@ class AliveTracker:
         self.last_alive: int | None = None
 
     def update(self, c: torch.Tensor) -> None:
-        self.fired |= (c.detach().reshape(-1, c.shape[-1]) > 0).any(0)
-        self.tokens += c.shape[0] * c.shape[1] if c.ndim == 3 else c.shape[0]
+        fired = (c.detach().reshape(-1, c.shape[-1]) != 0).any(0)
+        self.mark(fired, c.shape[0] * c.shape[1] if c.ndim == 3 else c.shape[0])
+
+    def mark(self, fired: torch.Tensor, n_tokens: int) -> None:
+        """Elements `fired` (a bool mask or indices) fired somewhere in `n_tokens` tokens."""
+        if fired.dtype == torch.bool:
+            self.fired |= fired  # no host sync (a masked assignment would wait for the GPU)
+        else:
+            self.fired[fired] = True
+        self.tokens += n_tokens
         if self.tokens >= self.window_tokens:
             self.last_alive = int(self.fired.sum())
             self.fired.zero_()

@@ -11,23 +11,27 @@ metrics.h5, sae/ (SAELens format) and DONE, written last; each folder is locked 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from e2e.config import CellConfig, ConfigError, check_layer, check_packable
-from e2e.data import TokenStream, eval_stream
-from e2e.io import atomic_path, atomic_write_text, cell_lock, cell_paths
+from e2e.config import CellConfig, ConfigError, check_packable
+from e2e.io import atomic_write_text, cell_lock, cell_paths
 from e2e.member import Member, NonFiniteLossError, lr_factor
-from e2e.metrics import evaluate_pack, evaluate_synthetic
-from e2e.model import CleanPass, clean_pass, load_model
-from e2e.synthetic import SyntheticStream, truth_metrics
+from e2e.model import CleanPass, clean_pass
+from e2e.source import (
+    alive_masks,
+    autocast_for,
+    eval_batches,
+    evaluate_dictionaries,
+    open_source,
+    resolve_device,
+    wandb_run,
+)
 
 __all__ = ["train", "train_pack", "pack_step", "NonFiniteLossError", "MemberFailed",
            "lr_factor"]
@@ -39,12 +43,6 @@ class MemberFailed(RuntimeError):
     def __init__(self, failures: dict[str, BaseException]):
         self.failures = failures
         super().__init__("; ".join(f"{Path(d).name}: {e}" for d, e in failures.items()))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | None = None,
@@ -119,40 +117,25 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
 
 def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: bool) -> list[str]:
     cfg = cfgs[0]
+    if cfg.loss.setting == "ksvd":  # a ksvd cell is always a pack of one (pack_key)
+        from e2e.ksvd_fit import fit
+
+        return [fit(cfg, out_dirs[0], should_stop, progress)]
     device = resolve_device(cfg.device)
     if device.type == "cuda":  # TF32 for the fp32 matmuls that remain (autocast or not)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if cfg.source == "synthetic":
-        model, d_in, n_layers = None, cfg.synthetic.d, 0
-        stream = SyntheticStream(cfg.synthetic, cfg.seed)
-
-        def make_eval_stream():
-            return SyntheticStream(cfg.synthetic, cfg.seed + cfg.data.eval_seed_offset)
-
-        _save_truth(stream.truth, Path(out_dirs[0]).parent)
-    else:
-        model = load_model(cfg.model, device)
-        d_in, n_layers = model.cfg.d_model, model.cfg.n_layers
-        for c in cfgs:
-            check_layer(c, n_layers)
-        stream = TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split)
-
-        def make_eval_stream():
-            return eval_stream(cfg.data, model.tokenizer, cfg.seed)
-
-    evs = make_eval_stream()
-    members = [Member(c, d, d_in, n_layers, device)
+    source = open_source(cfgs, device, Path(out_dirs[0]).parent)
+    model, stream = source.model, source.stream
+    members = [Member(c, d, source.d_in, source.n_layers, device)
                for c, d in zip(cfgs, out_dirs, strict=True)]
     for m in members:
         m.resume()
     first = min(members, key=lambda m: m.step)
     if first.data_state is not None:
         stream.load_state_dict(first.data_state)
-    eval_batches = [evs.next_batch(cfg.eval.batch_size).to(device)
-                    for _ in range(cfg.eval.n_batches)]
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                if cfg.dtype == "bfloat16" else nullcontext())
-    runs = {id(m): _wandb_run(m.cfg, m.paths.root) for m in members}
+    evals = eval_batches(source, cfg, device)
+    autocast = autocast_for(cfg, device)
+    runs = {id(m): wandb_run(m.cfg, m.paths.root) for m in members}
     failures: dict[str, BaseException] = {}
     o, n_steps = cfg.optim, cfg.optim.n_steps
     eval_every = max(1, cfg.eval.every_samples // o.samples_per_step)
@@ -168,18 +151,8 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
 
     def run_eval(ms: list[Member]) -> list[list[dict[str, float]]]:
         """Per member, the eval of each of its SAEs."""
-        saes = [s for m in ms for s in m.saes]
-        for s in saes:
-            s.eval()
-        if model is None:
-            flat = evaluate_synthetic(saes, eval_batches)
-            for values, s in zip(flat, saes, strict=True):
-                values.update(truth_metrics(s.dict_elements.detach(), stream.truth))
-        else:
-            with autocast:
-                flat = evaluate_pack(model, saes, cfg.layer, eval_batches)
-        for s in saes:
-            s.train()
+        flat = evaluate_dictionaries(source, [s for m in ms for s in m.saes], cfg.layer,
+                                     evals, autocast)
         out, i = [], 0
         for m in ms:
             out.append(flat[i:i + len(m.saes)])
@@ -237,7 +210,9 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
 
     done = live()
     if done:
-        _alive_pass(model, done, cfg, make_eval_stream(), device, autocast)
+        masks = alive_masks(source, [s for m in done for s in m.saes], cfg, device, autocast)
+        for m in done:
+            m.alive_mask = torch.stack([masks.pop(0) for _ in m.saes])
         data = stream.state_dict()
         for m, metrics in zip(done, run_eval(done), strict=True):
             final = m.record_eval(step, metrics)
@@ -250,40 +225,3 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
     return ["done"] * len(members)
 
 
-@torch.no_grad()
-def _alive_pass(model, members: list[Member], cfg: CellConfig, evs, device, autocast) -> None:
-    """Which dictionary elements fire on `eval.alive_pass_tokens` tokens of the eval stream
-    (from its start), per SAE: `member.alive_mask`, (n_saes, n_dict) bool."""
-    for m in members:
-        m.alive_mask = torch.zeros(len(m.saes), m.sae.n_dict, dtype=torch.bool, device=device)
-    for _ in range(cfg.alive_pass_batches):
-        batch = evs.next_batch(cfg.eval.batch_size).to(device)
-        with autocast:
-            resid = batch if model is None else clean_pass(model, batch, cfg.layer,
-                                                           full=False).resid
-            for m in members:
-                for i, sae in enumerate(m.saes):
-                    c = sae.encode(resid)
-                    m.alive_mask[i] |= (c.reshape(-1, c.shape[-1]) > 0).any(0)
-
-
-def _save_truth(truth: torch.Tensor, grid_dir: Path) -> None:
-    """The ground-truth dictionary beside the grid (`_truth/<sha>.npy`), so anyone can
-    re-check the recovery numbers; the same truth is written once."""
-    arr = truth.numpy()
-    path = grid_dir / "_truth" / f"{hashlib.sha256(arr.tobytes()).hexdigest()[:12]}.npy"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, arr)
-
-
-def _wandb_run(cfg: CellConfig, out_dir: Path):
-    """A wandb run only when asked for (`offline`/`online`); never needed to train."""
-    if cfg.wandb.mode == "disabled":
-        return None
-    import wandb
-
-    return wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out_dir),
-                      id=out_dir.name.replace("=", "-")[:64], resume="allow", name=out_dir.name,
-                      config=cfg.to_dict(), reinit="create_new")

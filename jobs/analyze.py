@@ -222,7 +222,7 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Dictionary], points, layers
             idx = np.flatnonzero(labels == cl)
             if len(idx) < 2:
                 continue
-            fires = (codes[:, idx] > 0).any(1)
+            fires = (codes[:, idx] != 0).any(1)
             if int(fires.sum()) < 20:
                 continue
             pts = (codes[fires][:, idx] @ x.directions[:, idx].T).double().numpy()[:20_000]

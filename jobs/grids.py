@@ -13,15 +13,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from e2e.config import (
+    SAE_SETTINGS,
     SETTINGS,
     CellConfig,
+    ConfigError,
     DataConfig,
     EvalConfig,
+    KSVDConfig,
     LossConfig,
     MFRConfig,
     ModelConfig,
     OptimConfig,
     SAEConfig,
+    leaves,
     pack_key,
     with_overrides,
 )
@@ -72,12 +76,21 @@ def pretrain_dir(root: Path, grid: str) -> Path:
 
 
 def cell_id(cfg: CellConfig) -> str:
-    """Readable id plus a short hash of the canonical JSON, e.g. `L6-e2e-lam1.5-3f2a9c`,
-    `syn-local-k16-n5-mfr1-s2-0b1c2d` (synthetic data, TopK, 5 SAEs with MFR, seed 2)."""
-    digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:6]
-    parts = ["syn" if cfg.source == "synthetic" else f"L{cfg.layer}", cfg.loss.setting,
-             f"k{cfg.sae.k}" if cfg.sae.activation == "topk"
-             else f"lam{cfg.loss.sparsity_coeff:g}"]
+    """Readable id plus a short hash of the config, e.g. `L6-e2e-lam1.5-3f2a9c`,
+    `syn-local-k16-n5-mfr1-s2-0b1c2d` (synthetic data, TopK, 5 SAEs with MFR, seed 2),
+    `L2-ksvd-nnz8-5e6f7a` (DB-KSVD with an L0 budget of 8).
+
+    The hash covers the fields that differ from CellConfig's defaults, so a new config field
+    (added with a default) leaves every existing cell's id, and its finished work, in place.
+    """
+    default = leaves(CellConfig().to_dict())
+    changed = {k: v for k, v in leaves(cfg.to_dict()).items()
+               if k not in default or default[k] != v}
+    digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]
+    lam = (f"nnz{cfg.ksvd.max_nnz}" if cfg.loss.setting == "ksvd"
+           else f"k{cfg.sae.k}" if cfg.sae.activation == "topk"
+           else f"lam{cfg.loss.sparsity_coeff:g}")
+    parts = ["syn" if cfg.source == "synthetic" else f"L{cfg.layer}", cfg.loss.setting, lam]
     if cfg.mfr.n_saes > 1:
         parts.append(f"n{cfg.mfr.n_saes}-mfr{cfg.mfr.coeff:g}")
     if cfg.seed:
@@ -104,17 +117,26 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
             lams = ((lambdas or {}).get(setting) or sparsity_coeffs
                     or grid.lambdas_for(layer, setting))
             for lam in lams:
-                cell = replace(base, layer=layer, loss=replace(
-                    base.loss, setting=setting, sparsity_coeff=float(lam)))
+                cell = _cell(base, layer, setting, lam)
                 for values in itertools.product(*axes.values()):
                     cells.append(with_overrides(cell, dict(zip(axes, values, strict=True))))
     chosen_lambdas = sparsity_coeffs or lambdas  # the user's λ values replace the extras too
     for layer, setting, lam, fields in () if chosen_lambdas else grid.extra_cells:
         if layer in (layers or grid.layers) and setting in (settings or grid.settings):
-            cell = replace(base, layer=layer, loss=replace(base.loss, setting=setting,
-                                                           sparsity_coeff=float(lam)))
-            cells.append(with_overrides(cell, fields))
+            cells.append(with_overrides(_cell(base, layer, setting, lam), fields))
     return cells
+
+
+def _cell(base: CellConfig, layer: int, setting: str, lam: float) -> CellConfig:
+    """The (layer, setting, λ) cell; for ksvd, λ is the L0 budget `ksvd.max_nnz`."""
+    if setting != "ksvd":
+        return replace(base, layer=layer, loss=replace(base.loss, setting=setting,
+                                                       sparsity_coeff=float(lam)))
+    if lam != int(lam):
+        raise ConfigError(f"λ={lam:g} for ksvd is invalid: its λ axis is the L0 budget "
+                          "ksvd.max_nnz, a whole number >= 1 (lambdas.ksvd=[4,8,16])")
+    return with_overrides(replace(base, layer=layer), {
+        "loss.setting": "ksvd", "loss.sparsity_coeff": 0.0, "ksvd.max_nnz": int(lam)})
 
 
 def make_packs(cfgs: list[CellConfig], size: int) -> list[list[int]]:
@@ -138,9 +160,10 @@ SMOKE = Grid(
         eval=EvalConfig(every_samples=48, n_samples=8, batch_size=4, alive_window_tokens=1024,
                         grad_norm_after_samples=16, log_every_steps=2, checkpoint_every_steps=4,
                         alive_pass_tokens=512),
+        ksvd=KSVDConfig(n_tokens=2048, batch_size=1024, n_passes=2, atom_chunk=64),
         device="cpu"),
     layers=(1,),
-    lambdas={"local": (1.0,), "e2e": (1.0,), "e2e_ds": (1.0,)},
+    lambdas={"local": (1.0,), "e2e": (1.0,), "e2e_ds": (1.0,), "ksvd": (4,)},
     # A random model on a 200k-character slice: exercises every part in seconds.
     pretrain=PretrainConfig(corpus_max_chars=200_000, vocab_size=512, n_layers=3, d_model=32,
                             n_heads=4, n_ctx=64, train_steps=0),
@@ -162,12 +185,17 @@ TINY = Grid(
                         alive_window_tokens=100_000, grad_norm_after_samples=400,
                         log_every_steps=10, checkpoint_every_steps=100,
                         alive_pass_tokens=100_000),
+        # DB-KSVD on 2^18 cached activations (a fifth of what each SAE cell reads once),
+        # 3 passes: a few CPU minutes per cell (chunks of 32 atoms: as good as 128 here and
+        # faster on a CPU).
+        ksvd=KSVDConfig(n_tokens=262_144, batch_size=65_536, n_passes=3, atom_chunk=32),
         device="cpu"),
     layers=(2,),
     # The three curves overlap at L0 ≈ 5-40 at this lr (e2e reaches a given L0 at a far
-    # smaller λ than local, as in the paper; e2e_ds at about 10x e2e's).
+    # smaller λ than local, as in the paper; e2e_ds at about 10x e2e's); ksvd's λ is its L0
+    # budget, spanning the same range.
     lambdas={"local": (0.3, 1.0, 4.0, 12.0), "e2e": (0.01, 0.03, 0.1, 0.3),
-             "e2e_ds": (0.1, 0.3, 1.0, 3.0)},
+             "e2e_ds": (0.1, 0.3, 1.0, 3.0), "ksvd": (3, 6, 12, 24)},
     headline_note=("tiny: a 4-layer, 128-wide LM trained here on 4.9M tokens, layer 2, 1,200 "
                    "steps of 1,024 tokens per cell (0.3% of the paper's budget); the README's "
                    "small-scale study shows that this comparison's sign changes with the "
@@ -193,6 +221,7 @@ PAPER_TABLES = Grid(
     lambdas={"local": (0.8, 4.0, 6.0, 10.0), "e2e": (0.5, 1.5, 3.0),
              "e2e_ds": (10.0, 35.0, 50.0)},
     layer_lambdas={(10, "e2e_ds"): (1.75,)},
+    settings=SAE_SETTINGS,
     gpu_hours=_PAPER_HOURS,
     # Table 6: up to 12.5 h on an A100 for e2e; ask for 16 h and let preemption requeue.
     time_min=16 * 60,
@@ -213,7 +242,13 @@ PAPER = replace(
     # (cross-seed geometry).
     lambdas={"local": (0.8, 1.0, 3.0, 4.0, 6.0, 10.0, 15.0, 20.0, 30.0),
              "e2e": (0.08, 0.2, 0.5, 0.8, 1.5, 2.0, 3.0),
-             "e2e_ds": (3.0, 10.0, 20.0, 35.0, 50.0, 100.0)},
+             "e2e_ds": (3.0, 10.0, 20.0, 35.0, 50.0, 100.0),
+             # DB-KSVD at the same hook and dictionary size (46,080), its L0 budgets spanning
+             # the SAEs' L0 range (KSVD.jl's paper: 20-80 on Gemma-2-2B).
+             "ksvd": (16, 32, 64, 128, 256)},
+    settings=SETTINGS,
+    # Our estimate for a ksvd cell (2.6M activations, 3 passes), not yet measured on a GPU.
+    gpu_hours={**_PAPER_HOURS, **{(layer, "ksvd"): 1.0 for layer in (2, 6, 10)}},
     layer_lambdas={(10, "e2e_ds"): (0.5, 1.0, 1.75, 4.0, 10.0)},
     extra_cells=((6, "local", 4.0, {"seed": 1}), (6, "e2e", 3.0, {"seed": 1}),
                  (6, "e2e_ds", 50.0, {"seed": 1})),

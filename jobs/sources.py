@@ -34,9 +34,9 @@ def check_sources(cfg: CellConfig) -> None:
         raise ConfigError(str(e)) from None
 
 
-def model_depth(name_or_path: str) -> int | None:
-    """Number of blocks of a local model folder or a hub model in the HF cache; None if it
-    cannot be known from here without downloading."""
+def model_shape(name_or_path: str) -> tuple[int, int] | None:
+    """(blocks, residual width) of a local model folder or a hub model in the HF cache; None
+    if they cannot be known from here without downloading."""
     import json
 
     cfg_file = Path(name_or_path) / "config.json"
@@ -47,9 +47,10 @@ def model_depth(name_or_path: str) -> int | None:
 
         try:
             d = AutoConfig.from_pretrained(name_or_path, local_files_only=True).to_dict()
-        except Exception:  # not cached: the depth is checked when the cell starts
+        except Exception:  # not cached: the shape is checked when the cell starts
             return None
-    for key in ("n_layer", "num_hidden_layers", "n_layers"):
-        if isinstance(d.get(key), int):
-            return d[key]
-    return None
+    depth = next((d[k] for k in ("n_layer", "num_hidden_layers", "n_layers")
+                  if isinstance(d.get(k), int)), None)
+    width = next((d[k] for k in ("n_embd", "hidden_size", "d_model")
+                  if isinstance(d.get(k), int)), None)
+    return None if depth is None or width is None else (depth, width)

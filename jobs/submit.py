@@ -18,12 +18,19 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/submit.py` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e2e.config import CellConfig, ConfigError, check_layer, with_overrides  # noqa: E402
+from e2e.config import (  # noqa: E402
+    CellConfig,
+    ConfigError,
+    check_layer,
+    check_n_dict,
+    normalized,
+    with_overrides,
+)
 from e2e.io import atomic_write_text, cell_paths  # noqa: E402
 from jobs import containers  # noqa: E402
 from jobs.grids import GRIDS, Grid, cell_id, expand, make_packs, pretrain_dir  # noqa: E402
 from jobs.overrides import Axes, RunOptions, parse_overrides  # noqa: E402
-from jobs.sources import check_sources, model_depth  # noqa: E402
+from jobs.sources import check_sources, model_shape  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,7 +103,9 @@ def make_plan(tokens: list[str]) -> Plan:
         raise ConfigError(f"grid={opts.grid!r} is invalid: must be one of {sorted(GRIDS)}")
     grid = GRIDS[opts.grid]
     root = Path(opts.root).resolve()
-    cfgs = [with_overrides(c, cfg_overrides) for c in _expand(grid, root, axes)]
+    # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
+    cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
+                              for c in _expand(grid, root, axes)))
     if not cfgs:
         raise ConfigError("the grid with these overrides has no cells")
     notes: list[str] = []
@@ -129,13 +138,16 @@ def make_plan(tokens: list[str]) -> Plan:
         cells.append(Cell(cid, cfg, paths.root, status))
     if len({c.id for c in cells}) != len(cells):
         raise ConfigError("two cells of the grid have the same config")
-    depth = (grid.pretrain.n_layers if grid.pretrain is not None  # a stage knows it offline
+    # (blocks, width) of the model: known offline for a pre-trained grid or a stage
+    shape = ((grid.pretrain.n_layers, grid.pretrain.d_model) if grid.pretrain is not None
              else None if not needs_model
-             else model_depth(cfgs[0].model.name_or_path)
-             or model_depth(source_cfgs[0].model.name_or_path))
-    for cfg in cfgs if depth is not None else ():
+             else model_shape(cfgs[0].model.name_or_path)
+             or model_shape(source_cfgs[0].model.name_or_path))
+    depth = shape[0] if shape else None
+    for cfg in cfgs if shape is not None else ():
         if cfg.source == "model":
             check_layer(cfg, depth)
+            check_n_dict(cfg, shape[1])
     pack_size = opts.pack or grid.pack
     executor = opts.executor
     if executor == "auto":
@@ -212,11 +224,13 @@ def format_plan(plan: Plan) -> str:
     for s in plan.stages:
         lines.append(f"{'staging here first' if o.stage else 'stage'}: {s.describe()}")
     lines.append(f"job command: {plan.python} -u -m submitit.core._submit <job folder>")
-    lines.append(f"{'task':>4} {'cell':34} {'layer':>5} {'setting':8} {'λ':>8}  status")
+    lines.append(f"{'task':>4} {'cell':34} {'layer':>5} {'setting':8} {'λ':>8}  status"
+                 + ("  (ksvd: λ is max_nnz)" if any(c.cfg.loss.setting == "ksvd"
+                                                    for c in plan.cells) else ""))
     for t, pack in enumerate(plan.packs):
         for c in pack:
             lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
-                         f"{c.cfg.loss.sparsity_coeff:>8g}  {c.status}")
+                         f"{c.cfg.lam:>8g}  {c.status}")
     lines.append("then: collector job (after the array, whatever its outcome), then the "
                  f"analysis job (after the collector; CPU only, {plan.cpus} CPUs, "
                  f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "

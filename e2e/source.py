@@ -1,0 +1,134 @@
+"""Where a cell's activations come from, and the evaluation every kind of cell shares.
+
+A `Source` is the frozen language model with its token streams (activations at the hook), or
+the synthetic generator (activations with known features). SAE cells (`e2e.train`) and ksvd
+cells (`e2e.ksvd_fit`) both read it, and both score their dictionaries with
+`evaluate_dictionaries` and `alive_masks`, so their numbers are comparable by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from e2e.config import CellConfig, check_layer
+from e2e.data import TokenStream, eval_stream
+from e2e.io import atomic_path
+from e2e.metrics import evaluate_pack, evaluate_synthetic
+from e2e.model import clean_pass, load_model
+from e2e.synthetic import SyntheticStream, truth_metrics
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_for(cfg: CellConfig, device: torch.device):
+    return (torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.dtype == "bfloat16" else nullcontext())
+
+
+@dataclass
+class Source:
+    model: Any | None  # None for synthetic activations
+    d_in: int
+    n_layers: int
+    stream: TokenStream | SyntheticStream  # training samples, from the cell's seed
+    make_eval_stream: Callable[[], TokenStream | SyntheticStream]  # a fresh one, from its start
+    truth: torch.Tensor | None = None  # the true features of synthetic data
+
+    @torch.no_grad()
+    def activations(self, batch: torch.Tensor, layer: int) -> torch.Tensor:
+        """The hook's activations for a batch of samples: (batch, pos, d_in) for token rows,
+        the batch itself for synthetic data."""
+        return batch if self.model is None else clean_pass(self.model, batch, layer,
+                                                           full=False).resid
+
+
+def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) -> Source:
+    """Loads what the cells read (they share model, data and seed); checks their layers."""
+    cfg = cfgs[0]
+    if cfg.source == "synthetic":
+        stream = SyntheticStream(cfg.synthetic, cfg.seed)
+        _save_truth(stream.truth, grid_dir)
+        return Source(None, cfg.synthetic.d, 0, stream,
+                      lambda: SyntheticStream(cfg.synthetic, cfg.seed + cfg.data.eval_seed_offset),
+                      stream.truth)
+    model = load_model(cfg.model, device)
+    for c in cfgs:
+        check_layer(c, model.cfg.n_layers)
+    return Source(model, model.cfg.d_model, model.cfg.n_layers,
+                  TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split),
+                  lambda: eval_stream(cfg.data, model.tokenizer, cfg.seed))
+
+
+def eval_batches(source: Source, cfg: CellConfig, device: torch.device) -> list[torch.Tensor]:
+    """The cell's fixed eval batches (the same for every cell of a grid)."""
+    evs = source.make_eval_stream()
+    return [evs.next_batch(cfg.eval.batch_size).to(device) for _ in range(cfg.eval.n_batches)]
+
+
+@torch.no_grad()
+def evaluate_dictionaries(source: Source, saes: list, layer: int, batches: list[torch.Tensor],
+                          autocast) -> list[dict[str, float]]:
+    """Every metric of each dictionary (an SAE or a fitted one) spliced in at `layer`."""
+    for s in saes:
+        s.eval()
+    if source.model is None:
+        out = evaluate_synthetic(saes, batches)
+        for values, s in zip(out, saes, strict=True):
+            values.update(truth_metrics(s.dict_elements.detach(), source.truth))
+    else:
+        with autocast:
+            out = evaluate_pack(source.model, saes, layer, batches)
+    for s in saes:
+        s.train()
+    return out
+
+
+@torch.no_grad()
+def alive_masks(source: Source, saes: list, cfg: CellConfig, device: torch.device,
+                autocast) -> list[torch.Tensor]:
+    """Per dictionary, which elements fire (non-zero code) on `eval.alive_pass_tokens` tokens
+    of the eval stream, from its start: (n_dict,) bool each."""
+    masks = [torch.zeros(s.n_dict, dtype=torch.bool, device=device) for s in saes]
+    evs = source.make_eval_stream()
+    for _ in range(cfg.alive_pass_batches):
+        batch = evs.next_batch(cfg.eval.batch_size).to(device)
+        with autocast:
+            resid = source.activations(batch, cfg.layer)
+            for mask, sae in zip(masks, saes, strict=True):
+                c = sae.encode(resid)
+                mask |= (c.reshape(-1, c.shape[-1]) != 0).any(0)
+    return masks
+
+
+def _save_truth(truth: torch.Tensor, grid_dir: Path) -> None:
+    """The ground-truth dictionary beside the grid (`_truth/<sha>.npy`), so anyone can
+    re-check the recovery numbers; the same truth is written once."""
+    arr = truth.numpy()
+    path = grid_dir / "_truth" / f"{hashlib.sha256(arr.tobytes()).hexdigest()[:12]}.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
+
+
+def wandb_run(cfg: CellConfig, out_dir: Path):
+    """A wandb run only when asked for (`offline`/`online`); never needed to train."""
+    if cfg.wandb.mode == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out_dir),
+                      id=out_dir.name.replace("=", "-")[:64], resume="allow", name=out_dir.name,
+                      config=cfg.to_dict(), reinit="create_new")
