@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from e2e.config import CellConfig, ConfigError, check_packable
+from e2e.config import CellConfig, ConfigError, check_packable, normalized
 from e2e.io import atomic_write_text, cell_lock, cell_paths
 from e2e.member import Member, NonFiniteLossError, lr_factor
 from e2e.model import CleanPass, clean_pass
@@ -83,7 +83,8 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
                 continue
             if not paths.config.exists():
                 atomic_write_text(paths.config, cfgs[i].to_json())
-            elif CellConfig.from_json(paths.config.read_text()) != cfgs[i]:
+            elif normalized(CellConfig.from_json(paths.config.read_text())) != normalized(
+                    cfgs[i]):
                 raise ConfigError(f"{paths.config} holds a different config than the one given")
             todo.append(i)
         status = ["done"] * len(cfgs)

@@ -129,7 +129,8 @@ def make_plan(tokens: list[str]) -> Plan:
         paths = cell_paths(root / grid.name / cid)
         status = "new"
         if paths.config.exists():
-            old = CellConfig.from_json(paths.config.read_text())
+            # unused sections compare at today's defaults (an SAE cell's `ksvd`)
+            old = normalized(CellConfig.from_json(paths.config.read_text()))
             if old != cfg:
                 diff = "; ".join(_diff(old.to_dict(), cfg.to_dict()))
                 raise ConfigError(f"{paths.root} holds a different config: {diff}")
