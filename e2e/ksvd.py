@@ -52,16 +52,15 @@ class Codes:
     def reconstruct(self, d: torch.Tensor) -> torch.Tensor:
         """D x for every sample, (n, d_in)."""
         out = torch.zeros(self.n, d.shape[0], dtype=d.dtype, device=d.device)
-        return out.index_add_(0, self.sample, self.value[:, None] * d.T[self.atom])
+        return out.index_add_(0, self.sample, self.value[:, None] * d.T.contiguous()[self.atom])
 
 
-def _to_codes(x: torch.Tensor, max_nnz: int, offset: int) -> Codes:
-    """Dense codes (n, K) with at most max_nnz non-zeros per row -> entries."""
-    vals, atoms = x.abs().topk(min(max_nnz, x.shape[1]), dim=1)
-    keep = vals > 0
-    sample = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(atoms)[keep]
-    atom = atoms[keep]
-    return Codes(sample + offset, atom, x[sample, atom], x.shape[0])
+def _to_codes(support: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+              offset: int) -> Codes:
+    """Per-row slots (n, m) -> entries, row-major (a coefficient cancelled to 0 is dropped)."""
+    keep = mask & (value != 0)
+    rows = torch.arange(support.shape[0], device=support.device)[:, None].expand_as(support)
+    return Codes(rows[keep] + offset, support[keep], value[keep], support.shape[0])
 
 
 def _concat(parts: list[Codes], n: int) -> Codes:
@@ -75,7 +74,7 @@ def _least_squares(y: torch.Tensor, d: torch.Tensor, support: torch.Tensor,
 
     y (n, d_in), support and mask (n, m): normal equations with a tiny ridge, batched.
     """
-    atoms = d.T[support] * mask[..., None]  # (n, m, d_in), masked-out slots zero
+    atoms = d.T.contiguous()[support] * mask[..., None]  # (n, m, d_in), empty slots zero
     gram = atoms @ atoms.transpose(1, 2)
     eye = torch.eye(support.shape[1], dtype=d.dtype, device=d.device)
     gram = gram + eye * (_RIDGE + (~mask)[..., None].to(d.dtype))  # identity on empty slots
@@ -83,61 +82,76 @@ def _least_squares(y: torch.Tensor, d: torch.Tensor, support: torch.Tensor,
     return torch.linalg.solve(gram, rhs) * mask
 
 
-def _mp_rows(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float) -> torch.Tensor:
-    """Plain matching pursuit of rows y (n, d_in): dense signed codes (n, K).
+def _mp_rows(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain matching pursuit of rows y (n, d_in): per row, up to max_nnz (atom, signed
+    coefficient) slots and their mask, each (n, max_nnz).
 
     KSVD.jl's rule: re-selecting an atom adds to its coefficient; at most 4 max_nnz steps;
     a row stops when ||r|| / ||y|| < rtol, or when its support exceeds max_nnz, after dropping
-    its smallest-|coefficient| atom.
+    its smallest-|coefficient| atom. The support is kept as slots, never as a dense (n, K)
+    code, so memory stays at the (rows, K) correlations.
     """
-    n, k = y.shape[0], d.shape[1]
-    x = torch.zeros(n, k, dtype=d.dtype, device=d.device)
-    nnz = torch.zeros(n, dtype=torch.long, device=d.device)
-    limit = rtol * torch.linalg.vector_norm(y, dim=1)
-    rows = torch.nonzero(torch.linalg.vector_norm(y, dim=1) > limit).flatten()
+    n, m, dev = y.shape[0], max_nnz + 1, d.device
+    support = torch.zeros(n, m, dtype=torch.long, device=dev)
+    value = torch.zeros(n, m, dtype=d.dtype, device=dev)
+    count = torch.zeros(n, dtype=torch.long, device=dev)
+    slots = torch.arange(m, device=dev)
+    norm_y = torch.linalg.vector_norm(y, dim=1)
+    limit = rtol * norm_y
+    rows = torch.nonzero(norm_y > limit).flatten()
     r = y[rows].clone()
+    atoms = d.T.contiguous()  # row gathers from a transposed view are several times slower
     for _ in range(4 * max_nnz):
         if rows.numel() == 0:
             break
-        corr = r @ d
-        atom = corr.abs().argmax(1)
-        coef = corr.gather(1, atom[:, None]).squeeze(1)
-        nnz[rows] += (x[rows, atom] == 0).long()
-        x.index_put_((rows, atom), coef, accumulate=True)
-        r -= coef[:, None] * d.T[atom]
-        over = nnz[rows] > max_nnz
-        if over.any():
+        atom = (r @ d).abs_().argmax(1)
+        picked = atoms[atom]
+        coef = (r * picked).sum(1)
+        r -= coef[:, None] * picked
+        sup, cnt = support[rows], count[rows]
+        hit = (sup == atom[:, None]) & (slots < cnt[:, None])
+        again = hit.any(1)
+        slot = torch.where(again, hit.to(torch.int8).argmax(1), cnt)
+        support[rows, slot] = atom
+        value.index_put_((rows, slot), coef, accumulate=True)
+        count[rows] = cnt + (~again).long()
+        over = count[rows] > max_nnz
+        if over.any():  # drop the smallest: the last slot moves into its place
             o = rows[over]
-            xo = x[o]
-            smallest = torch.where(xo != 0, xo.abs(), torch.inf).argmin(1)
-            x[o, smallest] = 0
+            smallest = value[o].abs().argmin(1)
+            support[o, smallest] = support[o, m - 1]
+            value[o, smallest] = value[o, m - 1]
+            count[o] = max_nnz
         done = over | (torch.linalg.vector_norm(r, dim=1) < limit[rows])
         rows, r = rows[~done], r[~done]
-    return x
+    mask = slots[:max_nnz] < count[:, None]
+    return support[:, :max_nnz], value[:, :max_nnz] * mask, mask
 
 
-def _omp_rows(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float) -> torch.Tensor:
+def _omp_rows(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Orthogonal matching pursuit: each step adds the atom most correlated with the residual
-    and refits all coefficients by least squares; up to max_nnz atoms or ||r|| / ||y|| < rtol."""
-    n, k = y.shape[0], d.shape[1]
+    and refits all coefficients by least squares; up to max_nnz atoms or ||r|| / ||y|| < rtol.
+    Returns slots as `_mp_rows`."""
+    n = y.shape[0]
     support = torch.zeros(n, max_nnz, dtype=torch.long, device=d.device)
     mask = torch.zeros(n, max_nnz, dtype=torch.bool, device=d.device)
     z = torch.zeros(n, max_nnz, dtype=d.dtype, device=d.device)
     limit = rtol * torch.linalg.vector_norm(y, dim=1)
     active = torch.linalg.vector_norm(y, dim=1) > limit
     r = y.clone()
+    atoms = d.T.contiguous()
     for step in range(max_nnz):
         rows = torch.nonzero(active).flatten()
         if rows.numel() == 0:
             break
-        corr = r[rows] @ d
-        support[rows, step] = corr.abs().argmax(1)
+        support[rows, step] = (r[rows] @ d).abs_().argmax(1)
         mask[rows, step] = True
         z[rows] = _least_squares(y[rows], d, support[rows], mask[rows])
-        r[rows] = y[rows] - (z[rows, :, None] * d.T[support[rows]]).sum(1)
+        r[rows] = y[rows] - (z[rows, :, None] * atoms[support[rows]]).sum(1)
         active[rows] = torch.linalg.vector_norm(r[rows], dim=1) >= limit[rows]
-    x = torch.zeros(n, k, dtype=d.dtype, device=d.device)
-    return x.scatter_add_(1, support, z * mask)
+    return support, z, mask
 
 
 def sparse_code(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float = 0.05,
@@ -145,39 +159,26 @@ def sparse_code(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float = 0.
     """Codes of rows y (n, d_in) in the unit-norm dictionary d (d_in, K), in row chunks."""
     if coder not in ("mp", "omp"):
         raise ValueError(f"coder={coder!r} is invalid: must be mp or omp")
-    k = d.shape[1]
-    rows = max(1, _CODE_ELEMENTS // k)
+    rows = max(1, _CODE_ELEMENTS // d.shape[1])
     parts = []
     for start in range(0, y.shape[0], rows):
         chunk = y[start:start + rows]
         if coder == "omp":
-            x = _omp_rows(chunk, d, max_nnz, rtol)
+            support, value, mask = _omp_rows(chunk, d, max_nnz, rtol)
         else:
-            x = _mp_rows(chunk, d, max_nnz, rtol)
-        part = _to_codes(x, max_nnz, start)
-        if refit and coder == "mp":
-            part = _refit(chunk, d, part, max_nnz, start)
-        parts.append(part)
+            support, value, mask = _mp_rows(chunk, d, max_nnz, rtol)
+            if refit:  # least squares on each support (KSVD.jl's `refit_coeffs`)
+                value = _refit(chunk, d, support, mask)
+        parts.append(_to_codes(support, value, mask, start))
     return _concat(parts, y.shape[0])
 
 
-def _refit(y: torch.Tensor, d: torch.Tensor, codes: Codes, max_nnz: int, offset: int) -> Codes:
-    """Least-squares coefficients on each row's support (KSVD.jl's `refit_coeffs`)."""
-    n = y.shape[0]
-    local = codes.sample - offset
-    # slot of each entry within its row: entries come row-major from topk
-    counts = torch.bincount(local, minlength=n)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(local.numel(), device=y.device) - starts[local]
-    m = max(1, int(counts.max()) if n else 1)
-    support = torch.zeros(n, m, dtype=torch.long, device=y.device)
-    mask = torch.zeros(n, m, dtype=torch.bool, device=y.device)
-    support[local, slot] = codes.atom
-    mask[local, slot] = True
-    rows = max(1, _CODE_ELEMENTS // (m * d.shape[0]))
-    z = torch.cat([_least_squares(y[i:i + rows], d, support[i:i + rows], mask[i:i + rows])
-                   for i in range(0, n, rows)]) if n else support.to(d.dtype)
-    return Codes(codes.sample, codes.atom, z[local, slot], n)
+def _refit(y: torch.Tensor, d: torch.Tensor, support: torch.Tensor, mask: torch.Tensor
+           ) -> torch.Tensor:
+    """`_least_squares` in row chunks that keep the gathered atoms near 2^26 floats."""
+    rows = max(1, _CODE_ELEMENTS // (support.shape[1] * d.shape[0]))
+    return torch.cat([_least_squares(y[i:i + rows], d, support[i:i + rows], mask[i:i + rows])
+                      for i in range(0, y.shape[0], rows)])
 
 
 def residual(y: torch.Tensor, d: torch.Tensor, codes: Codes) -> torch.Tensor:
@@ -218,7 +219,7 @@ def update_dictionary(y: torch.Tensor, d: torch.Tensor, codes: Codes, atom_chunk
         counts = torch.bincount(slot, minlength=c)
         sums = _segment_sum(counts)  # (c, e) CSR: row a sums atom a's entries
         s, x_old = codes.sample[entry], value[entry]
-        d_old = d.T[codes.atom[entry]]
+        d_old = d.T.contiguous()[codes.atom[entry]]
         err = r[s] + x_old[:, None] * d_old  # (e, d_in): the columns of each atom's E
         u = d.T[chunk].clone()
         for _ in range(power_iters):  # u <- E Eᵀ u, per atom

@@ -60,6 +60,10 @@ def fit(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | 
     cache = paths.root / CACHE_FILE
     t0 = time.perf_counter()
     if not cache.exists():
+        # a process killed while caching leaves its temporary file (GBs at GPT-2's size);
+        # the cell is locked, so any such file is stale
+        for stale in paths.root.glob(f".{CACHE_FILE}.*.tmp"):
+            stale.unlink()
         _cache_activations(cfg, source, cache, autocast)
     cache_time = time.perf_counter() - t0
     acts = np.load(cache, mmap_mode="r")
@@ -165,7 +169,7 @@ def _load_or_init(cfg: CellConfig, checkpoint: Path, acts: np.ndarray, k: int,
         return s
     mean = torch.zeros(acts.shape[1], dtype=torch.float64)
     for start in range(0, len(acts), 1 << 16):
-        mean += torch.from_numpy(np.asarray(acts[start:start + (1 << 16)])).double().sum(0)
+        mean += torch.from_numpy(np.array(acts[start:start + (1 << 16)], np.float64)).sum(0)
     mean = (mean / len(acts)).float()
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.ksvd.init == "data":

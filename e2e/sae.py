@@ -126,8 +126,12 @@ def save_saelens(sae: SAE, out_dir: Path, meta: dict[str, Any]) -> None:
 
 def load_saelens(sae_dir: Path) -> tuple[SAE, dict[str, Any]]:
     """Loads an SAE saved by `save_saelens` (or any SAELens standard or topk SAE without b_dec
-    input)."""
+    input), or a ksvd cell's dictionary (`e2e.ksvd.KSVDDictionary`, the same interface)."""
     cfg = json.loads((Path(sae_dir) / CFG_FILE).read_text())
+    if cfg.get("architecture") == "ksvd":  # a DB-KSVD dictionary: its own encoder
+        from e2e.ksvd import load_ksvd
+
+        return load_ksvd(sae_dir)
     if cfg.get("apply_b_dec_to_input"):
         raise ValueError(f"{sae_dir}: SAEs that subtract b_dec from the input are not this model")
     t = load_file(str(Path(sae_dir) / WEIGHTS_FILE))

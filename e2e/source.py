@@ -27,9 +27,12 @@ from e2e.synthetic import SyntheticStream, truth_metrics
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The cell's device; on CUDA, TF32 for the fp32 matmuls that remain (autocast or not)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if name == "auto" else name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
 
 
 def autocast_for(cfg: CellConfig, device: torch.device):

@@ -123,8 +123,6 @@ def _run_pack(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: boo
 
         return [fit(cfg, out_dirs[0], should_stop, progress)]
     device = resolve_device(cfg.device)
-    if device.type == "cuda":  # TF32 for the fp32 matmuls that remain (autocast or not)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     source = open_source(cfgs, device, Path(out_dirs[0]).parent)
     model, stream = source.model, source.stream
     members = [Member(c, d, source.d_in, source.n_layers, device)

@@ -43,7 +43,7 @@ ANALYSIS_MD = "analysis.md"
 ANALYSIS_TEX = "analysis.tex"
 # Braun et al. 2024, Sec. 3.3 (layer 6): within-SAE mean max cosine differences.
 PAPER_WITHIN_DIFF = {"local - e2e_ds": 0.04, "local - e2e": 0.166}
-COLORS = {"local": "tab:blue", "e2e": "tab:orange", "e2e_ds": "tab:green"}
+COLORS = tables.SETTING_COLORS
 
 
 @dataclass
@@ -145,7 +145,7 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     for layer in layers:
         trio = {p.setting: by_id[p.cell_id] for p, _ in tables.paired(points, layer, "ce")}
         local = trio.get("local")
-        for s in ("e2e", "e2e_ds"):
+        for s in ("e2e", "e2e_ds", "ksvd"):
             if s in trio and local is not None:
                 v = geometry.max_cosines(trio[s].directions, local.directions).numpy()
                 h5[f"cross_type/L{layer}/{s}->local"] = v

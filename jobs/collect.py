@@ -45,6 +45,7 @@ class CellResult:
             "cell_id": self.id, "status": self.status,
             "layer": c.layer if c else "", "setting": c.loss.setting if c else "",
             "sparsity_coeff": c.loss.sparsity_coeff if c else "", "seed": c.seed if c else "",
+            "max_nnz": c.ksvd.max_nnz if c and c.loss.setting == "ksvd" else "",
             "k": c.sae.k if c and c.sae.activation == "topk" else "",
             "n_saes": c.mfr.n_saes if c else "", "mfr_coeff": c.mfr.coeff if c else "",
             "l0": e.get("l0", ""), "alive_dict_elements": e.get("alive_dict_elements", ""),
@@ -111,7 +112,7 @@ def read_grid(grid_dir: Path) -> list[CellResult]:
 
 def to_point(c: CellResult) -> tables.Point:
     """A finished cell as the tables see it."""
-    return tables.Point(c.id, c.cfg.layer, c.cfg.loss.setting, c.cfg.loss.sparsity_coeff,
+    return tables.Point(c.id, c.cfg.layer, c.cfg.loss.setting, c.cfg.lam,
                         c.eval["l0"], c.eval.get("alive_dict_elements", float("nan")),
                         c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
                         c.train_time_s or 0.0, c.eval.get("l2_ratio/pos0", float("nan")),
@@ -166,6 +167,7 @@ def collect(root: Path | str, grid: str) -> Path:
     if points:
         note = GRIDS[grid].headline_note if grid in GRIDS else ""
         headline += [tables.PAPER_HEADLINE] + ([note] if note else [])
+        headline += [tables.KSVD_NOTE] if any(p.setting == "ksvd" for p in points) else []
     headline += mfr_report.headline(mfr_rows)
     changes = {c.id: c.change for c in done}
     flag = convergence.headline_line(changes)

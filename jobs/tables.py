@@ -39,6 +39,8 @@ PAPER_TIME = {2: ("3h45m", "12h24m", "12h30m"), 6: ("4h45m", "11h20m", "11h24m")
               10: ("5h19m", "10h12m", "10h20m")}
 
 COLUMNS = ("setting", "λ", "L0", "alive", "grad norm", "CE loss increase")
+SETTING_COLORS = {"local": "tab:blue", "e2e": "tab:orange", "e2e_ds": "tab:green",
+                  "ksvd": "tab:red"}
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,14 @@ def reference(points: list[Point], layer: int, key: str = "ce") -> Point | None:
 
 
 def paired(points: list[Point], layer: int, key: str) -> list[tuple[Point, float]]:
-    """The reference run plus, per other setting, the run nearest to it in `key` (ce or l0),
-    each with its relative mismatch from the reference."""
+    """The reference run plus, per other setting (ksvd included, though it never chooses the
+    reference), the run nearest to it in `key` (ce or l0), each with its relative mismatch
+    from the reference."""
     ref = reference(points, layer, key)
     if ref is None:
         return []
     out = []
-    for setting in ("local", "e2e", "e2e_ds"):
+    for setting in ("local", "e2e", "e2e_ds", "ksvd"):
         if setting == "e2e":
             out.append((ref, 0.0))
             continue
@@ -143,6 +146,12 @@ def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str, n: int =
 # The paper's number, printed beside ours on every grid of ReLU SAEs.
 PAPER_HEADLINE = ("paper (GPT-2 small, layer 6, L0 300 -> 50): e2e's CE loss increase is < 45% "
                   "of local's at equal L0 (Braun et al. 2024, Fig. 1)")
+
+
+# Printed under the headline when a grid has ksvd cells: what its comparison means.
+KSVD_NOTE = ("ksvd: a dictionary fitted to the activations by DB-KSVD; its codes come from "
+             "matching pursuit with a least-squares refit (signed, an optimisation per token), "
+             "not from one linear map and a ReLU: at equal L0 its encoder is the stronger one")
 
 
 # The paper's headline intervals (layer 6): L0 300 -> 50, and alive elements 23k-35k.
@@ -233,9 +242,11 @@ def render(points: list[Point], not_done: list[tuple[str, str, str]], headline: 
     mid = 6 if 6 in layers else (layers[len(layers) // 2] if layers else None)
     t1 = [r for r in t2 if r[0] == mid]
     t6 = []
+    t6_settings = ("local", "e2e", "e2e_ds") + (
+        ("ksvd",) if any(p.setting == "ksvd" for p in points) else ())
     for layer in layers:
         times = []
-        for s in ("local", "e2e", "e2e_ds"):
+        for s in t6_settings:
             ts = [p.train_time_s for p in points if p.layer == layer and p.setting == s]
             times.append(_fmt_time(float(np.mean(ts))) if ts else "-")
         t6.append((layer, *times))
@@ -252,8 +263,10 @@ def render(points: list[Point], not_done: list[tuple[str, str, str]], headline: 
         ("paper, pos > 0", "paper, pos 0") if paper else ())
     sections.append(("Table 5: shrinkage of the Table 2 runs", t5_header, t5,
                      "mean ||x_hat|| / ||x|| at the hook over eval tokens"))
-    sections.append(("Table 6: mean training time per cell", ("layer", "local", "e2e", "e2e_ds"),
-                     t6, "wall time of the training loop, resumes included"))
+    sections.append(("Table 6: mean training time per cell", ("layer",) + t6_settings,
+                     t6, "wall time of the training loop, resumes included"
+                     + ("; ksvd: caching the activations and the fit" if "ksvd" in t6_settings
+                        else "")))
     if paper:
         ref = [(layer, s) + tuple(PAPER_SIMILAR_CE[(layer, s)]) for layer, s in
                sorted(PAPER_SIMILAR_CE)]
@@ -281,7 +294,7 @@ def plot(points: list[Point], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     layers = sorted({p.layer for p in points})
-    colors = {"local": "tab:blue", "e2e": "tab:orange", "e2e_ds": "tab:green"}
+    colors = SETTING_COLORS
     written = []
     for x_name, fname in (("l0", "pareto_l0.png"), ("alive", "pareto_alive.png")):
         fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), squeeze=False)

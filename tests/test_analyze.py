@@ -59,7 +59,7 @@ def test_analysis_of_a_grid_writes_geometry_downstream_and_survives_a_half_finis
                     "Downstream reconstruction", "Multi-dimensional features: top clusters"):
         assert section in md, section
     assert "seed 0 -> seed 1" in md and "seed 1 -> seed 0" in md
-    assert "e2e -> local" in md and "e2e_ds -> local" in md
+    assert "e2e -> local" in md and "e2e_ds -> local" in md and "ksvd -> local" in md
     assert "| 1 | local |" in md.split("Downstream reconstruction")[1]  # SAE layer 1 ...
     assert "| 2 |" in md.split("Downstream reconstruction")[1]  # ... and model layer 2
     assert "(1-M)·S" in md and "| 1 | local | 1 |" in md.split("Multi-dimensional")[1]
@@ -67,9 +67,10 @@ def test_analysis_of_a_grid_writes_geometry_downstream_and_survives_a_half_finis
                 "multidim_scatter.png", "multidim_top.png"):
         assert (results / png).stat().st_size > 1000, png
     rows = list(csv.DictReader(open(results / "summary.csv")))
-    assert len(rows) == 6 and all(0 <= float(r["within_max_cos_mean"]) <= 1 for r in rows)
+    # 3 SAE cells and a ksvd cell, 2 seeds each
+    assert len(rows) == 8 and all(0 <= float(r["within_max_cos_mean"]) <= 1 for r in rows)
     with h5py.File(results / "analysis.h5") as f:
-        assert len(f["within"]) == 6 and len(f["cross_seed"]) == 6
+        assert len(f["within"]) == 8 and len(f["cross_seed"]) == 8
     # a half-finished grid: one cell still running, one without its alive mask
     cells = sorted(d for d in (tmp_path / "smoke").iterdir() if d.name.startswith("L"))
     (cells[0] / "DONE").unlink()

@@ -156,3 +156,29 @@ def test_tables_print_each_pairs_mismatch_and_flag_pairs_that_are_not_similar():
     t2 = md.split("## Table 2")[1].split("## Table 3")[0]
     assert "| 6 | local | 1 | 100.0 |" in t2 and "60% (not similar) |" in t2
     assert "| reference |" in t2 and "| 20% |" in t2
+
+
+def test_ksvd_cells_are_a_fourth_curve_in_the_headline_tables_and_plots(tmp_path):
+    for run in RUNS:
+        _finished(tmp_path, *run)
+    for nnz, l0, ce in ((8, 8, 0.3), (32, 30, 0.04), (96, 90, 0.01)):
+        cfg = CellConfig.from_dict({"layer": 6, "ksvd": {"max_nnz": nnz},
+                                    "loss": {"setting": "ksvd", "sparsity_coeff": 0.0}})
+        p = cell_paths(tmp_path / "g" / cell_id(cfg))
+        p.root.mkdir(parents=True)
+        p.config.write_text(cfg.to_json())
+        write_metrics(p.metrics, config_json=cfg.to_json(), train={"step": [0.0]},
+                      eval_history={}, final_eval={"l0": l0, "ce_loss_increase": ce},
+                      attrs={"train_time_s": 60.0})
+        p.done.write_text("ok")
+    out = collect(tmp_path, "g")
+    headline = (out / "headline.txt").read_text()
+    assert "ksvd's CE loss increase is" in headline and "of local's" in headline
+    assert "ksvd: a dictionary fitted to the activations by DB-KSVD" in headline
+    md = (out / "tables.md").read_text()
+    t2 = md.split("## Table 2")[1].split("## Table 3")[0]
+    assert "| 6 | ksvd | 32 |" in t2  # nearest to the reference's CE (0.05): max_nnz 32
+    assert "| layer | local | e2e | e2e_ds | ksvd |" in md  # Table 6
+    rows = {r["cell_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert sorted(r["max_nnz"] for r in rows.values() if r["setting"] == "ksvd") == \
+        ["32", "8", "96"]

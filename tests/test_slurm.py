@@ -82,7 +82,7 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     r = _submit(tmp_path)
     ids = _job_ids(r.stdout)
     tasks = _sacct(ids["array"])
-    assert len(tasks) == 3 and all(t["state"] == "COMPLETED" for t in tasks), tasks
+    assert len(tasks) == 4 and all(t["state"] == "COMPLETED" for t in tasks), tasks
     (col,) = _sacct(ids["collector"])
     assert col["state"] == "COMPLETED"
     assert col["start"] >= max(t["end"] for t in tasks)  # afterany: after the whole array
@@ -154,7 +154,7 @@ def test_plain_sbatch_array_over_the_manifest_preempted_and_requeued_matches_sub
     assert "slurm/array.sbatch" in r.stdout and "E2E_CONTAINER=podman" in r.stdout
     manifest = plain / "smoke" / "manifest.txt"
     packs = manifest.read_text().splitlines()
-    assert [len(line.split()) for line in packs] == [2, 1]  # two tasks: packs of 2 and 1
+    assert [len(line.split()) for line in packs] == [2, 1, 1]  # packs of 2 and 1, ksvd
     env = {**os.environ, "E2E_CONTAINER": "podman", "E2E_IMAGE": IMAGE}
     out = subprocess.run(["sbatch", "--parsable", f"--array=0-{len(packs) - 1}",
                           "--cpus-per-task=1", "--time=30", f"--output={tmp_path}/%A_%a.out",
@@ -172,7 +172,7 @@ def test_plain_sbatch_array_over_the_manifest_preempted_and_requeued_matches_sub
         log = (Path(d) / "train.log").read_text()
         assert "interrupted" in log and "start (resuming) in a pack of 2" in log, log
     ref, got = _cells_by_axes(tmp_path / "submitit" / "smoke"), _cells_by_axes(plain / "smoke")
-    assert ref.keys() == got.keys() and len(ref) == 3
+    assert ref.keys() == got.keys() and len(ref) == 4
     for key in ref:
         wa = load_file(str(cell_paths(ref[key]).sae / "sae_weights.safetensors"))
         wb = load_file(str(cell_paths(got[key]).sae / "sae_weights.safetensors"))

@@ -53,10 +53,14 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
                 env_extra={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    # the tables' λ, the published sweep values, and the seed-1 trio of layer 6
-    assert "grid paper: 68 cells" in out
-    assert "estimated 584 GPU-hours for the 68 cells" in out
-    assert "analysis job (after the collector; CPU only, 4 CPUs, --time=166" in out
+    # the tables' λ, the published sweep values, the seed-1 trio of layer 6 (68 SAE cells),
+    # and 15 DB-KSVD cells (our estimate of 1 GPU-hour each)
+    assert "grid paper: 83 cells" in out
+    assert "estimated 599 GPU-hours for the 83 cells" in out
+    assert "analysis job (after the collector; CPU only, 4 CPUs, --time=196" in out
+    for layer in (2, 6, 10):
+        for nnz in (16, 32, 64, 128, 256):
+            assert f"L{layer}-ksvd-nnz{nnz}-" in out
     for lam in (0.08, 0.2, 0.8, 2):
         assert f"L6-e2e-lam{lam:g}-" in out
     for setting, lam in (("local", 4), ("e2e", 3), ("e2e_ds", 50)):
@@ -100,7 +104,8 @@ def test_layer_outside_a_local_model_is_refused_before_anything_is_written(smoke
 def test_cells_that_differ_only_in_loss_are_packed_and_the_manifest_names_packs(smoke_root):
     plan = make_plan(["grid=smoke", f"root={smoke_root}", "pack=2", "dry_run=true",
                       "sparsity_coeffs=[1,2]"])
-    assert [len(p) for p in plan.packs] == [2, 2, 2]  # 6 cells of one layer and seed
+    # 6 SAE cells of one layer and seed in packs of 2; the ksvd cells (max_nnz 1, 2) alone
+    assert [len(p) for p in plan.packs] == [2, 2, 2, 1, 1]
     assert all(len({c.cfg.layer for c in p}) == 1 for p in plan.packs)
     plan = make_plan(["grid=smoke", f"root={smoke_root}", "pack=4", "dry_run=true",
                       "layers=[0,1]", "settings=[local,e2e]"])
@@ -141,9 +146,10 @@ def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     grid = tmp_path / "smoke"
     cells = [d for d in grid.iterdir() if d.name.startswith("L")]
-    assert len(cells) == 3 and all((d / "DONE").exists() for d in cells)
-    assert all("in a pack of 3" in (d / "train.log").read_text() for d in cells)
-    assert (grid / "manifest.txt").read_text().count("\n") == 1  # one line: the pack
+    assert len(cells) == 4 and all((d / "DONE").exists() for d in cells)
+    assert all("in a pack of 3" in (d / "train.log").read_text() for d in cells
+               if "-ksvd-" not in d.name)
+    assert (grid / "manifest.txt").read_text().count("\n") == 2  # the pack, the ksvd cell
     results = grid / "results"
     for f in ("summary.csv", "tables.md", "tables.tex", "results.h5", "pareto_l0.png"):
         assert (results / f).exists(), f
