@@ -4,8 +4,8 @@ matching pursuit (or OMP) and the K-SVD dictionary update, on CPU or GPU.
 Shapes: activations Y are (n, d) rows; the dictionary D is (d, K) with unit-norm columns (atoms).
 Codes are signed. During fitting they are kept sparse as entries (sample, atom, value), at most
 `max_nnz` per sample, so a 65,536-sample batch of a 46,080-atom dictionary never needs a dense
-(n, K) matrix; `matching_pursuit` returns them dense (for the evaluation, which counts and
-decodes them like an SAE's codes).
+(n, K) matrix; `KSVDDictionary.encode` returns them dense (for the evaluation, which counts
+and decodes them like an SAE's codes).
 
 Where this differs from KSVD.jl, and why:
 - The rank-1 SVD of each atom's restricted error is computed by power iteration warm-started at
@@ -13,6 +13,8 @@ Where this differs from KSVD.jl, and why:
   of atoms on a GPU, and it lowers the objective whatever the number of steps (the error
   ||E - u uᵀE|| = ||E||² - ||Eᵀu||², and power iteration never lowers ||Eᵀu||).
 - Atom chunks are sized by `atom_chunk` rather than by the number of threads.
+- Each atom's sign makes its coefficients sum >= 0 (KSVD.jl: u[0] >= 0), see
+  `update_dictionary`.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def update_dictionary(y: torch.Tensor, d: torch.Tensor, codes: Codes, atom_chunk
     atom no sample uses becomes a random Gaussian unit vector (from `generator`, on the CPU, so
     that a resumed fit draws the same).
     """
-    d = d.clone()
+    atoms = d.T.contiguous().clone()  # (K, d_in): atom rows gather fast; D is its transpose
     value = codes.value.clone()
     k = d.shape[1]
     r = residual(y, d, codes)
@@ -219,9 +221,9 @@ def update_dictionary(y: torch.Tensor, d: torch.Tensor, codes: Codes, atom_chunk
         counts = torch.bincount(slot, minlength=c)
         sums = _segment_sum(counts)  # (c, e) CSR: row a sums atom a's entries
         s, x_old = codes.sample[entry], value[entry]
-        d_old = d.T.contiguous()[codes.atom[entry]]
+        d_old = atoms[codes.atom[entry]]
         err = r[s] + x_old[:, None] * d_old  # (e, d_in): the columns of each atom's E
-        u = d.T[chunk].clone()
+        u = atoms[chunk]
         for _ in range(power_iters):  # u <- E Eᵀ u, per atom
             v = torch.einsum("ed,ed->e", err, u.repeat_interleave(counts, dim=0))
             u_new = _csr_values(sums, v) @ err
@@ -229,7 +231,7 @@ def update_dictionary(y: torch.Tensor, d: torch.Tensor, codes: Codes, atom_chunk
             u = torch.where(norm > 0, u_new / norm.clamp_min(1e-30), u)
         used = counts > 0
         if not used.all():
-            fresh = torch.randn(int((~used).sum()), d.shape[0], generator=generator)
+            fresh = torch.randn(int((~used).sum()), atoms.shape[1], generator=generator)
             u[~used] = torch.nn.functional.normalize(fresh, dim=1).to(u)
         u_rep = u.repeat_interleave(counts, dim=0)
         x_new = torch.einsum("ed,ed->e", err, u_rep)
@@ -240,9 +242,9 @@ def update_dictionary(y: torch.Tensor, d: torch.Tensor, codes: Codes, atom_chunk
         sign = 1.0 - 2.0 * flip.to(u.dtype)
         u, u_rep, x_new = u * sign[:, None], u_rep * sign[slot, None], x_new * sign[slot]
         r.index_add_(0, s, x_old[:, None] * d_old - x_new[:, None] * u_rep)
-        d[:, chunk] = u.T
+        atoms[chunk] = u
         value[entry] = x_new
-    return d, Codes(codes.sample, codes.atom, value, codes.n)
+    return atoms.T.contiguous(), Codes(codes.sample, codes.atom, value, codes.n)
 
 
 def _segment_sum(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
