@@ -191,7 +191,8 @@ def headline(points: list[Point], settings, intervals: dict | None = None) -> li
 
 
 def _row(p: Point) -> tuple:
-    return (p.setting, f"{p.lam:g}", f"{p.l0:.1f}", f"{p.alive:.0f}", f"{p.grad_norm:.3g}",
+    grad_norm = "-" if np.isnan(p.grad_norm) else f"{p.grad_norm:.3g}"  # ksvd: no gradient
+    return (p.setting, f"{p.lam:g}", f"{p.l0:.1f}", f"{p.alive:.0f}", grad_norm,
             f"{p.ce_loss_increase:.4f}")
 
 
@@ -228,9 +229,9 @@ def render(points: list[Point], not_done: list[tuple[str, str, str]], headline: 
     layers = sorted({p.layer for p in points})
     header = ("layer",) + COLUMNS + ("mismatch",)
     sections = []
-    rule = ("reference: the e2e run whose nearest {what} in each other setting is closest; "
-            "local and e2e_ds: the run with the nearest {what}; mismatch: relative difference "
-            f"from the reference, flagged above {MISMATCH_FLAG:.0%}")
+    rule = ("reference: the e2e run whose nearest {what} in local and e2e_ds is closest; "
+            "the other settings: the run with the nearest {what}; mismatch: relative "
+            f"difference from the reference, flagged above {MISMATCH_FLAG:.0%}")
     ce_rule = rule.format(what="CE loss increase")
     l0_rule = rule.format(what="L0")
 
