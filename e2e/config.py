@@ -283,7 +283,7 @@ class CellConfig:
     mfr: MFRConfig = field(default_factory=MFRConfig)
     ksvd: KSVDConfig = field(default_factory=KSVDConfig)
     # "model": activations of the frozen language model at the hook; "synthetic": generated
-    # activations with known features (`synthetic`), no model (local setting only).
+    # activations with known features (`synthetic`), no model (local or ksvd only).
     source: Literal["model", "synthetic"] = "model"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     seed: int = 0
