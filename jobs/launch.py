@@ -7,6 +7,7 @@ same jobs as local processes, in waves of `array_parallelism`, waiting for each.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import submitit
@@ -77,16 +78,39 @@ def _launch_local(plan, root: str, grid: str) -> None:
         return
     _interrupt_on_sigterm()
     ex = _executor(plan, "local", grid, 0)
+    started: list = []  # every job this run started: none runs on unsupervised
+
+    def submit(fn, *args):
+        # An interrupt between starting a job and recording it would orphan the job: it is
+        # raised once the job is recorded. (Not a blocked signal mask: children inherit it.)
+        _interrupts["defer"] = True
+        try:
+            job = ex.submit(fn, *args)
+            started.append(job)
+        finally:
+            _interrupts["defer"] = False
+        if _interrupts["pending"]:
+            raise KeyboardInterrupt(f"signal {_interrupts['pending']}")
+        return job
+
+    try:
+        _run_local(plan, root, grid, submit)
+    except BaseException:  # Ctrl-C, kill, a closed terminal, wherever it lands
+        for job in started:
+            job.cancel(check=False)
+        raise
+
+
+def _run_local(plan, root: str, grid: str, submit) -> None:
     if plan.needs_pretrain:
         print("pre-training ...", flush=True)
-        _follow(ex.submit(run_pretrain, grid, root))
+        _follow(submit(run_pretrain, grid, root))
     todo = plan.todo_packs
     failed = []
     step = plan.opts.array_parallelism or 1
     for start in range(0, len(todo), step):
         wave = todo[start:start + step]
-        with ex.batch():
-            jobs = [ex.submit(CellJob([c.dir for c in pack])) for pack in wave]
+        jobs = [submit(CellJob([c.dir for c in pack])) for pack in wave]
         for k, (pack, job) in enumerate(zip(wave, jobs, strict=True)):
             ids = ", ".join(c.id for c in pack)
             try:
@@ -95,30 +119,32 @@ def _launch_local(plan, root: str, grid: str) -> None:
             except Exception as e:  # a failed task is reported, the others go on
                 failed.append(ids)
                 print(f"{ids}: FAILED ({str(e).strip().splitlines()[-1]})", flush=True)
-    _follow(ex.submit(run_collect, grid, root))
-    _report(Path(_follow(ex.submit(run_analyze, grid, root))))
+    _follow(submit(run_collect, grid, root))
+    _report(Path(_follow(submit(run_analyze, grid, root))))
     if failed:
         raise SystemExit(f"{len(failed)} task(s) failed: {failed}")
 
 
 def _follow(job, poll_s: float = 1.0):
     """Waits for a local job, copying its stderr (progress bars, errors) to ours as it grows."""
-    try:
-        return _stream_until_done(job, poll_s)
-    except KeyboardInterrupt:  # Ctrl-C, kill, closed terminal: no job runs on unsupervised
-        job.cancel(check=False)
-        raise
+    return _stream_until_done(job, poll_s)
+
+
+_interrupts = {"defer": False, "pending": 0}
 
 
 def _interrupt_on_sigterm() -> None:
-    """SIGTERM (kill, a closed terminal) unwinds like Ctrl-C, so `_follow` cancels the job."""
-    import signal
+    """Ctrl-C, SIGTERM (kill) and SIGHUP (a closed terminal) raise KeyboardInterrupt, so the
+    jobs are cancelled; while a job is being started, only once it is recorded."""
 
     def handler(signum, frame):
+        if _interrupts["defer"]:
+            _interrupts["pending"] = signum
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGHUP, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def _stream_until_done(job, poll_s: float):
