@@ -62,6 +62,8 @@ def main(*tokens: str) -> None:
     train(cfg, out, progress=True)
     attrs = read_metrics(cell_paths(out).metrics)["attrs"]
     ours_s = float(attrs["train_time_s"] - attrs["cache_time_s"])
+    if not (out / "activations.npy").exists():
+        sys.exit(f"{out} is done but its activations.npy is gone: delete {out} to rerun")
     acts = np.load(out / "activations.npy", mmap_mode="r")
     model, _ = ksvd.load_ksvd(cell_paths(out).sae)
     held = _held_out(cfg)
