@@ -317,7 +317,7 @@ class CellConfig:
                      "0 with sae.activation=topk (TopK fixes L0 at k; there is no sparsity "
                      "term)", self.loss.sparsity_coeff)
         if self.mfr.similarity == "hungarian" and self.mfr.n_saes > 1:
-            n_dict = round(self.d_in_hint * self.sae.dict_size_to_input_ratio) \
+            n_dict = n_dict_for(self.d_in_hint, self.sae.dict_size_to_input_ratio) \
                 if self.d_in_hint else 0
             _require(n_dict <= HUNGARIAN_MAX_ELEMENTS, "mfr.similarity",
                      f"max or symmetric_max for dictionaries over {HUNGARIAN_MAX_ELEMENTS} "
@@ -367,6 +367,11 @@ class CellConfig:
         return cls.from_dict(json.loads(text))
 
 
+def n_dict_for(d_in: int, ratio: float) -> int:
+    """Dictionary elements of a dictionary `ratio` times as wide as its input."""
+    return int(round(d_in * ratio))
+
+
 def normalized(cfg: CellConfig) -> CellConfig:
     """The cell with the sections its setting never reads at their defaults: `ksvd` for an
     SAE cell; `optim` and `mfr` for a ksvd cell. A grid's ksvd options then never change its
@@ -378,7 +383,7 @@ def normalized(cfg: CellConfig) -> CellConfig:
 
 def check_n_dict(cfg: CellConfig, d_in: int) -> None:
     """A ksvd dictionary needs K >= 1 atoms and a budget max_nnz <= K."""
-    k = int(round(d_in * cfg.sae.dict_size_to_input_ratio))  # as e2e.sae.n_dict_for
+    k = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
     _require(k >= 1, "sae.dict_size_to_input_ratio",
              f"large enough for K >= 1 atoms with d_in {d_in} (K = {k})",
              cfg.sae.dict_size_to_input_ratio)

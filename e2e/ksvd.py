@@ -70,44 +70,44 @@ def _concat(parts: list[Codes], n: int) -> Codes:
                  torch.cat([p.value for p in parts]), n)
 
 
-def _least_squares(y: torch.Tensor, d: torch.Tensor, support: torch.Tensor,
+def _least_squares(y: torch.Tensor, atoms: torch.Tensor, support: torch.Tensor,
                    mask: torch.Tensor) -> torch.Tensor:
     """Per row, argmin_z ||y - D[:, support] z|| over the masked-in slots (others get 0).
 
-    y (n, d_in), support and mask (n, m): normal equations with a tiny ridge, batched.
+    y (n, d_in), atoms (K, d_in) (the dictionary's rows), support and mask (n, m): normal
+    equations with a tiny ridge, batched.
     """
-    atoms = d.T.contiguous()[support] * mask[..., None]  # (n, m, d_in), empty slots zero
-    gram = atoms @ atoms.transpose(1, 2)
-    eye = torch.eye(support.shape[1], dtype=d.dtype, device=d.device)
-    gram = gram + eye * (_RIDGE + (~mask)[..., None].to(d.dtype))  # identity on empty slots
-    rhs = (atoms @ y[..., None]).squeeze(-1)
+    picked = atoms[support] * mask[..., None]  # (n, m, d_in), empty slots zero
+    gram = picked @ picked.transpose(1, 2)
+    eye = torch.eye(support.shape[1], dtype=atoms.dtype, device=atoms.device)
+    gram = gram + eye * (_RIDGE + (~mask)[..., None].to(atoms.dtype))  # identity on empty slots
+    rhs = (picked @ y[..., None]).squeeze(-1)
     return torch.linalg.solve(gram, rhs) * mask
 
 
-def _mp_rows(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float
+def _mp_rows(y: torch.Tensor, atoms: torch.Tensor, max_nnz: int, rtol: float
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain matching pursuit of rows y (n, d_in): per row, up to max_nnz (atom, signed
-    coefficient) slots and their mask, each (n, max_nnz).
+    """Plain matching pursuit of rows y (n, d_in) in the atoms (K, d_in): per row, up to
+    max_nnz (atom, signed coefficient) slots and their mask, each (n, max_nnz).
 
     KSVD.jl's rule: re-selecting an atom adds to its coefficient; at most 4 max_nnz steps;
     a row stops when ||r|| / ||y|| < rtol, or when its support exceeds max_nnz, after dropping
     its smallest-|coefficient| atom. The support is kept as slots, never as a dense (n, K)
     code, so memory stays at the (rows, K) correlations.
     """
-    n, m, dev = y.shape[0], max_nnz + 1, d.device
+    n, m, dev = y.shape[0], max_nnz + 1, atoms.device
     support = torch.zeros(n, m, dtype=torch.long, device=dev)
-    value = torch.zeros(n, m, dtype=d.dtype, device=dev)
+    value = torch.zeros(n, m, dtype=atoms.dtype, device=dev)
     count = torch.zeros(n, dtype=torch.long, device=dev)
     slots = torch.arange(m, device=dev)
     norm_y = torch.linalg.vector_norm(y, dim=1)
     limit = rtol * norm_y
     rows = torch.nonzero(norm_y > limit).flatten()
     r = y[rows].clone()
-    atoms = d.T.contiguous()  # row gathers from a transposed view are several times slower
     for _ in range(4 * max_nnz):
         if rows.numel() == 0:
             break
-        atom = (r @ d).abs_().argmax(1)
+        atom = (r @ atoms.T).abs_().argmax(1)
         picked = atoms[atom]
         coef = (r * picked).sum(1)
         r -= coef[:, None] * picked
@@ -131,26 +131,25 @@ def _mp_rows(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float
     return support[:, :max_nnz], value[:, :max_nnz] * mask, mask
 
 
-def _omp_rows(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float
+def _omp_rows(y: torch.Tensor, atoms: torch.Tensor, max_nnz: int, rtol: float
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Orthogonal matching pursuit: each step adds the atom most correlated with the residual
     and refits all coefficients by least squares; up to max_nnz atoms or ||r|| / ||y|| < rtol.
     Returns slots as `_mp_rows`."""
     n = y.shape[0]
-    support = torch.zeros(n, max_nnz, dtype=torch.long, device=d.device)
-    mask = torch.zeros(n, max_nnz, dtype=torch.bool, device=d.device)
-    z = torch.zeros(n, max_nnz, dtype=d.dtype, device=d.device)
+    support = torch.zeros(n, max_nnz, dtype=torch.long, device=atoms.device)
+    mask = torch.zeros(n, max_nnz, dtype=torch.bool, device=atoms.device)
+    z = torch.zeros(n, max_nnz, dtype=atoms.dtype, device=atoms.device)
     limit = rtol * torch.linalg.vector_norm(y, dim=1)
     active = torch.linalg.vector_norm(y, dim=1) > limit
     r = y.clone()
-    atoms = d.T.contiguous()
     for step in range(max_nnz):
         rows = torch.nonzero(active).flatten()
         if rows.numel() == 0:
             break
-        support[rows, step] = (r[rows] @ d).abs_().argmax(1)
+        support[rows, step] = (r[rows] @ atoms.T).abs_().argmax(1)
         mask[rows, step] = True
-        z[rows] = _least_squares(y[rows], d, support[rows], mask[rows])
+        z[rows] = _least_squares(y[rows], atoms, support[rows], mask[rows])
         r[rows] = y[rows] - (z[rows, :, None] * atoms[support[rows]]).sum(1)
         active[rows] = torch.linalg.vector_norm(r[rows], dim=1) >= limit[rows]
     return support, z, mask
@@ -162,24 +161,26 @@ def sparse_code(y: torch.Tensor, d: torch.Tensor, max_nnz: int, rtol: float = 0.
     if coder not in ("mp", "omp"):
         raise ValueError(f"coder={coder!r} is invalid: must be mp or omp")
     rows = max(1, _CODE_ELEMENTS // d.shape[1])
+    atoms = d.T.contiguous()  # (K, d_in), once: row gathers from a transposed view are slow
     parts = []
     for start in range(0, y.shape[0], rows):
         chunk = y[start:start + rows]
         if coder == "omp":
-            support, value, mask = _omp_rows(chunk, d, max_nnz, rtol)
+            support, value, mask = _omp_rows(chunk, atoms, max_nnz, rtol)
         else:
-            support, value, mask = _mp_rows(chunk, d, max_nnz, rtol)
+            support, value, mask = _mp_rows(chunk, atoms, max_nnz, rtol)
             if refit:  # least squares on each support (KSVD.jl's `refit_coeffs`)
-                value = _refit(chunk, d, support, mask)
+                value = _refit(chunk, atoms, support, mask)
         parts.append(_to_codes(support, value, mask, start))
     return _concat(parts, y.shape[0])
 
 
-def _refit(y: torch.Tensor, d: torch.Tensor, support: torch.Tensor, mask: torch.Tensor
+def _refit(y: torch.Tensor, atoms: torch.Tensor, support: torch.Tensor, mask: torch.Tensor
            ) -> torch.Tensor:
     """`_least_squares` in row chunks that keep the gathered atoms near 2^26 floats."""
-    rows = max(1, _CODE_ELEMENTS // (support.shape[1] * d.shape[0]))
-    return torch.cat([_least_squares(y[i:i + rows], d, support[i:i + rows], mask[i:i + rows])
+    rows = max(1, _CODE_ELEMENTS // (support.shape[1] * atoms.shape[1]))
+    return torch.cat([_least_squares(y[i:i + rows], atoms, support[i:i + rows],
+                                     mask[i:i + rows])
                       for i in range(0, y.shape[0], rows)])
 
 

@@ -28,10 +28,9 @@ import torch
 from tqdm import tqdm
 
 from e2e import ksvd
-from e2e.config import CellConfig, check_n_dict
+from e2e.config import CellConfig, check_n_dict, n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.metrics import AliveTracker
-from e2e.sae import n_dict_for
 from e2e.source import (
     Source,
     alive_masks,
@@ -42,7 +41,7 @@ from e2e.source import (
     resolve_device,
     wandb_run,
 )
-from e2e.store import write_metrics
+from e2e.store import append_row, write_metrics
 
 CACHE_FILE = "activations.npy"
 
@@ -64,7 +63,7 @@ def fit(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | 
         # the cell is locked, so any such file is stale
         for stale in paths.root.glob(f".{CACHE_FILE}.*.tmp"):
             stale.unlink()
-        _cache_activations(cfg, source, cache, autocast)
+        _cache_activations(cfg, source, cache, device, autocast)
     cache_time = time.perf_counter() - t0
     acts = np.load(cache, mmap_mode="r")
     n_batches = math.ceil(kc.n_tokens / kc.batch_size)
@@ -98,13 +97,13 @@ def fit(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | 
         state["batch"] = b + 1
         state["train_time_s"] += time.perf_counter() - t1
         values["tokens_seen"] = float(state["batch"] * kc.batch_size)
-        _append(state["train_log"], b, values)
+        append_row(state["train_log"], b, values)
         if run is not None:
             run.log(values, step=b)
         if state["batch"] % n_batches == 0:  # end of a pass: the full evaluation
             metrics = evaluate_dictionaries(source, [model_of(state["D"])], cfg.layer, evals,
                                             autocast)[0]
-            _append(state["eval_log"], state["batch"], {**metrics,
+            append_row(state["eval_log"], state["batch"], {**metrics,
                                                         "alive_dict_elements": alive.alive})
         _save(paths, cfg, state, alive, total)
         bar.set_postfix(ev=f"{values['explained_variance']:.3f}", l0=f"{values['l0']:.1f}")
@@ -129,11 +128,11 @@ def fit(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | 
 
 
 @torch.no_grad()
-def _cache_activations(cfg: CellConfig, source: Source, cache: Path, autocast) -> None:
+def _cache_activations(cfg: CellConfig, source: Source, cache: Path, device: torch.device,
+                       autocast) -> None:
     """The first `ksvd.n_tokens` activations of the training stream, row by row."""
     n, d = cfg.ksvd.n_tokens, source.d_in
     per_batch = cfg.eval.batch_size  # sequences per forward pass
-    device = resolve_device(cfg.device)
     with atomic_path(cache) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
         filled = 0
@@ -196,11 +195,6 @@ def _batch_stats(y: torch.Tensor, d: torch.Tensor, codes: ksvd.Codes, k: int) ->
     return {"explained_variance": float(ev), "relative_residual": float(rel),
             "unused_atoms": float((usage == 0).sum()), "min_usage": float(usage.min()),
             "l0": codes.atom.numel() / y.shape[0]}
-
-
-def _append(log: dict[str, list[float]], step: int, values: dict[str, float]) -> None:
-    for key, v in {"step": float(step), **values}.items():
-        log.setdefault(key, []).append(float(v))
 
 
 def _save(paths, cfg: CellConfig, state: dict, alive: AliveTracker, total: int,

@@ -19,13 +19,20 @@ from pathlib import Path
 import torch
 
 from e2e import mfr
-from e2e.config import HUNGARIAN_MAX_ELEMENTS, SIMILARITIES, CellConfig, ConfigError, OptimConfig
+from e2e.config import (
+    HUNGARIAN_MAX_ELEMENTS,
+    SIMILARITIES,
+    CellConfig,
+    ConfigError,
+    OptimConfig,
+    n_dict_for,
+)
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.losses import loss_coeffs, setting_loss
 from e2e.metrics import AliveTracker, l0
 from e2e.model import CleanPass, patched_pass
-from e2e.sae import SAE, n_dict_for, save_saelens
-from e2e.store import write_metrics
+from e2e.sae import SAE, save_saelens
+from e2e.store import append_row, write_metrics
 
 SEED_STRIDE = 1000  # SAE i of a cell starts from seed + 1000 i
 
@@ -48,11 +55,6 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
     # Fused Adam: one kernel over all parameters, on CUDA and on CPU (where it took 22 ms
     # instead of foreach's 296 ms for a 46,080 x 768 dictionary's 35M weights).
     return torch.optim.Adam(params, lr=lr, fused=True)
-
-
-def _append(log: dict[str, list[float]], step: int, values: dict[str, float]) -> None:
-    for k, v in {"step": float(step), **values}.items():
-        log.setdefault(k, []).append(float(v))
 
 
 class Member:
@@ -161,7 +163,7 @@ class Member:
             values = {k: float(v) for k, v in self._terms.items()}
             values.update(grad_norm=float(grad_norm), lr=lr, alive_dict_elements=self.alive,
                           tokens_seen=self.samples_seen * self.cfg.tokens_per_sample)
-            _append(self.train_log, step, values)
+            append_row(self.train_log, step, values)
             self._terms = {}
 
     def check_finite(self) -> None:
@@ -179,7 +181,7 @@ class Member:
             for i, m in enumerate(per_sae):
                 metrics.update({f"sae{i}/{k}": v for k, v in m.items()})
             metrics.update(self.similarities())
-        _append(self.eval_log, step, metrics)
+        append_row(self.eval_log, step, metrics)
         return metrics
 
     @torch.no_grad()

@@ -86,10 +86,6 @@ class SAE(nn.Module):
         return self.decode(c), c
 
 
-def n_dict_for(d_in: int, ratio: float) -> int:
-    return int(round(d_in * ratio))
-
-
 def save_saelens(sae: SAE, out_dir: Path, meta: dict[str, Any]) -> None:
     """Writes `cfg.json` + `sae_weights.safetensors` as SAELens's "standard" architecture, or
     its "topk" architecture (with `k`) for a TopK SAE.

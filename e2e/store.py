@@ -17,6 +17,12 @@ import numpy as np
 from e2e.io import atomic_path
 
 
+def append_row(log: dict[str, list[float]], step: int, values: dict[str, float]) -> None:
+    """Appends one row (its `step` and values) to a curve log of `write_metrics`'s shape."""
+    for k, v in {"step": float(step), **values}.items():
+        log.setdefault(k, []).append(float(v))
+
+
 def write_metrics(path: Path, *, config_json: str, train: dict[str, list[float]],
                   eval_history: dict[str, list[float]], final_eval: dict[str, float] | None,
                   attrs: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:

@@ -125,11 +125,6 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
         raise SystemExit(f"{len(failed)} task(s) failed: {failed}")
 
 
-def _follow(job, poll_s: float = 1.0):
-    """Waits for a local job, copying its stderr (progress bars, errors) to ours as it grows."""
-    return _stream_until_done(job, poll_s)
-
-
 _interrupts = {"defer": False, "pending": 0}
 
 
@@ -147,7 +142,8 @@ def _interrupt_on_sigterm() -> None:
         signal.signal(sig, handler)
 
 
-def _stream_until_done(job, poll_s: float):
+def _follow(job, poll_s: float = 1.0):
+    """Waits for a local job, copying its stderr (progress bars, errors) to ours as it grows."""
     import sys
     import time
 
