@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from e2e import geometry  # noqa: E402
+from e2e.analysis import geometry
 
 
 def main() -> None:

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from e2e import ksvd  # noqa: E402
-from e2e.config import normalized  # noqa: E402
-from e2e.io import cell_paths  # noqa: E402
-from e2e.store import read_metrics  # noqa: E402
-from e2e.train import train  # noqa: E402
-from jobs.grids import GRIDS, expand, pretrain_dir  # noqa: E402
+from e2e import ksvd
+from e2e.config import normalized
+from e2e.io import cell_paths
+from e2e.saelens import load_saelens
+from e2e.store import read_metrics
+from e2e.train import train
+from jobs.grid import expand
+from jobs.grids import GRIDS, pretrain_dir
 
 HELD_OUT = 65_536
 
@@ -65,7 +65,7 @@ def main(*tokens: str) -> None:
     if not (out / "activations.npy").exists():
         sys.exit(f"{out} is done but its activations.npy is gone: delete {out} to rerun")
     acts = np.load(out / "activations.npy", mmap_mode="r")
-    model, _ = ksvd.load_ksvd(cell_paths(out).sae)
+    model, _ = load_saelens(cell_paths(out).sae)
     held = _held_out(cfg)
     mean = model.b_dec.numpy()
     y_test = held - mean
@@ -111,7 +111,7 @@ def main(*tokens: str) -> None:
 @torch.no_grad()
 def _held_out(cfg) -> np.ndarray:
     """HELD_OUT rows of the same hook from the eval stream (tiny's validation split)."""
-    from e2e.source import open_source
+    from e2e.data.source import open_source
 
     source = open_source([cfg], torch.device("cpu"), Path("/nonexistent"))
     evs, rows = source.make_eval_stream(), []

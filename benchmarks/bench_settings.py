@@ -22,14 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig  # noqa: E402
-from e2e.member import Member  # noqa: E402
-from e2e.model import load_model  # noqa: E402
-from e2e.train import pack_step  # noqa: E402
+from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
+from e2e.model import load_model
+from e2e.train import pack_step
+from e2e.train.member import Member
 
 
 def build_model(args, tmp: Path):

@@ -12,16 +12,13 @@ gradients as `csr^T @ dense`. The encoder's forward product stays dense.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from e2e.sae import unit_norm_columns  # noqa: E402
+from e2e.sae import unit_norm_columns
 
 warnings.filterwarnings("ignore", category=UserWarning)  # "sparse CSR support is in beta"
 

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from e2e.io import cell_paths  # noqa: E402
-from e2e.ksvd import KSVDDictionary  # noqa: E402
-from e2e.source import eval_batches, evaluate_dictionaries, open_source  # noqa: E402
-from jobs.collect import read_grid  # noqa: E402
+from e2e.data.source import eval_batches, evaluate_dictionaries, open_source
+from e2e.io import cell_paths
+from e2e.ksvd import KSVDDictionary
+from jobs.results import read_grid
 
 
 def main(*tokens: str) -> None:

@@ -24,12 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from jobs import convergence, tables  # noqa: E402
-from jobs.collect import read_grid, to_point  # noqa: E402
-from jobs.grids import pretrain_dir  # noqa: E402
+from jobs import convergence, tables
+from jobs.grids import pretrain_dir
+from jobs.results import read_grid, to_point
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -170,8 +167,8 @@ def main(*tokens: str) -> None:
         sys.exit(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
     shared_lm = pretrain_dir(root / "_lm", "tiny")
     if not (shared_lm / "DONE").exists():
-        subprocess.run([sys.executable, "-m", "jobs.launch", "pretrain", "tiny",
-                        str(root / "_lm")], check=True, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "jobs.launch", "step=pretrain", "grid=tiny",
+                        f"root={root / '_lm'}"], check=True, cwd=REPO)
     for name in names:
         if not report_only:
             print(f"{name}: {run_variant(root, name, shared_lm) / 60:.1f} min", flush=True)

@@ -8,12 +8,13 @@ number of SAEs at layer L can reuse one `CleanPass`.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from e2e.config import ModelConfig
+from e2e.config import CellConfig, ModelConfig
 from e2e.losses import CleanTarget, clean_target
 
 
@@ -91,3 +92,18 @@ def patched_pass(model, sae_out: torch.Tensor, layer: int
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The model with `sae_out` replacing resid_pre at `layer`; gradients reach the SAE only."""
     return run_from(model, sae_out, layer, keep_resids=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The cell's device; on CUDA, TF32 for the fp32 matmuls that remain (autocast or not)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if name == "auto" else name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast_for(cfg: CellConfig, device: torch.device):
+    """bf16 autocast (fp32 weights) when the cell asks for it, else nothing."""
+    return (torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.dtype == "bfloat16" else nullcontext())

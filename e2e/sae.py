@@ -1,21 +1,15 @@
-"""The paper's SAE (ReLU encoder, unit-norm dictionary), its TopK variant, and their SAELens
-on-disk formats ("standard" and "topk")."""
+"""The paper's SAE (ReLU encoder, unit-norm dictionary) and its TopK variant, saved as SAELens's
+"standard" and "topk" architectures."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from e2e.io import atomic_path, atomic_write_text
-
-WEIGHTS_FILE = "sae_weights.safetensors"
-CFG_FILE = "cfg.json"
+from e2e.dictionary import Dictionary
 
 
 class _UnitNormColumns(torch.autograd.Function):
@@ -43,7 +37,7 @@ def unit_norm_columns(w: torch.Tensor) -> torch.Tensor:
     return _UnitNormColumns.apply(w)
 
 
-class SAE(nn.Module):
+class SAE(Dictionary):
     """c = ReLU(W_e x + b_e); x_hat = D c + b_d, with D's columns normalised in every forward.
 
     The raw decoder weight is unconstrained (Braun et al. 2024, Sec. 2); only the dictionary
@@ -54,6 +48,8 @@ class SAE(nn.Module):
     MFR authors' code kept negative values when fewer than k pre-activations were positive;
     codes here are non-negative, as in SAELens.
     """
+
+    architectures = ("standard", "topk")
 
     def __init__(self, d_in: int, n_dict: int, k: int | None = None):
         super().__init__()
@@ -67,7 +63,6 @@ class SAE(nn.Module):
 
     @property
     def dict_elements(self) -> torch.Tensor:
-        """(d_in, n_dict) dictionary, each column of unit L2 norm."""
         return unit_norm_columns(self.decoder.weight)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,63 +75,34 @@ class SAE(nn.Module):
     def decode(self, c: torch.Tensor) -> torch.Tensor:
         return F.linear(c, self.dict_elements, self.decoder.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (x_hat, c): reconstruction (..., d_in) and codes (..., n_dict)."""
-        c = self.encode(x)
-        return self.decode(c), c
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        # W_dec holds the normalised dictionary, so loaders that do not renormalise see the
+        # SAE the forward pass used.
+        return {
+            "W_enc": self.encoder.weight.detach().T.contiguous().cpu(),  # (d_in, d_sae)
+            "b_enc": self.encoder.bias.detach().contiguous().cpu(),
+            "W_dec": self.dict_elements.detach().T.contiguous().cpu(),  # (d_sae, d_in)
+            "b_dec": self.decoder.bias.detach().contiguous().cpu(),
+        }
 
+    def saelens_config(self) -> dict[str, Any]:
+        return {
+            "architecture": "standard" if self.k is None else "topk",
+            **({} if self.k is None else {"k": self.k}),
+            "d_in": self.d_in, "d_sae": self.n_dict, "dtype": "float32", "device": "cpu",
+            "activation_fn_str": "relu", "apply_b_dec_to_input": False,
+            "finetuning_scaling_factor": False, "normalize_activations": "none",
+            "hook_head_index": None, "prepend_bos": False,
+        }
 
-def save_saelens(sae: SAE, out_dir: Path, meta: dict[str, Any]) -> None:
-    """Writes `cfg.json` + `sae_weights.safetensors` as SAELens's "standard" architecture, or
-    its "topk" architecture (with `k`) for a TopK SAE.
-
-    W_dec holds the normalised dictionary, so loaders that do not renormalise see the SAE the
-    forward pass used.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        "W_enc": sae.encoder.weight.detach().T.contiguous().cpu(),  # (d_in, d_sae)
-        "b_enc": sae.encoder.bias.detach().contiguous().cpu(),
-        "W_dec": sae.dict_elements.detach().T.contiguous().cpu(),  # (d_sae, d_in)
-        "b_dec": sae.decoder.bias.detach().contiguous().cpu(),
-    }
-    cfg = {
-        "architecture": "standard" if sae.k is None else "topk",
-        **({} if sae.k is None else {"k": sae.k}),
-        "d_in": sae.d_in,
-        "d_sae": sae.n_dict,
-        "dtype": "float32",
-        "device": "cpu",
-        "activation_fn_str": "relu",
-        "apply_b_dec_to_input": False,
-        "finetuning_scaling_factor": False,
-        "normalize_activations": "none",
-        "hook_head_index": None,
-        "prepend_bos": False,
-        **meta,
-    }
-    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    atomic_write_text(out_dir / CFG_FILE, json.dumps(cfg, indent=2, sort_keys=True))
-
-
-def load_saelens(sae_dir: Path) -> tuple[SAE, dict[str, Any]]:
-    """Loads an SAE saved by `save_saelens` (or any SAELens standard or topk SAE without b_dec
-    input), or a ksvd cell's dictionary (`e2e.ksvd.KSVDDictionary`, the same interface)."""
-    cfg = json.loads((Path(sae_dir) / CFG_FILE).read_text())
-    if cfg.get("architecture") == "ksvd":  # a DB-KSVD dictionary: its own encoder
-        from e2e.ksvd import load_ksvd
-
-        return load_ksvd(sae_dir)
-    if cfg.get("apply_b_dec_to_input"):
-        raise ValueError(f"{sae_dir}: SAEs that subtract b_dec from the input are not this model")
-    t = load_file(str(Path(sae_dir) / WEIGHTS_FILE))
-    if cfg.get("architecture", "standard") not in ("standard", "topk"):
-        raise ValueError(f"{sae_dir}: architecture {cfg['architecture']!r} is not this model")
-    sae = SAE(cfg["d_in"], cfg["d_sae"], cfg.get("k") if cfg.get("architecture") == "topk"
-              else None)
-    sae.load_state_dict({
-        "encoder.weight": t["W_enc"].T, "encoder.bias": t["b_enc"],
-        "decoder.weight": t["W_dec"].T, "decoder.bias": t["b_dec"],
-    })
-    return sae, cfg
+    @classmethod
+    def from_saelens(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SAE:
+        if cfg.get("apply_b_dec_to_input"):
+            raise ValueError("SAEs that subtract b_dec from the input are not this model")
+        sae = cls(cfg["d_in"], cfg["d_sae"], cfg.get("k") if cfg.get("architecture") == "topk"
+                  else None)
+        sae.load_state_dict({
+            "encoder.weight": tensors["W_enc"].T, "encoder.bias": tensors["b_enc"],
+            "decoder.weight": tensors["W_dec"].T, "decoder.bias": tensors["b_dec"],
+        })
+        return sae

@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from e2e.config import CellConfig
 from e2e.io import atomic_path
 
 
@@ -66,3 +67,14 @@ def read_metrics(path: Path) -> dict[str, Any]:
             "eval": _flatten(f["eval"]) if "eval" in f else {},
             "alive_mask": f["alive_mask"][()] if "alive_mask" in f else None,
         }
+
+
+def wandb_run(cfg: CellConfig, out_dir: Path):
+    """A wandb run only when asked for (`offline`/`online`); never needed to train."""
+    if cfg.wandb.mode == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out_dir),
+                      id=out_dir.name.replace("=", "-")[:64], resume="allow", name=out_dir.name,
+                      config=cfg.to_dict(), reinit="create_new")

@@ -1,4 +1,5 @@
-"""Glue around the `e2e` library: grids, submission, the per-cell job and the collector."""
+"""Glue around the `e2e` library: grids, the plan, submission, the per-cell job, the collector
+and the analysis step. Every entry point is `python jobs/<name>.py key=value ...` (`jobs.cli`)."""
 
 import os
 

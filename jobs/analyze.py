@@ -1,8 +1,10 @@
 """`python jobs/analyze.py root=<root> grid=<name>`: the paper's analyses of the saved
-dictionaries, run after the collector (its own SLURM job, `afterany` on the collector).
+dictionaries, run after the collector (its own SLURM job, `afterany` on the collector); the
+collector runs again after it, so tables.md and summary.csv include its sections.
 
-Reads only what finished cells saved (sae/ weights, metrics.h5 with `alive_mask` and the eval
-scalars) and writes beside the tables in `<root>/<grid>/results/`:
+Reads what finished cells saved (sae/ weights, metrics.h5 with `alive_mask` and the eval
+scalars); the multi-dimensional step also runs the frozen model over eval tokens for the codes
+of the Table 2 trio (cells save no codes). Writes beside the tables in `<root>/<grid>/results/`:
 - geometry (Braun et al. 2024, Sec. 3.3, Figs. 3, 7, 8) on the unit-norm directions of alive
   elements: within-SAE max cosine per cell (mean and a 50-bin histogram), cross-seed (cells
   that differ only in seed) and cross-type (e2e -> local, e2e_ds -> local for the Table 2
@@ -12,9 +14,9 @@ scalars) and writes beside the tables in `<root>/<grid>/results/`:
   every later resid_pre for the Table 2 trio of each layer, `downstream.png`;
 - multi-dimensional features (Engels et al. 2024) of the Table 2 trio of each layer: clusters
   of alive directions, their points on eval tokens, PCA, mixture and separability indices,
-  `multidim_scatter.png` and `multidim_top.png` (e2e/multidim.py; options: `Options`);
-- `analysis.md` / `analysis.tex` (appended to tables.md/.tex by the collector, which this step
-  re-runs at its end), `analysis.h5`, and a `within_max_cos_mean` column in summary.csv.
+  `multidim_scatter.png` and `multidim_top.png` (`e2e.analysis.multidim`; options: `Options`);
+- `analysis.md` / `analysis.tex` (appended to tables.md/.tex by the collector), `analysis.h5`,
+  and a `within_max_cos_mean` column in summary.csv.
 A half-finished grid gets what its finished cells allow; cells without an alive mask (trained
 before it was saved) use every element, and the table says so.
 """
@@ -22,32 +24,30 @@ before it was saved) use every element, and the table says so.
 from __future__ import annotations
 
 import json
-import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from e2e.analysis import geometry
+from e2e.io import atomic_path, atomic_write_text, cell_paths
+from e2e.store import read_metrics
+from jobs import cli, plots, tables
+from jobs.collect import collect
+from jobs.mfr_report import is_mfr_cell
+from jobs.results import ANALYSIS_H5, ANALYSIS_MD, ANALYSIS_TEX, read_grid, to_point
 
-from e2e import geometry  # noqa: E402
-from e2e.io import atomic_path, atomic_write_text, cell_paths  # noqa: E402
-from e2e.store import read_metrics  # noqa: E402
-from jobs import tables  # noqa: E402
-
-ANALYSIS_H5 = "analysis.h5"
-ANALYSIS_MD = "analysis.md"
-ANALYSIS_TEX = "analysis.tex"
 # Braun et al. 2024, Sec. 3.3 (layer 6): within-SAE mean max cosine differences.
 PAPER_WITHIN_DIFF = {"local - e2e_ds": 0.04, "local - e2e": 0.166}
-COLORS = tables.SETTING_COLORS
 
 
 @dataclass
-class Dictionary:
+class Saved:
+    """A finished cell's dictionary as the analyses see it."""
+
     point: tables.Point
     seed: int
     key: str  # the config without its seed: cells with equal keys differ only in seed
@@ -58,12 +58,9 @@ class Dictionary:
     alive_index: torch.Tensor  # indices of the alive elements in the dictionary
 
 
-def load(grid_dir: Path, results_cells) -> list[Dictionary]:
+def load(grid_dir: Path, results_cells) -> list[Saved]:
     """Finished ReLU cells on a language model (the paper's SAEs), alive directions only."""
     from safetensors.torch import load_file
-
-    from jobs.collect import to_point
-    from jobs.mfr_report import is_mfr_cell
 
     out = []
     for c in results_cells:
@@ -77,7 +74,7 @@ def load(grid_dir: Path, results_cells) -> list[Dictionary]:
         keep = torch.as_tensor(mask[0]) if saved else torch.ones(d.shape[1], dtype=torch.bool)
         cfg = c.cfg.to_dict()
         cfg.pop("seed")
-        out.append(Dictionary(to_point(c), c.cfg.seed, json.dumps(cfg, sort_keys=True),
+        out.append(Saved(to_point(c), c.cfg.seed, json.dumps(cfg, sort_keys=True),
                               d[:, keep].contiguous(), saved, c.eval, c.cfg,
                               torch.nonzero(keep).flatten()))
     return out
@@ -96,21 +93,36 @@ class Options:
 
 
 def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
-    from jobs.collect import collect, read_grid
-
+    """Writes the analysis files of `<root>/<grid>/results/`; returns that folder."""
     opts = opts or Options()
-
     t0 = time.perf_counter()
     grid_dir = Path(root) / grid
     out = grid_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
     dicts = load(grid_dir, read_grid(grid_dir))
     points = [x.point for x in dicts if x.seed == 0] or [x.point for x in dicts]
-    by_id = {x.point.cell_id: x for x in dicts}
     within = {x.point.cell_id: geometry.max_cosines(x.directions).numpy()
               for x in dicts if x.directions.shape[1] > 1}
-    sections, h5 = [], {}
+    h5: dict[str, np.ndarray] = {}
+    layers = sorted({p.layer for p in points})
+    sections = [_within_section(dicts, within, h5), _cross_seed_section(dicts, h5)]
+    trio_sections, down = _trio_sections(dicts, points, layers, within, h5)
+    sections += trio_sections
+    if opts.multidim:
+        sections += _multidim(grid_dir, out, dicts, points, layers, opts, h5)
+    elapsed = time.perf_counter() - t0
+    md = "".join(tables.markdown_table(*s) for s in sections)
+    md += f"_analysis of {len(dicts)} dictionaries in {elapsed:.1f} s_\n"
+    atomic_write_text(out / ANALYSIS_MD, md)
+    atomic_write_text(out / ANALYSIS_TEX, "".join(tables.latex_table(*s) for s in sections))
+    _write_h5(out / ANALYSIS_H5, h5, {cid: float(v.mean()) for cid, v in within.items()})
+    if within:
+        plots.geometry_figures(out, dicts, within, down)
+    return out
 
+
+def _within_section(dicts: list[Saved], within: dict[str, np.ndarray], h5: dict) -> tuple:
+    by_id = {x.point.cell_id: x for x in dicts}
     rows = []
     for cid, v in sorted(within.items()):
         x = by_id[cid]
@@ -118,12 +130,14 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
                      f"{v.mean():.3f}", "" if x.mask_saved else "no alive mask: all elements"))
         h5[f"within/{cid}/max_cos"] = v
         h5[f"within/{cid}/hist"] = geometry.histogram(v)
-    sections.append(("Geometry: within-SAE max cosine similarity",
-                     ("cell", "layer", "setting", "λ", "seed", "alive elements", "mean", ""),
-                     rows, "each alive element's largest cosine to another element of its SAE"))
+    return ("Geometry: within-SAE max cosine similarity",
+            ("cell", "layer", "setting", "λ", "seed", "alive elements", "mean", ""),
+            rows, "each alive element's largest cosine to another element of its SAE")
 
+
+def _cross_seed_section(dicts: list[Saved], h5: dict) -> tuple:
     rows = []
-    seeds: dict[str, list[Dictionary]] = {}
+    seeds: dict[str, list[Saved]] = {}
     for x in dicts:
         seeds.setdefault(x.key, []).append(x)
     for group in seeds.values():
@@ -135,13 +149,18 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
                 h5[f"cross_seed/{name}"] = v
                 rows.append((src.point.layer, src.point.setting, f"{src.point.lam:g}",
                              f"seed {src.seed} -> seed {dst.seed}", f"{v.mean():.3f}"))
-    sections.append(("Geometry: cross-seed max cosine similarity",
-                     ("layer", "setting", "λ", "direction", "mean"),
-                     rows or [("-", "-", "-", "no cells differing only in seed", "-")],
-                     "each alive element's largest cosine to the other seed's dictionary"))
+    return ("Geometry: cross-seed max cosine similarity",
+            ("layer", "setting", "λ", "direction", "mean"),
+            rows or [("-", "-", "-", "no cells differing only in seed", "-")],
+            "each alive element's largest cosine to the other seed's dictionary")
 
+
+def _trio_sections(dicts: list[Saved], points, layers, within: dict[str, np.ndarray],
+                   h5: dict) -> tuple[list[tuple], list[tuple]]:
+    """Cross-type geometry, within-SAE differences and downstream reconstruction of each
+    layer's Table 2 runs; returns the sections and the downstream rows (for the figure)."""
+    by_id = {x.point.cell_id: x for x in dicts}
     cross, diffs, down = [], [], []
-    layers = sorted({p.layer for p in points})
     for layer in layers:
         trio = {p.setting: by_id[p.cell_id] for p, _ in tables.paired(points, layer, "ce")}
         local = trio.get("local")
@@ -163,37 +182,24 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
             for k, mse in layer_mse:
                 ev = x.eval.get(f"explained_variance/blocks.{k}.hook_resid_pre", float("nan"))
                 down.append((layer, s, f"{x.point.lam:g}", k, f"{mse:.5g}", f"{ev:.3f}"))
-    sections.append(("Geometry: cross-type max cosine similarity (Table 2 runs)",
-                     ("layer", "direction", "mean"), cross or [("-", "-", "-")], ""))
-    sections.append(("Geometry: within-SAE mean differences (Table 2 runs)",
-                     ("layer", "difference", "value", "95% bootstrap CI", "paper"),
-                     diffs or [("-", "-", "-", "-", "-")],
-                     "paper, GPT-2 layer 6: local - e2e_ds = +0.04, local - e2e = +0.166"))
-    sections.append(("Downstream reconstruction (Table 2 runs)",
-                     ("SAE layer", "setting", "λ", "model layer (resid_pre)", "MSE",
-                      "explained variance"), down or [("-",) * 6], ""))
-    if opts.multidim:
-        sections += _multidim(grid_dir, out, dicts, points, layers, opts, h5)
-    elapsed = time.perf_counter() - t0
-    md = "".join(tables._md(*s) for s in sections)
-    md += f"_analysis of {len(dicts)} dictionaries in {elapsed:.1f} s_\n"
-    atomic_write_text(out / ANALYSIS_MD, md)
-    atomic_write_text(out / ANALYSIS_TEX, "".join(tables._tex(*s) for s in sections))
-    _write_h5(out / ANALYSIS_H5, h5, {cid: float(v.mean()) for cid, v in within.items()})
-    if within:
-        _plot(out, dicts, within, down)
-    collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
-    return out
+    return [("Geometry: cross-type max cosine similarity (Table 2 runs)",
+             ("layer", "direction", "mean"), cross or [("-", "-", "-")], ""),
+            ("Geometry: within-SAE mean differences (Table 2 runs)",
+             ("layer", "difference", "value", "95% bootstrap CI", "paper"),
+             diffs or [("-", "-", "-", "-", "-")],
+             "paper, GPT-2 layer 6: local - e2e_ds = +0.04, local - e2e = +0.166"),
+            ("Downstream reconstruction (Table 2 runs)",
+             ("SAE layer", "setting", "λ", "model layer (resid_pre)", "MSE",
+              "explained variance"), down or [("-",) * 6], "")], down
 
 
-def _multidim(grid_dir: Path, out: Path, dicts: list[Dictionary], points, layers,
+def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
               opts: Options, h5: dict) -> list[tuple]:
     """Multi-dimensional features of the Table 2 trio of each layer: clusters, their points
     Σ a_i d_i on eval tokens, PCA and the mixture / separability indices."""
-    from e2e import multidim
-    from e2e.data import eval_stream
+    from e2e.data.tokens import eval_stream
     from e2e.model import load_model, resid_pre
-    from e2e.sae import load_saelens
+    from e2e.saelens import load_saelens
 
     chosen = [d for layer in layers for p, _ in tables.paired(points, layer, "ce")
               for d in dicts if d.point.cell_id == p.cell_id]
@@ -210,34 +216,11 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Dictionary], points, layers
         tokens = evs.next_batch(n_rows)
         with torch.no_grad():
             codes = sae.encode(resid_pre(model, tokens, cfg.layer)).reshape(-1, sae.n_dict)
-        codes = codes[:, x.alive_index]
-        flat_tokens = tokens.reshape(-1).tolist()
-        if opts.clustering == "graph":
-            labels = multidim.graph_clusters(x.directions, opts.graph_k, opts.graph_cutoff)
-        else:
-            labels = multidim.spectral_clusters(
-                x.directions, opts.n_clusters or max(2, x.directions.shape[1] // 25))
-        results = []
-        for cl in np.unique(labels):
-            idx = np.flatnonzero(labels == cl)
-            if len(idx) < 2:
-                continue
-            fires = (codes[:, idx] != 0).any(1)
-            if int(fires.sum()) < 20:
-                continue
-            pts = (codes[fires][:, idx] @ x.directions[:, idx].T).double().numpy()[:20_000]
-            ind = multidim.cluster_indices(pts, steps=opts.mixture_steps)
-            if np.isnan(ind["score"]):
-                continue
-            toks = [flat_tokens[i] for i in np.flatnonzero(fires.numpy())[:len(pts)]]
-            d = x.directions[:, idx]
-            mean_cos = float(((d.T @ d).sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
-            results.append((ind["score"], int(cl), len(idx), len(pts), ind, toks, mean_cos))
-            scatter.append((x.point.setting, ind["mixture"], ind["separability"]))
-            h5[f"multidim/{x.point.cell_id}/cluster{cl}/pairs"] = np.array(ind["pairs"])
+        results = _clusters(x, codes[:, x.alive_index], tokens.reshape(-1).tolist(), opts, h5)
+        scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]
         results.sort(key=lambda r: -r[0])
         for score, cl, size, n, ind, toks, mean_cos in results[:opts.top]:
-            common = [t for t, _ in _most_common(toks, 5)]
+            common = [t for t, _ in Counter(toks).most_common(5)]
             words = ", ".join(repr(model.tokenizer.decode([t])) for t in common)
             rows.append((x.point.layer, x.point.setting, f"{x.point.lam:g}", cl, size, n,
                          f"{mean_cos:.2f}", f"{ind['mixture']:.3f}",
@@ -245,7 +228,7 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Dictionary], points, layers
         for r in results[:2]:  # the two best clusters' PC planes
             tops.append((x, r[1], r[4]["projection"], r[5], model.tokenizer))
     if scatter or tops:
-        _plot_multidim(out, scatter, tops)
+        plots.multidim_figures(out, scatter, tops)
     return [("Multi-dimensional features: top clusters (Table 2 runs)",
              ("layer", "setting", "λ", "cluster", "elements", "points", "mean cos",
               "mixture M", "separability S", "(1-M)·S", "frequent tokens"),
@@ -255,49 +238,35 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Dictionary], points, layers
              "indices on consecutive PC pairs (PCA ≤ 5), mean over pairs with M ≥ 0.01")]
 
 
-def _most_common(items, n):
-    from collections import Counter
+def _clusters(x: Saved, codes: torch.Tensor, flat_tokens: list[int], opts: Options,
+              h5: dict) -> list[tuple]:
+    """(score, cluster, elements, points, indices, tokens, mean cos) of each cluster of x's
+    alive directions with >= 2 elements and >= 20 firing tokens, in label order."""
+    from e2e.analysis import multidim
 
-    return Counter(items).most_common(n)
-
-
-def _plot_multidim(out: Path, scatter, tops) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for s, color in COLORS.items():
-        pts = [(m, sep) for setting, m, sep in scatter if setting == s]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), color=color, label=s, s=12)
-    ax.invert_xaxis()
-    ax.set_xlabel("mixture index M (reducible ->)")
-    ax.set_ylabel("separability index S (bits)")
-    ax.legend()
-    _save(fig, out / "multidim_scatter.png")
-    if tops:
-        fig, axes = plt.subplots(1, len(tops), figsize=(4 * len(tops), 4), squeeze=False)
-        for ax, (x, cl, proj, toks, tok) in zip(axes[0], tops, strict=True):
-            ax.scatter(proj[:, 0], proj[:, 1], s=4, alpha=0.5)
-            for i in range(0, len(proj), max(1, len(proj) // 25)):
-                ax.annotate(tok.decode([toks[i]]).strip()[:8], proj[i, :2], fontsize=6)
-            ax.set_title(f"L{x.point.layer} {x.point.setting}: cluster {cl}", fontsize=9)
-            ax.set_xlabel("PC 1")
-            ax.set_ylabel("PC 2")
-        _save(fig, out / "multidim_top.png")
-
-
-def within_means(results: Path) -> dict[str, float]:
-    """cell id -> mean within-SAE max cosine, from a previous analysis (for summary.csv)."""
-    import h5py
-
-    path = results / ANALYSIS_H5
-    if not path.exists():
-        return {}
-    with h5py.File(path, "r") as f:
-        return {k: float(v) for k, v in f.attrs.items() if not k.startswith("_")}
+    if opts.clustering == "graph":
+        labels = multidim.graph_clusters(x.directions, opts.graph_k, opts.graph_cutoff)
+    else:
+        labels = multidim.spectral_clusters(
+            x.directions, opts.n_clusters or max(2, x.directions.shape[1] // 25))
+    results = []
+    for cl in np.unique(labels):
+        idx = np.flatnonzero(labels == cl)
+        if len(idx) < 2:
+            continue
+        fires = (codes[:, idx] != 0).any(1)
+        if int(fires.sum()) < 20:
+            continue
+        pts = (codes[fires][:, idx] @ x.directions[:, idx].T).double().numpy()[:20_000]
+        ind = multidim.cluster_indices(pts, steps=opts.mixture_steps)
+        if np.isnan(ind["score"]):
+            continue
+        toks = [flat_tokens[i] for i in np.flatnonzero(fires.numpy())[:len(pts)]]
+        d = x.directions[:, idx]
+        mean_cos = float(((d.T @ d).sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
+        results.append((ind["score"], int(cl), len(idx), len(pts), ind, toks, mean_cos))
+        h5[f"multidim/{x.point.cell_id}/cluster{cl}/pairs"] = np.array(ind["pairs"])
+    return results
 
 
 def _write_h5(path: Path, arrays: dict[str, np.ndarray], means: dict[str, float]) -> None:
@@ -311,89 +280,21 @@ def _write_h5(path: Path, arrays: dict[str, np.ndarray], means: dict[str, float]
                 f.attrs[cid] = m
 
 
-def _plot(out: Path, dicts: list[Dictionary], within: dict[str, np.ndarray], down) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers = sorted({x.point.layer for x in dicts})
-    xs = (("l0", "L0"), ("ce_loss_increase", "CE loss increase"), ("alive", "alive elements"))
-    fig, axes = plt.subplots(len(layers), 3, figsize=(12, 3.2 * len(layers)), squeeze=False)
-    for row, layer in zip(axes, layers, strict=True):
-        for ax, (attr, name) in zip(row, xs, strict=True):
-            for s, color in COLORS.items():
-                pts = [(getattr(x.point, attr), within[x.point.cell_id].mean()) for x in dicts
-                       if x.point.layer == layer and x.point.setting == s
-                       and x.point.cell_id in within]
-                if pts:
-                    ax.scatter(*zip(*pts, strict=True), color=color, label=s)
-            ax.set_xlabel(name)
-            ax.set_ylabel("mean within-SAE max cos")
-            ax.set_title(f"layer {layer}")
-            ax.grid(alpha=0.3)
-        row[0].legend()
-    _save(fig, out / "geometry_within.png")
-
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.5), squeeze=False)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        points = [x.point for x in dicts if x.point.layer == layer]
-        for p, _ in tables.paired(points, layer, "ce"):
-            if p.cell_id in within:
-                ax.hist(np.clip(within[p.cell_id], 0, 1), bins=geometry.HIST_BINS,
-                        range=(0, 1), histtype="step", color=COLORS[p.setting],
-                        label=f"{p.setting} λ {p.lam:g}", density=True)
-        ax.set_title(f"layer {layer}: within-SAE max cos (Table 2 runs)")
-        ax.set_xlabel("max cosine similarity")
-        ax.legend()
-    _save(fig, out / "geometry_hist.png")
-
-    if down:
-        fig, axes = plt.subplots(2, len(layers), figsize=(4.5 * len(layers), 6.5),
-                                 squeeze=False)
-        for col, layer in enumerate(layers):
-            for s, color in COLORS.items():
-                rows = [r for r in down if r[0] == layer and r[1] == s]
-                if rows:
-                    axes[0, col].plot([r[3] for r in rows], [float(r[4]) for r in rows], "o-",
-                                      color=color, label=s)
-                    axes[1, col].plot([r[3] for r in rows], [float(r[5]) for r in rows], "o-",
-                                      color=color, label=s)
-            axes[0, col].set_title(f"SAE at layer {layer} (Table 2 runs)")
-            axes[0, col].set_ylabel("MSE to the clean resid_pre")
-            axes[0, col].set_yscale("log")
-            axes[1, col].set_ylabel("explained variance")
-            axes[1, col].set_xlabel("model layer (resid_pre)")
-            axes[0, col].legend()
-        _save(fig, out / "downstream.png")
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+@dataclass(frozen=True)
+class CliOptions(Options):
+    grid: str = ""
+    root: str = "runs"
 
 
 def main(*tokens: str) -> None:
-    from dataclasses import fields
-
-    from jobs.overrides import parse_value
-
-    args = dict(str(t).lstrip("-").partition("=")[::2] for t in tokens)
-    names = {f.name: f.type for f in fields(Options)}
-    unknown = set(args) - {"root", "grid"} - set(names)
-    if unknown or "grid" not in args:
-        sys.exit(f"usage: python jobs/analyze.py root=<root> grid=<name> "
-                 f"[{' '.join(f'{n}=' for n in names)}] (unknown: {sorted(unknown)})")
-    types = {"bool": bool, "int": int, "float": float, "str": str}
-    opts = Options(**{k: parse_value(v, types[names[k]], k) for k, v in args.items()
-                      if k in names})
-    out = analyze(Path(args.get("root", "runs")), args["grid"], opts)
+    o = cli.parse_options(tokens, CliOptions)
+    if not o.grid:
+        raise cli.ConfigError("grid=<name> is required")
+    opts = Options(**{f: getattr(o, f) for f in Options.__dataclass_fields__})
+    out = analyze(Path(o.root), o.grid, opts)
+    collect(Path(o.root), o.grid)  # tables.md/.tex and summary.csv pick the analysis up
     print(f"analysis: {out / ANALYSIS_MD} (tables.md includes it), {out}/*.png")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    cli.run(main)

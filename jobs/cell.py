@@ -14,6 +14,7 @@ import platform
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from e2e.config import CellConfig
 from e2e.io import CellBusyError, cell_paths
 from e2e.train import MemberFailed, train_pack
+from jobs import cli
 
 FAILED = "FAILED"
 # Exit status of a cell run by hand (not under submitit) that stopped on SIGUSR2 after
@@ -108,7 +110,14 @@ class CellJob(submitit.helpers.Checkpointable):
         return "done"
 
 
+@dataclass(frozen=True)
+class Options:
+    cells: tuple[str, ...]  # the pack's cell folders (given as bare arguments)
+
+
+def main(*tokens: str) -> None:
+    print(CellJob(list(cli.parse_options(tokens, Options, positional="cells").cells))())
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m jobs.cell <cell_dir> [<cell_dir> ...]")
-    print(CellJob(sys.argv[1:])())
+    cli.run(main)

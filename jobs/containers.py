@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from jobs import cli
 
 # Variables the job needs inside the container: SLURM's and submitit's own, the GPUs, offline
 # switches for the Hugging Face clients.
@@ -41,8 +45,19 @@ def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
     raise ValueError(f"unknown container runtime {container!r}")
 
 
-if __name__ == "__main__":  # for slurm/array.sbatch: the same wrapper as the submitit path
-    usage = "usage: python -m jobs.containers none|apptainer|podman <image> <root> <gpus 0|1>"
-    if len(sys.argv) != 5:
-        sys.exit(usage)
-    print(python_command(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"))
+@dataclass(frozen=True)
+class Options:
+    container: Literal["none", "apptainer", "podman"]
+    root: str
+    image: str = ""
+    gpus: bool = False
+
+
+def main(*tokens: str) -> None:
+    """For slurm/array.sbatch: the same wrapper as the submitit path."""
+    o = cli.parse_options(tokens, Options)
+    print(python_command(o.container, o.image, Path(o.root), o.gpus))
+
+
+if __name__ == "__main__":
+    cli.run(main)

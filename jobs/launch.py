@@ -8,18 +8,25 @@ same jobs as local processes, in waves of `array_parallelism`, waiting for each.
 from __future__ import annotations
 
 import signal
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import submitit
 
+from jobs import cli
+from jobs.analyze import analyze
 from jobs.cell import CellJob, match_threads_to_allocation
 from jobs.collect import collect
 from jobs.grids import GRIDS, pretrain_dir
+from jobs.progress import Progress, fraction_done
 
 
 def run_pretrain(grid: str, root: str) -> dict:
-    """The grid's pre-training job (also `python -m jobs.launch pretrain <grid> <root>`)."""
-    from e2e.lm import pretrain
+    """The grid's pre-training job (also `python -m jobs.launch step=pretrain ...`)."""
+    from e2e.lm.pretrain import pretrain
 
     match_threads_to_allocation()
     return pretrain(GRIDS[grid].pretrain, pretrain_dir(Path(root), grid))
@@ -30,11 +37,12 @@ def run_collect(grid: str, root: str) -> str:
 
 
 def run_analyze(grid: str, root: str) -> str:
-    """The analysis step (geometry, downstream reconstruction); re-runs the collector."""
-    from jobs.analyze import analyze
-
+    """The analysis step (geometry, downstream reconstruction, multi-dimensional features),
+    then the collector again, so the tables include it."""
     match_threads_to_allocation()
-    return str(analyze(Path(root), grid))
+    out = analyze(Path(root), grid)
+    collect(Path(root), grid)
+    return str(out)
 
 
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
@@ -102,25 +110,28 @@ def _launch_local(plan, root: str, grid: str) -> None:
 
 
 def _run_local(plan, root: str, grid: str, submit) -> None:
+    progress = Progress.for_plan(plan, plan.grid.local_minutes)
+    tasks = iter(progress.tasks)
     if plan.needs_pretrain:
-        print("pre-training ...", flush=True)
-        _follow(submit(run_pretrain, grid, root))
+        _follow(submit(run_pretrain, grid, root), progress, next(tasks))
     todo = plan.todo_packs
     failed = []
     step = plan.opts.array_parallelism or 1
     for start in range(0, len(todo), step):
         wave = todo[start:start + step]
         jobs = [submit(CellJob([c.dir for c in pack])) for pack in wave]
-        for k, (pack, job) in enumerate(zip(wave, jobs, strict=True)):
-            ids = ", ".join(c.id for c in pack)
+        for pack, job in zip(wave, jobs, strict=True):
             try:
-                _follow(job)
-                print(f"[{start + k + 1}/{len(todo)}] {ids}: done", flush=True)
+                _follow(job, progress, next(tasks))
             except Exception as e:  # a failed task is reported, the others go on
-                failed.append(ids)
-                print(f"{ids}: FAILED ({str(e).strip().splitlines()[-1]})", flush=True)
-    _follow(submit(run_collect, grid, root))
-    _report(Path(_follow(submit(run_analyze, grid, root))))
+                failed.append(", ".join(c.id for c in pack))
+                progress.close()
+                print(f"{failed[-1]}: FAILED ({str(e).strip().splitlines()[-1]}); log: "
+                      f"{job.paths.stderr}", flush=True)
+    _follow(submit(run_collect, grid, root), progress, next(tasks))
+    results = _follow(submit(run_analyze, grid, root), progress, next(tasks))
+    progress.close()
+    _report(Path(results))
     if failed:
         raise SystemExit(f"{len(failed)} task(s) failed: {failed}")
 
@@ -142,23 +153,24 @@ def _interrupt_on_sigterm() -> None:
         signal.signal(sig, handler)
 
 
-def _follow(job, poll_s: float = 1.0):
-    """Waits for a local job, copying its stderr (progress bars, errors) to ours as it grows."""
-    import sys
-    import time
-
-    shown = 0
-    while True:
-        finished = job.done()
+def _follow(job, progress: Progress, task, poll_s: float = 1.0):
+    """Waits for a local job, updating the status line from its progress bar; the job's own
+    output stays in its log (`_submitit/<job>/`), printed here only if it fails."""
+    progress.start(task)
+    while not job.done():
         path = job.paths.stderr
         if path.exists():
-            text = path.read_text(errors="replace")
-            sys.stderr.write(text[shown:])
-            sys.stderr.flush()
-            shown = len(text)
-        if finished:
-            return job.result()
+            progress.update(task, fraction_done(path.read_text(errors="replace")))
         time.sleep(poll_s)
+    progress.finish(task)
+    try:
+        return job.result()
+    except Exception:
+        progress.close()
+        if job.paths.stderr.exists():
+            tail = job.paths.stderr.read_text(errors="replace").strip().splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr, flush=True)
+        raise
 
 
 def _launch_slurm(plan, root: str, grid: str) -> None:
@@ -198,12 +210,19 @@ def _report(results: Path) -> None:
           "geometry_*.png, downstream.png")
 
 
-if __name__ == "__main__":  # the plain-sbatch path's pre-training and collector steps
-    import sys
+@dataclass(frozen=True)
+class Options:
+    step: Literal["pretrain", "collect", "analyze"]
+    grid: str
+    root: str = "runs"
 
+
+def main(*tokens: str) -> None:
+    """The plain-sbatch path's steps around the array: pre-training, collector, analysis."""
+    o = cli.parse_options(tokens, Options)
     steps = {"pretrain": run_pretrain, "collect": run_collect, "analyze": run_analyze}
-    usage = "usage: python -m jobs.launch pretrain|collect|analyze <grid> <root>"
-    if len(sys.argv) != 4 or sys.argv[1] not in steps:
-        sys.exit(usage)
-    step = steps[sys.argv[1]]
-    print(step(sys.argv[2], sys.argv[3]))
+    print(steps[o.step](o.grid, o.root))
+
+
+if __name__ == "__main__":
+    cli.run(main)

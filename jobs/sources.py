@@ -13,7 +13,7 @@ def check_sources(cfg: CellConfig) -> None:
 
     With HF_HUB_OFFLINE=1 a hub name must be in the local HF cache; otherwise the hub is asked.
     """
-    from e2e.data import DataUnavailableError, check_dataset
+    from e2e.data.tokens import DataUnavailableError, check_dataset
 
     name = cfg.model.name_or_path
     if Path(name).exists():

@@ -11,13 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from jobs.grids import SMOKE, expand, pretrain_dir  # noqa: E402
+from jobs.grid import expand
+from jobs.grids import SMOKE, pretrain_dir
 
 
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:
     """An output root whose smoke pre-training (random GPT-2, 200k-char corpus) is done."""
-    from e2e.lm import pretrain
+    from e2e.lm.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("root")
     pretrain(SMOKE.pretrain, pretrain_dir(root, "smoke"), progress=False)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from e2e import geometry
+from e2e import cosine
+from e2e.analysis import geometry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ def test_within_max_cos_of_a_duplicated_element_is_one_and_of_orthonormal_ones_z
 
 
 def test_chunked_max_cosines_equal_the_dense_ones(monkeypatch):
-    monkeypatch.setattr(geometry, "CHUNK", 3)
+    monkeypatch.setattr(cosine, "CHUNK", 3)
     a = torch.nn.functional.normalize(torch.randn(5, 11), dim=0)
     b = torch.nn.functional.normalize(torch.randn(5, 7), dim=0)
     dense = a.T @ a

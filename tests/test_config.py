@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from e2e.config import CellConfig, ConfigError, LossConfig, OptimConfig, with_overrides
+from e2e.config import CellConfig, ConfigError, LossConfig, OptimConfig
+from e2e.typed import with_overrides
 
 
 def test_json_round_trip_is_exact():

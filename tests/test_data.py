@@ -4,7 +4,7 @@ import datasets
 import torch
 
 from e2e.config import DataConfig
-from e2e.data import TokenStream, eval_stream
+from e2e.data.tokens import TokenStream, eval_stream
 
 
 class _Tok:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from e2e.data import eval_stream
+from e2e.data.tokens import eval_stream
 from e2e.io import cell_paths
 from e2e.store import read_metrics
 from e2e.train import train

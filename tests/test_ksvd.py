@@ -21,11 +21,11 @@ from e2e.config import (
 )
 from e2e.io import cell_paths
 from e2e.metrics import l0
-from e2e.sae import load_saelens
+from e2e.saelens import load_saelens, save_saelens
 from e2e.store import read_metrics
 from e2e.train import train
-from jobs.grids import cell_id
-from jobs.submit import make_plan
+from jobs.grid import cell_id
+from jobs.plan import make_plan
 
 
 def _sparse_codes(n: int, k: int, s: int, g: torch.Generator) -> torch.Tensor:
@@ -189,7 +189,7 @@ def test_the_dictionary_module_round_trips_through_its_files(tmp_path):
     g = torch.Generator().manual_seed(3)
     d = torch.nn.functional.normalize(torch.randn(8, 20, generator=g), dim=0)
     m = ksvd.KSVDDictionary(d, torch.randn(8, generator=g), max_nnz=3, coder="omp")
-    ksvd.save_ksvd(m, Path(tmp_path), {"hook_name": "x"})
+    save_saelens(m, Path(tmp_path), {"hook_name": "x"})
     loaded, cfg = load_saelens(tmp_path)
     x = torch.randn(5, 7, 8, generator=g)
     assert torch.equal(loaded(x)[0], m(x)[0]) and cfg["coder"] == "omp"

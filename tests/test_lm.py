@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from e2e.config import ModelConfig
-from e2e.corpus import CorpusSourceMissing, build_corpus, corpus_documents
-from e2e.lm import PretrainConfig, init_model, train_tokenizer
+from e2e.lm.corpus import CorpusSourceMissing, build_corpus, corpus_documents
+from e2e.lm.pretrain import PretrainConfig, init_model, train_tokenizer
 from e2e.model import ModelUnavailableError, load_model, resid_pre
 
 

@@ -9,14 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2e import mfr
+from e2e import cosine
 from e2e.config import CellConfig, ConfigError, MFRConfig, SAEConfig, SyntheticConfig
+from e2e.data.synthetic import SyntheticStream, sample, true_features, truth_metrics
 from e2e.io import cell_paths
-from e2e.sae import load_saelens
+from e2e.saelens import load_saelens
 from e2e.store import read_metrics
-from e2e.synthetic import SyntheticStream, sample, true_features, truth_metrics
-from e2e.train import train
-from jobs.grids import GRIDS, expand
+from e2e.train import mfr, train
+from jobs.grid import expand
+from jobs.grids import GRIDS
 
 
 def _unit(*shape, seed=0):
@@ -33,7 +34,7 @@ def test_similarities_of_a_dictionary_and_its_permutation_are_one():
 
 
 def test_max_similarity_chunked_equals_the_dense_formula_with_its_gradient(monkeypatch):
-    monkeypatch.setattr(mfr, "CHUNK", 3)  # several chunks of a's columns
+    monkeypatch.setattr(cosine, "CHUNK", 3)  # several chunks of a's columns
     a = _unit(6, 10, seed=1).requires_grad_()
     b = _unit(6, 7, seed=2).requires_grad_()
     got = mfr.symmetric_max_similarity(a, b)

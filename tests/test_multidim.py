@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from e2e import multidim
+from e2e.analysis import multidim
 
 
 def _circle(n=600, seed=0):

@@ -2,7 +2,8 @@ import json
 
 import torch
 
-from e2e.sae import SAE, load_saelens, save_saelens
+from e2e.sae import SAE
+from e2e.saelens import load_saelens, save_saelens
 
 
 def test_dictionary_elements_are_unit_norm_and_decoder_orthogonal():

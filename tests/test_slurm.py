@@ -140,7 +140,7 @@ def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:
 
 
 def test_plain_sbatch_array_over_the_manifest_preempted_and_requeued_matches_submitit(tmp_path):
-    from e2e.lm import pretrain
+    from e2e.lm.pretrain import pretrain
     from jobs.grids import SMOKE, pretrain_dir
 
     long = ("optim.n_samples=2400", "eval.checkpoint_every_steps=1000", "pack=2")

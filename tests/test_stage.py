@@ -1,4 +1,4 @@
-"""Staging (e2e.stage, jobs/stage.py) without the hub: the smoke grid's local model and dataset
+"""Staging (e2e.data.stage, jobs/stage.py) without the hub: the smoke grid's local model and dataset
 folder stand in for the hub ids."""
 
 import json
@@ -13,14 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import e2e.stage as st
+import e2e.data.stage as stage_writer
+import e2e.data.staged as st
 from e2e.config import ConfigError
-from e2e.data import DataUnavailableError, TokenStream, check_dataset
+from e2e.data.stage import rows_needed, stage, staged_config
+from e2e.data.staged import StageError, verify
+from e2e.data.tokens import DataUnavailableError, TokenStream, check_dataset
 from e2e.io import cell_paths
-from e2e.stage import StageError, rows_needed, stage, staged_config, verify
 from e2e.store import read_metrics
 from e2e.train import train
-from jobs.submit import make_plan
+from jobs.plan import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +35,7 @@ def cfg(smoke_cells):
 
 @pytest.fixture(autouse=True)
 def _small_shards(monkeypatch):
-    monkeypatch.setattr(st, "SHARD_ROWS", 40)  # several shards even on tiny budgets
+    monkeypatch.setattr(stage_writer, "SHARD_ROWS", 40)  # several shards even on tiny budgets
     st._VERIFIED.clear()
 
 
@@ -126,7 +128,7 @@ def test_a_grid_that_builds_its_sources_has_nothing_to_stage(tmp_path):
 
 def test_staged_rows_are_the_rows_the_stream_yields(cfg, tmp_path):
     d = stage(replace(cfg, seed=3), *rows_needed(cfg), tmp_path / "s", progress=False)
-    from e2e.data import TokenStream as TS
+    from e2e.data.tokens import TokenStream as TS
 
     src = TS(cfg.data, None, 3, cfg.data.split)
     want = torch.cat([src.next_batch(7) for _ in range(10)])

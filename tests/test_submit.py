@@ -8,8 +8,8 @@ import pytest
 
 from e2e.config import ConfigError
 from e2e.io import cell_paths
-from jobs.overrides import parse_overrides
-from jobs.submit import make_plan
+from jobs.cli import parse_overrides
+from jobs.plan import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -118,7 +118,7 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(smoke_cells, tmp_path
 
 def test_non_finite_loss_stops_with_step_and_never_marks_done(smoke_cells, tmp_path,
                                                              monkeypatch):
-    import e2e.member as t
+    import e2e.train.member as t
 
     real = t.setting_loss
     calls = []
@@ -229,9 +229,9 @@ def test_bfloat16_autocast_tracks_float32_over_a_short_run(smoke_cells, tmp_path
 
 def test_alive_mask_marks_exactly_the_elements_that_fire_on_the_alive_pass_tokens(
         smoke_cells, smoke_model, tmp_path):
-    from e2e.data import eval_stream
+    from e2e.data.tokens import eval_stream
     from e2e.model import resid_pre
-    from e2e.sae import load_saelens
+    from e2e.saelens import load_saelens
 
     cfg = smoke_cells[0]
     train(cfg, tmp_path, progress=False)

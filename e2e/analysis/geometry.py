@@ -3,32 +3,19 @@ dictionary elements, within an SAE, across seeds and across settings, with boots
 
 Cosines are signed and elements are never matched: each element's similarity is its largest
 cosine to any element of the other dictionary (or of its own, itself excluded). The cosine
-matrix is formed in blocks of `CHUNK` elements, so 46,080-element dictionaries need one
-2,048 x 46,080 block at a time, never the full matrix.
+matrix is formed in blocks (`e2e.cosine`), so 46,080-element dictionaries need one 2,048 x
+46,080 block at a time, never the full matrix.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-CHUNK = 2048
+from e2e.cosine import max_cosines
+
+__all__ = ["max_cosines", "histogram", "bootstrap_mean_diff", "HIST_BINS"]
+
 HIST_BINS = 50  # on [0, 1], as the paper's Fig. 3
-
-
-@torch.no_grad()
-def max_cosines(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """For each column of `a` (d, n_a), its largest cosine to a column of `b` (d, n_b); with
-    `b=None`, to another column of `a` (the diagonal excluded). Columns must be unit norm."""
-    other = a if b is None else b
-    out = []
-    for i in range(0, a.shape[1], CHUNK):
-        block = a[:, i:i + CHUNK].T @ other
-        if b is None:
-            rows = torch.arange(block.shape[0], device=block.device)
-            block[rows, rows + i] = -float("inf")
-        out.append(block.max(1).values)
-    return torch.cat(out)
 
 
 def histogram(values: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:

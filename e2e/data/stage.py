@@ -14,7 +14,7 @@ Each shard is written atomically and the stage resumes after an interruption: th
 stream is replayed from its start and the rows already saved are skipped, so a resumed stage
 holds exactly the rows of an uninterrupted one (an HF stream's saved state restarts its shuffle
 buffer empty, which would not). A stage without DONE, or whose files do not match the manifest,
-is refused with `StageError`, never read.
+is refused with `e2e.data.staged.StageError`, never read (the reader lives there).
 """
 
 from __future__ import annotations
@@ -29,16 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from e2e.config import CellConfig, DataConfig, ModelConfig
+from e2e.config import CellConfig, ModelConfig
+from e2e.data.staged import MANIFEST, ROWS_FILE, sha256, verify
+from e2e.data.tokens import TokenStream, eval_stream
 from e2e.io import atomic_path, atomic_write_text
 
-ROWS_FILE = "rows.json"  # in rows/: split -> shard files, rows, context length
-MANIFEST = "manifest.json"
 SHARD_ROWS = 8192  # 32 MiB shards at the paper's 1,024-token rows
-
-
-class StageError(RuntimeError):
-    """A stage is missing, partial, corrupt or does not hold what a cell needs."""
 
 
 def stage_key(cfg: CellConfig, n_train_rows: int, n_eval_rows: int) -> str:
@@ -61,14 +57,6 @@ def staged_config(cfg: CellConfig, stage_dir: Path) -> CellConfig:
     data = replace(cfg.data, dataset=str(Path(stage_dir) / "rows"), split="train",
                    column="input_ids", eval_split="eval")
     return replace(cfg, model=ModelConfig(str(Path(stage_dir) / "model")), data=data)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _revision(name: str, kind: str) -> str:
@@ -110,7 +98,7 @@ def stage(cfg: CellConfig, n_train_rows: int, n_eval_rows: int, out_dir: Path | 
                     "data": vars(cfg.data), "seed": cfg.seed},
         "rows": {"train": n_train_rows, "eval": n_eval_rows,
                  "context_length": cfg.data.context_length},
-        "files": {str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        "files": {str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
                   for p in files},
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
@@ -135,8 +123,6 @@ def _stage_rows(cfg: CellConfig, split: str, n_rows: int, tokenizer, out: Path,
                 progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from e2e.data import TokenStream, eval_stream
-
     stream = (TokenStream(cfg.data, tokenizer, cfg.seed, cfg.data.split) if split == "train"
               else eval_stream(cfg.data, tokenizer, cfg.seed))
     shards = []
@@ -155,66 +141,3 @@ def _stage_rows(cfg: CellConfig, split: str, n_rows: int, tokenizer, out: Path,
         bar.update(n)
     bar.close()
     return {"rows": n_rows, "shards": shards}
-
-
-_VERIFIED: set[Path] = set()  # stages whose hashes this process checked already
-
-
-def verify(stage_dir: Path | str, check_hashes: bool = True) -> dict:
-    """The stage's manifest if the stage is complete and its files match it; else StageError.
-
-    Sizes are checked on every call, sha256 once per process (a cell opens train and eval).
-    """
-    d = Path(stage_dir).resolve()
-    check_hashes = check_hashes and d not in _VERIFIED
-    if not (d / "DONE").exists() or not (d / MANIFEST).exists():
-        raise StageError(f"{d} is not a complete stage (no DONE): run the staging again, it "
-                         "resumes where it stopped")
-    manifest = json.loads((d / MANIFEST).read_text())
-    for rel, want in manifest["files"].items():
-        p = d / rel
-        if not p.exists() or p.stat().st_size != want["bytes"]:
-            raise StageError(f"{d}: {rel} is missing or has the wrong size; the stage is "
-                             "corrupt: delete it and stage again")
-        if check_hashes and _sha256(p) != want["sha256"]:
-            raise StageError(f"{d}: {rel} does not match its sha256 in the manifest; the "
-                             "stage is corrupt: delete it and stage again")
-    if check_hashes:
-        _VERIFIED.add(d)
-    return manifest
-
-
-class StagedRows:
-    """Rows of one split of a stage, memory-mapped, read in order from `row`."""
-
-    def __init__(self, cfg: DataConfig, split: str):
-        rows_dir = Path(cfg.dataset)
-        verify(rows_dir.parent)
-        meta = json.loads((rows_dir / ROWS_FILE).read_text())
-        if split not in meta["splits"]:
-            raise StageError(f"{rows_dir} has no split {split!r}; it has {list(meta['splits'])}")
-        if meta["context_length"] != cfg.context_length:
-            raise StageError(f"{rows_dir} holds rows of {meta['context_length']} tokens, the "
-                             f"config asks for {cfg.context_length}")
-        self.shards = [np.load(rows_dir / s["file"], mmap_mode="r")
-                       for s in meta["splits"][split]["shards"]]
-        self.starts = np.cumsum([0] + [len(a) for a in self.shards])  # first row of each
-        self.n_rows = meta["splits"][split]["rows"]
-        self.where = rows_dir / split
-
-    def take(self, row: int, n: int) -> torch.Tensor:
-        if row + n > self.n_rows:
-            raise StageError(f"{self.where}: the stage holds {self.n_rows} rows and this cell "
-                             f"reads past them (row {row + n}); stage again with the cell's "
-                             "budget")
-        out = []
-        while n:
-            k = int(np.searchsorted(self.starts, row, side="right")) - 1
-            chunk = self.shards[k][row - self.starts[k]:row - self.starts[k] + n]
-            out.append(torch.from_numpy(np.asarray(chunk, dtype=np.int64)))
-            row, n = row + len(chunk), n - len(chunk)
-        return torch.cat(out)
-
-
-def is_staged(cfg: DataConfig) -> bool:
-    return (Path(cfg.dataset) / ROWS_FILE).exists()

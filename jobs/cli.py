@@ -1,19 +1,25 @@
-"""`key=value` command-line overrides: parsed in one place, each converted to its declared type.
+"""The command line of every entry point: `python jobs/<name>.py key=value ...` (or
+`python -m jobs.<name> ...`), parsed here and nowhere else.
 
-Run-level keys (where and how to run), grid axes (`layers`, `settings`, `sparsity_coeffs` for
-every setting, `lambdas.<setting>` for one) and
-any CellConfig field by dotted name (`optim.lr=1e-3`) are accepted; anything else fails with the
-list of valid keys. Values are parsed here, not by fire, which would turn `1e6` into a float.
+Each value is converted to its declared type by `e2e.typed.from_text` (not by fire, which would
+turn `1e6` into a float and `1,2` into a tuple); an unknown key fails with the list of valid
+ones, and `run` turns a `ConfigError` into one line on stderr and exit status 1. `submit.py`
+and `stage.py` take run options, grid axes (`layers`, `settings`, `sparsity_coeffs` for every
+setting, `lambdas.<setting>` for one, `sweep.<field>`) and any CellConfig field by dotted name
+(`optim.lr=1e-3`); the other entry points take the fields of their own options dataclass.
 """
 
 from __future__ import annotations
 
-import types
+import dataclasses
+import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from e2e.config import SETTINGS, ConfigError, field_types
+from e2e.config import SETTINGS, CellConfig
+from e2e.typed import ConfigError, field_types, from_text
 
 
 @dataclass(frozen=True)
@@ -65,42 +71,52 @@ AXIS_TYPES = {"layers": tuple[int, ...], "settings": tuple[str, ...],
               **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS}}
 
 
-def parse_value(text: str, tp: Any, key: str) -> Any:
-    """Converts `text` to the declared type `tp`; errors name the key and the expected form."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "null"):
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return parse_value(text, inner, key)
-    if origin is tuple:
-        body = text.strip()
-        if body[:1] + body[-1:] in ("[]", "()"):
-            body = body[1:-1]
-        items = [s.strip().strip("'\"") for s in body.split(",") if s.strip()]
-        if not items:
-            raise ConfigError(f"{key}={text!r} is invalid: must be a non-empty list like [1,2]")
-        return tuple(parse_value(s, args[0], key) for s in items)
-    if origin is Literal:
-        if text not in args:
-            raise ConfigError(f"{key}={text!r} is invalid: must be one of {list(args)}")
-        return text
+def split_tokens(tokens, positional: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
+    """(key, text) pairs of `key=value` tokens (a leading `--` is dropped), and the bare tokens
+    when the entry point takes positional values (else a bare token is an error)."""
+    pairs, bare = [], []
+    for token in map(str, tokens):
+        key, sep, text = token.partition("=")
+        if not sep:
+            if positional:
+                bare.append(token)
+                continue
+            raise ConfigError(f"argument {token!r} is not key=value")
+        pairs.append((key.strip().lstrip("-"), text))
+    return pairs, bare
+
+
+def parse_options(tokens, cls: type, positional: str | None = None) -> Any:
+    """The options dataclass `cls` from `key=value` tokens; with `positional`, bare tokens
+    fill that (tuple) field."""
+    types_ = typing.get_type_hints(cls)
+    pairs, bare = split_tokens(tokens, positional is not None)
+    values: dict[str, Any] = {}
+    for key, text in pairs:
+        if key not in types_:
+            raise ConfigError(f"unknown key {key!r}; valid keys: {sorted(types_)}")
+        values[key] = from_text(types_[key], text, key)
+    if bare:
+        values[positional] = values.get(positional, ()) + tuple(bare)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing {', '.join(f'{m}=' for m in missing)}")
+    return cls(**values)
+
+
+def run(main: Callable[..., Any]) -> None:
+    """Runs an entry point `main(*tokens)` through fire; bad input is one line, no traceback."""
+    import fire
+
     try:
-        if tp is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if tp is int:
-            return int(text)
-        if tp is float:
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"{key}={text!r} is invalid: must be {tp.__name__}") from None
-    return text
+        fire.Fire(main)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
 
 
 def valid_keys() -> list[str]:
-    return (sorted(RUN_TYPES) + sorted(AXIS_TYPES) + sorted(field_types())
+    return (sorted(RUN_TYPES) + sorted(AXIS_TYPES) + sorted(field_types(CellConfig))
             + ["sweep.<config field>"])
 
 
@@ -109,22 +125,22 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
     run: dict[str, Any] = {}
     axes: dict[str, Any] = {}
     cfg: dict[str, Any] = {}
-    cfg_types = field_types()
-    for token in tokens:
-        key, sep, text = str(token).partition("=")
-        key = key.strip().lstrip("-")
-        if not sep:
-            raise ConfigError(f"argument {token!r} is not key=value; valid keys: {valid_keys()}")
+    cfg_types = field_types(CellConfig)
+    try:
+        pairs, _ = split_tokens(tokens)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; valid keys: {valid_keys()}") from None
+    for key, text in pairs:
         if key in RUN_TYPES:
-            run[key] = parse_value(text, RUN_TYPES[key], key)
+            run[key] = from_text(RUN_TYPES[key], text, key)
         elif key in AXIS_TYPES:
-            axes[key] = parse_value(text, AXIS_TYPES[key], key)
+            axes[key] = from_text(AXIS_TYPES[key], text, key)
         elif key.startswith("sweep.") and key[6:] in cfg_types:
             field = key[6:]
-            axes.setdefault("sweep", {})[field] = parse_value(text, tuple[cfg_types[field], ...],
-                                                              key)
+            axes.setdefault("sweep", {})[field] = from_text(tuple[cfg_types[field], ...], text,
+                                                            key)
         elif key in cfg_types:
-            cfg[key] = parse_value(text, cfg_types[key], key)
+            cfg[key] = from_text(cfg_types[key], text, key)
         else:
             raise ConfigError(f"unknown key {key!r}; valid keys: {valid_keys()}")
     for s in axes.get("settings", ()):

@@ -1,8 +1,9 @@
-"""Where a cell's activations come from, and the evaluation every kind of cell shares.
+"""Where a cell's activations come from, and the evaluation every kind of cell shares (the
+evaluation needs the source: the model, or the synthetic generator's true features).
 
 A `Source` is the frozen language model with its token streams (activations at the hook), or
 the synthetic generator (activations with known features). SAE cells (`e2e.train`) and ksvd
-cells (`e2e.ksvd_fit`) both read it, and both score their dictionaries with
+cells (`e2e.ksvd.fit`) both read it, and both score their dictionaries with
 `evaluate_dictionaries` and `alive_masks`, so their numbers are comparable by construction.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,26 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from e2e.config import CellConfig, check_layer
-from e2e.data import TokenStream, eval_stream
+from e2e.config import CellConfig, check_layer, check_sizes
+from e2e.data.synthetic import SyntheticStream, truth_metrics
+from e2e.data.tokens import TokenStream, eval_stream
+from e2e.dictionary import Dictionary
 from e2e.io import atomic_path
 from e2e.metrics import evaluate_pack, evaluate_synthetic
 from e2e.model import clean_pass, load_model
-from e2e.synthetic import SyntheticStream, truth_metrics
-
-
-def resolve_device(name: str) -> torch.device:
-    """The cell's device; on CUDA, TF32 for the fp32 matmuls that remain (autocast or not)."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if name == "auto" else name)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def autocast_for(cfg: CellConfig, device: torch.device):
-    return (torch.autocast(device.type, dtype=torch.bfloat16)
-            if cfg.dtype == "bfloat16" else nullcontext())
 
 
 @dataclass
@@ -58,9 +45,12 @@ class Source:
 
 
 def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) -> Source:
-    """Loads what the cells read (they share model, data and seed); checks their layers."""
+    """Loads what the cells read (they share model, data and seed); checks their layers and
+    sizes against the model (ConfigError before any work)."""
     cfg = cfgs[0]
     if cfg.source == "synthetic":
+        for c in cfgs:
+            check_sizes(c, cfg.synthetic.d)
         stream = SyntheticStream(cfg.synthetic, cfg.seed)
         _save_truth(stream.truth, grid_dir)
         return Source(None, cfg.synthetic.d, 0, stream,
@@ -69,6 +59,7 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
     model = load_model(cfg.model, device)
     for c in cfgs:
         check_layer(c, model.cfg.n_layers)
+        check_sizes(c, model.cfg.d_model)
     return Source(model, model.cfg.d_model, model.cfg.n_layers,
                   TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split),
                   lambda: eval_stream(cfg.data, model.tokenizer, cfg.seed))
@@ -81,8 +72,8 @@ def eval_batches(source: Source, cfg: CellConfig, device: torch.device) -> list[
 
 
 @torch.no_grad()
-def evaluate_dictionaries(source: Source, saes: list, layer: int, batches: list[torch.Tensor],
-                          autocast) -> list[dict[str, float]]:
+def evaluate_dictionaries(source: Source, saes: list[Dictionary], layer: int,
+                          batches: list[torch.Tensor], autocast) -> list[dict[str, float]]:
     """Every metric of each dictionary (an SAE or a fitted one) spliced in at `layer`."""
     for s in saes:
         s.eval()
@@ -99,7 +90,7 @@ def evaluate_dictionaries(source: Source, saes: list, layer: int, batches: list[
 
 
 @torch.no_grad()
-def alive_masks(source: Source, saes: list, cfg: CellConfig, device: torch.device,
+def alive_masks(source: Source, saes: list[Dictionary], cfg: CellConfig, device: torch.device,
                 autocast) -> list[torch.Tensor]:
     """Per dictionary, which elements fire (non-zero code) on `eval.alive_pass_tokens` tokens
     of the eval stream, from its start: (n_dict,) bool each."""
@@ -124,14 +115,3 @@ def _save_truth(truth: torch.Tensor, grid_dir: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-
-
-def wandb_run(cfg: CellConfig, out_dir: Path):
-    """A wandb run only when asked for (`offline`/`online`); never needed to train."""
-    if cfg.wandb.mode == "disabled":
-        return None
-    import wandb
-
-    return wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out_dir),
-                      id=out_dir.name.replace("=", "-")[:64], resume="allow", name=out_dir.name,
-                      config=cfg.to_dict(), reinit="create_new")

@@ -10,15 +10,17 @@ smoke grid).
 from __future__ import annotations
 
 import json
-import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from e2e.config import ConfigError, DataConfig
 from e2e.io import atomic_write_text
+from e2e.optim import warmup_cosine
 
 EOS = "<|endoftext|>"
 
@@ -35,6 +37,9 @@ class PretrainConfig:
     batch_size: int = 16
     lr: float = 2e-3  # 3e-3 spiked the loss mid-run
     seed: int = 0
+    # bfloat16: autocast of the forward (fp32 weights and optimizer), for CPUs with AMX bf16;
+    # its folder name ignores it at float32, so grids made before it keep theirs.
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         checks = {"vocab_size": self.vocab_size >= 260, "n_layers": self.n_layers >= 1,
@@ -43,6 +48,14 @@ class PretrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"pretrain.{name}={getattr(self, name)!r} is invalid")
+
+    def key(self) -> dict:
+        """What the pre-trained model depends on, for its folder's hash (fields added later are
+        left out at their defaults)."""
+        d = asdict(self)
+        if d["dtype"] == "float32":
+            d.pop("dtype")
+        return d
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -92,8 +105,8 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     import datasets
     from tqdm import tqdm
 
-    from e2e.corpus import build_corpus
-    from e2e.data import TokenStream
+    from e2e.data.tokens import TokenStream
+    from e2e.lm.corpus import build_corpus
 
     out = Path(out_dir)
     done, summary_path = out / "DONE", out / "pretrain.json"
@@ -114,19 +127,18 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1,
                             betas=(0.9, 0.95))
     warmup = max(1, cfg.train_steps // 20)
-
-    def lr_at(step: int) -> float:  # linear warmup, cosine to 10%
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup)
-                                               / max(1, cfg.train_steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    # linear warmup over 5% of the steps, cosine to 10%
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, warmup, cfg.train_steps, 0.1))
     val_before = eval_loss(model, val_batches)
     bar = tqdm(range(cfg.train_steps), desc="pretrain", disable=not progress, mininterval=5)
+    # the small LM trains on the CPU
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
+                else nullcontext())
     for _ in bar:
         batch = train_stream.next_batch(cfg.batch_size)
-        loss = model(batch, labels=batch).loss
+        with autocast:
+            loss = model(batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -4,7 +4,7 @@ Documents are concatenated with EOS between them and cut into rows of `context_l
 is added (the paper). A pre-tokenized column (`input_ids`) is concatenated as it is, since its
 rows already carry their EOS separators. The stream's position (document cursor plus the tokens
 carried over into the next row) is a small state dict a checkpoint stores, so a resumed run
-continues mid-epoch without replaying the stream. A staged folder (`e2e.stage`) holds the rows
+continues mid-epoch without replaying the stream. A staged folder (`e2e.data.stage`) holds the rows
 themselves, already in stream order: they are read in order, memory-mapped, and never reshuffled.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from e2e.config import DataConfig
-from e2e.stage import StagedRows, StageError, is_staged
+from e2e.data.staged import StagedRows, StageError, is_staged
+from e2e.rng import generator
 
 
 class DataUnavailableError(RuntimeError):
@@ -90,7 +91,7 @@ class TokenStream:
 
     def _next_local_doc(self) -> list[int]:
         if self._order is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = generator(self.seed, self.epoch)
             self._order = torch.randperm(len(self._ds), generator=g)
         if self.cursor >= len(self._order):
             self.epoch, self.cursor, self._order = self.epoch + 1, 0, None

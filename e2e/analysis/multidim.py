@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from e2e.cosine import CHUNK, cosine_blocks
+
 EPS = 0.1
 DENSE_AFFINITY_MAX = 8192  # beyond this, spectral clustering uses a sparse k-NN affinity
 
@@ -47,8 +49,8 @@ def spectral_clusters(directions: torch.Tensor, n_clusters: int, seed: int = 0,
         aff = _affinity((d.T @ d).numpy())
     else:
         rows, cols, vals = [], [], []
-        for i in range(0, n, 2048):
-            block = (d[:, i:i + 2048].T @ d).numpy()
+        for i, block in zip(range(0, n, CHUNK), cosine_blocks(d), strict=True):
+            block = block.numpy()
             top = np.argpartition(-block, knn, axis=1)[:, :knn]
             rows.append(np.repeat(np.arange(i, i + len(block)), knn))
             cols.append(top.ravel())
@@ -68,9 +70,9 @@ def graph_clusters(directions: torch.Tensor, k: int = 2, cutoff: float = 0.5) ->
 
     n = directions.shape[1]
     rows, cols = [], []
-    for i in range(0, n, 2048):
-        block = (directions[:, i:i + 2048].T @ directions).numpy()
-        block[np.arange(len(block)), np.arange(i, i + len(block))] = -np.inf
+    for i, block in zip(range(0, n, CHUNK), cosine_blocks(directions, exclude_self=True),
+                        strict=True):
+        block = block.numpy()
         kk = min(k, n - 1)
         if kk < 1:
             break

@@ -1,4 +1,5 @@
-"""`fit(cfg, out_dir)`: one ksvd cell, fitted (or resumed) and scored like every other cell.
+"""`fit(cfgs, out_dirs)`: one ksvd cell (a pack of one), fitted (or resumed) and scored like
+every other cell.
 
 1. Activations: `ksvd.n_tokens` rows of the hook's activations, from the cell's training stream
    (the same data pipeline and seed as the SAE cells; every position of a sequence, position 0
@@ -11,9 +12,9 @@
    checkpointed (`checkpoint.pt`), so a killed cell resumes at the next batch and ends bit for
    bit as if it had not been killed: the permutation and the update's randomness derive from
    (seed, pass, batch) alone.
-3. Score: after each pass, the evaluation every cell gets (`e2e.source.evaluate_dictionaries`,
-   with the matching-pursuit encoder), then the alive pass; metrics.h5, sae/ (`e2e.ksvd`'s
-   SAELens-layout format), DONE last; the cache is deleted unless `ksvd.keep_activations`.
+3. Score: after each pass, the evaluation every cell gets (`e2e.data.source`, with the
+   matching-pursuit encoder), then the alive pass; metrics.h5, sae/ (SAELens's layout,
+   architecture "ksvd"), DONE last; the cache is deleted unless `ksvd.keep_activations`.
 """
 
 from __future__ import annotations
@@ -28,32 +29,32 @@ import torch
 from tqdm import tqdm
 
 from e2e import ksvd
-from e2e.config import CellConfig, check_n_dict, n_dict_for
-from e2e.io import atomic_path, atomic_write_text, cell_paths
-from e2e.metrics import AliveTracker
-from e2e.source import (
+from e2e.config import CellConfig, n_dict_for
+from e2e.data.source import (
     Source,
     alive_masks,
-    autocast_for,
     eval_batches,
     evaluate_dictionaries,
     open_source,
-    resolve_device,
-    wandb_run,
 )
-from e2e.store import append_row, write_metrics
+from e2e.io import atomic_path, atomic_write_text, cell_paths
+from e2e.metrics import AliveTracker
+from e2e.model import autocast_for, resolve_device
+from e2e.rng import generator
+from e2e.saelens import cell_meta, save_saelens
+from e2e.store import append_row, wandb_run, write_metrics
 
 CACHE_FILE = "activations.npy"
 
 
-def fit(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | None = None,
-        progress: bool = True) -> str:
-    """Fits (or resumes) the cell; "done", or "interrupted" after checkpointing if
-    `should_stop()` fired (polled between sample batches)."""
+def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] | None = None,
+        progress: bool = True) -> list[str]:
+    """Fits (or resumes) the cell; ["done"], or ["interrupted"] after checkpointing if
+    `should_stop()` fired (polled between sample batches). A ksvd cell is always alone."""
+    (cfg,), (out_dir,) = cfgs, out_dirs
     paths = cell_paths(out_dir)
     device = resolve_device(cfg.device)
     source = open_source([cfg], device, paths.root.parent)
-    check_n_dict(cfg, source.d_in)
     autocast = autocast_for(cfg, device)
     k, kc = n_dict_for(source.d_in, cfg.sae.dict_size_to_input_ratio), cfg.ksvd
     cache = paths.root / CACHE_FILE
@@ -84,11 +85,11 @@ def fit(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | 
         if should_stop is not None and should_stop():
             _save(paths, cfg, state, alive, total)
             bar.close()
-            return "interrupted"
+            return ["interrupted"]
         t1 = time.perf_counter()
         b = state["batch"]
         y = _batch(acts, cfg, b, n_batches, device) - state["mean"]
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + b)
+        g = generator(cfg.seed, b)
         codes = ksvd.sparse_code(y, state["D"], kc.max_nnz, kc.rtol, kc.coder, kc.refit)
         state["D"], codes = ksvd.update_dictionary(y, state["D"], codes, kc.atom_chunk, g,
                                                    kc.power_iters)
@@ -113,18 +114,14 @@ def fit(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | 
     model = model_of(state["D"])
     mask = alive_masks(source, [model], cfg, device, autocast)[0]
     _save(paths, cfg, state, alive, total, final, mask)
-    ksvd.save_ksvd(model, paths.sae, {
-        "model_name": cfg.model.name_or_path if cfg.source == "model" else "synthetic",
-        "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
-        "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
-        "setting": "ksvd", "seed": cfg.seed})
+    save_saelens(model, paths.sae, cell_meta(cfg, cfg.seed))
     if run is not None:
         run.summary.update(final)
         run.finish()
     atomic_write_text(paths.done, f"batch {state['batch']}\n")
     if not kc.keep_activations:
         cache.unlink(missing_ok=True)
-    return "done"
+    return ["done"]
 
 
 @torch.no_grad()
@@ -153,7 +150,7 @@ def _batch(acts: np.ndarray, cfg: CellConfig, b: int, n_batches: int,
     """Sample batch b: pass b // n_batches visits the cache in a permutation seeded by
     (seed, pass); rows are read in ascending order (memory-mapped reads stay sequential)."""
     p, i = divmod(b, n_batches)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (p + 1))
+    g = generator(cfg.seed, 7919 * (p + 1))
     order = torch.randperm(len(acts), generator=g)
     size = cfg.ksvd.batch_size
     idx = order[i * size:(i + 1) * size].sort().values.numpy()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from e2e.config import SyntheticConfig
-from e2e.mfr import hungarian_pairs
+from e2e.cosine import hungarian_pairs, max_cosines
+from e2e.rng import generator
 
 RECOVERED_COS = 0.9
 
@@ -53,7 +54,7 @@ class SyntheticStream:
         self.truth = true_features(cfg)
 
     def next_batch(self, n: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batch)
+        g = generator(self.seed, self.batch)
         self.batch += 1
         return sample(self.cfg, self.truth, n, g)[0]
 
@@ -75,6 +76,6 @@ def truth_metrics(dictionary: torch.Tensor, truth: torch.Tensor) -> dict[str, fl
     t = torch.nn.functional.normalize(truth.to(dictionary), dim=0)
     rows, cols = hungarian_pairs(t, dictionary)
     mmcs = (t[:, rows] * dictionary[:, cols]).sum(0).mean()
-    best = (t.T @ dictionary).max(1).values
+    best = max_cosines(t, dictionary)
     return {"mmcs_true": float(mmcs), "recovered_true": float((best > RECOVERED_COS).float()
                                                               .mean())}

@@ -13,26 +13,20 @@ step, so a cell trained in a pack can resume alone and the other way round.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
-from e2e import mfr
-from e2e.config import (
-    HUNGARIAN_MAX_ELEMENTS,
-    SIMILARITIES,
-    CellConfig,
-    ConfigError,
-    OptimConfig,
-    n_dict_for,
-)
+from e2e.config import SIMILARITIES, CellConfig, OptimConfig, n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.losses import loss_coeffs, setting_loss
 from e2e.metrics import AliveTracker, l0
 from e2e.model import CleanPass, patched_pass
-from e2e.sae import SAE, save_saelens
+from e2e.optim import make_adam, warmup_cosine
+from e2e.sae import SAE
+from e2e.saelens import cell_meta, save_saelens
 from e2e.store import append_row, write_metrics
+from e2e.train import mfr
 
 SEED_STRIDE = 1000  # SAE i of a cell starts from seed + 1000 i
 
@@ -42,19 +36,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
-    """Linear warmup from 0, then cosine decay to `min_lr_factor` at the last step."""
-    warmup = cfg.warmup_samples // cfg.samples_per_step
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.n_steps - warmup)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.min_lr_factor + (1 - cfg.min_lr_factor) * cosine
-
-
-def make_optimizer(params, lr: float) -> torch.optim.Adam:
-    # Fused Adam: one kernel over all parameters, on CUDA and on CPU (where it took 22 ms
-    # instead of foreach's 296 ms for a 46,080 x 768 dictionary's 35M weights).
-    return torch.optim.Adam(params, lr=lr, fused=True)
+    """Linear warmup from 0 over `warmup_samples`, then cosine decay to `min_lr_factor` at
+    the last step."""
+    return warmup_cosine(step, cfg.warmup_samples // cfg.samples_per_step, cfg.n_steps,
+                         cfg.min_lr_factor)
 
 
 class Member:
@@ -66,11 +51,6 @@ class Member:
         self.coeffs = loss_coeffs(cfg.loss, cfg.layer, n_layers)
         self.needs_suffix = self.coeffs.kl > 0 or self.coeffs.downstream > 0
         n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
-        if (cfg.mfr.n_saes > 1 and cfg.mfr.similarity == "hungarian"
-                and n_dict > HUNGARIAN_MAX_ELEMENTS):
-            raise ConfigError(f"mfr.similarity=hungarian is invalid for {n_dict} dictionary "
-                              f"elements (over {HUNGARIAN_MAX_ELEMENTS}: O(n^3) per pair per "
-                              "step); use max or symmetric_max")
         k = cfg.sae.k if cfg.sae.activation == "topk" else None
         self.saes = []
         for i in range(cfg.mfr.n_saes):
@@ -81,7 +61,7 @@ class Member:
                 self.saes.append(SAE(d_in, n_dict, k).to(device))
         # One Adam over every SAE's parameters is N independent Adams (it is per-parameter);
         # clipping stays per SAE.
-        self.opt = make_optimizer([p for s in self.saes for p in s.parameters()], cfg.optim.lr)
+        self.opt = make_adam([p for s in self.saes for p in s.parameters()], cfg.optim.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
                                                        lambda s: lr_factor(s, cfg.optim))
         self.alives = [AliveTracker(n_dict, cfg.eval.alive_window_tokens, device)
@@ -249,10 +229,6 @@ class Member:
         self.save(data_state, final_eval)
         for i, sae in enumerate(self.saes):
             out = self.paths.sae if i == 0 else self.paths.sae.with_name(f"sae_{i}")
-            save_saelens(sae, out, {
-                "model_name": cfg.model.name_or_path if cfg.source == "model" else "synthetic",
-                "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
-                "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
-                "setting": cfg.loss.setting, "sparsity_coeff": cfg.loss.sparsity_coeff,
-                "seed": cfg.seed + SEED_STRIDE * i})
+            save_saelens(sae, out, {**cell_meta(cfg, cfg.seed + SEED_STRIDE * i),
+                                    "sparsity_coeff": cfg.loss.sparsity_coeff})
         atomic_write_text(self.paths.done, f"step {self.step}\n")

@@ -4,7 +4,7 @@ Dictionaries are (d_in, n) matrices of unit-norm columns; cosines are signed, ne
 absolute value. Every similarity picks its pairs of elements without gradient (argmax, or the
 Hungarian matching on a detached copy, as the authors' final code) and then differentiates the
 mean cosine of the picked pairs, so the matrix of all cosines is never kept for backward; the
-argmax runs in chunks of columns, so 46,080-element dictionaries fit.
+argmax runs in blocks of columns (`e2e.cosine`), so 46,080-element dictionaries fit.
 """
 
 from __future__ import annotations
@@ -14,15 +14,7 @@ import math
 
 import torch
 
-from e2e.config import HUNGARIAN_MAX_ELEMENTS
-
-CHUNK = 2048  # columns of `a` per block of cosines: 2048 x 46,080 floats = 377 MB
-
-
-@torch.no_grad()
-def _argmax_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """For each column of a, the index of the column of b with the largest cosine."""
-    return torch.cat([(a[:, i:i + CHUNK].T @ b).argmax(1) for i in range(0, a.shape[1], CHUNK)])
+from e2e.cosine import argmax_cosines, hungarian_pairs
 
 
 def _picked(a: torch.Tensor, b: torch.Tensor, rows, cols) -> torch.Tensor:
@@ -32,25 +24,12 @@ def _picked(a: torch.Tensor, b: torch.Tensor, rows, cols) -> torch.Tensor:
 
 def max_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over a's elements of the largest cosine to any of b's (directional: a -> b)."""
-    return _picked(a, b, torch.arange(a.shape[1], device=a.device), _argmax_cos(a, b))
+    return _picked(a, b, torch.arange(a.shape[1], device=a.device), argmax_cosines(a, b))
 
 
 def symmetric_max_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """½ (max a -> b + max b -> a)."""
     return 0.5 * (max_similarity(a, b) + max_similarity(b, a))
-
-
-def hungarian_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-to-one matching of a's and b's columns maximising the summed cosine."""
-    from scipy.optimize import linear_sum_assignment
-
-    if max(a.shape[1], b.shape[1]) > HUNGARIAN_MAX_ELEMENTS:
-        raise ValueError(f"Hungarian matching of {a.shape[1]} x {b.shape[1]} elements: over "
-                         f"{HUNGARIAN_MAX_ELEMENTS} it is too slow (O(n^3)); use max or "
-                         "symmetric_max")
-    cos = (a.T @ b).detach().double().cpu().numpy()
-    rows, cols = linear_sum_assignment(cos, maximize=True)
-    return torch.as_tensor(rows, device=a.device), torch.as_tensor(cols, device=a.device)
 
 
 def hungarian_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""Config sections of the methods beside the paper's SAEs: Mutual Feature Regularization,
+synthetic activations with known features, and DB-KSVD. `e2e.config.CellConfig` holds one of
+each (at its defaults when a cell does not use the method)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from e2e.typed import require
+
+SIMILARITIES = ("hungarian", "max", "symmetric_max")
+
+
+@dataclass(frozen=True)
+class MFRConfig:
+    """Mutual Feature Regularization (Marks et al. 2024): `n_saes` SAEs of the cell's config
+    (init seeds seed, seed + 1000, ...) train on the same batches; with `coeff` > 0 each one's
+    loss gets coeff * w(t) * mean over pairs of (1 - similarity of their dictionaries)."""
+
+    n_saes: int = 1
+    coeff: float = 0.0
+    # w(t) = 0.5 (1 + cos(pi (T - t) / T)) for optimizer step t < T, then 1.
+    warmup_steps: int = 100
+    similarity: Literal["hungarian", "max", "symmetric_max"] = "symmetric_max"
+
+    def __post_init__(self) -> None:
+        require(self.n_saes >= 1, "mfr.n_saes", ">= 1", self.n_saes)
+        require(self.coeff >= 0, "mfr.coeff", ">= 0", self.coeff)
+        require(self.coeff == 0 or self.n_saes >= 2, "mfr.coeff",
+                "0 with mfr.n_saes=1 (the penalty compares SAEs)", self.coeff)
+        require(self.warmup_steps >= 0, "mfr.warmup_steps", ">= 0", self.warmup_steps)
+        require(self.similarity in SIMILARITIES, "mfr.similarity", f"one of {SIMILARITIES}",
+                self.similarity)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Activations with known features (the MFR authors' generator): a Gaussian dictionary of
+    `n_features` in `d` dimensions; each sample picks one of `n_groups` groups of `group_size`
+    consecutive features and `active` of them (weights decay**i), coefficients U[0, 1)."""
+
+    d: int = 256
+    n_features: int = 512
+    n_groups: int = 12
+    group_size: int = 42
+    active: int = 32
+    decay: float = 0.99
+    noise_std: float = 0.0
+    # The authors' code drew one support per group per generation batch (all samples of a
+    # group in a batch share it); off: every sample draws its own.
+    shared_support_per_batch: bool = False
+    truth_seed: int = 0  # the ground-truth dictionary's seed (the cell's seed orders samples)
+
+    def __post_init__(self) -> None:
+        for name in ("d", "n_features", "n_groups", "group_size", "active"):
+            require(getattr(self, name) >= 1, f"synthetic.{name}", ">= 1", getattr(self, name))
+        require(self.n_groups * self.group_size <= self.n_features, "synthetic.n_groups",
+                f"<= n_features / group_size ({self.n_features // self.group_size})",
+                self.n_groups)
+        require(self.active <= self.group_size, "synthetic.active",
+                f"<= group_size ({self.group_size})", self.active)
+        require(0 < self.decay <= 1, "synthetic.decay", "in (0, 1]", self.decay)
+        require(self.noise_std >= 0, "synthetic.noise_std", ">= 0", self.noise_std)
+
+
+@dataclass(frozen=True)
+class KSVDConfig:
+    """DB-KSVD (Valentin et al. 2025; KSVD.jl), setting `ksvd`: K = dictionary ratio x d_in
+    atoms fitted to `n_tokens` cached activations at the hook, minus their mean (the decoder
+    bias), in sample batches of `batch_size` with one warm-started K-SVD iteration each, over
+    `n_passes` passes. The grid's λ axis is `max_nnz`, the L0 budget of the sparse coding."""
+
+    max_nnz: int = 16
+    # Matching pursuit stops a sample when ||r|| / ||y|| < rtol (KSVD.jl's default 0.05).
+    rtol: float = 0.05
+    coder: Literal["mp", "omp"] = "mp"
+    # Least-squares coefficients on each support after matching pursuit (KSVD.jl's default).
+    refit: bool = True
+    # "random": KSVD.jl's U(-0.5, 0.5) start; "data": K random centred activations.
+    init: Literal["random", "data"] = "random"
+    # The KSVD.jl paper script: 2.6M activations, batches of 2^16, 3 passes.
+    n_tokens: int = 2_621_440
+    batch_size: int = 65_536
+    n_passes: int = 3
+    # Atoms updated together against one residual (Jacobi inside, Gauss-Seidel across):
+    # on tiny's activations all 1,024 at once explained 94.6% of the variance, 128 98.5%.
+    atom_chunk: int = 128
+    # Power-iteration steps of each atom's rank-1 SVD, warm-started at the atom.
+    power_iters: int = 3
+    # The activation cache (n_tokens x d_in float32, `activations.npy` in the cell) is
+    # deleted once the cell is done unless kept.
+    keep_activations: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_nnz", "n_tokens", "batch_size", "n_passes", "atom_chunk",
+                     "power_iters"):
+            require(getattr(self, name) >= 1, f"ksvd.{name}", ">= 1", getattr(self, name))
+        require(0 <= self.rtol < 1, "ksvd.rtol", "in [0, 1)", self.rtol)
+        require(self.coder in ("mp", "omp"), "ksvd.coder", "mp or omp", self.coder)
+        require(self.init in ("random", "data"), "ksvd.init", "random or data", self.init)

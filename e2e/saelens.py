@@ -1,0 +1,52 @@
+"""Every dictionary on disk in SAELens's layout: `cfg.json` + `sae_weights.safetensors`, the
+`architecture` key picking the class that loads it (as SAELens does)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from e2e.config import CellConfig
+from e2e.dictionary import Dictionary
+from e2e.io import atomic_path, atomic_write_text
+from e2e.ksvd.dictionary import KSVDDictionary
+from e2e.sae import SAE
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+KINDS: tuple[type[Dictionary], ...] = (SAE, KSVDDictionary)
+ARCHITECTURES = {name: cls for cls in KINDS for name in cls.architectures}
+
+
+def cell_meta(cfg: CellConfig, seed: int) -> dict[str, Any]:
+    """What a reader of a cell's dictionary needs to know about where it was trained."""
+    return {"model_name": cfg.model.name_or_path if cfg.source == "model" else "synthetic",
+            "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
+            "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
+            "setting": cfg.loss.setting, "seed": seed}
+
+
+def save_saelens(d: Dictionary, out_dir: Path, meta: dict[str, Any]) -> None:
+    """Writes the weights, then cfg.json (the dictionary's own fields, then `meta`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        save_file(d.saelens_tensors(), str(tmp))
+    cfg = {**d.saelens_config(), **meta}
+    atomic_write_text(out_dir / CFG_FILE, json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def load_saelens(sae_dir: Path | str) -> tuple[Dictionary, dict[str, Any]]:
+    """The dictionary saved in `sae_dir` (ours, or a SAELens standard or topk SAE without
+    b_dec input) and its cfg.json; ValueError naming what cannot be loaded."""
+    cfg = json.loads((Path(sae_dir) / CFG_FILE).read_text())
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{sae_dir}: architecture {arch!r} is not one of {sorted(ARCHITECTURES)}")
+    try:
+        d = ARCHITECTURES[arch].from_saelens(cfg, load_file(str(Path(sae_dir) / WEIGHTS_FILE)))
+    except ValueError as e:
+        raise ValueError(f"{sae_dir}: {e}") from None
+    return d, cfg

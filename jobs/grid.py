@@ -1,0 +1,138 @@
+"""A grid: plain data expanded into one CellConfig per (layer, setting, λ) cell; cell ids and
+packs. No I/O.
+
+A grid may need a pre-training job first (`pretrain`): its model and tokenized corpus live in
+`<root>/<grid>/_pretrain-<hash>/` and the cells point there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from e2e.config import SETTINGS, CellConfig, ConfigError, ModelConfig
+from e2e.lm.pretrain import PretrainConfig
+from e2e.train.loop import pack_key
+from e2e.typed import leaves, with_overrides
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    base: CellConfig
+    layers: tuple[int, ...]
+    # setting -> λ values; (layer, setting) entries in `layer_lambdas` take precedence.
+    lambdas: dict[str, tuple[float, ...]]
+    layer_lambdas: dict[tuple[int, str], tuple[float, ...]] = field(default_factory=dict)
+    # Further axes: dotted config field -> values, crossed with every (layer, setting, λ) cell
+    # (e.g. {"mfr.coeff": (0, 1), "seed": (0, 1, 2)}).
+    sweep: dict[str, tuple] = field(default_factory=dict)
+    # The settings the grid trains (its λ table may name fewer or more).
+    settings: tuple[str, ...] = SETTINGS
+    # Single cells beyond the cross product: (layer, setting, λ, {dotted field: value}), e.g.
+    # the paper's seed-1 runs; kept when their layer and setting are among the chosen ones
+    # and no λ values are given on the command line.
+    extra_cells: tuple[tuple[int, str, float, dict], ...] = ()
+    # GPU-hours of one cell per (layer, setting) on the cluster, for the dry run's estimate.
+    gpu_hours: dict[tuple[int, str], float] = field(default_factory=dict)
+    pretrain: PretrainConfig | None = None
+    # SLURM resources per cell (minutes), sized for the grid's model.
+    time_min: int = 60
+    # Default pack size (cells of one array task sharing the frozen model's pass).
+    pack: int = 1
+    cpus_per_cell: int = 1
+    # One line under the headline: what this grid's comparison does and does not show.
+    headline_note: str = ""
+    # Minutes per task measured on a 2-core machine ("pretrain", "sae" per pack, "ksvd" per
+    # cell, "collect", "analyze"): the local run's estimate of the time left.
+    local_minutes: dict[str, float] = field(default_factory=dict)
+    # Default container runtime and image (a path is relative to the repository root).
+    container: str = "none"
+    image: str = ""
+
+    def lambdas_for(self, layer: int, setting: str) -> tuple[float, ...]:
+        return self.layer_lambdas.get((layer, setting), self.lambdas.get(setting, ()))
+
+
+def grid_pretrain_dir(root: Path, grid: Grid) -> Path:
+    """`<root>/<grid>/_pretrain-<hash>`: a changed pre-training config gets a new folder, and
+    so new cell ids, instead of silently reusing a model trained differently."""
+    digest = hashlib.sha256(json.dumps(grid.pretrain.key(), sort_keys=True).encode()
+                            ).hexdigest()[:6]
+    return Path(root) / grid.name / f"_pretrain-{digest}"
+
+
+def cell_id(cfg: CellConfig) -> str:
+    """Readable id plus a short hash of the config, e.g. `L6-e2e-lam1.5-3f2a9c`,
+    `syn-local-k16-n5-mfr1-s2-0b1c2d` (synthetic data, TopK, 5 SAEs with MFR, seed 2),
+    `L2-ksvd-nnz8-5e6f7a` (DB-KSVD with an L0 budget of 8).
+
+    The hash covers the fields that differ from CellConfig's defaults, so a new config field
+    (added with a default) leaves every existing cell's id, and its finished work, in place.
+    """
+    default = leaves(CellConfig().to_dict())
+    changed = {k: v for k, v in leaves(cfg.to_dict()).items()
+               if k not in default or default[k] != v}
+    digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]
+    parts = ["syn" if cfg.source == "synthetic" else f"L{cfg.layer}", cfg.loss.setting,
+             cfg.lam_label]
+    if cfg.mfr.n_saes > 1:
+        parts.append(f"n{cfg.mfr.n_saes}-mfr{cfg.mfr.coeff:g}")
+    if cfg.seed:
+        parts.append(f"s{cfg.seed}")
+    return "-".join([*parts, digest])
+
+
+def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
+           settings: tuple[str, ...] | None = None,
+           sparsity_coeffs: tuple[float, ...] | None = None,
+           lambdas: dict[str, tuple[float, ...]] | None = None,
+           sweep: dict[str, tuple] | None = None) -> list[CellConfig]:
+    """All cells of the grid, with axis overrides (layers, settings, one λ list for all,
+    λ lists per setting, further config-field axes merged over the grid's)."""
+    base = grid.base
+    if grid.pretrain is not None:
+        lm = grid_pretrain_dir(root, grid)
+        base = replace(base, model=ModelConfig(str(lm / "model")),
+                       data=replace(base.data, dataset=str(lm / "data")))
+    axes = {**grid.sweep, **(sweep or {})}
+    cells = []
+    for layer in layers or grid.layers:
+        for setting in settings or grid.settings:
+            lams = ((lambdas or {}).get(setting) or sparsity_coeffs
+                    or grid.lambdas_for(layer, setting))
+            for lam in lams:
+                cell = _cell(base, layer, setting, lam)
+                for values in itertools.product(*axes.values()):
+                    cells.append(with_overrides(cell, dict(zip(axes, values, strict=True))))
+    chosen_lambdas = sparsity_coeffs or lambdas  # the user's λ values replace the extras too
+    for layer, setting, lam, fields in () if chosen_lambdas else grid.extra_cells:
+        if layer in (layers or grid.layers) and setting in (settings or grid.settings):
+            cells.append(with_overrides(_cell(base, layer, setting, lam), fields))
+    return cells
+
+
+def _cell(base: CellConfig, layer: int, setting: str, lam: float) -> CellConfig:
+    """The (layer, setting, λ) cell; for ksvd, λ is the L0 budget `ksvd.max_nnz`."""
+    if setting != "ksvd":
+        return replace(base, layer=layer, loss=replace(base.loss, setting=setting,
+                                                       sparsity_coeff=float(lam)))
+    if lam != int(lam):
+        raise ConfigError(f"λ={lam:g} for ksvd is invalid: its λ axis is the L0 budget "
+                          "ksvd.max_nnz, a whole number >= 1 (lambdas.ksvd=[4,8,16])")
+    return with_overrides(replace(base, layer=layer), {
+        "loss.setting": "ksvd", "loss.sparsity_coeff": 0.0, "ksvd.max_nnz": int(lam)})
+
+
+def make_packs(cfgs: list[CellConfig], size: int) -> list[list[int]]:
+    """Indices of `cfgs` in packs of at most `size` cells that differ only in loss, in grid
+    order. Packs are formed over all cells, done or not, so they stay the same on a rerun."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault(pack_key(cfg), []).append(i)
+    return [g[k:k + size] for g in groups.values() for k in range(0, len(g), size)]
+
+

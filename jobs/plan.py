@@ -1,0 +1,272 @@
+"""A grid's plan: its cells (with their status on the shared root), packs and stages, and
+where and how they run. Everything is checked here before anything is written or submitted;
+`submit.py` and `stage.py` are thin command lines over `make_plan`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e.config import CellConfig, ConfigError, check_layer, check_sizes, normalized
+from e2e.data.stage import rows_needed, stage, stage_key, staged_config
+from e2e.data.staged import StageError, verify
+from e2e.io import cell_paths
+from e2e.typed import with_overrides
+from jobs import containers
+from jobs.cli import Axes, RunOptions, parse_overrides
+from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
+from jobs.grids import GRIDS
+from jobs.sources import check_sources, model_shape
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stage:
+    dir: Path
+    cfg: CellConfig  # one of the cells reading it, with the original sources
+    n_train_rows: int
+    n_eval_rows: int
+
+    @property
+    def status(self) -> str:
+        if (self.dir / "DONE").exists():
+            return "staged"
+        return "partial (resumes)" if self.dir.exists() else "to stage"
+
+    def describe(self) -> str:
+        ctx = self.cfg.data.context_length
+        rows = self.n_train_rows + self.n_eval_rows
+        return (f"{self.dir}: {self.cfg.model.name_or_path} + {self.n_train_rows:,} train and "
+                f"{self.n_eval_rows:,} eval rows of {ctx} tokens from {self.cfg.data.dataset} "
+                f"(seed {self.cfg.seed}): {rows * ctx:,} tokens, "
+                f"{rows * ctx * 4 / 1e9:.2f} GB + the model; {self.status}")
+
+
+def stages_for(cfgs: list[CellConfig], root: Path) -> tuple[list[Stage], list[Stage]]:
+    """The stage each cell reads (in order; one object for cells that read the same rows) and
+    the distinct stages."""
+    by_key: dict[str, Stage] = {}
+    per_cell = []
+    for cfg in cfgs:
+        n_train, n_eval = rows_needed(cfg)
+        key = stage_key(cfg, n_train, n_eval)
+        per_cell.append(by_key.setdefault(key, Stage(root / "_sources" / key, cfg, n_train,
+                                                      n_eval)))
+    return per_cell, list(by_key.values())
+
+
+def apply_source(cfgs: list[CellConfig], root: Path, source: str, will_stage: bool,
+                 notes: list[str]) -> tuple[list[CellConfig], list[Stage]]:
+    """The cell configs reading the stage (or the original sources), and the stages involved.
+
+    Raises ConfigError when `source=staged` and a stage is missing, partial or corrupt.
+    """
+    per_cell, unique = stages_for(cfgs, root)
+    if source == "hub" and not will_stage:
+        return cfgs, []
+    complete = all(s.status == "staged" for s in unique)
+    if not will_stage and not complete:
+        if source == "staged":
+            missing = "; ".join(s.describe() for s in unique if s.status != "staged")
+            raise ConfigError(f"source=staged but not staged: {missing}. Stage from a machine "
+                              "with internet: python jobs/stage.py <the same arguments>")
+        notes.append("sources not staged: every compute node reads the hub (offline nodes: "
+                     "python jobs/stage.py <the same arguments> first, or stage=true)")
+        return cfgs, unique
+    if complete and not will_stage:
+        for s in unique:
+            try:
+                verify(s.dir)
+            except StageError as e:
+                raise ConfigError(str(e)) from None
+    return [staged_config(c, s.dir) for c, s in zip(cfgs, per_cell, strict=True)], unique
+
+
+def run_stages(stages: list[Stage]) -> None:
+    for s in stages:
+        print(f"staging {s.describe()}", flush=True)
+        stage(s.cfg, s.n_train_rows, s.n_eval_rows, s.dir)
+        verify(s.dir)
+        print(f"staged: {s.dir}", flush=True)
+
+
+@dataclass
+class Cell:
+    id: str
+    cfg: CellConfig
+    dir: Path
+    status: str  # "done", "resume" (a checkpoint exists) or "new"
+
+
+@dataclass
+class Plan:
+    opts: RunOptions
+    grid: Grid
+    executor: str
+    container: str
+    cells: list[Cell]
+    image: str
+    python: str  # the command that runs `python` for a job (container wrapper included)
+    time_min: int  # per array task (a pack)
+    cpus: int
+    pack_size: int
+    packs: list[list[Cell]] = field(default_factory=list)  # one array task each
+    stages: list[Stage] = field(default_factory=list)  # staged sources involved
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def grid_dir(self) -> Path:
+        return Path(self.opts.root).resolve() / self.grid.name
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if c.status != "done"]
+
+    @property
+    def todo_packs(self) -> list[list[Cell]]:
+        """Packs with a cell left to train; a pack's finished members are skipped by the job."""
+        return [p for p in self.packs if any(c.status != "done" for c in p)]
+
+    @property
+    def analysis_time_min(self) -> int:
+        """The analysis job's limit: geometry of every cell (a 46,080² cosine pass is ≈1.6
+        TFLOP, under a minute on a few cores) plus multi-dimensional features of the trios."""
+        return min(24 * 60, 30 + 2 * len(self.cells))
+
+    @property
+    def needs_pretrain(self) -> bool:
+        if self.grid.pretrain is None:
+            return False
+        return not (grid_pretrain_dir(Path(self.opts.root).resolve(), self.grid) / "DONE"
+                    ).exists()
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def make_plan(tokens: list[str]) -> Plan:
+    """Parses and validates everything; reads the output root but writes nothing."""
+    opts, axes, cfg_overrides = parse_overrides(tokens)
+    if opts.grid not in GRIDS:
+        raise ConfigError(f"grid={opts.grid!r} is invalid: must be one of {sorted(GRIDS)}")
+    grid = GRIDS[opts.grid]
+    root = Path(opts.root).resolve()
+    # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
+    cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
+                              for c in _expand(grid, root, axes)))
+    if not cfgs:
+        raise ConfigError("the grid with these overrides has no cells")
+    notes: list[str] = []
+    source_cfgs, stages = cfgs, []
+    # Generated activations (source=synthetic) need no model, data, stage or layer check.
+    needs_model = any(c.source == "model" for c in cfgs)
+    if not needs_model and (opts.stage or opts.source == "staged"):
+        raise ConfigError("source=synthetic cells read no model or data: there is nothing "
+                          "to stage")
+    if grid.pretrain is not None and (opts.stage or opts.source == "staged"):
+        raise ConfigError(f"grid={grid.name} builds its own model and data (pre-training) on "
+                          "the shared root: there is nothing to stage")
+    if grid.pretrain is None and needs_model:
+        cfgs, stages = apply_source(cfgs, root, opts.source, opts.stage, notes)
+    cells = _cells(cfgs, root / grid.name)
+    depth = _check_shapes(grid, cfgs, source_cfgs, needs_model)
+    plan = _place(opts, grid, cells, cfgs, stages, notes, root)
+    if depth is None and needs_model:
+        plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
+                          "in the HF cache): layers are checked when each cell starts")
+    if not needs_model:
+        pass
+    elif not opts.dry_run and grid.pretrain is None:
+        # fails with a clear message before anything is submitted (staging reads the originals)
+        check_sources(source_cfgs[0] if opts.stage else cells[0].cfg)
+    elif grid.pretrain is None:
+        plan.notes.append("model and dataset reachability is checked at submission, not in "
+                          "a dry run")
+    return plan
+
+
+def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:
+    """Each cell with its status; a folder holding a different config is refused."""
+    cells = []
+    for cfg in cfgs:
+        cid = cell_id(cfg)
+        paths = cell_paths(grid_dir / cid)
+        status = "new"
+        if paths.config.exists():
+            # unused sections compare at today's defaults (an SAE cell's `ksvd`)
+            old = normalized(CellConfig.from_json(paths.config.read_text()))
+            if old != cfg:
+                diff = "; ".join(_diff(old.to_dict(), cfg.to_dict()))
+                raise ConfigError(f"{paths.root} holds a different config: {diff}")
+            status = "done" if paths.done.exists() else (
+                "resume" if paths.checkpoint.exists() else "new")
+        cells.append(Cell(cid, cfg, paths.root, status))
+    if len({c.id for c in cells}) != len(cells):
+        raise ConfigError("two cells of the grid have the same config")
+    return cells
+
+
+def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConfig],
+                  needs_model: bool) -> int | None:
+    """Layers and sizes against the model's (blocks, width) where they are known offline (a
+    pre-trained grid, a stage, the HF cache); returns the depth, or None if unknown."""
+    shape = ((grid.pretrain.n_layers, grid.pretrain.d_model) if grid.pretrain is not None
+             else None if not needs_model
+             else model_shape(cfgs[0].model.name_or_path)
+             or model_shape(source_cfgs[0].model.name_or_path))
+    for cfg in cfgs if shape is not None else ():
+        if cfg.source == "model":
+            check_layer(cfg, shape[0])
+            check_sizes(cfg, shape[1])
+    return shape[0] if shape else None
+
+
+def _place(opts: RunOptions, grid: Grid, cells: list[Cell], cfgs: list[CellConfig], stages,
+           notes: list[str], root: Path) -> Plan:
+    """Executor, container, packs and resources of the plan."""
+    pack_size = opts.pack or grid.pack
+    executor = opts.executor
+    if executor == "auto":
+        executor = "slurm" if _slurm_reachable() else "local"
+    container = opts.container or grid.container
+    image = opts.image if opts.image is not None else grid.image
+    if container != "none" and not image:
+        raise ConfigError(f"container={container} needs image=<path or name>")
+    if container == "apptainer" and not Path(image).is_absolute():
+        image = str(REPO / image)
+    python = containers.python_command(container, image, root, gpus=opts.gpus_per_cell > 0)
+    packs = [[cells[i] for i in p] for p in make_packs(cfgs, pack_size)]
+    largest = max(len(p) for p in packs)
+    # A member of a pack costs less than a cell alone (the clean pass is shared): the grid's
+    # time per cell times the pack size bounds a task. Capped at a day (common partition
+    # limits): a task that reaches its limit checkpoints on USR2, requeues and resumes.
+    time_min = opts.time or min(grid.time_min * largest, max(grid.time_min, 24 * 60))
+    return Plan(opts, grid, executor, container, cells, image, python, time_min,
+                opts.cpus_per_cell or grid.cpus_per_cell, pack_size, packs, stages, notes)
+
+
+def _slurm_reachable() -> bool:
+    """sbatch on PATH and a controller that answers (an installed but unconfigured client
+    would otherwise fail only at submission)."""
+    if not shutil.which("sbatch"):
+        return False
+    r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30)
+    return r.returncode == 0
+
+
+def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
+    sweep = {**(axes.sweep or {}), **({"seed": axes.seeds} if axes.seeds else {})}
+    return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs, axes.lambdas,
+                  sweep)

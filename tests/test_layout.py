@@ -1,0 +1,138 @@
+"""The shape of the code (docs/layout.md): layers that only import downwards, no import circles,
+and modules and functions small enough to read at a glance."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Lowest first. A module may import modules of its own layer (without a circle) or below.
+LAYERS = [
+    # the base: typed values, configs, files, seeds, cosines
+    ["e2e.typed", "e2e.io", "e2e.rng", "e2e.optim", "e2e.cosine", "e2e.config_methods",
+     "e2e.config", "e2e.store"],
+    # the math of one dictionary and the model around it; data; analyses; the small LM
+    ["e2e.losses", "e2e.dictionary", "e2e.model", "e2e.sae", "e2e.metrics", "e2e.ksvd",
+     "e2e.ksvd.pursuit", "e2e.ksvd.update", "e2e.ksvd.dictionary", "e2e.data",
+     "e2e.analysis", "e2e.lm"],
+    # what every kind of cell shares: dictionaries on disk, the source and its evaluation
+    ["e2e.saelens", "e2e.data.source"],
+    # the fitting routines
+    ["e2e.train", "e2e.ksvd.fit"],
+    # jobs: building blocks
+    ["jobs.cli", "jobs.tables", "jobs.convergence", "jobs.mfr_report", "jobs.containers",
+     "jobs.sources", "jobs.grid", "jobs.grids", "jobs.results", "jobs.plots", "jobs.progress"],
+    # jobs: steps
+    ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.analyze"],
+    ["jobs.launch"],
+    # command lines on top
+    ["jobs.submit", "jobs.stage"],
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in ("e2e", "jobs"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            if name not in ("e2e", "jobs"):  # the roots hold no code
+                out[name] = path
+    return out
+
+
+def _layer(name: str) -> int:
+    """The layer of a module: its own entry, else its package's (longest match)."""
+    best = None
+    for i, layer in enumerate(LAYERS):
+        for entry in layer:
+            if name == entry or name.startswith(entry + "."):
+                if best is None or len(entry) > len(best[1]):
+                    best = (i, entry)
+    if best is None:
+        raise AssertionError(f"{name} is in no layer of tests/test_layout.py")
+    return best[0]
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports, anywhere in the file (lazy imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for n in names:
+            if n in modules:
+                out.add(n)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def test_every_import_goes_down_or_sideways():
+    bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
+           for a, deps in _graph().items() for b in deps if _layer(b) > _layer(a)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_library_never_imports_jobs():
+    bad = [f"{a} imports {b}" for a, deps in _graph().items() if a.startswith("e2e")
+           for b in deps if b.startswith("jobs")]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_circles():
+    graph = _graph()
+    # a package imports its own submodules (re-exports); that is containment, not a circle
+    edges = {a: {b for b in deps if not b.startswith(a + ".")} for a, deps in graph.items()}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(edges.get(n, ())):
+            if state.get(m) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(m):] + [m]))
+            if m not in state:
+                visit(m)
+        path.pop()
+        state[n] = 2
+
+    for n in sorted(edges):
+        if n not in state:
+            visit(n)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_the_core_stays_small():
+    core = sorted((REPO / "e2e").glob("*.py"))
+    total = sum(_lines(p) for p in core)
+    assert total <= 1500, f"e2e/'s own modules hold {total} lines (subpackages apart)"
+
+
+@pytest.mark.parametrize("pkg", ["e2e", "jobs"])
+def test_no_module_or_function_is_too_long(pkg):
+    long_modules, long_functions = [], []
+    for path in sorted((REPO / pkg).rglob("*.py")):
+        if _lines(path) > 350:
+            long_modules.append(f"{path.relative_to(REPO)}: {_lines(path)} lines")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long_functions.append(f"{path.relative_to(REPO)}:{node.lineno} "
+                                          f"{node.name}: {n} lines")
+    assert not long_modules and not long_functions, "\n".join(long_modules + long_functions)
