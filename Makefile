@@ -17,7 +17,7 @@ install: .venv/.installed
 	touch $@
 
 demo: install
-	$(PY) jobs/submit.py grid=tiny wait=true
+	$(PY) jobs/submit.py grid=demo wait=true
 
 test: install
 	$(PY) -m ruff check e2e jobs tests benchmarks

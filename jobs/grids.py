@@ -84,6 +84,29 @@ TINY = Grid(
     pack=4,
 )
 
+DEMO = replace(
+    TINY,
+    name="demo",
+    # `make demo`: tiny's comparison in under 20 minutes on 2 CPU cores, install included.
+    # Each cut was measured here (docs/demo.md): bf16 autocast (AMX) runs the LM's steps 1.33x
+    # and the SAE steps 1.28x faster; the LM trains half as long (600 steps, 2.5M tokens); 9
+    # cells of 800 steps in one pack (one clean pass for all) instead of 12 of 1,200 in three;
+    # two ksvd cells on half tiny's activations, 2 passes.
+    base=replace(TINY.base, optim=replace(TINY.base.optim, n_samples=6400),
+                 ksvd=KSVDConfig(n_tokens=131_072, batch_size=65_536, n_passes=2,
+                                 atom_chunk=32),
+                 dtype="bfloat16"),
+    lambdas={"local": (0.3, 2.0, 12.0), "e2e": (0.01, 0.05, 0.3), "e2e_ds": (0.1, 0.5, 3.0),
+             "ksvd": (4, 16)},
+    headline_note=("demo: a 4-layer, 128-wide LM trained here on 2.5M tokens, layer 2, 800 "
+                   "steps of 1,024 tokens per cell, bf16: the quick check of the system; "
+                   "`grid=tiny` (twice the budget) is the small-scale study's grid, and its "
+                   "comparison's sign changes with the learning rate, the L0 range and the "
+                   "layer (docs/study-tiny.md): neither is the paper's GPT-2 result"),
+    pretrain=PretrainConfig(train_steps=600, dtype="bfloat16"),
+    pack=9,
+)
+
 # The paper's Table 6 (one A100), hours per cell.
 _PAPER_HOURS = {(2, "local"): 3.75, (2, "e2e"): 12.4, (2, "e2e_ds"): 12.5,
                 (6, "local"): 4.75, (6, "e2e"): 11.33, (6, "e2e_ds"): 11.4,
@@ -193,8 +216,8 @@ MFR_GPT2 = Grid(
     image="containers/e2e-sae-hpc.sif",
 )
 
-GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, TINY, PAPER, PAPER_TABLES, SYNTHETIC, MFR,
-                                               MFR_GPT2)}
+GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, TINY, PAPER, PAPER_TABLES, SYNTHETIC,
+                                               MFR, MFR_GPT2)}
 
 
 def pretrain_dir(root: Path, grid: str) -> Path:
