@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from e2e.io import cell_paths
 from e2e.saelens import load_saelens
 from e2e.store import read_metrics
 from e2e.train import train
+from jobs import cli
 from jobs.grid import expand
 from jobs.grids import GRIDS, pretrain_dir
 
@@ -40,16 +41,19 @@ def explained_variance(y: np.ndarray, y_hat: np.ndarray) -> float:
     return float(1 - (y - y_hat).var(0).sum() / y.var(0).sum())
 
 
+@dataclass(frozen=True)
+class Options:
+    root: str = "runs"
+    n: int = 1_048_576
+    k: int = 1024
+    max_nnz: int = 16
+    sklearn_seconds: float = 600.0
+    passes: int = 1
+
+
 def main(*tokens: str) -> None:
-    args = {"root": "runs", "n": "1048576", "k": "1024", "max_nnz": "16",
-            "sklearn_seconds": "600", "passes": "1"}
-    for t in tokens:
-        key, _, value = t.partition("=")
-        if key not in args:
-            sys.exit(f"unknown option {key!r}; options: {sorted(args)}")
-        args[key] = value
-    root, n, k = Path(args["root"]).resolve(), int(args["n"]), int(args["k"])
-    max_nnz, passes = int(args["max_nnz"]), int(args["passes"])
+    o = cli.parse_options(tokens, Options)
+    root, n, k, max_nnz, passes = Path(o.root).resolve(), o.n, o.k, o.max_nnz, o.passes
     if not (pretrain_dir(root, "tiny") / "DONE").exists():
         sys.exit(f"{pretrain_dir(root, 'tiny')} has no pre-trained LM: run `make demo` (or "
                  "`python jobs/submit.py grid=tiny`) first, or pass root=")
@@ -81,7 +85,7 @@ def main(*tokens: str) -> None:
                                      transform_algorithm="omp",
                                      transform_n_nonzero_coefs=max_nnz, random_state=0)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).numpy()
-    budget, t0, seen = float(args["sklearn_seconds"]), time.perf_counter(), 0
+    budget, t0, seen = o.sklearn_seconds, time.perf_counter(), 0
     while seen < n and time.perf_counter() - t0 < budget:
         idx = np.sort(order[seen:seen + 65_536])
         block = np.asarray(acts[idx], dtype=np.float32) - mean
@@ -122,4 +126,4 @@ def _held_out(cfg) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    cli.run(main)

@@ -16,6 +16,7 @@ import csv
 import statistics
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,18 +24,21 @@ import torch
 from e2e.data.source import eval_batches, evaluate_dictionaries, open_source
 from e2e.io import cell_paths
 from e2e.ksvd import KSVDDictionary
+from jobs import cli
 from jobs.results import read_grid
 
 
+@dataclass(frozen=True)
+class Options:
+    root: str = "runs"
+    grid: str = "tiny"
+    budgets: tuple[int, ...] = (3, 6, 12, 24)
+
+
 def main(*tokens: str) -> None:
-    args = {"root": "runs", "grid": "tiny", "budgets": "3,6,12,24"}
-    for t in tokens:
-        key, _, value = t.partition("=")
-        if key not in args:
-            sys.exit(f"unknown option {key!r}; options: {sorted(args)}")
-        args[key] = value
-    grid_dir = Path(args["root"]) / args["grid"]
-    budgets = [int(b) for b in args["budgets"].split(",")]
+    o = cli.parse_options(tokens, Options)
+    grid_dir = Path(o.root) / o.grid
+    budgets = list(o.budgets)
     cells = [c for c in read_grid(grid_dir) if c.status == "done" and c.cfg.source == "model"
              and c.cfg.sae.activation == "relu" and c.cfg.mfr.n_saes == 1]
     if not cells:
@@ -76,4 +80,4 @@ def main(*tokens: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    cli.run(main)

@@ -22,9 +22,10 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import convergence, tables
+from jobs import cli, convergence, tables
 from jobs.grids import pretrain_dir
 from jobs.results import read_grid, to_point
 
@@ -152,17 +153,18 @@ def plot(root: Path, names: list[str], results: dict[str, list[tables.Point]]) -
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class Options:
+    root: str = "runs-study"
+    only: tuple[str, ...] | None = None  # variants to run (default: all)
+    report_only: bool = False
+
+
 def main(*tokens: str) -> None:
-    args = dict(str(t).lstrip("-").partition("=")[::2] for t in tokens)
-    unknown = set(args) - {"root", "only", "report_only"}
-    if unknown:
-        sys.exit(f"unknown arguments {sorted(unknown)}: root=<dir> only=<v1,v2> "
-                 "report_only=true")
-    root = Path(args.get("root", "runs-study")).resolve()
-    only = args.get("only", "")
-    report_only = args.get("report_only", "false").lower() == "true"
-    names = [n for n in VARIANTS if not only or n in only.split(",")]
-    unknown = set(only.split(",")) - set(VARIANTS) if only else set()
+    o = cli.parse_options(tokens, Options)
+    root, only, report_only = Path(o.root).resolve(), o.only or (), o.report_only
+    names = [n for n in VARIANTS if not only or n in only]
+    unknown = set(only) - set(VARIANTS)
     if unknown:
         sys.exit(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
     shared_lm = pretrain_dir(root / "_lm", "tiny")
@@ -176,6 +178,4 @@ def main(*tokens: str) -> None:
 
 
 if __name__ == "__main__":
-    import fire
-
-    fire.Fire(main)
+    cli.run(main)

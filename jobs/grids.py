@@ -52,9 +52,9 @@ TINY = Grid(
         model=ModelConfig("<pretrain>"),
         data=replace(_LOCAL_DATA, context_length=128),
         sae=SAEConfig(dict_size_to_input_ratio=8.0),
-        # From the small-scale study (README): lr 3e-2 was the best of {2e-3, 8e-3, 3e-2} for
-        # both local and e2e, and 1,200 steps instead of 600 took e2e from 111% to 79% of
-        # local's CE loss increase at equal L0; more does not fit `make demo`'s half hour.
+        # From the small-scale study (docs/study-tiny.md): lr 3e-2 was the best of {2e-3,
+        # 8e-3, 3e-2} for both local and e2e, and 1,200 steps instead of 600 took e2e from
+        # 111% to 79% of local's CE loss increase at equal L0.
         optim=OptimConfig(lr=3e-2, warmup_samples=400, batch_size=8, grad_accum_steps=1,
                           n_samples=9600),
         eval=EvalConfig(every_samples=800, n_samples=64, batch_size=16,
@@ -73,13 +73,15 @@ TINY = Grid(
     lambdas={"local": (0.3, 1.0, 4.0, 12.0), "e2e": (0.01, 0.03, 0.1, 0.3),
              "e2e_ds": (0.1, 0.3, 1.0, 3.0), "ksvd": (3, 6, 12, 24)},
     headline_note=("tiny: a 4-layer, 128-wide LM trained here on 4.9M tokens, layer 2, 1,200 "
-                   "steps of 1,024 tokens per cell (0.3% of the paper's budget); the README's "
-                   "small-scale study shows that this comparison's sign changes with the "
-                   "learning rate, the L0 range and the layer: it tests the system and the "
-                   "direction of the claim on a model built offline, not the paper's GPT-2 "
-                   "numbers"),
+                   "steps of 1,024 tokens per cell (0.3% of the paper's budget); the "
+                   "small-scale study (docs/study-tiny.md) shows that this comparison's sign "
+                   "changes with the learning rate, the L0 range and the layer: it tests the "
+                   "system and the direction of the claim on a model built offline, not the "
+                   "paper's GPT-2 numbers"),
     pretrain=PretrainConfig(),
     time_min=30,
+    # measured here, 2026-11-26 (docs/study-tiny.md)
+    local_minutes={"pretrain": 10.6, "sae": 7.0, "ksvd": 2.0, "collect": 0.1, "analyze": 1.8},
     # 12 cells in 3 tasks: the clean pass is shared 4 ways (see README, Performance).
     pack=4,
 )
@@ -105,6 +107,8 @@ DEMO = replace(
                    "layer (docs/study-tiny.md): neither is the paper's GPT-2 result"),
     pretrain=PretrainConfig(train_steps=600, dtype="bfloat16"),
     pack=9,
+    # measured on a clean clone here, 2026-11-30 (docs/demo.md)
+    local_minutes={"pretrain": 3.8, "sae": 6.1, "ksvd": 0.55, "collect": 0.1, "analyze": 1.2},
 )
 
 # The paper's Table 6 (one A100), hours per cell.
