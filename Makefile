@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench gpu-check gpu-check-cpu
 
 install: .venv/.installed
 
@@ -28,3 +28,11 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_settings.py
+
+# The cluster path on one CUDA GPU at the paper's GPT-2 shape (docs/performance.md); the CPU
+# variant runs the same code on a small shape (the test suite runs it too).
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py size=gpt2 out=runs/gpu-check
+
+gpu-check-cpu: install
+	$(PY) benchmarks/gpu_check.py size=cpu steps=2

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from e2e.config_methods import (
+    HUNGARIAN_MAX_ELEMENTS,
     SIMILARITIES,
     KSVDConfig,
     MFRConfig,
     SyntheticConfig,
+    hungarian_refusal,
 )
-from e2e.cosine import HUNGARIAN_MAX_ELEMENTS, hungarian_refusal
 from e2e.typed import ConfigError, build, require
 
 __all__ = ["CellConfig", "ConfigError", "DataConfig", "EvalConfig", "HUNGARIAN_MAX_ELEMENTS",

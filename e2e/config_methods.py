@@ -9,6 +9,19 @@ from typing import Literal
 
 from e2e.typed import require
 
+# Hungarian matching is O(n^3) per pair of dictionaries; beyond this many elements a matching
+# takes minutes (46,080 elements: ~10^14 operations), too slow for a per-step MFR penalty.
+HUNGARIAN_MAX_ELEMENTS = 4096
+
+
+def hungarian_refusal(n: int) -> str | None:
+    """Why a Hungarian matching of n elements is refused (too slow), or None."""
+    if n <= HUNGARIAN_MAX_ELEMENTS:
+        return None
+    return (f"Hungarian matching of {n} elements: over {HUNGARIAN_MAX_ELEMENTS} it is too slow "
+            "(O(n^3) per pair of dictionaries); use max or symmetric_max")
+
+
 SIMILARITIES = ("hungarian", "max", "symmetric_max")
 
 

@@ -11,18 +11,9 @@ from collections.abc import Iterator
 
 import torch
 
+from e2e.config_methods import hungarian_refusal
+
 CHUNK = 2048
-# Hungarian matching is O(n^3) per pair of dictionaries; beyond this many elements a matching
-# takes minutes (46,080 elements: ~10^14 operations), too slow for a per-step MFR penalty.
-HUNGARIAN_MAX_ELEMENTS = 4096
-
-
-def hungarian_refusal(n: int) -> str | None:
-    """Why a Hungarian matching of n elements is refused (too slow), or None."""
-    if n <= HUNGARIAN_MAX_ELEMENTS:
-        return None
-    return (f"Hungarian matching of {n} elements: over {HUNGARIAN_MAX_ELEMENTS} it is too slow "
-            "(O(n^3) per pair of dictionaries); use max or symmetric_max")
 
 
 @torch.no_grad()

@@ -106,11 +106,20 @@ def parse_options(tokens, cls: type, positional: str | None = None) -> Any:
 
 
 def run(main: Callable[..., Any]) -> None:
-    """Runs an entry point `main(*tokens)` through fire; bad input is one line, no traceback."""
-    import fire
+    """Runs an entry point `main(*tokens)` through fire; bad input is one line, no traceback.
 
+    Without fire, the arguments go to `main` as they are: the host side of
+    `slurm/array.sbatch` runs `jobs.containers` under the node's plain python3 (standard
+    library only, which is all this module and `e2e.config` need)."""
     try:
-        fire.Fire(main)
+        import fire
+    except ImportError:
+        fire = None
+    try:
+        if fire is None:
+            main(*sys.argv[1:])
+        else:
+            fire.Fire(main)
     except ConfigError as e:
         sys.exit(f"error: {e}")
 

@@ -1,8 +1,10 @@
-"""Runs a checked plan through submitit: pre-training, one array of cells, then the collector.
+"""Runs a checked plan through submitit: pre-training, one array of cells, the collector, then
+the analysis step.
 
-SLURM: three submissions chained by dependencies (the array `afterok` pre-training, the
-collector `afterany` the array), so the tables are built even when some cells fail. Local: the
-same jobs as local processes, in waves of `array_parallelism`, waiting for each.
+SLURM: submissions chained by dependencies (the array `afterok` pre-training, the collector
+`afterany` the array, the analysis `afterany` the collector), so the tables are built even when
+some cells fail. Local: the same jobs as local processes, in waves of `array_parallelism`,
+waiting for each, with one status line (`jobs.progress`).
 """
 
 from __future__ import annotations

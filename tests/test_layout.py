@@ -136,3 +136,17 @@ def test_no_module_or_function_is_too_long(pkg):
                     long_functions.append(f"{path.relative_to(REPO)}:{node.lineno} "
                                           f"{node.name}: {n} lines")
     assert not long_modules and not long_functions, "\n".join(long_modules + long_functions)
+
+
+def test_the_container_wrapper_needs_only_the_standard_library():
+    """slurm/array.sbatch runs `python3 -m jobs.containers` on the node's plain python3."""
+    import subprocess
+    import sys
+
+    blocked = ("torch", "numpy", "fire", "transformers", "h5py", "submitit", "safetensors")
+    code = ("import runpy, sys\n"
+            f"for m in {blocked!r}: sys.modules[m] = None\n"
+            "sys.argv = ['x', 'container=podman', 'image=img', 'root=/shared', 'gpus=1']\n"
+            "runpy.run_module('jobs.containers', run_name='__main__', alter_sys=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "podman run" in r.stdout, r.stderr
