@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from e2e.config_methods import (
-    HUNGARIAN_MAX_ELEMENTS,
     SIMILARITIES,
     KSVDConfig,
     MFRConfig,
@@ -23,10 +22,10 @@ from e2e.config_methods import (
 )
 from e2e.typed import ConfigError, build, require
 
-__all__ = ["CellConfig", "ConfigError", "DataConfig", "EvalConfig", "HUNGARIAN_MAX_ELEMENTS",
-           "KSVDConfig", "LossConfig", "MFRConfig", "ModelConfig", "OptimConfig", "SAEConfig",
-           "SETTINGS", "SAE_SETTINGS", "SIMILARITIES", "SyntheticConfig", "WandbConfig",
-           "check_layer", "check_sizes", "n_dict_for", "normalized"]
+__all__ = ["CellConfig", "ConfigError", "DataConfig", "EvalConfig", "KSVDConfig", "LossConfig",
+           "MFRConfig", "ModelConfig", "OptimConfig", "SAEConfig", "SETTINGS", "SAE_SETTINGS",
+           "SIMILARITIES", "SyntheticConfig", "WandbConfig", "check_layer", "check_sizes",
+           "n_dict_for", "normalized"]
 
 # "ksvd": no SAE training; a dictionary fitted to the hook's activations by DB-KSVD (`ksvd`).
 Setting = Literal["local", "e2e", "e2e_ds", "ksvd"]
@@ -281,7 +280,11 @@ class CellConfig:
 
     @classmethod
     def from_json(cls, text: str) -> CellConfig:
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"not valid JSON: {e}") from None
+        return cls.from_dict(d)
 
 
 def n_dict_for(d_in: int, ratio: float) -> int:
@@ -300,7 +303,7 @@ def normalized(cfg: CellConfig) -> CellConfig:
 
 def check_sizes(cfg: CellConfig, d_in: int) -> None:
     """The checks that need the hook's width: K >= 1 dictionary elements, a ksvd budget
-    max_nnz <= K, and Hungarian MFR matching only up to HUNGARIAN_MAX_ELEMENTS."""
+    max_nnz <= K, and Hungarian MFR matching only where it is not too slow."""
     k = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
     require(k >= 1, "sae.dict_size_to_input_ratio",
             f"large enough for K >= 1 atoms with d_in {d_in} (K = {k})",
@@ -313,8 +316,12 @@ def check_sizes(cfg: CellConfig, d_in: int) -> None:
                 cfg.mfr.similarity)
 
 
-def check_layer(cfg: CellConfig, n_layers: int) -> None:
-    """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one)."""
+def check_layer(cfg: CellConfig, n_layers: int, n_ctx: int | None = None) -> None:
+    """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one), and
+    the rows must fit the model's context of `n_ctx` positions."""
+    if n_ctx is not None and cfg.source == "model" and cfg.data.context_length > n_ctx:
+        raise ConfigError(f"data.context_length={cfg.data.context_length} is invalid: the model "
+                          f"has {n_ctx} positions")
     if cfg.layer >= n_layers:
         raise ConfigError(f"layer={cfg.layer} is invalid: the model has {n_layers} layers "
                          f"(0..{n_layers - 1})")

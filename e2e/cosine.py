@@ -18,8 +18,8 @@ CHUNK = 2048
 
 @torch.no_grad()
 def cosine_blocks(a: torch.Tensor, b: torch.Tensor | None = None, exclude_self: bool = False
-                  ) -> Iterator[torch.Tensor]:
-    """Blocks `a[:, i:i + CHUNK].T @ b` (b defaults to a), in order of i; with
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """(i, the block `a[:, i:i + CHUNK].T @ b`) (b defaults to a), in order of i; with
     `exclude_self` (b = a) each column's cosine with itself is -inf."""
     other = a if b is None else b
     for i in range(0, a.shape[1], CHUNK):
@@ -27,18 +27,18 @@ def cosine_blocks(a: torch.Tensor, b: torch.Tensor | None = None, exclude_self: 
         if exclude_self:
             rows = torch.arange(block.shape[0], device=block.device)
             block[rows, rows + i] = -float("inf")
-        yield block
+        yield i, block
 
 
 def max_cosines(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """For each column of `a` (d, n_a), its largest cosine to a column of `b` (d, n_b); with
     `b=None`, to another column of `a` (the diagonal excluded)."""
-    return torch.cat([blk.max(1).values for blk in cosine_blocks(a, b, exclude_self=b is None)])
+    return torch.cat([blk.max(1).values for _, blk in cosine_blocks(a, b, exclude_self=b is None)])
 
 
 def argmax_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """For each column of `a`, the index of the column of `b` with the largest cosine."""
-    return torch.cat([blk.argmax(1) for blk in cosine_blocks(a, b)])
+    return torch.cat([blk.argmax(1) for _, blk in cosine_blocks(a, b)])
 
 
 def hungarian_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,7 +46,8 @@ class Dictionary(nn.Module):
         raise NotImplementedError
 
     def saelens_config(self) -> dict[str, Any]:
-        """cfg.json's fields that say how to run this dictionary (architecture, sizes, ...)."""
+        """cfg.json's fields that say how to run this kind (architecture, its options); the
+        fields every kind shares are added by `e2e.saelens.save_saelens`."""
         raise NotImplementedError
 
     @classmethod

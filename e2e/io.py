@@ -1,4 +1,5 @@
-"""Atomic writes and the one function that names every file of a cell."""
+"""Atomic writes, the one function that names every file of a cell, the cell lock, and the
+check that a cell folder holds the config it is asked to train."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from e2e.config import CellConfig, ConfigError, normalized
 
 
 @contextlib.contextmanager
@@ -92,3 +95,27 @@ def cell_lock(root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def check_folder_config(path: Path, cfg: CellConfig) -> None:
+    """A cell folder's config.json must hold `cfg` (sections its setting never reads compare at
+    today's defaults); ConfigError naming the fields that differ."""
+    try:
+        old = normalized(CellConfig.from_json(path.read_text()))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    diff = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in _changed(old.to_dict(),
+                                                            normalized(cfg).to_dict()).items()]
+    if diff:
+        raise ConfigError(f"{path.parent} holds a different config: {'; '.join(diff)}")
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_changed(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out[f"{prefix}{k}"] = (a, b)
+    return out

@@ -86,14 +86,9 @@ class SAE(Dictionary):
         }
 
     def saelens_config(self) -> dict[str, Any]:
-        return {
-            "architecture": "standard" if self.k is None else "topk",
-            **({} if self.k is None else {"k": self.k}),
-            "d_in": self.d_in, "d_sae": self.n_dict, "dtype": "float32", "device": "cpu",
-            "activation_fn_str": "relu", "apply_b_dec_to_input": False,
-            "finetuning_scaling_factor": False, "normalize_activations": "none",
-            "hook_head_index": None, "prepend_bos": False,
-        }
+        return {"architecture": "standard" if self.k is None else "topk",
+                **({} if self.k is None else {"k": self.k}), "activation_fn_str": "relu",
+                "apply_b_dec_to_input": False, "finetuning_scaling_factor": False}
 
     @classmethod
     def from_saelens(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SAE:

@@ -34,7 +34,10 @@ def save_saelens(d: Dictionary, out_dir: Path, meta: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file(d.saelens_tensors(), str(tmp))
-    cfg = {**d.saelens_config(), **meta}
+    # float32 weights on CPU; no input normalisation, no attention-head hook, no BOS added
+    common = {"d_in": d.d_in, "d_sae": d.n_dict, "dtype": "float32", "device": "cpu",
+              "normalize_activations": "none", "hook_head_index": None, "prepend_bos": False}
+    cfg = {**common, **d.saelens_config(), **meta}
     atomic_write_text(out_dir / CFG_FILE, json.dumps(cfg, indent=2, sort_keys=True))
 
 

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,10 +36,18 @@ import torch
 from e2e.analysis import geometry
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.store import read_metrics
+from e2e.typed import ConfigError, require
 from jobs import cli, plots, tables
 from jobs.collect import collect
 from jobs.mfr_report import is_mfr_cell
-from jobs.results import ANALYSIS_H5, ANALYSIS_MD, ANALYSIS_TEX, read_grid, to_point
+from jobs.results import (
+    ANALYSIS_H5,
+    ANALYSIS_MD,
+    ANALYSIS_TEX,
+    existing_grid_dir,
+    read_grid,
+    to_point,
+)
 
 # Braun et al. 2024, Sec. 3.3 (layer 6): within-SAE mean max cosine differences.
 PAPER_WITHIN_DIFF = {"local - e2e_ds": 0.04, "local - e2e": 0.166}
@@ -83,7 +92,8 @@ def load(grid_dir: Path, results_cells) -> list[Saved]:
 @dataclass(frozen=True)
 class Options:
     multidim: bool = True
-    clustering: str = "spectral"  # or "graph" (top-k neighbours above a cosine cutoff)
+    clustering: Literal["spectral", "graph"] = "spectral"  # graph: top-k neighbours above a
+    # cosine cutoff
     n_clusters: int = 0  # spectral: 0 takes one cluster per 25 alive elements
     graph_k: int = 2
     graph_cutoff: float = 0.5
@@ -91,12 +101,20 @@ class Options:
     mixture_steps: int = 500  # gradient-ascent steps of the mixture index (authors: 10,000)
     top: int = 10  # clusters listed per cell
 
+    def __post_init__(self) -> None:
+        require(self.clustering in ("spectral", "graph"), "clustering", "spectral or graph",
+                self.clustering)
+        for name in ("n_clusters", "graph_k", "multidim_tokens", "mixture_steps", "top"):
+            low = 0 if name == "n_clusters" else 1
+            require(getattr(self, name) >= low, name, f">= {low}", getattr(self, name))
+        require(-1 <= self.graph_cutoff <= 1, "graph_cutoff", "in [-1, 1]", self.graph_cutoff)
+
 
 def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     """Writes the analysis files of `<root>/<grid>/results/`; returns that folder."""
     opts = opts or Options()
     t0 = time.perf_counter()
-    grid_dir = Path(root) / grid
+    grid_dir = existing_grid_dir(root, grid)
     out = grid_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
     dicts = load(grid_dir, read_grid(grid_dir))
@@ -289,7 +307,7 @@ class CliOptions(Options):
 def main(*tokens: str) -> None:
     o = cli.parse_options(tokens, CliOptions)
     if not o.grid:
-        raise cli.ConfigError("grid=<name> is required")
+        raise ConfigError("missing grid=")
     opts = Options(**{f: getattr(o, f) for f in Options.__dataclass_fields__})
     out = analyze(Path(o.root), o.grid, opts)
     collect(Path(o.root), o.grid)  # tables.md/.tex and summary.csv pick the analysis up

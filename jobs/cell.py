@@ -116,7 +116,15 @@ class Options:
 
 
 def main(*tokens: str) -> None:
-    print(CellJob(list(cli.parse_options(tokens, Options, positional="cells").cells))())
+    cells = cli.parse_options(tokens, Options, positional="cells").cells
+    for d in cells:
+        try:
+            CellConfig.from_json(cell_paths(d).config.read_text())
+        except FileNotFoundError:
+            raise cli.ConfigError(f"{d} is not a cell folder: it has no config.json") from None
+        except cli.ConfigError as e:
+            raise cli.ConfigError(f"{cell_paths(d).config}: {e}") from None
+    print(CellJob(list(cells))())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ setting, `lambdas.<setting>` for one, `sweep.<field>`) and any CellConfig field 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 import typing
 from collections.abc import Callable
@@ -77,6 +78,8 @@ def split_tokens(tokens, positional: bool = False) -> tuple[list[tuple[str, str]
     pairs, bare = [], []
     for token in map(str, tokens):
         key, sep, text = token.partition("=")
+        if sep and not key.strip():
+            raise ConfigError(f"argument {token!r} has no key")
         if not sep:
             if positional:
                 bare.append(token)
@@ -115,18 +118,30 @@ def run(main: Callable[..., Any]) -> None:
         import fire
     except ImportError:
         fire = None
+    # `--key=value` is `key=value`: handed to fire as a flag it would be dropped from `main`
+    argv = [a[2:] if a.startswith("--") and "=" in a else a for a in sys.argv[1:]]
     try:
         if fire is None:
-            main(*sys.argv[1:])
+            main(*argv)
         else:
-            fire.Fire(main)
-    except ConfigError as e:
+            fire.Fire(main, command=argv)
+    except (ConfigError, OSError) as e:  # bad input, or a root that cannot be written
         sys.exit(f"error: {e}")
 
 
-def valid_keys() -> list[str]:
-    return (sorted(RUN_TYPES) + sorted(AXIS_TYPES) + sorted(field_types(CellConfig))
-            + ["sweep.<config field>"])
+def valid_keys(near: str = "") -> str:
+    """The keys submit.py takes, in short: the closest to `near` first, then the run options,
+    the grid axes and the config sections (every field of each is a key)."""
+    fields = sorted(field_types(CellConfig))
+    close = difflib.get_close_matches(near, sorted(RUN_TYPES) + sorted(AXIS_TYPES) + fields,
+                                      n=3, cutoff=0.6) if near else []
+    close += [f for f in fields if f.endswith("." + near) and f not in close]
+    sections = sorted({f.split(".")[0] for f in fields if "." in f})
+    return ((f"closest: {', '.join(close)}; " if close else "")
+            + f"run options: {', '.join(sorted(RUN_TYPES))}; grid axes: "
+            f"{', '.join(sorted(AXIS_TYPES))}, sweep.<config field>; config fields by dotted "
+            f"name in {', '.join(sections)} (e2e/config.py), or top-level: "
+            f"{', '.join(f for f in fields if '.' not in f)}")
 
 
 def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]]:
@@ -151,7 +166,7 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
         elif key in cfg_types:
             cfg[key] = from_text(cfg_types[key], text, key)
         else:
-            raise ConfigError(f"unknown key {key!r}; valid keys: {valid_keys()}")
+            raise ConfigError(f"unknown key {key!r}; valid keys: {valid_keys(key)}")
     for s in axes.get("settings", ()):
         if s not in SETTINGS:
             raise ConfigError(f"settings={s!r} is invalid: must be among {list(SETTINGS)}")

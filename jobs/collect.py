@@ -21,6 +21,7 @@ from jobs.results import (
     ANALYSIS_MD,
     ANALYSIS_TEX,
     CellResult,
+    existing_grid_dir,
     read_grid,
     to_point,
     within_means,
@@ -56,7 +57,7 @@ def _write_h5(path: Path, cells: list[CellResult]) -> None:
 
 def collect(root: Path | str, grid: str) -> Path:
     """Builds everything under `<root>/<grid>/results/` and returns that folder."""
-    grid_dir = Path(root) / grid
+    grid_dir = existing_grid_dir(root, grid)
     out = grid_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
     cells = read_grid(grid_dir)

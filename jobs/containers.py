@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from e2e.typed import ConfigError
 from jobs import cli
 
 # Variables the job needs inside the container: SLURM's and submitit's own, the GPUs, offline
@@ -22,6 +23,8 @@ PASS_ENV = ("SLURM_*", "SUBMITIT_*", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE",
 
 
 def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
+    if container != "none" and not image:
+        raise ConfigError(f"container={container} needs image=<path or name>")
     root = shlex.quote(str(root))
     if container == "none":
         return shlex.quote(sys.executable)

@@ -22,6 +22,7 @@ from e2e.config import (
     SAEConfig,
 )
 from e2e.lm.pretrain import PretrainConfig
+from e2e.typed import ConfigError
 from jobs.grid import Grid, grid_pretrain_dir
 
 _LOCAL_DATA = DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation")
@@ -44,6 +45,7 @@ SMOKE = Grid(
     pretrain=PretrainConfig(corpus_max_chars=200_000, vocab_size=512, n_layers=3, d_model=32,
                             n_heads=4, n_ctx=64, train_steps=0),
     time_min=10,
+    local_minutes={"pretrain": 0.1, "sae": 0.2, "ksvd": 0.15, "collect": 0.1, "analyze": 0.2},
 )
 
 TINY = Grid(
@@ -222,6 +224,13 @@ MFR_GPT2 = Grid(
 
 GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, TINY, PAPER, PAPER_TABLES, SYNTHETIC,
                                                MFR, MFR_GPT2)}
+
+
+def grid_named(name: str) -> Grid:
+    """The grid called `name`, or ConfigError naming the grids there are."""
+    if name not in GRIDS:
+        raise ConfigError(f"grid={name!r} is invalid: must be one of {sorted(GRIDS)}")
+    return GRIDS[name]
 
 
 def pretrain_dir(root: Path, grid: str) -> Path:

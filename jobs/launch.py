@@ -22,7 +22,7 @@ from jobs import cli
 from jobs.analyze import analyze
 from jobs.cell import CellJob, match_threads_to_allocation
 from jobs.collect import collect
-from jobs.grids import GRIDS, pretrain_dir
+from jobs.grids import GRIDS, grid_named, pretrain_dir
 from jobs.progress import Progress, fraction_done
 
 
@@ -125,11 +125,10 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
         for pack, job in zip(wave, jobs, strict=True):
             try:
                 _follow(job, progress, next(tasks))
-            except Exception as e:  # a failed task is reported, the others go on
+            except Exception:  # a failed task is reported, the others go on
                 failed.append(", ".join(c.id for c in pack))
-                progress.close()
-                print(f"{failed[-1]}: FAILED ({str(e).strip().splitlines()[-1]}); log: "
-                      f"{job.paths.stderr}", flush=True)
+                print(f"{failed[-1]}: FAILED (above: the end of its log {job.paths.stderr})",
+                      flush=True)
     _follow(submit(run_collect, grid, root), progress, next(tasks))
     results = _follow(submit(run_analyze, grid, root), progress, next(tasks))
     progress.close()
@@ -168,6 +167,7 @@ def _follow(job, progress: Progress, task, poll_s: float = 1.0):
     try:
         return job.result()
     except Exception:
+        task.failed = True
         progress.close()
         if job.paths.stderr.exists():
             tail = job.paths.stderr.read_text(errors="replace").strip().splitlines()[-20:]
@@ -202,7 +202,7 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
         _report(Path(ana_job.result()))
     else:
         print(f"results will be in {plan.grid_dir / 'results'} (squeue to follow; wait=true "
-              "to block until the collector has run)")
+              "to block until the analysis has run)")
 
 
 def _report(results: Path) -> None:
@@ -222,6 +222,10 @@ class Options:
 def main(*tokens: str) -> None:
     """The plain-sbatch path's steps around the array: pre-training, collector, analysis."""
     o = cli.parse_options(tokens, Options)
+    grid = grid_named(o.grid)
+    if o.step == "pretrain" and grid.pretrain is None:
+        raise cli.ConfigError(f"grid={o.grid} has no pre-training (it reads its model and "
+                              "data from the hub or a stage)")
     steps = {"pretrain": run_pretrain, "collect": run_collect, "analyze": run_analyze}
     print(steps[o.step](o.grid, o.root))
 

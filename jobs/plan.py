@@ -10,15 +10,21 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2e.config import CellConfig, ConfigError, check_layer, check_sizes, normalized
+from e2e.config import (
+    CellConfig,
+    ConfigError,
+    check_layer,
+    check_sizes,
+    normalized,
+)
 from e2e.data.stage import rows_needed, stage, stage_key, staged_config
 from e2e.data.staged import StageError, verify
-from e2e.io import cell_paths
+from e2e.io import cell_paths, check_folder_config
 from e2e.typed import with_overrides
 from jobs import containers
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
-from jobs.grids import GRIDS
+from jobs.grids import grid_named
 from jobs.sources import check_sources, model_shape
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,23 +151,10 @@ class Plan:
                     ).exists()
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
 def make_plan(tokens: list[str]) -> Plan:
     """Parses and validates everything; reads the output root but writes nothing."""
     opts, axes, cfg_overrides = parse_overrides(tokens)
-    if opts.grid not in GRIDS:
-        raise ConfigError(f"grid={opts.grid!r} is invalid: must be one of {sorted(GRIDS)}")
-    grid = GRIDS[opts.grid]
+    grid = grid_named(opts.grid)
     root = Path(opts.root).resolve()
     # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
     cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
@@ -206,10 +199,7 @@ def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:
         status = "new"
         if paths.config.exists():
             # unused sections compare at today's defaults (an SAE cell's `ksvd`)
-            old = normalized(CellConfig.from_json(paths.config.read_text()))
-            if old != cfg:
-                diff = "; ".join(_diff(old.to_dict(), cfg.to_dict()))
-                raise ConfigError(f"{paths.root} holds a different config: {diff}")
+            check_folder_config(paths.config, cfg)
             status = "done" if paths.done.exists() else (
                 "resume" if paths.checkpoint.exists() else "new")
         cells.append(Cell(cid, cfg, paths.root, status))
@@ -220,15 +210,16 @@ def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:
 
 def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConfig],
                   needs_model: bool) -> int | None:
-    """Layers and sizes against the model's (blocks, width) where they are known offline (a
-    pre-trained grid, a stage, the HF cache); returns the depth, or None if unknown."""
-    shape = ((grid.pretrain.n_layers, grid.pretrain.d_model) if grid.pretrain is not None
+    """Layers, context and sizes against the model's (blocks, width, positions) where they are
+    known offline (a pre-trained grid, a stage, the HF cache); returns the depth, or None."""
+    shape = ((grid.pretrain.n_layers, grid.pretrain.d_model, grid.pretrain.n_ctx)
+             if grid.pretrain is not None
              else None if not needs_model
              else model_shape(cfgs[0].model.name_or_path)
              or model_shape(source_cfgs[0].model.name_or_path))
     for cfg in cfgs if shape is not None else ():
         if cfg.source == "model":
-            check_layer(cfg, shape[0])
+            check_layer(cfg, shape[0], shape[2])
             check_sizes(cfg, shape[1])
     return shape[0] if shape else None
 
@@ -242,9 +233,7 @@ def _place(opts: RunOptions, grid: Grid, cells: list[Cell], cfgs: list[CellConfi
         executor = "slurm" if _slurm_reachable() else "local"
     container = opts.container or grid.container
     image = opts.image if opts.image is not None else grid.image
-    if container != "none" and not image:
-        raise ConfigError(f"container={container} needs image=<path or name>")
-    if container == "apptainer" and not Path(image).is_absolute():
+    if container == "apptainer" and image and not Path(image).is_absolute():
         image = str(REPO / image)
     python = containers.python_command(container, image, root, gpus=opts.gpus_per_cell > 0)
     packs = [[cells[i] for i in p] for p in make_packs(cfgs, pack_size)]

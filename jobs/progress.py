@@ -26,6 +26,7 @@ class Task:
     cells: int  # cells it finishes (0 for the steps around them)
     expected_s: float
     spent_s: float | None = None  # once finished
+    failed: bool = False
 
 
 def fraction_done(stderr_text: str) -> float:
@@ -81,7 +82,7 @@ class Progress:
 
     def line(self, task: Task, fraction: float) -> str:
         cells = sum(t.cells for t in self.tasks)
-        done = sum(t.cells for t in self.tasks if t.spent_s is not None)
+        done = sum(t.cells for t in self.tasks if t.spent_s is not None and not t.failed)
         same = [t for t in self.tasks if t.kind == task.kind]
         k = same.index(task) + 1
         where = _NAMES[task.kind] + (f" {k}/{len(same)}" if len(same) > 1 else "")

@@ -14,6 +14,7 @@ from pathlib import Path
 from e2e.config import CellConfig
 from e2e.io import cell_paths
 from e2e.store import read_metrics
+from e2e.typed import ConfigError
 from jobs import convergence
 from jobs.tables import Point
 
@@ -100,6 +101,15 @@ def read_cell(cell_dir: Path) -> CellResult:
     elif paths.checkpoint.exists() or paths.metrics.exists():
         res.status, res.eval = "running", {}
     return res
+
+
+def existing_grid_dir(root: Path | str, grid: str) -> Path:
+    """`<root>/<grid>`, or ConfigError when no grid was run there."""
+    d = Path(root) / grid
+    if not d.is_dir():
+        raise ConfigError(f"grid={grid!r}: {d} does not exist (no cells of that grid under "
+                          f"root={root})")
+    return d
 
 
 def read_grid(grid_dir: Path) -> list[CellResult]:

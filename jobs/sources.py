@@ -34,9 +34,9 @@ def check_sources(cfg: CellConfig) -> None:
         raise ConfigError(str(e)) from None
 
 
-def model_shape(name_or_path: str) -> tuple[int, int] | None:
-    """(blocks, residual width) of a local model folder or a hub model in the HF cache; None
-    if they cannot be known from here without downloading."""
+def model_shape(name_or_path: str) -> tuple[int, int, int | None] | None:
+    """(blocks, residual width, positions) of a local model folder or a hub model in the HF
+    cache; None if they cannot be known from here without downloading."""
     import json
 
     cfg_file = Path(name_or_path) / "config.json"
@@ -53,4 +53,6 @@ def model_shape(name_or_path: str) -> tuple[int, int] | None:
                   if isinstance(d.get(k), int)), None)
     width = next((d[k] for k in ("n_embd", "hidden_size", "d_model")
                   if isinstance(d.get(k), int)), None)
-    return None if depth is None or width is None else (depth, width)
+    n_ctx = next((d[k] for k in ("n_positions", "max_position_embeddings", "n_ctx")
+                  if isinstance(d.get(k), int)), None)
+    return None if depth is None or width is None else (depth, width, n_ctx)

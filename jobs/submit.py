@@ -3,7 +3,8 @@
 Everything is checked before anything is written or submitted (`jobs.plan`): keys, values, grid
 name, every cell's config, and existing cell folders whose config differs. Then, through
 submitit, the same jobs run on SLURM (one array, after the pre-training job if the grid has
-one, followed by the collector with `afterany`) or as local processes (`jobs.launch`).
+one, followed by the collector and the analysis with `afterany`) or as local processes
+(`jobs.launch`).
 """
 
 from __future__ import annotations

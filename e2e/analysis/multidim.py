@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from e2e.cosine import CHUNK, cosine_blocks
+from e2e.cosine import cosine_blocks
 
 EPS = 0.1
 DENSE_AFFINITY_MAX = 8192  # beyond this, spectral clustering uses a sparse k-NN affinity
@@ -49,7 +49,7 @@ def spectral_clusters(directions: torch.Tensor, n_clusters: int, seed: int = 0,
         aff = _affinity((d.T @ d).numpy())
     else:
         rows, cols, vals = [], [], []
-        for i, block in zip(range(0, n, CHUNK), cosine_blocks(d), strict=True):
+        for i, block in cosine_blocks(d):
             block = block.numpy()
             top = np.argpartition(-block, knn, axis=1)[:, :knn]
             rows.append(np.repeat(np.arange(i, i + len(block)), knn))
@@ -70,8 +70,7 @@ def graph_clusters(directions: torch.Tensor, k: int = 2, cutoff: float = 0.5) ->
 
     n = directions.shape[1]
     rows, cols = [], []
-    for i, block in zip(range(0, n, CHUNK), cosine_blocks(directions, exclude_self=True),
-                        strict=True):
+    for i, block in cosine_blocks(directions, exclude_self=True):
         block = block.numpy()
         kk = min(k, n - 1)
         if kk < 1:

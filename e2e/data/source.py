@@ -58,7 +58,7 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
                       stream.truth)
     model = load_model(cfg.model, device)
     for c in cfgs:
-        check_layer(c, model.cfg.n_layers)
+        check_layer(c, model.cfg.n_layers, model.cfg.n_ctx)
         check_sizes(c, model.cfg.d_model)
     return Source(model, model.cfg.d_model, model.cfg.n_layers,
                   TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split),

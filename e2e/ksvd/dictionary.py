@@ -67,11 +67,8 @@ class KSVDDictionary(Dictionary):
         # coefficients, stops on an absolute residual norm, has no support budget and no
         # least-squares refit, so a SAELens loader refuses this folder instead of running a
         # different encoder on it.
-        return {"architecture": "ksvd", "d_in": self.d_in, "d_sae": self.n_dict,
-                "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
-                "max_nnz": self.max_nnz, "rtol": self.rtol, "coder": self.coder,
-                "refit": self.refit, "normalize_activations": "none", "hook_head_index": None,
-                "prepend_bos": False, "encoder": ENCODER}
+        return {"architecture": "ksvd", "apply_b_dec_to_input": True, "max_nnz": self.max_nnz,
+                "rtol": self.rtol, "coder": self.coder, "refit": self.refit, "encoder": ENCODER}
 
     @classmethod
     def from_saelens(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]

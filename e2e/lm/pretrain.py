@@ -148,7 +148,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     val_after = eval_loss(model, val_batches)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    summary = {"config": asdict(cfg), "val_loss_init": val_before, "val_loss": val_after,
+    summary = {"config": cfg.key(), "val_loss_init": val_before, "val_loss": val_after,
                "train_tokens": cfg.train_steps * cfg.batch_size * cfg.n_ctx,
                "train_time_s": time.time() - t0}
     atomic_write_text(summary_path, json.dumps(summary, indent=2))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from e2e.config import CellConfig, ConfigError, normalized
+from e2e.config import CellConfig, ConfigError
 from e2e.data.source import (
     Source,
     alive_masks,
@@ -30,7 +30,7 @@ from e2e.data.source import (
     evaluate_dictionaries,
     open_source,
 )
-from e2e.io import atomic_write_text, cell_lock, cell_paths
+from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
 from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import CleanPass, autocast_for, clean_pass, resolve_device
 from e2e.store import wandb_run
@@ -111,9 +111,8 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
                 continue
             if not paths.config.exists():
                 atomic_write_text(paths.config, cfgs[i].to_json())
-            elif normalized(CellConfig.from_json(paths.config.read_text())) != normalized(
-                    cfgs[i]):
-                raise ConfigError(f"{paths.config} holds a different config than the one given")
+            else:
+                check_folder_config(paths.config, cfgs[i])
             todo.append(i)
         status = ["done"] * len(cfgs)
         if todo:

@@ -26,7 +26,7 @@ from e2e.optim import make_adam, warmup_cosine
 from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
 from e2e.store import append_row, write_metrics
-from e2e.train import mfr
+from e2e.train.mfr import mean_pairwise_similarity, penalty, warmup_weight
 
 SEED_STRIDE = 1000  # SAE i of a cell starts from seed + 1000 i
 
@@ -117,8 +117,8 @@ class Member:
         m = self.cfg.mfr
         if m.coeff == 0 or len(self.saes) < 2:
             return
-        weight = m.coeff * mfr.warmup_weight(self.step, m.warmup_steps)
-        pen = mfr.penalty([s.dict_elements for s in self.saes], m.similarity)
+        weight = m.coeff * warmup_weight(self.step, m.warmup_steps)
+        pen = penalty([s.dict_elements for s in self.saes], m.similarity)
         if weight:
             (weight * pen).backward()
         if log:
@@ -171,7 +171,7 @@ class Member:
         several seconds each at every eval)."""
         dicts = [s.dict_elements for s in self.saes]
         cheap = dicts[0].shape[1] <= 1024 or self.cfg.mfr.similarity == "hungarian"
-        return {f"mfr_similarity/{name}": float(mfr.mean_pairwise_similarity(dicts, name))
+        return {f"mfr_similarity/{name}": float(mean_pairwise_similarity(dicts, name))
                 for name in SIMILARITIES if name != "hungarian" or cheap}
 
     @property
