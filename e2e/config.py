@@ -317,14 +317,14 @@ def check_sizes(cfg: CellConfig, d_in: int) -> None:
 
 
 def check_layer(cfg: CellConfig, n_layers: int, n_ctx: int | None = None) -> None:
-    """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one), and
-    the rows must fit the model's context of `n_ctx` positions."""
-    if n_ctx is not None and cfg.source == "model" and cfg.data.context_length > n_ctx:
-        raise ConfigError(f"data.context_length={cfg.data.context_length} is invalid: the model "
-                          f"has {n_ctx} positions")
+    """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one); with
+    `n_ctx`, the rows must also fit the model's context."""
     if cfg.layer >= n_layers:
         raise ConfigError(f"layer={cfg.layer} is invalid: the model has {n_layers} layers "
                          f"(0..{n_layers - 1})")
     if cfg.loss.setting == "e2e_ds" and cfg.layer >= n_layers - 1:
         raise ConfigError(f"layer={cfg.layer} is invalid for e2e_ds: no later resid_pre exists "
                          f"in a model of {n_layers} layers")
+    if n_ctx is not None and cfg.source == "model" and cfg.data.context_length > n_ctx:
+        raise ConfigError(f"data.context_length={cfg.data.context_length} is invalid: the model "
+                          f"has {n_ctx} positions")

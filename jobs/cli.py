@@ -120,6 +120,9 @@ def run(main: Callable[..., Any]) -> None:
         fire = None
     # `--key=value` is `key=value`: handed to fire as a flag it would be dropped from `main`
     argv = [a[2:] if a.startswith("--") and "=" in a else a for a in sys.argv[1:]]
+    if argv in (["--help"], ["-h"]):  # the entry point's own docstring, not fire's
+        print((sys.modules[main.__module__].__doc__ or "").strip())
+        return
     try:
         if fire is None:
             main(*argv)
@@ -178,4 +181,14 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
                       ("array_parallelism", 0), ("time", 0), ("mem_gb", 0)):
         if getattr(opts, name) < low:
             raise ConfigError(f"{name}={getattr(opts, name)} is invalid: must be >= {low}")
+    if not opts.root.strip():
+        raise ConfigError("root= is empty: name the shared output folder (default runs)")
+    _check_axes(Axes(**axes))
     return opts, Axes(**axes), cfg
+
+
+def _check_axes(axes: Axes) -> None:
+    """Axes that would silently override or be ignored by others are refused."""
+    if axes.seeds and axes.sweep and "seed" in axes.sweep:
+        raise ConfigError("seeds= and sweep.seed= both given: use one")
+    # λ lists of settings the grid does not train: `jobs.plan` (it knows the grid)

@@ -217,10 +217,12 @@ def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConf
              else None if not needs_model
              else model_shape(cfgs[0].model.name_or_path)
              or model_shape(source_cfgs[0].model.name_or_path))
-    for cfg in cfgs if shape is not None else ():
-        if cfg.source == "model":
-            check_layer(cfg, shape[0], shape[2])
-            check_sizes(cfg, shape[1])
+    model_cfgs = [c for c in cfgs if c.source == "model"] if shape is not None else []
+    for cfg in model_cfgs:  # every layer first: the message names what the grid gets wrong
+        check_layer(cfg, shape[0])
+    for cfg in model_cfgs:
+        check_layer(cfg, shape[0], shape[2])
+        check_sizes(cfg, shape[1])
     return shape[0] if shape else None
 
 
@@ -256,6 +258,11 @@ def _slurm_reachable() -> bool:
 
 
 def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
+    settings = axes.settings or grid.settings
+    unused = sorted(set(axes.lambdas or {}) - set(settings))
+    if unused:
+        raise ConfigError(f"lambdas.{unused[0]}= is given but {unused[0]} is not among the "
+                          f"settings this run trains ({', '.join(settings)})")
     sweep = {**(axes.sweep or {}), **({"seed": axes.seeds} if axes.seeds else {})}
     return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs, axes.lambdas,
                   sweep)
