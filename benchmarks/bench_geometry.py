@@ -1,25 +1,29 @@
 """Time and peak memory of the geometry at the paper's size: within-SAE max cosines of a
 768 x 46,080 dictionary (random unit columns), and one cross-dictionary pass.
 
-    python benchmarks/bench_geometry.py [--n 46080] [--d 768]
+    python benchmarks/bench_geometry.py [n=46080] [d=768]
 """
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
+from dataclasses import dataclass
 
 import torch
 
 from e2e.analysis import geometry
+from jobs import cli
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=46_080)
-    ap.add_argument("--d", type=int, default=768)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Options:
+    n: int = 46_080  # dictionary elements
+    d: int = 768  # their dimension
+
+
+def main(*tokens: str) -> None:
+    args = cli.parse_options(tokens, Options)
     g = torch.Generator().manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(args.d, args.n, generator=g), dim=0)
     b = torch.nn.functional.normalize(torch.randn(args.d, args.n, generator=g), dim=0)
@@ -40,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,7 +1,7 @@
 """The project's dense SAE step against a sparse-kernel prototype, at a planted L0: the
-measurement behind the decision to keep the SAE dense (README, Performance).
+measurement behind the decision to keep the SAE dense (docs/performance.md).
 
-    python benchmarks/bench_sparse_sae.py [--tokens 1024 --d_in 128 --n_dict 2048 --l0 20 50 100]
+    python benchmarks/bench_sparse_sae.py [tokens=1024 d_in=128 n_dict=2048 l0=[20,50,100]]
 
 One step = encode, decode, per-element MSE + L1/d_in, backward. The prototype computes the
 same values and gradients (checked here) with CSR products: decode `csr @ D^T`, the codes'
@@ -11,14 +11,15 @@ gradients as `csr^T @ dense`. The encoder's forward product stays dense.
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from e2e.sae import unit_norm_columns
+from jobs import cli
 
 warnings.filterwarnings("ignore", category=UserWarning)  # "sparse CSR support is in beta"
 
@@ -45,14 +46,17 @@ class _CSRSAE(torch.autograd.Function):
                 g_x_hat.sum(0))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tokens", type=int, default=1024)
-    p.add_argument("--d_in", type=int, default=128)
-    p.add_argument("--n_dict", type=int, default=2048)
-    p.add_argument("--l0", type=int, nargs="+", default=[20, 50, 100])
-    p.add_argument("--reps", type=int, default=5)
-    args = p.parse_args()
+@dataclass(frozen=True)
+class Options:
+    tokens: int = 1024
+    d_in: int = 128
+    n_dict: int = 2048
+    l0: tuple[int, ...] = (20, 50, 100)  # planted L0 values
+    reps: int = 5
+
+
+def main(*tokens: str) -> None:
+    args = cli.parse_options(tokens, Options)
     torch.manual_seed(0)
     n, d = args.n_dict, args.d_in
     x = torch.randn(args.tokens, d)
@@ -96,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
