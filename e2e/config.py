@@ -24,8 +24,8 @@ from e2e.typed import ConfigError, build, require
 
 __all__ = ["CellConfig", "ConfigError", "DataConfig", "EvalConfig", "KSVDConfig", "LossConfig",
            "MFRConfig", "ModelConfig", "OptimConfig", "SAEConfig", "SETTINGS", "SAE_SETTINGS",
-           "SIMILARITIES", "SyntheticConfig", "WandbConfig", "check_layer", "check_sizes",
-           "n_dict_for", "normalized"]
+           "SIMILARITIES", "SyntheticConfig", "WandbConfig", "check_context", "check_layer",
+           "check_sizes", "n_dict_for", "normalized"]
 
 # "ksvd": no SAE training; a dictionary fitted to the hook's activations by DB-KSVD (`ksvd`).
 Setting = Literal["local", "e2e", "e2e_ds", "ksvd"]
@@ -316,15 +316,18 @@ def check_sizes(cfg: CellConfig, d_in: int) -> None:
                 cfg.mfr.similarity)
 
 
-def check_layer(cfg: CellConfig, n_layers: int, n_ctx: int | None = None) -> None:
-    """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one); with
-    `n_ctx`, the rows must also fit the model's context."""
+def check_layer(cfg: CellConfig, n_layers: int) -> None:
+    """The hook must exist in a model of `n_layers` blocks (and e2e_ds needs a later one)."""
     if cfg.layer >= n_layers:
         raise ConfigError(f"layer={cfg.layer} is invalid: the model has {n_layers} layers "
                          f"(0..{n_layers - 1})")
     if cfg.loss.setting == "e2e_ds" and cfg.layer >= n_layers - 1:
         raise ConfigError(f"layer={cfg.layer} is invalid for e2e_ds: no later resid_pre exists "
                          f"in a model of {n_layers} layers")
-    if n_ctx is not None and cfg.source == "model" and cfg.data.context_length > n_ctx:
+
+
+def check_context(cfg: CellConfig, n_ctx: int | None) -> None:
+    """The rows must fit a model of `n_ctx` positions (None: unknown)."""
+    if n_ctx is not None and cfg.data.context_length > n_ctx:
         raise ConfigError(f"data.context_length={cfg.data.context_length} is invalid: the model "
                           f"has {n_ctx} positions")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.config import CellConfig, ConfigError, normalized
+from e2e.typed import changed
 
 
 @contextlib.contextmanager
@@ -104,18 +105,7 @@ def check_folder_config(path: Path, cfg: CellConfig) -> None:
         old = normalized(CellConfig.from_json(path.read_text()))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    diff = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in _changed(old.to_dict(),
-                                                            normalized(cfg).to_dict()).items()]
+    diff = [f"{k}: {a!r} -> {b!r}"
+            for k, (a, b) in changed(old.to_dict(), normalized(cfg).to_dict()).items()]
     if diff:
         raise ConfigError(f"{path.parent} holds a different config: {'; '.join(diff)}")
-
-
-def _changed(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
-    out: dict[str, tuple] = {}
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.update(_changed(a, b, f"{prefix}{k}."))
-        elif a != b:
-            out[f"{prefix}{k}"] = (a, b)
-    return out

@@ -122,6 +122,12 @@ def leaves(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def changed(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old, new) for every leaf that differs, in key order."""
+    a, b = leaves(old), leaves(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """Dotted field name -> declared type, for every leaf field of dataclass `cls`."""
     out: dict[str, Any] = {}

@@ -111,7 +111,8 @@ class Options:
 
 
 def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
-    """Writes the analysis files of `<root>/<grid>/results/`; returns that folder."""
+    """Writes the analysis files of `<root>/<grid>/results/`, then runs the collector again so
+    the tables include them; returns that folder."""
     opts = opts or Options()
     t0 = time.perf_counter()
     grid_dir = existing_grid_dir(root, grid)
@@ -136,6 +137,7 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     _write_h5(out / ANALYSIS_H5, h5, {cid: float(v.mean()) for cid, v in within.items()})
     if within:
         plots.geometry_figures(out, dicts, within, down)
+    collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
     return out
 
 
@@ -310,7 +312,6 @@ def main(*tokens: str) -> None:
         raise ConfigError("missing grid=")
     opts = Options(**{f: getattr(o, f) for f in Options.__dataclass_fields__})
     out = analyze(Path(o.root), o.grid, opts)
-    collect(Path(o.root), o.grid)  # tables.md/.tex and summary.csv pick the analysis up
     print(f"analysis: {out / ANALYSIS_MD} (tables.md includes it), {out}/*.png")
 
 

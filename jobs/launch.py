@@ -42,9 +42,7 @@ def run_analyze(grid: str, root: str) -> str:
     """The analysis step (geometry, downstream reconstruction, multi-dimensional features),
     then the collector again, so the tables include it."""
     match_threads_to_allocation()
-    out = analyze(Path(root), grid)
-    collect(Path(root), grid)
-    return str(out)
+    return str(analyze(Path(root), grid))
 
 
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 from e2e.config import (
     CellConfig,
     ConfigError,
+    check_context,
     check_layer,
     check_sizes,
     normalized,
@@ -221,7 +222,7 @@ def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConf
     for cfg in model_cfgs:  # every layer first: the message names what the grid gets wrong
         check_layer(cfg, shape[0])
     for cfg in model_cfgs:
-        check_layer(cfg, shape[0], shape[2])
+        check_context(cfg, shape[2])
         check_sizes(cfg, shape[1])
     return shape[0] if shape else None
 

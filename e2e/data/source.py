@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from e2e.config import CellConfig, check_layer, check_sizes
+from e2e.config import CellConfig, check_context, check_layer, check_sizes
 from e2e.data.synthetic import SyntheticStream, truth_metrics
 from e2e.data.tokens import TokenStream, eval_stream
 from e2e.dictionary import Dictionary
@@ -48,9 +48,7 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
     """Loads what the cells read (they share model, data and seed); checks their layers and
     sizes against the model (ConfigError before any work)."""
     cfg = cfgs[0]
-    if cfg.source == "synthetic":
-        for c in cfgs:
-            check_sizes(c, cfg.synthetic.d)
+    if cfg.source == "synthetic":  # sizes checked by the config itself (d is known)
         stream = SyntheticStream(cfg.synthetic, cfg.seed)
         _save_truth(stream.truth, grid_dir)
         return Source(None, cfg.synthetic.d, 0, stream,
@@ -58,7 +56,8 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
                       stream.truth)
     model = load_model(cfg.model, device)
     for c in cfgs:
-        check_layer(c, model.cfg.n_layers, model.cfg.n_ctx)
+        check_layer(c, model.cfg.n_layers)
+        check_context(c, model.cfg.n_ctx)
         check_sizes(c, model.cfg.d_model)
     return Source(model, model.cfg.d_model, model.cfg.n_layers,
                   TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split),

@@ -35,7 +35,7 @@ from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import CleanPass, autocast_for, clean_pass, resolve_device
 from e2e.store import wandb_run
 from e2e.train.member import Member, NonFiniteLossError, lr_factor
-from e2e.typed import leaves
+from e2e.typed import changed
 
 __all__ = ["train", "train_pack", "pack_step", "pack_key", "check_packable",
            "NonFiniteLossError", "MemberFailed", "lr_factor"]
@@ -64,11 +64,8 @@ def check_packable(cfgs: list[CellConfig]) -> None:
     """Raises ConfigError naming the fields (other than loss) in which the cells differ."""
     if len(cfgs) > 1 and any(c.kind == "ksvd" for c in cfgs):
         raise ConfigError("a ksvd cell runs alone: it cannot be in a pack")
-    first = leaves(cfgs[0].to_dict())
     for cfg in cfgs[1:]:
-        other = leaves(cfg.to_dict())
-        diff = sorted(k for k in first.keys() | other.keys()
-                      if not k.startswith("loss.") and first.get(k) != other.get(k))
+        diff = [k for k in changed(cfgs[0].to_dict(), cfg.to_dict()) if not k.startswith("loss.")]
         if diff:
             raise ConfigError(f"cells of one pack may differ only in loss; these differ in {diff}")
 
@@ -147,7 +144,7 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
 class _PackRun:
     """One run of a pack of SAE cells: its source, members, eval batches and failures."""
 
-    def __init__(self, cfgs: list[CellConfig], out_dirs: list, should_stop, progress: bool):
+    def __init__(self, cfgs: list[CellConfig], out_dirs: list):
         self.cfg = cfg = cfgs[0]
         self.device = resolve_device(cfg.device)
         self.source: Source = open_source(cfgs, self.device, Path(out_dirs[0]).parent)
@@ -162,7 +159,6 @@ class _PackRun:
         self.autocast = autocast_for(cfg, self.device)
         self.runs = {id(m): wandb_run(m.cfg, m.paths.root) for m in self.members}
         self.failures: dict[str, BaseException] = {}
-        self.should_stop, self.progress = should_stop, progress
 
     def live(self) -> list[Member]:
         return [m for m in self.members if str(m.paths.root) not in self.failures]
@@ -249,7 +245,7 @@ class _PackRun:
 
 def fit_saes(cfgs: list[CellConfig], out_dirs: list, should_stop, progress: bool) -> list[str]:
     """Trains (or resumes) a pack of SAE cells; a status per cell."""
-    run = _PackRun(cfgs, out_dirs, should_stop, progress)
+    run = _PackRun(cfgs, out_dirs)
     step, n_steps = run.first.step, run.cfg.optim.n_steps
     name = Path(out_dirs[0]).name + (f" +{len(cfgs) - 1}" if len(cfgs) > 1 else "")
     bar = tqdm(total=n_steps, initial=step, disable=not progress, mininterval=2, desc=name,
