@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from e2e.config_methods import (
     SIMILARITIES,
+    InitConfig,
     KSVDConfig,
     MFRConfig,
     SyntheticConfig,
@@ -22,8 +23,9 @@ from e2e.config_methods import (
 )
 from e2e.typed import ConfigError, build, require
 
-__all__ = ["CellConfig", "ConfigError", "DataConfig", "EvalConfig", "KSVDConfig", "LossConfig",
-           "MFRConfig", "ModelConfig", "OptimConfig", "SAEConfig", "SETTINGS", "SAE_SETTINGS",
+__all__ = ["CellConfig", "ConfigError", "DataConfig", "EvalConfig", "InitConfig", "KSVDConfig",
+           "LossConfig", "MFRConfig", "ModelConfig", "OptimConfig", "SAEConfig", "SETTINGS",
+           "SAE_SETTINGS",
            "SIMILARITIES", "SyntheticConfig", "WandbConfig", "check_context", "check_layer",
            "check_sizes", "n_dict_for", "normalized"]
 
@@ -95,6 +97,10 @@ class LossConfig:
     local_mse_coeff: float | None = None
     # Total downstream MSE coefficient, shared over the later resid_pre positions.
     downstream_coeff: float | None = None
+    # Multiply the KL term by MSE/KL of the starting dictionary (eval batches, step 0), so the
+    # reconstruction terms stay in an MSE-trained parent's units and its λ carries over to an
+    # end-to-end fine-tune (Karvonen 2025, arXiv 2503.17272; docs/finetune.md).
+    balance_kl: bool = False
 
     def __post_init__(self) -> None:
         require(self.setting in SETTINGS, "loss.setting", f"one of {SETTINGS}", self.setting)
@@ -195,6 +201,7 @@ class CellConfig:
     # activations with known features (`synthetic`), no model (local or ksvd only).
     source: Literal["model", "synthetic"] = "model"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     seed: int = 0
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -223,6 +230,9 @@ class CellConfig:
             require(self.loss.sparsity_coeff == 0, "loss.sparsity_coeff",
                     "0 with sae.activation=topk (TopK fixes L0 at k; there is no sparsity "
                     "term)", self.loss.sparsity_coeff)
+        if self.init.warm:
+            require(self.kind == "sae", "init.from_cell", "empty for a ksvd cell (it fits from "
+                    "scratch)", self.init.from_cell or self.init.from_path)
         if self.d_in_hint:
             check_sizes(self, self.d_in_hint)
 

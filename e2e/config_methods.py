@@ -1,6 +1,6 @@
 """Config sections of the methods beside the paper's SAEs: Mutual Feature Regularization,
-synthetic activations with known features, and DB-KSVD. `e2e.config.CellConfig` holds one of
-each (at its defaults when a cell does not use the method)."""
+synthetic activations with known features, DB-KSVD, and warm starts. `e2e.config.CellConfig`
+holds one of each (at its defaults when a cell does not use the method)."""
 
 from __future__ import annotations
 
@@ -112,3 +112,22 @@ class KSVDConfig:
         require(0 <= self.rtol < 1, "ksvd.rtol", "in [0, 1)", self.rtol)
         require(self.coder in ("mp", "omp"), "ksvd.coder", "mp or omp", self.coder)
         require(self.init in ("random", "data"), "ksvd.init", "random or data", self.init)
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Warm start from a finished dictionary of the same shape and hook (`e2e.train.warm`)."""
+
+    from_cell: str = ""  # a cell id of the same grid (a sibling folder)
+    from_path: str = ""  # a SAELens folder: cfg.json + sae_weights.safetensors
+    # sha256 of the parent's sae_weights.safetensors when known at submission (a changed parent
+    # is then a new cell); "" for a fine-tune stage, whose parent trains first (checked at start).
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        require(not (self.from_cell and self.from_path), "init.from_path",
+                "empty when init.from_cell is given (one parent)", self.from_path)
+
+    @property
+    def warm(self) -> bool:
+        return bool(self.from_cell or self.from_path)

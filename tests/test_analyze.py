@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from e2e import cosine
-from e2e.analysis import geometry
+from e2e.analysis import cosine, geometry
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2e import cosine
+from e2e.analysis import cosine
 from e2e.config import CellConfig, ConfigError, MFRConfig, SAEConfig, SyntheticConfig
 from e2e.data.synthetic import SyntheticStream, sample, true_features, truth_metrics
 from e2e.io import cell_paths

@@ -3,7 +3,7 @@ dictionary elements, within an SAE, across seeds and across settings, with boots
 
 Cosines are signed and elements are never matched: each element's similarity is its largest
 cosine to any element of the other dictionary (or of its own, itself excluded). The cosine
-matrix is formed in blocks (`e2e.cosine`), so 46,080-element dictionaries need one 2,048 x
+matrix is formed in blocks (`e2e.analysis.cosine`), so 46,080-element dictionaries need one 2,048 x
 46,080 block at a time, never the full matrix.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from e2e.cosine import max_cosines
+from e2e.analysis.cosine import max_cosines
 
 __all__ = ["max_cosines", "histogram", "bootstrap_mean_diff", "HIST_BINS"]
 

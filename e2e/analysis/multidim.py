@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from e2e.cosine import cosine_blocks
+from e2e.analysis.cosine import cosine_blocks
 
 EPS = 0.1
 DENSE_AFFINITY_MAX = 8192  # beyond this, spectral clustering uses a sparse k-NN affinity

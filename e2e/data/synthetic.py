@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from e2e.analysis.cosine import hungarian_pairs, max_cosines
 from e2e.config import SyntheticConfig
-from e2e.cosine import hungarian_pairs, max_cosines
 from e2e.rng import generator
 
 RECOVERED_COS = 0.9

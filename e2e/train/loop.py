@@ -34,6 +34,7 @@ from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
 from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import CleanPass, autocast_for, clean_pass, resolve_device
 from e2e.store import wandb_run
+from e2e.train.cost import part_params
 from e2e.train.member import Member, NonFiniteLossError, lr_factor
 from e2e.typed import changed
 
@@ -57,6 +58,7 @@ def pack_key(cfg: CellConfig) -> str:
         return "ksvd:" + cfg.to_json()
     d = cfg.to_dict()
     d.pop("loss")
+    d.pop("init")  # each member loads its own parent
     return json.dumps(d, sort_keys=True)
 
 
@@ -65,9 +67,11 @@ def check_packable(cfgs: list[CellConfig]) -> None:
     if len(cfgs) > 1 and any(c.kind == "ksvd" for c in cfgs):
         raise ConfigError("a ksvd cell runs alone: it cannot be in a pack")
     for cfg in cfgs[1:]:
-        diff = [k for k in changed(cfgs[0].to_dict(), cfg.to_dict()) if not k.startswith("loss.")]
+        diff = [k for k in changed(cfgs[0].to_dict(), cfg.to_dict())
+                if not k.startswith(("loss.", "init."))]
         if diff:
-            raise ConfigError(f"cells of one pack may differ only in loss; these differ in {diff}")
+            raise ConfigError(f"cells of one pack may differ only in loss and init; these "
+                              f"differ in {diff}")
 
 
 def train(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] | None = None,
@@ -150,7 +154,9 @@ class _PackRun:
         self.source: Source = open_source(cfgs, self.device, Path(out_dirs[0]).parent)
         self.members = [Member(c, d, self.source.d_in, self.source.n_layers, self.device)
                         for c, d in zip(cfgs, out_dirs, strict=True)]
+        params = part_params(self.source.model, cfg.layer)
         for m in self.members:
+            m.part_params = params
             m.resume()
         self.first = min(self.members, key=lambda m: m.step)
         if self.first.data_state is not None:
@@ -203,6 +209,10 @@ class _PackRun:
         is_log_step = step % cfg.eval.log_every_steps == 0 or step == n_steps - 1
         is_eval_step = step > 0 and step % eval_every == 0
         is_ckpt_step = (step + 1) % cfg.eval.checkpoint_every_steps == 0
+        starting = [m for m in active if m.needs_start_eval]
+        if starting:  # before the first update: a warm start's curve begins at its parent
+            for m, metrics in zip(starting, self.run_eval(starting), strict=True):
+                m.set_kl_scale(m.record_eval(0, metrics))
         batches = [self.source.stream.next_batch(o.batch_size).to(self.device)
                    for _ in range(o.grad_accum_steps)]
         if active:

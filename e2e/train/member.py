@@ -13,11 +13,12 @@ step, so a cell trained in a pack can resume alone and the other way round.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from e2e.config import SIMILARITIES, CellConfig, OptimConfig, n_dict_for
+from e2e.config import SIMILARITIES, CellConfig, ConfigError, OptimConfig, n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.losses import loss_coeffs, setting_loss
 from e2e.metrics import AliveTracker, l0
@@ -26,7 +27,9 @@ from e2e.optim import make_adam, warmup_cosine
 from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
 from e2e.store import append_row, write_metrics
+from e2e.train.cost import PARTS, train_flops
 from e2e.train.mfr import mean_pairwise_similarity, penalty, warmup_weight
+from e2e.train.warm import parent_states
 
 SEED_STRIDE = 1000  # SAE i of a cell starts from seed + 1000 i
 
@@ -48,8 +51,10 @@ class Member:
     def __init__(self, cfg: CellConfig, out_dir: Path | str, d_in: int, n_layers: int,
                  device: torch.device):
         self.cfg, self.paths, self.device = cfg, cell_paths(out_dir), device
-        self.coeffs = loss_coeffs(cfg.loss, cfg.layer, n_layers)
+        self.coeffs = self.base_coeffs = loss_coeffs(cfg.loss, cfg.layer, n_layers)
         self.needs_suffix = self.coeffs.kl > 0 or self.coeffs.downstream > 0
+        self.kl_scale: float | None = None  # loss.balance_kl: MSE/KL at step 0
+        self.parent_sha256 = ""
         n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
         k = cfg.sae.k if cfg.sae.activation == "topk" else None
         self.saes = []
@@ -59,6 +64,10 @@ class Member:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + SEED_STRIDE * i)
                 self.saes.append(SAE(d_in, n_dict, k).to(device))
+        if cfg.init.warm:
+            states, self.parent_sha256 = parent_states(cfg, self.paths.root.parent, d_in, device)
+            for sae, state in zip(self.saes, states, strict=True):
+                sae.load_state_dict(state)
         # One Adam over every SAE's parameters is N independent Adams (it is per-parameter);
         # clipping stays per SAE.
         self.opt = make_adam([p for s in self.saes for p in s.parameters()], cfg.optim.lr)
@@ -68,6 +77,8 @@ class Member:
                        for _ in self.saes]
         self.step = self.samples_seen = 0
         self.train_time_s = 0.0
+        self.tokens = dict.fromkeys(PARTS, 0)  # through each part of the model (`cost`)
+        self.part_params = (0, 0)  # (prefix, suffix) parameters, set by the pack
         # Tensors, so a step never waits for the host; read on log steps only.
         self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm_count = 0
@@ -95,6 +106,12 @@ class Member:
         accumulate in the SAE."""
         cfg = self.cfg
         n = len(self.saes)
+        n_tok = clean.resid.shape[:-1].numel()
+        self.tokens["prefix"] += n_tok
+        self.tokens["sae"] += n_tok * n
+        if self.needs_suffix:
+            self.tokens["suffix_clean"] += n_tok
+            self.tokens["suffix_patched"] += n_tok * n
         for sae, alive in zip(self.saes, self.alives, strict=True):
             with autocast:
                 x_hat, c = sae(clean.resid)
@@ -164,6 +181,25 @@ class Member:
         append_row(self.eval_log, step, metrics)
         return metrics
 
+    @property
+    def needs_start_eval(self) -> bool:
+        """An evaluation before the first step: a warm start's curve begins at its parent's
+        value, and `loss.balance_kl` measures its scale there."""
+        return self.step == 0 and (self.cfg.init.warm or self.cfg.loss.balance_kl)
+
+    def set_kl_scale(self, start_eval: dict[str, float]) -> None:
+        """loss.balance_kl: the KL term times MSE/KL of the starting dictionary at the hook
+        (eval batches), so it starts equal to the MSE (Karvonen 2025)."""
+        if self.cfg.loss.balance_kl:
+            mse = start_eval[f"mse/{self.cfg.hook_name}"]
+            self.kl_scale = mse / max(start_eval["kl_orig_sae"], 1e-12)
+            self.coeffs = replace(self.base_coeffs, kl=self.base_coeffs.kl * self.kl_scale)
+
+    @property
+    def flops(self) -> float:
+        return train_flops(self.tokens, *self.part_params, 2 * sum(
+            s.encoder.weight.numel() for s in self.saes))
+
     @torch.no_grad()
     def similarities(self) -> dict[str, float]:
         """Mean pairwise similarity of the dictionaries, by each measure; Hungarian only up to
@@ -187,6 +223,8 @@ class Member:
             "samples_seen": self.samples_seen, "train_time_s": self.train_time_s,
             "grad_norm": [self.grad_norm_sum.cpu(), self.grad_norm_count],
             "train_log": self.train_log, "eval_log": self.eval_log,
+            "tokens": self.tokens, "kl_scale": self.kl_scale,
+            "parent_sha256": self.parent_sha256,
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -202,6 +240,14 @@ class Member:
         gn_sum, self.grad_norm_count = s["grad_norm"]
         self.grad_norm_sum = torch.as_tensor(gn_sum, dtype=torch.float64).to(self.device)
         self.train_log, self.eval_log = s["train_log"], s["eval_log"]
+        self.tokens = s.get("tokens", dict.fromkeys(PARTS, 0))  # older checkpoints: none
+        if s.get("kl_scale") is not None:
+            self.kl_scale = s["kl_scale"]
+            self.coeffs = replace(self.base_coeffs, kl=self.base_coeffs.kl * self.kl_scale)
+        if s.get("parent_sha256", "") != self.parent_sha256:
+            raise ConfigError(f"{self.paths.root}: its parent's weights changed since it "
+                              f"started (sha256 {s.get('parent_sha256', '')[:12]} then, "
+                              f"{self.parent_sha256[:12]} now); remove the folder to restart")
 
     def resume(self) -> None:
         if self.paths.checkpoint.exists():
@@ -221,7 +267,10 @@ class Member:
                       eval_history=self.eval_log, final_eval=final, arrays=arrays,
                       attrs={"train_time_s": self.train_time_s, "step": self.step,
                              "n_steps": self.cfg.optim.n_steps,
-                             "samples_seen": self.samples_seen})
+                             "samples_seen": self.samples_seen, "flops": self.flops,
+                             **{f"tokens_{k}": v for k, v in self.tokens.items()},
+                             "kl_scale": -1.0 if self.kl_scale is None else self.kl_scale,
+                             "parent_sha256": self.parent_sha256})
 
     def finish(self, data_state: dict, final_eval: dict[str, float]) -> None:
         """Final checkpoint and metrics.h5, sae/ (and sae_1/ ... with MFR), then DONE, last."""

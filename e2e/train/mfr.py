@@ -4,7 +4,7 @@ Dictionaries are (d_in, n) matrices of unit-norm columns; cosines are signed, ne
 absolute value. Every similarity picks its pairs of elements without gradient (argmax, or the
 Hungarian matching on a detached copy, as the authors' final code) and then differentiates the
 mean cosine of the picked pairs, so the matrix of all cosines is never kept for backward; the
-argmax runs in blocks of columns (`e2e.cosine`), so 46,080-element dictionaries fit.
+argmax runs in blocks of columns (`e2e.analysis.cosine`), so 46,080-element dictionaries fit.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from e2e.cosine import argmax_cosines, hungarian_pairs
+from e2e.analysis.cosine import argmax_cosines, hungarian_pairs
 
 
 def _picked(a: torch.Tensor, b: torch.Tensor, rows, cols) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""Warm start: a cell that begins from a finished dictionary (`init.from_cell`, `init.from_path`).
+
+The parent is a finished cell of the same grid (a sibling folder with DONE) or any SAELens
+folder of ours or SAELens's standard/topk layout. It must match the child in hook, width and
+activation; `parent_mismatch` names every field that differs, and the plan calls it before
+anything is submitted. A parent cell's raw weights come from its final `checkpoint.pt` (bit for
+bit the SAE its final evaluation scored, so the child's step-0 evaluation equals it exactly);
+a SAELens folder gives its saved tensors. The sha256 of the parent's `sae_weights.safetensors`
+identifies it: recorded by the child at its start, and checked on every resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2e.config import CellConfig, ConfigError, n_dict_for
+from e2e.io import cell_paths
+from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens
+
+
+def parent_dir(cfg: CellConfig, grid_dir: Path | str) -> Path:
+    """The parent's folder: a sibling cell's `sae/`-holding folder, or the SAELens folder."""
+    return Path(grid_dir) / cfg.init.from_cell if cfg.init.from_cell else Path(cfg.init.from_path)
+
+
+def _weights(cfg: CellConfig, parent: Path) -> Path:
+    return (cell_paths(parent).sae if cfg.init.from_cell else parent) / WEIGHTS_FILE
+
+
+def weights_sha256(cfg: CellConfig, parent: Path) -> str:
+    """sha256 of the parent's published weights file."""
+    h = hashlib.sha256()
+    with open(_weights(cfg, parent), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parent_mismatch(cfg: CellConfig, parent: Path, d_in: int | None = None) -> str | None:
+    """Why `parent` cannot start `cfg` (missing, not finished, another hook, width, activation
+    or k), naming each field that differs; None when it can. `d_in`: the hook's width, where
+    known (a parent cell's config gives it relative to the same model)."""
+    what = f"init.from_cell={cfg.init.from_cell}" if cfg.init.from_cell else (
+        f"init.from_path={cfg.init.from_path}")
+    if cfg.init.from_cell:
+        paths = cell_paths(parent)
+        if not paths.config.exists():
+            return f"{what}: no such cell in this grid ({parent})"
+        if not paths.done.exists():
+            return f"{what}: the parent is not finished (no {paths.done})"
+        p = CellConfig.from_json(paths.config.read_text())
+        mine = _shape_fields(cfg)
+        diff = [f"{k}: parent {v!r}, child {mine[k]!r}" for k, v in _shape_fields(p).items()
+                if mine[k] != v]
+        return f"{what} differs from the child in {'; '.join(diff)}" if diff else None
+    if not (parent / CFG_FILE).exists() or not (parent / WEIGHTS_FILE).exists():
+        return f"{what}: not a SAELens folder (needs {CFG_FILE} and {WEIGHTS_FILE})"
+    try:
+        meta: dict[str, Any] = json.loads((parent / CFG_FILE).read_text())
+    except json.JSONDecodeError as e:
+        return f"{what}: {CFG_FILE} is not JSON ({e})"
+    want = {"hook_name": cfg.hook_name,
+            "architecture": "topk" if cfg.sae.activation == "topk" else "standard",
+            "k": cfg.sae.k if cfg.sae.activation == "topk" else None}
+    if d_in is not None:
+        want.update(d_in=d_in, d_sae=n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio))
+    have = {k: meta.get(k, "standard" if k == "architecture" else None) for k in want}
+    diff = [f"{k}: parent {have[k]!r}, child {want[k]!r}" for k in want if have[k] != want[k]]
+    if cfg.mfr.n_saes > 1:
+        diff.append(f"mfr.n_saes: parent 1, child {cfg.mfr.n_saes}")
+    return f"{what} differs from the child in {'; '.join(diff)}" if diff else None
+
+
+def _shape_fields(cfg: CellConfig) -> dict[str, Any]:
+    """What a parent cell shares with its child: the model, the hook, the dictionary's shape."""
+    return {"model.name_or_path": cfg.model.name_or_path, "source": cfg.source,
+            "hook": cfg.hook_name, "sae.dict_size_to_input_ratio":
+            cfg.sae.dict_size_to_input_ratio, "sae.activation": cfg.sae.activation,
+            "sae.k": cfg.sae.k, "mfr.n_saes": cfg.mfr.n_saes}
+
+
+def parent_states(cfg: CellConfig, grid_dir: Path | str, d_in: int, device: torch.device
+                  ) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """The state dict of each of the child's SAEs (its parent's, in order) and the parent's
+    sha256. ConfigError when the parent cannot start this child, or changed since the
+    submission that recorded `init.sha256`."""
+    parent = parent_dir(cfg, grid_dir)
+    why = parent_mismatch(cfg, parent, d_in)
+    if why:
+        raise ConfigError(why)
+    sha = weights_sha256(cfg, parent)
+    if cfg.init.sha256 and sha != cfg.init.sha256:
+        raise ConfigError(f"{parent}: its weights changed since submission (sha256 {sha[:12]}, "
+                          f"config {cfg.init.sha256[:12]}); resubmit to start from them")
+    if cfg.init.from_cell:
+        ckpt = torch.load(cell_paths(parent).checkpoint, weights_only=True, map_location=device)
+        return ckpt["saes"], sha
+    sae, _ = load_saelens(parent)
+    return [{k: v.to(device) for k, v in sae.state_dict().items()}], sha

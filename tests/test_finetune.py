@@ -1,0 +1,110 @@
+"""Warm starts and the fine-tune losses (docs/finetune.md): a child starts exactly where its
+parent ended, refuses a parent it cannot start from, and balances KL to MSE as specified."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from e2e.config import ConfigError, InitConfig
+from e2e.io import cell_paths
+from e2e.store import read_metrics
+from e2e.train import train
+from e2e.train.warm import parent_mismatch, weights_sha256
+
+
+def _local(cells):
+    return next(c for c in cells if c.loss.setting == "local")
+
+
+def _child(parent_cfg, parent_id, setting="e2e", **loss):
+    return replace(parent_cfg, init=InitConfig(from_cell=parent_id),
+                   loss=replace(parent_cfg.loss, setting=setting, balance_kl=True, **loss),
+                   optim=replace(parent_cfg.optim, n_samples=16, warmup_samples=0))
+
+
+@pytest.fixture(scope="module")
+def parent(smoke_cells, tmp_path_factory):
+    grid_dir = tmp_path_factory.mktemp("grid")
+    cfg = _local(smoke_cells)
+    assert train(cfg, grid_dir / "P", progress=False) == "done"
+    return cfg, grid_dir
+
+
+def test_step0_eval_of_a_warm_start_equals_its_parents_final_eval(parent):
+    cfg, grid_dir = parent
+    child = _child(cfg, "P", local_mse_coeff=0.5, kl_coeff=0.5)
+    assert train(child, grid_dir / "C", progress=False) == "done"
+    p, c = read_metrics(cell_paths(grid_dir / "P").metrics), read_metrics(
+        cell_paths(grid_dir / "C").metrics)
+    hist = c["eval_history"]
+    assert hist["step"][0] == 0
+    keys = [k for k in p["eval"] if k not in ("alive_dict_elements", "grad_norm")]
+    assert "ce_loss_increase" in keys and "l0" in keys
+    for k in keys:
+        assert hist[k][0] == p["eval"][k], k  # exactly: the same weights on the same tokens
+    # the recorded parent, scale and cost
+    assert c["attrs"]["parent_sha256"] == weights_sha256(child, grid_dir / "P")
+    mse, kl = hist[f"mse/{cfg.hook_name}"][0], hist["kl_orig_sae"][0]
+    assert c["attrs"]["kl_scale"] == pytest.approx(mse / kl, rel=1e-12)
+    tokens = 16 * cfg.data.context_length
+    assert c["attrs"]["tokens_prefix"] == tokens and c["attrs"]["tokens_suffix_patched"] == tokens
+    assert p["attrs"]["tokens_suffix_patched"] == 0 and p["attrs"]["flops"] > 0
+
+
+def test_balanced_loss_is_half_scaled_kl_plus_half_mse(parent):
+    """The logged loss of the first step, recomputed from its logged terms."""
+    cfg, grid_dir = parent
+    child = _child(cfg, "P", local_mse_coeff=0.5, kl_coeff=0.5)
+    m = read_metrics(cell_paths(grid_dir / "C").metrics)
+    s, t = m["attrs"]["kl_scale"], m["train"]
+    lam = child.loss.sparsity_coeff
+    want = 0.5 * s * t["kl_orig_sae"][0] + 0.5 * t["local_mse"][0] + lam * t["sparsity"][0]
+    assert t["loss"][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_parent_that_cannot_start_the_child_is_named(parent, tmp_path):
+    cfg, grid_dir = parent
+    assert parent_mismatch(_child(cfg, "missing"), grid_dir / "missing").endswith(
+        f"no such cell in this grid ({grid_dir / 'missing'})")
+    other = replace(_child(cfg, "P"), layer=2, sae=replace(cfg.sae, dict_size_to_input_ratio=2.0))
+    why = parent_mismatch(other, grid_dir / "P")
+    assert "hook: parent 'blocks.1.hook_resid_pre', child 'blocks.2.hook_resid_pre'" in why
+    assert "sae.dict_size_to_input_ratio: parent 4.0, child 2.0" in why
+    unfinished = tmp_path / "U"
+    cell_paths(unfinished).root.mkdir()
+    cell_paths(unfinished).config.write_text(cfg.to_json())
+    assert "not finished" in parent_mismatch(_child(cfg, "U"), unfinished)
+    with pytest.raises(ConfigError, match="not finished"):
+        train(_child(cfg, "U"), tmp_path / "C", progress=False)
+
+
+def test_from_path_loads_a_saelens_folder_and_checks_its_hook(parent, tmp_path):
+    cfg, grid_dir = parent
+    sae_dir = cell_paths(grid_dir / "P").sae
+    child = replace(_child(cfg, ""), init=InitConfig(from_path=str(sae_dir)))
+    assert parent_mismatch(child, sae_dir, d_in=32) is None
+    assert "d_sae: parent 128, child 64" in parent_mismatch(
+        replace(child, sae=replace(cfg.sae, dict_size_to_input_ratio=2.0)), sae_dir, d_in=32)
+    meta = json.loads((sae_dir / "cfg.json").read_text())
+    assert meta["hook_name"] == cfg.hook_name
+    changed = replace(child, init=replace(child.init, sha256="0" * 64))
+    with pytest.raises(ConfigError, match="weights changed since submission"):
+        train(changed, tmp_path / "C", progress=False)
+
+
+def test_a_resumed_child_refuses_a_parent_that_changed(parent, tmp_path):
+    cfg, grid_dir = parent
+    import shutil
+    shutil.copytree(grid_dir / "P", tmp_path / "P")
+    child = replace(_child(cfg, "P"), optim=replace(cfg.optim, n_samples=96),
+                    eval=replace(cfg.eval, checkpoint_every_steps=2))
+    polls = iter(range(100))
+    assert train(child, tmp_path / "C", progress=False,
+                 should_stop=lambda: next(polls) == 3) == "interrupted"
+    w = cell_paths(tmp_path / "P").sae / "sae_weights.safetensors"
+    w.write_bytes(w.read_bytes() + b" ")
+    with pytest.raises(ConfigError, match="parent's weights changed since it started"):
+        train(child, tmp_path / "C", progress=False)
+    assert torch.load(cell_paths(tmp_path / "C").checkpoint, weights_only=True)["step"] == 3
