@@ -73,6 +73,8 @@ class CellJob(submitit.helpers.Checkpointable):
         self.cell_dirs = [str(d) for d in dirs]
 
     def __call__(self) -> str:
+        if not self.cell_dirs:  # a task of a fine-tune array whose parents have no children
+            return "nothing to train"
         match_threads_to_allocation()
         dirs = [Path(d) for d in self.cell_dirs]
         cfgs = []

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from e2e.config import SETTINGS, CellConfig
 from e2e.typed import ConfigError, field_types, from_text
+from jobs.finetune import Finetune
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,16 @@ class Axes:
     # dotted config field -> values (`sweep.seed=[0,1,2]`), crossed with every cell.
     sweep: dict[str, tuple] | None = None
     seeds: tuple[int, ...] | None = None  # `seeds=[0,1]`: sweep.seed
+    # `finetune.settings=[e2e,e2e_mse] finetune.fractions=[0.1]`: the fine-tune stage
+    # (`jobs.finetune`); None without `finetune.settings`.
+    finetune: Finetune | None = None
 
 
 RUN_TYPES = typing.get_type_hints(RunOptions)
 AXIS_TYPES = {"layers": tuple[int, ...], "settings": tuple[str, ...],
               "sparsity_coeffs": tuple[float, ...], "seeds": tuple[int, ...],
-              **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS}}
+              **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS},
+              **{f"finetune.{k}": t for k, t in typing.get_type_hints(Finetune).items()}}
 
 
 def split_tokens(tokens, positional: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
@@ -176,6 +181,12 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
     lambdas = {k.split(".", 1)[1]: axes.pop(k) for k in list(axes) if k.startswith("lambdas.")}
     if lambdas:
         axes["lambdas"] = lambdas
+    ft = {k.split(".", 1)[1]: axes.pop(k) for k in list(axes) if k.startswith("finetune.")}
+    if ft and "settings" not in ft:
+        raise ConfigError(f"finetune.{sorted(ft)[0]}= needs finetune.settings=[...] (the "
+                          "recipes to train: e2e, e2e_mse, e2e_ds)")
+    if ft:
+        axes["finetune"] = Finetune(**ft)
     opts = RunOptions(**run)
     for name, low in (("pack", 0), ("gpus_per_cell", 0), ("cpus_per_cell", 0),
                       ("array_parallelism", 0), ("time", 0), ("mem_gb", 0)):

@@ -1,9 +1,10 @@
 """`python jobs/collect.py root=<root> grid=<name>`: the paper's tables and plots from the cells.
 
 Reads what every cell saved (`jobs.results`) and writes `<root>/<grid>/results/`: summary.csv,
-tables.md, tables.tex, headline.txt, pareto_l0.png, pareto_alive.png and results.h5 (with the
-analysis step's sections once it has run). Cells that are running, failed, missing or corrupt
-are listed with their status and left out of the tables, never dropped silently.
+tables.md, tables.tex, headline.txt, pareto_l0.png, pareto_alive.png, ce_vs_compute.png (with a
+fine-tune stage) and results.h5 (with the analysis step's sections once it has run). Cells that
+are running, failed, missing or corrupt are listed with their status and left out of the
+tables, never dropped silently.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from e2e.config import SETTINGS
 from e2e.io import atomic_path, atomic_write_text
-from jobs import cli, convergence, mfr_report, plots, tables
+from jobs import cli, convergence, finetune_report, mfr_report, plots, tables
 from jobs.grids import GRIDS
 from jobs.results import (
     ANALYSIS_MD,
@@ -77,6 +78,7 @@ def collect(root: Path | str, grid: str) -> Path:
         note = GRIDS[grid].headline_note if grid in GRIDS else ""
         headline += [tables.PAPER_HEADLINE] + ([note] if note else [])
         headline += [tables.KSVD_NOTE] if any(p.setting == "ksvd" for p in points) else []
+    headline += finetune_report.headline(points, cells)
     headline += mfr_report.headline(mfr_rows)
     changes = {c.id: c.change for c in done}
     flag = convergence.headline_line(changes)
@@ -91,6 +93,8 @@ def collect(root: Path | str, grid: str) -> Path:
     if mfr_rows:
         md += "\n" + mfr_report.markdown(mfr_rows)
         _write_dict_csv(out / "mfr.csv", mfr_report.to_csv_rows(mfr_rows))
+    if finetune_report.finetuned(cells):
+        md += "\n" + finetune_report.markdown(cells)
     if changes:
         md += "\n" + convergence.markdown(changes)
     atomic_write_text(out / "tables.md", md)
@@ -98,6 +102,7 @@ def collect(root: Path | str, grid: str) -> Path:
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
     if points:
         plots.pareto(points, out)
+        finetune_report.compute_figure(points, cells, out)
     return out
 
 

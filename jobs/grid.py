@@ -17,6 +17,7 @@ from e2e.config import SETTINGS, CellConfig, ConfigError, ModelConfig
 from e2e.lm.pretrain import PretrainConfig
 from e2e.train.loop import pack_key
 from e2e.typed import leaves, with_overrides
+from jobs.finetune import recipe_of
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def grid_pretrain_dir(root: Path, grid: Grid) -> Path:
 def cell_id(cfg: CellConfig) -> str:
     """Readable id plus a short hash of the config, e.g. `L6-e2e-lam1.5-3f2a9c`,
     `syn-local-k16-n5-mfr1-s2-0b1c2d` (synthetic data, TopK, 5 SAEs with MFR, seed 2),
-    `L2-ksvd-nnz8-5e6f7a` (DB-KSVD with an L0 budget of 8).
+    `L2-ksvd-nnz8-5e6f7a` (DB-KSVD with an L0 budget of 8), `L2-ft40-e2e_mse-lam2-1c04b8`
+    (40 steps of the KL+MSE fine-tune from a local cell of λ 2).
 
     The hash covers the fields that differ from CellConfig's defaults, so a new config field
     (added with a default) leaves every existing cell's id, and its finished work, in place.
@@ -79,6 +81,8 @@ def cell_id(cfg: CellConfig) -> str:
     digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]
     parts = ["syn" if cfg.source == "synthetic" else f"L{cfg.layer}", cfg.loss.setting,
              cfg.lam_label]
+    if cfg.init.warm:  # a fine-tune: its recipe and steps, e.g. `L2-ft40-e2e_mse-lam2-...`
+        parts[1:2] = [f"ft{cfg.optim.n_steps}", recipe_of(cfg)]
     if cfg.mfr.n_saes > 1:
         parts.append(f"n{cfg.mfr.n_saes}-mfr{cfg.mfr.coeff:g}")
     if cfg.seed:

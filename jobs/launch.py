@@ -22,6 +22,7 @@ from jobs import cli
 from jobs.analyze import analyze
 from jobs.cell import CellJob, match_threads_to_allocation
 from jobs.collect import collect
+from jobs.grid import make_packs
 from jobs.grids import GRIDS, grid_named, pretrain_dir
 from jobs.progress import Progress, fraction_done
 
@@ -46,7 +47,7 @@ def run_analyze(grid: str, root: str) -> str:
 
 
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
-              time_min: int | None = None):
+              time_min: int | None = None, extra: dict | None = None):
     folder = plan.grid_dir / "_submitit" / "%j"
     o = plan.opts
     if cluster == "local":
@@ -54,7 +55,7 @@ def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None =
         ex.update_parameters(timeout_min=max(plan.time_min, 24 * 60), gpus_per_node=0)
         return ex
     ex = submitit.SlurmExecutor(folder, python=plan.python)
-    extra = {"requeue": True}
+    extra = {"requeue": True, **(extra or {})}
     if dependency:
         extra["dependency"] = dependency
     params = dict(job_name=name, time=time_min or plan.time_min, cpus_per_task=plan.cpus,
@@ -80,7 +81,8 @@ def launch(plan) -> None:
 
 
 def _launch_local(plan, root: str, grid: str) -> None:
-    if not plan.todo_packs and not plan.needs_pretrain and (plan.grid_dir / "results").exists():
+    if (not plan.todo_packs and not plan.needs_pretrain and not _local_child_packs(plan)
+            and (plan.grid_dir / "results").exists()):
         print("nothing to do: every cell is done")
         _report(plan.grid_dir / "results")
         return
@@ -127,6 +129,14 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
                 failed.append(", ".join(c.id for c in pack))
                 print(f"{failed[-1]}: FAILED (above: the end of its log {job.paths.stderr})",
                       flush=True)
+    for pack in _local_child_packs(plan):  # the fine-tune stage, after every parent
+        job = submit(CellJob([c.dir for c in pack]))
+        try:
+            _follow(job, progress, next(tasks))
+        except Exception:
+            failed.append(", ".join(c.id for c in pack))
+            print(f"{failed[-1]}: FAILED (above: the end of its log {job.paths.stderr})",
+                  flush=True)
     _follow(submit(run_collect, grid, root), progress, next(tasks))
     results = _follow(submit(run_analyze, grid, root), progress, next(tasks))
     progress.close()
@@ -173,6 +183,41 @@ def _follow(job, progress: Progress, task, poll_s: float = 1.0):
         raise
 
 
+def _local_child_packs(plan) -> list[list]:
+    return [p for _, packs in plan.child_tasks(plan.packs) for p in packs if p]
+
+
+def _submit_children(plan, grid: str, array_id: str | None) -> list[str]:
+    """The fine-tune stage on SLURM: per fraction, an array whose task i waits for parent task
+    i alone (`aftercorr`: a child starts as soon as its own parents finish, not the whole
+    array; a parent task that fails cancels its children, `--kill-on-invalid-dep`), and one
+    array without dependency for children whose parents finished before this submission.
+    Returns the job ids the collector waits for."""
+    ids, covered = [], set()
+    gpus = plan.opts.gpus_per_cell
+    for f, packs in plan.child_tasks(plan.todo_packs) if array_id else []:
+        if not any(packs):
+            continue
+        ex = _executor(plan, "slurm", f"{grid}-ft{f:g}", gpus, f"aftercorr:{array_id}",
+                       extra={"kill_on_invalid_dep": "yes"})
+        with ex.batch():
+            jobs = [ex.submit(CellJob([c.dir for c in p])) for p in packs]
+        ids.append(jobs[0].job_id.split("_")[0])
+        covered |= {c.id for p in packs for c in p}
+        print(f"fine-tune array {ids[-1]} (fraction {f:g}): {len(jobs)} tasks, task i after "
+              f"cell task i (aftercorr:{array_id})")
+    free = [c for c in plan.children if c.status != "done" and c.id not in covered]
+    if free:
+        packs = [[free[i] for i in p] for p in make_packs(
+            [c.cfg for c in free], plan.pack_size * len(plan.finetune.settings))]
+        ex = _executor(plan, "slurm", f"{grid}-ft", gpus)
+        with ex.batch():
+            jobs = [ex.submit(CellJob([c.dir for c in p])) for p in packs]
+        ids.append(jobs[0].job_id.split("_")[0])
+        print(f"fine-tune array {ids[-1]}: {len(jobs)} tasks (their parents are done)")
+    return ids
+
+
 def _launch_slurm(plan, root: str, grid: str) -> None:
     dep = None
     if plan.needs_pretrain:
@@ -182,13 +227,16 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     ex = _executor(plan, "slurm", f"{grid}-cell", plan.opts.gpus_per_cell, dep)
     with ex.batch():
         jobs = [ex.submit(CellJob([c.dir for c in pack])) for pack in plan.todo_packs]
-    after = ""
+    after, array_id = "", None
     if jobs:
         array_id = jobs[0].job_id.split("_")[0]
         print(f"cell array {array_id}: {len(jobs)} tasks")
         after = f"afterany:{array_id}"
     elif dep:
         after = dep.replace("afterok", "afterany")
+    child_ids = _submit_children(plan, grid, array_id)
+    if child_ids:
+        after = ":".join([after or "afterany", *child_ids])
     col = _executor(plan, "slurm", f"{grid}-collect", 0, after or None)
     col_job = col.submit(run_collect, grid, root)
     print(f"collector job {col_job.job_id} ({after or 'no dependency'})")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from e2e.config import (
@@ -21,9 +21,11 @@ from e2e.config import (
 from e2e.data.stage import rows_needed, stage, stage_key, staged_config
 from e2e.data.staged import StageError, verify
 from e2e.io import cell_paths, check_folder_config
+from e2e.train.warm import parent_dir, parent_mismatch, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers
 from jobs.cli import Axes, RunOptions, parse_overrides
+from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
 from jobs.grids import grid_named
 from jobs.sources import check_sources, model_shape
@@ -124,6 +126,21 @@ class Plan:
     packs: list[list[Cell]] = field(default_factory=list)  # one array task each
     stages: list[Stage] = field(default_factory=list)  # staged sources involved
     notes: list[str] = field(default_factory=list)
+    # The fine-tune stage (`jobs.finetune`): children of the local cells, trained after them.
+    finetune: Finetune | None = None
+    children: list[Cell] = field(default_factory=list)
+    child_of: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> parent, fraction
+
+    def child_tasks(self, parent_packs: list[list[Cell]]) -> list[tuple[float, list[list[Cell]]]]:
+        """Per fraction, the children still to train of the parents in each of `parent_packs`
+        (task i waits for parent task i; a task may be empty)."""
+        if not self.children:
+            return []
+        todo = [(*self.child_of[c.id], c.id) for c in self.children if c.status != "done"]
+        by_id = {c.id: c for c in self.children}
+        ids = [[c.id for c in p] for p in parent_packs]
+        return [(f, [[by_id[i] for i in pack] for pack in aligned_packs(ids, todo, f)])
+                for f in self.finetune.fractions]
 
     @property
     def grid_dir(self) -> Path:
@@ -174,9 +191,20 @@ def make_plan(tokens: list[str]) -> Plan:
                           "the shared root: there is nothing to stage")
     if grid.pretrain is None and needs_model:
         cfgs, stages = apply_source(cfgs, root, opts.source, opts.stage, notes)
+    shape = _check_shapes(grid, cfgs, source_cfgs, needs_model)
+    depth = shape[0] if shape else None
+    cfgs = [_with_parent(c, root / grid.name, shape[1] if shape else None) for c in cfgs]
     cells = _cells(cfgs, root / grid.name)
-    depth = _check_shapes(grid, cfgs, source_cfgs, needs_model)
     plan = _place(opts, grid, cells, cfgs, stages, notes, root)
+    if axes.finetune:
+        kids = children([(c.id, c.cfg) for c in cells], axes.finetune)
+        if not kids:
+            raise ConfigError("finetune.settings= is given but the grid has no local cells to "
+                              "fine-tune (settings= must include local)")
+        plan.finetune, plan.children = axes.finetune, _cells([k[2] for k in kids],
+                                                             root / grid.name)
+        plan.child_of = {c.id: (pid, f) for c, (pid, f, _) in zip(plan.children, kids,
+                                                                  strict=True)}
     if depth is None and needs_model:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
                           "in the HF cache): layers are checked when each cell starts")
@@ -209,10 +237,22 @@ def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:
     return cells
 
 
+def _with_parent(cfg: CellConfig, grid_dir: Path, d_in: int | None) -> CellConfig:
+    """A cell given `init.from_cell` or `init.from_path`: its parent checked (finished, same
+    hook and shape) and its weights' sha256 in the config, so a changed parent is a new cell."""
+    if not cfg.init.warm:
+        return cfg
+    parent = parent_dir(cfg, grid_dir)
+    why = parent_mismatch(cfg, parent, d_in)
+    if why:
+        raise ConfigError(why)
+    return replace(cfg, init=replace(cfg.init, sha256=weights_sha256(cfg, parent)))
+
+
 def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConfig],
-                  needs_model: bool) -> int | None:
+                  needs_model: bool) -> tuple[int, int, int | None] | None:
     """Layers, context and sizes against the model's (blocks, width, positions) where they are
-    known offline (a pre-trained grid, a stage, the HF cache); returns the depth, or None."""
+    known offline (a pre-trained grid, a stage, the HF cache); returns that shape, or None."""
     shape = ((grid.pretrain.n_layers, grid.pretrain.d_model, grid.pretrain.n_ctx)
              if grid.pretrain is not None
              else None if not needs_model
@@ -224,7 +264,7 @@ def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConf
     for cfg in model_cfgs:
         check_context(cfg, shape[2])
         check_sizes(cfg, shape[1])
-    return shape[0] if shape else None
+    return shape
 
 
 def _place(opts: RunOptions, grid: Grid, cells: list[Cell], cfgs: list[CellConfig], stages,

@@ -29,7 +29,9 @@ def pareto(points: list[Point], out_dir: Path) -> list[Path]:
     plt = _pyplot()
 
     layers = sorted({p.layer for p in points})
-    colors = SETTING_COLORS
+    # the settings' own colours, then the fine-tune curves (dashed) in matplotlib's cycle
+    extra = sorted({p.setting for p in points} - set(SETTING_COLORS))
+    colors = {**SETTING_COLORS, **{s: f"C{4 + i}" for i, s in enumerate(extra)}}
     written = []
     for x_name, fname in (("l0", "pareto_l0.png"), ("alive", "pareto_alive.png")):
         fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), squeeze=False)
@@ -39,7 +41,8 @@ def pareto(points: list[Point], out_dir: Path) -> list[Path]:
                             key=lambda p: getattr(p, x_name))
                 if ps:
                     ax.plot([getattr(p, x_name) for p in ps],
-                            [p.ce_loss_increase for p in ps], "o-", color=color, label=s)
+                            [p.ce_loss_increase for p in ps],
+                            "o-" if s in SETTING_COLORS else "s--", color=color, label=s)
             ax.set_title(f"layer {layer}")
             ax.set_xlabel("L0" if x_name == "l0" else "alive dictionary elements")
             ax.set_ylabel("CE loss increase")

@@ -56,6 +56,8 @@ class Progress:
         for pack in plan.todo_packs:
             kind = pack[0].cfg.kind
             tasks.append(Task(kind, len(pack), 60 * m[kind]))
+        for f, packs in plan.child_tasks(plan.packs):  # fine-tune packs: a fraction of a pack
+            tasks += [Task("sae", len(p), 60 * m["sae"] * f) for p in packs if p]
         tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, 60 * m["analyze"])]
         return cls(plan.grid.name, tasks)
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from e2e.config import CellConfig
 from e2e.io import cell_paths
 from e2e.store import read_metrics
 from e2e.typed import ConfigError
 from jobs import convergence
+from jobs.finetune import recipe_of
 from jobs.tables import Point
 
 ANALYSIS_H5 = "analysis.h5"
@@ -34,6 +37,34 @@ class CellResult:
     # relative change of CE loss increase and L0 over the second half of training
     change: dict[str, float] = field(default_factory=dict)
     within_max_cos_mean: float | str = ""  # from the analysis step, once it ran
+    attrs: dict = field(default_factory=dict)  # metrics.h5 attributes: steps, cost, parent
+    history: dict = field(default_factory=dict)  # eval history: step, l0, ce_loss_increase
+    # a fine-tune's: its recipe, fraction of its parent's samples, and the parent's cost
+    parent: CellResult | None = None
+
+    @property
+    def flops(self) -> float:
+        return float(self.attrs.get("flops", float("nan")))
+
+    @property
+    def total_flops(self) -> float:
+        """Its own training FLOPs plus its parent's (a fine-tune's cost includes the local
+        training it started from)."""
+        return self.flops + (self.parent.total_flops if self.parent else 0.0)
+
+    @property
+    def total_time_s(self) -> float:
+        return (self.train_time_s or 0.0) + (self.parent.total_time_s if self.parent else 0.0)
+
+    @property
+    def curve(self) -> str:
+        """The curve it belongs to: its setting, or for a fine-tune `ft-<recipe>-<percent>`
+        of its parent's samples (e.g. `ft-e2e_mse-10%`)."""
+        if self.cfg is None or not self.cfg.init.warm:
+            return self.cfg.loss.setting if self.cfg else ""
+        pct = (f"{100 * self.cfg.optim.n_samples / self.parent.cfg.optim.n_samples:.3g}%"
+               if self.parent and self.parent.cfg else "?")
+        return f"ft-{recipe_of(self.cfg)}-{pct}"
 
     @property
     def row(self) -> dict:
@@ -44,6 +75,7 @@ class CellResult:
             "cell_id": self.id, "status": self.status,
             "layer": c.layer if c else "", "setting": c.loss.setting if c else "",
             "sparsity_coeff": c.loss.sparsity_coeff if c else "", "seed": c.seed if c else "",
+            "curve": self.curve, "parent": c.init.from_cell or c.init.from_path if c else "",
             "max_nnz": c.ksvd.max_nnz if c and c.loss.setting == "ksvd" else "",
             "k": c.sae.k if c and c.sae.activation == "topk" else "",
             "n_saes": c.mfr.n_saes if c else "", "mfr_coeff": c.mfr.coeff if c else "",
@@ -60,6 +92,8 @@ class CellResult:
             "mmcs_true": e.get("mmcs_true", ""), "recovered_true": e.get("recovered_true", ""),
             "cross_sae_similarity": e.get("mfr_similarity/symmetric_max", ""),
             "train_time_s": self.train_time_s if self.train_time_s is not None else "",
+            "flops": self.attrs.get("flops", ""), "total_flops": self.total_flops,
+            "total_time_s": self.total_time_s,
             "ce_change_2nd_half": self.change.get("ce_loss_increase", ""),
             "l0_change_2nd_half": self.change.get("l0", ""),
             "reason": self.reason,
@@ -84,6 +118,9 @@ def read_cell(cell_dir: Path) -> CellResult:
             m = read_metrics(paths.metrics)
             res.eval = {k: float(v) for k, v in m["eval"].items()}
             res.train_time_s = float(m["attrs"].get("train_time_s", 0.0))
+            res.attrs = dict(m["attrs"])
+            res.history = {k: np.asarray(v) for k, v in m["eval_history"].items()
+                           if k in ("step", "l0", "ce_loss_increase")}
             res.change = convergence.second_half_change(
                 m["eval_history"], float(m["attrs"].get("n_steps", 0)))
         except Exception as e:  # truncated or not HDF5 at all
@@ -115,12 +152,17 @@ def existing_grid_dir(root: Path | str, grid: str) -> Path:
 def read_grid(grid_dir: Path) -> list[CellResult]:
     dirs = sorted(d for d in grid_dir.iterdir()
                   if d.is_dir() and not d.name.startswith("_") and d.name != "results")
-    return [read_cell(d) for d in dirs if (d / "config.json").exists()]
+    cells = [read_cell(d) for d in dirs if (d / "config.json").exists()]
+    by_id = {c.id: c for c in cells}
+    for c in cells:
+        if c.cfg is not None and c.cfg.init.from_cell:
+            c.parent = by_id.get(c.cfg.init.from_cell)
+    return cells
 
 
 def to_point(c: CellResult) -> Point:
     """A finished cell as the tables see it."""
-    return Point(c.id, c.cfg.layer, c.cfg.loss.setting, c.cfg.lam,
+    return Point(c.id, c.cfg.layer, c.curve, c.cfg.lam,
                         c.eval["l0"], c.eval.get("alive_dict_elements", float("nan")),
                         c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
                         c.train_time_s or 0.0, c.eval.get("l2_ratio/pos0", float("nan")),

@@ -55,6 +55,7 @@ def format_plan(plan: Plan) -> str:
         for c in pack:
             lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
                          f"{c.cfg.lam:>8g}  {c.status}")
+    lines += _finetune_lines(plan)
     lines.append("then: collector job (after the array, whatever its outcome), then the "
                  f"analysis job (after the collector; CPU only, {plan.cpus} CPUs, "
                  f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "
@@ -63,17 +64,55 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _finetune_lines(plan: Plan) -> list[str]:
+    """The fine-tune stage: its tasks, and its GPU-hours against e2e from scratch."""
+    if not plan.children:
+        return []
+    ft = plan.finetune
+    todo = [c for c in plan.children if c.status != "done"]
+    parents = {p for p, _ in plan.child_of.values()}
+    lines = [f"fine-tune stage: {len(plan.children)} children of {len(parents)} local cells "
+             f"( ({', '.join(ft.settings)} x fractions "
+             f"{', '.join(f'{f:g}' for f in ft.fractions)}; lr x{ft.lr_factor:g}, warm-up "
+             f"{ft.warmup:.0%}), {len(todo)} to run; on SLURM one array per fraction, task i "
+             "after parent task i (--dependency=aftercorr)"]
+    hours = plan.grid.gpu_hours
+    if hours:
+        by_id = {c.id: c for c in plan.cells}
+        own = sum(hours.get((c.cfg.layer, c.cfg.loss.setting), 0) * plan.child_of[c.id][1]
+                  for c in todo)
+        e2e = sum(hours.get((by_id[p].cfg.layer, "e2e"), 0) for p in parents)
+        local = sum(hours.get((by_id[p].cfg.layer, "local"), 0) for p in parents)
+        lines.append(f"estimated {own:,.0f} GPU-hours for the children to run (a fraction of "
+                     f"an e2e cell each); per recipe and fraction, local + fine-tune costs "
+                     f"{local:,.0f} + {own / len(ft.settings) / len(ft.fractions):,.0f} "
+                     f"against {e2e:,.0f} GPU-hours for e2e from scratch at the same "
+                     f"{len(parents)} (layer, λ) points")
+    for f, packs in plan.child_tasks(plan.packs):
+        for t, pack in enumerate(packs):
+            for c in pack:
+                lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {'ft ' + f'{f:g}':8} "
+                             f"{c.cfg.lam:>8g}  {c.status} (after {plan.child_of[c.id][0]})")
+    return lines
+
+
 def write_configs(plan: Plan) -> None:
     """Each cell's config.json, and `manifest.txt` (one pack per line: its cell folders,
     space-separated) for the plain `sbatch slurm/array.sbatch` path."""
-    for c in plan.todo:
+    for c in plan.todo + [c for c in plan.children if c.status != "done"]:
         paths = cell_paths(c.dir)
         if not paths.config.exists():
             atomic_write_text(paths.config, c.cfg.to_json())
-    manifest = plan.grid_dir / "manifest.txt"
-    text = "".join(" ".join(str(c.dir) for c in p) + "\n" for p in plan.packs)
-    if not manifest.exists() or manifest.read_text() != text:  # a rerun writes nothing
-        atomic_write_text(manifest, text)
+    _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
+    for f, packs in plan.child_tasks(plan.packs):
+        _write_manifest(plan.grid_dir / f"manifest-ft{f:g}.txt", packs)
+
+
+def _write_manifest(path: Path, packs: list) -> None:
+    """One pack per line (its cell folders); `-` for an empty task of a fine-tune array."""
+    text = "".join((" ".join(str(c.dir) for c in p) or "-") + "\n" for p in packs)
+    if not path.exists() or path.read_text() != text:  # a rerun writes nothing
+        atomic_write_text(path, text)
 
 
 def plain_sbatch_commands(plan: Plan) -> str:
@@ -98,8 +137,16 @@ def plain_sbatch_commands(plan: Plan) -> str:
     lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} "
                  f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
                  f"{plan.grid_dir / 'manifest.txt'})")
-    lines.append(f"col=$(sbatch --parsable --dependency=afterany:$arr --job-name={grid}-collect "
-                 f"--wrap {wrap('collect')})")
+    after = "$arr"
+    lines += ["all="] if plan.children else []
+    for f, packs in plan.child_tasks(plan.packs):
+        lines.append(f"ft=$({env} sbatch --parsable --array=0-{len(packs) - 1} "
+                     f"--dependency=aftercorr:$arr --kill-on-invalid-dep=yes "
+                     f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
+                     f"{plan.grid_dir / f'manifest-ft{f:g}.txt'}); all=\"$all:$ft\"")
+        after = "$arr$all"
+    lines.append(f"col=$(sbatch --parsable --dependency=afterany:{after} "
+                 f"--job-name={grid}-collect --wrap {wrap('collect')})")
     lines.append(f"sbatch --dependency=afterany:$col --job-name={grid}-analyze "
                  f"--time={plan.analysis_time_min} --wrap {wrap('analyze')}")
     return "\n".join(lines)

@@ -114,9 +114,10 @@ def curve(points: list[Point], layer: int, setting: str, x: str = "l0"
 
 
 def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str, n: int = 64,
-                         x: str = "l0", interval: tuple[float, float] | None = None
-                         ) -> tuple[float, float, float] | None:
-    """`setting`'s CE loss increase as a fraction of local's at equal L0 (or alive elements).
+                         x: str = "l0", interval: tuple[float, float] | None = None,
+                         base: str = "local") -> tuple[float, float, float] | None:
+    """`setting`'s CE loss increase as a fraction of `base`'s (local's) at equal L0 (or alive
+    elements).
 
     Both curves are interpolated linearly in x at n points spanning the range they share (cut
     to `interval` when given, as the paper's L0 300 -> 50); the result is the geometric mean of
@@ -124,7 +125,7 @@ def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str, n: int =
     at tiny L0) dominates. Returns (ratio, low, high), or None without a shared range or where
     a CE increase is not positive.
     """
-    xl, yl = curve(points, layer, "local", x)
+    xl, yl = curve(points, layer, base, x)
     xs, ys = curve(points, layer, setting, x)
     if len(xl) < 2 or len(xs) < 2:
         return None

@@ -64,8 +64,10 @@ class Member:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + SEED_STRIDE * i)
                 self.saes.append(SAE(d_in, n_dict, k).to(device))
+        data = None
         if cfg.init.warm:
-            states, self.parent_sha256 = parent_states(cfg, self.paths.root.parent, d_in, device)
+            states, self.parent_sha256, data = parent_states(cfg, self.paths.root.parent, d_in,
+                                                             device)
             for sae, state in zip(self.saes, states, strict=True):
                 sae.load_state_dict(state)
         # One Adam over every SAE's parameters is N independent Adams (it is per-parameter);
@@ -85,7 +87,8 @@ class Member:
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.train_log: dict[str, list[float]] = {}
         self.eval_log: dict[str, list[float]] = {}
-        self.data_state: dict | None = None  # the stream position at `self.step`
+        # the stream position at `self.step` (a warm start's: where its parent's ended)
+        self.data_state: dict | None = data
         self.alive_mask: torch.Tensor | None = None  # set by the post-training alive pass
         self._terms: dict[str, torch.Tensor] = {}
 

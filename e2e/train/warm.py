@@ -85,9 +85,10 @@ def _shape_fields(cfg: CellConfig) -> dict[str, Any]:
 
 
 def parent_states(cfg: CellConfig, grid_dir: Path | str, d_in: int, device: torch.device
-                  ) -> tuple[list[dict[str, torch.Tensor]], str]:
-    """The state dict of each of the child's SAEs (its parent's, in order) and the parent's
-    sha256. ConfigError when the parent cannot start this child, or changed since the
+                  ) -> tuple[list[dict[str, torch.Tensor]], str, dict | None]:
+    """The state dict of each of the child's SAEs (its parent's, in order), the parent's
+    sha256, and where the parent's data stream ended (a parent cell; None for a folder), so
+    the child goes on with fresh samples. ConfigError when the parent cannot start this child, or changed since the
     submission that recorded `init.sha256`."""
     parent = parent_dir(cfg, grid_dir)
     why = parent_mismatch(cfg, parent, d_in)
@@ -99,6 +100,6 @@ def parent_states(cfg: CellConfig, grid_dir: Path | str, d_in: int, device: torc
                           f"config {cfg.init.sha256[:12]}); resubmit to start from them")
     if cfg.init.from_cell:
         ckpt = torch.load(cell_paths(parent).checkpoint, weights_only=True, map_location=device)
-        return ckpt["saes"], sha
+        return ckpt["saes"], sha, ckpt["data"]
     sae, _ = load_saelens(parent)
-    return [{k: v.to(device) for k, v in sae.state_dict().items()}], sha
+    return [{k: v.to(device) for k, v in sae.state_dict().items()}], sha, None
