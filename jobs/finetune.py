@@ -32,9 +32,11 @@ class Finetune:
     # Of the parent's training samples; a child reads the samples after its parent's in the
     # same stream (the fine-tune is a continuation on fresh tokens, as Karvonen's last 25M).
     fractions: tuple[float, ...] = (0.1,)
-    # The child's peak LR as a multiple of the parent's. Default from the study on the demo LM
-    # (docs/finetune.md): see there for the values tried.
-    lr_factor: float = 1.0
+    # The child's peak LR as a multiple of the parent's. 0.1 is where the parent's schedule
+    # ended (its min_lr_factor on the small grids): on the demo LM, 1.0 (a fresh Adam at the
+    # parent's peak) threw the SAE off (CE loss increase 0.006 -> 0.13 in 10 steps) and never
+    # recovered in 80 steps; 0.1 improved on the parent from the first eval (docs/finetune.md).
+    lr_factor: float = 0.1
     # Linear warm-up over this fraction of the child's steps, then cosine decay to the
     # parent's floor: a fresh Adam on a new loss should not start at the full LR.
     warmup: float = 0.1

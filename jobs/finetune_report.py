@@ -119,7 +119,7 @@ def compute_figure(points: list[Point], cells: list[CellResult], out_dir: Path) 
             xs = [_mean_flops(cells, layer, cv) for cv in curves]
             ys = [_at_l0([(p.l0, p.ce_loss_increase) for p in points
                           if p.layer == layer and p.setting == cv], l0) for cv in curves]
-            ax.plot(xs, ys, "s--", color=f"C{4 + i}", label=f"local → {recipe[3:]} "
+            ax.plot(xs, ys, "s--", color=f"C{4 + i}", label=f"local → {recipe[3:]}, "
                     f"({', '.join(cv.rsplit('-', 1)[1] for cv in curves)})")
         ax.set_title(f"layer {layer}: CE loss increase at L0 {l0:.1f}")
         ax.set_xlabel("training FLOPs (a fine-tune's include its parent's)")

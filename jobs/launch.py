@@ -187,7 +187,7 @@ def _local_child_packs(plan) -> list[list]:
     return [p for _, packs in plan.child_tasks(plan.packs) for p in packs if p]
 
 
-def _submit_children(plan, grid: str, array_id: str | None) -> list[str]:
+def _submit_children(plan, grid: str, parent_jobs: list) -> list[str]:
     """The fine-tune stage on SLURM: per fraction, an array whose task i waits for parent task
     i alone (`aftercorr`: a child starts as soon as its own parents finish, not the whole
     array; a parent task that fails cancels its children, `--kill-on-invalid-dep`), and one
@@ -195,17 +195,20 @@ def _submit_children(plan, grid: str, array_id: str | None) -> list[str]:
     Returns the job ids the collector waits for."""
     ids, covered = [], set()
     gpus = plan.opts.gpus_per_cell
-    for f, packs in plan.child_tasks(plan.todo_packs) if array_id else []:
+    for f, packs in plan.child_tasks(plan.todo_packs) if parent_jobs else []:
         if not any(packs):
             continue
-        ex = _executor(plan, "slurm", f"{grid}-ft{f:g}", gpus, f"aftercorr:{array_id}",
+        # One task on either side is a plain job, not an array: then afterok on the task
+        dep = (f"aftercorr:{parent_jobs[0].job_id.split('_')[0]}"
+               if len(packs) > 1 and len(parent_jobs) > 1 else f"afterok:{parent_jobs[0].job_id}")
+        ex = _executor(plan, "slurm", f"{grid}-ft{f:g}", gpus, dep,
                        extra={"kill_on_invalid_dep": "yes"})
         with ex.batch():
             jobs = [ex.submit(CellJob([c.dir for c in p])) for p in packs]
         ids.append(jobs[0].job_id.split("_")[0])
         covered |= {c.id for p in packs for c in p}
         print(f"fine-tune array {ids[-1]} (fraction {f:g}): {len(jobs)} tasks, task i after "
-              f"cell task i (aftercorr:{array_id})")
+              f"cell task i ({dep})")
     free = [c for c in plan.children if c.status != "done" and c.id not in covered]
     if free:
         packs = [[free[i] for i in p] for p in make_packs(
@@ -234,7 +237,7 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
         after = f"afterany:{array_id}"
     elif dep:
         after = dep.replace("afterok", "afterany")
-    child_ids = _submit_children(plan, grid, array_id)
+    child_ids = _submit_children(plan, grid, jobs)
     if child_ids:
         after = ":".join([after or "afterany", *child_ids])
     col = _executor(plan, "slurm", f"{grid}-collect", 0, after or None)

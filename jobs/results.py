@@ -58,13 +58,15 @@ class CellResult:
 
     @property
     def curve(self) -> str:
-        """The curve it belongs to: its setting, or for a fine-tune `ft-<recipe>-<percent>`
-        of its parent's samples (e.g. `ft-e2e_mse-10%`)."""
+        """The curve it belongs to: its setting, or for a fine-tune `ft-<recipe>-lr<factor>-
+        <percent>`: its LR as a multiple of its parent's and its share of the parent's samples
+        (e.g. `ft-e2e_mse-lr0.1-10%`)."""
         if self.cfg is None or not self.cfg.init.warm:
             return self.cfg.loss.setting if self.cfg else ""
-        pct = (f"{100 * self.cfg.optim.n_samples / self.parent.cfg.optim.n_samples:.3g}%"
-               if self.parent and self.parent.cfg else "?")
-        return f"ft-{recipe_of(self.cfg)}-{pct}"
+        p = self.parent.cfg.optim if self.parent and self.parent.cfg else None
+        lr = f"lr{self.cfg.optim.lr / p.lr:.3g}" if p else "lr?"
+        pct = f"{100 * self.cfg.optim.n_samples / p.n_samples:.3g}%" if p else "?"
+        return f"ft-{recipe_of(self.cfg)}-{lr}-{pct}"
 
     @property
     def row(self) -> dict:

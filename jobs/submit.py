@@ -72,7 +72,7 @@ def _finetune_lines(plan: Plan) -> list[str]:
     todo = [c for c in plan.children if c.status != "done"]
     parents = {p for p, _ in plan.child_of.values()}
     lines = [f"fine-tune stage: {len(plan.children)} children of {len(parents)} local cells "
-             f"( ({', '.join(ft.settings)} x fractions "
+             f"({', '.join(ft.settings)} x fractions "
              f"{', '.join(f'{f:g}' for f in ft.fractions)}; lr x{ft.lr_factor:g}, warm-up "
              f"{ft.warmup:.0%}), {len(todo)} to run; on SLURM one array per fraction, task i "
              "after parent task i (--dependency=aftercorr)"]

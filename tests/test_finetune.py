@@ -108,3 +108,70 @@ def test_a_resumed_child_refuses_a_parent_that_changed(parent, tmp_path):
     with pytest.raises(ConfigError, match="parent's weights changed since it started"):
         train(child, tmp_path / "C", progress=False)
     assert torch.load(cell_paths(tmp_path / "C").checkpoint, weights_only=True)["step"] == 3
+
+
+# -- the stage: plan, dry run, refusals ----------------------------------------------------------
+
+def _plan(*tokens):
+    from jobs.plan import make_plan
+    return make_plan(list(tokens))
+
+
+def test_the_stage_adds_a_child_per_local_cell_recipe_and_fraction(smoke_root):
+    from jobs.finetune import recipe_of
+
+    plan = _plan("grid=smoke", f"root={smoke_root}", "executor=local", "pack=3",
+                 "finetune.settings=[e2e,e2e_mse]", "finetune.fractions=[0.25,0.5]")
+    (local,) = [c for c in plan.cells if c.cfg.loss.setting == "local"]
+    assert len(plan.children) == 4
+    assert {recipe_of(c.cfg) for c in plan.children} == {"e2e", "e2e_mse"}
+    for c in plan.children:
+        parent, f = plan.child_of[c.id]
+        assert parent == local.id and c.cfg.init.from_cell == local.id and not c.cfg.init.sha256
+        assert c.cfg.optim.n_samples == f * local.cfg.optim.n_samples
+        assert c.cfg.loss.sparsity_coeff == local.cfg.loss.sparsity_coeff  # λ carries over
+        assert c.cfg.loss.balance_kl and c.id.startswith(f"L1-ft{c.cfg.optim.n_steps}-")
+    # task i of a fraction's array holds the children of the parents in cell task i
+    tasks = dict(plan.child_tasks(plan.packs))
+    (pack_of_local,) = [i for i, p in enumerate(plan.packs) if local in p]
+    for f in (0.25, 0.5):
+        assert [len(p) for p in tasks[f]][pack_of_local] == 2
+        assert all(not p for i, p in enumerate(tasks[f]) if i != pack_of_local)
+
+
+def test_aligned_packs_keep_parent_task_indices():
+    from jobs.finetune import aligned_packs
+
+    packs = aligned_packs([["a", "b"], ["c"], ["d"]],
+                          [("a", 0.1, "a1"), ("b", 0.1, "b1"), ("d", 0.1, "d1"),
+                           ("d", 0.2, "d2")], 0.1)
+    assert packs == [["a1", "b1"], [], ["d1"]]
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (["finetune.settings=[kl]"], "finetune.settings: 'kl' is not one of"),
+    (["finetune.fractions=[0.1]"], "needs finetune.settings"),
+    (["finetune.settings=[e2e]", "finetune.fractions=[1.5]"], "must be in (0, 1]"),
+    (["settings=[e2e]", "finetune.settings=[e2e]"], "no local cells to fine-tune"),
+    (["settings=[e2e]", "init.from_cell=L1-local-nope"], "no such cell in this grid"),
+    (["settings=[e2e]", "init.from_path=/nonexistent"], "not a SAELens folder"),
+])
+def test_bad_stage_input_is_one_line_before_anything_is_written(smoke_root, tokens, message):
+    with pytest.raises(ConfigError) as e:
+        _plan("grid=smoke", f"root={smoke_root}", "executor=local", *tokens)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_paper_dry_run_prints_the_stage_and_its_gpu_hours_against_e2e(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=paper", f"root={tmp_path}",
+                        "dry_run=true", "finetune.settings=[e2e_mse]",
+                        "finetune.fractions=[0.1]"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "fine-tune stage: 28 children of 28 local cells" in r.stdout
+    assert "GPU-hours for e2e from scratch at the same 28 (layer, λ) points" in r.stdout
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing

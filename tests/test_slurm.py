@@ -71,6 +71,8 @@ def _job_ids(stdout: str) -> dict[str, str]:
     for line in stdout.splitlines():
         if line.startswith("cell array "):
             ids["array"] = line.split()[2].rstrip(":")
+        elif line.startswith("fine-tune array "):
+            ids["finetune"] = line.split()[2]
         elif line.startswith("collector job "):
             ids["collector"] = line.split()[2]
         elif line.startswith("analysis job "):
@@ -96,6 +98,24 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     assert "## Geometry: within-SAE" in (grid / "results" / "tables.md").read_text()
     for cell in grid.glob("L*"):  # the cells ran inside the image: its python, not ours
         assert "with /opt/venv/bin/python" in (cell / "train.log").read_text()
+
+
+def test_finetune_array_task_i_waits_for_cell_task_i_then_the_collector(tmp_path):
+    r = _submit(tmp_path, "lambdas.local=[1,2]", "finetune.settings=[e2e,e2e_mse]",
+                "finetune.fractions=[0.5]")
+    ids = _job_ids(r.stdout)
+    assert f"(aftercorr:{ids['array']})" in r.stdout
+    cells, kids = _sacct(ids["array"]), _sacct(ids["finetune"])
+    assert len(kids) == 2 and all(t["state"] == "COMPLETED" for t in cells + kids), cells + kids
+    for i in (0, 1):  # the two local cells are cell tasks 0 and 1, in grid order
+        assert kids[i]["start"] >= cells[i]["end"]
+    (col,) = _sacct(ids["collector"])
+    assert col["start"] >= max(t["end"] for t in kids)
+    grid = tmp_path / "smoke"
+    children = list(grid.glob("L1-ft*"))
+    assert len(children) == 4 and all((d / "DONE").exists() for d in children)
+    assert "## Fine-tuned from local cells" in (grid / "results" / "tables.md").read_text()
+    assert "ft-e2e_mse-lr0.1-50%" in (grid / "results" / "headline.txt").read_text()
 
 
 def _wait_for(pred, timeout: float, what: str) -> None:
