@@ -9,6 +9,9 @@
 2. Resume after a kill: a real cell (`python -m jobs.cell`) SIGKILLed after its first
    checkpoint, resumed, and compared with the same cell run straight through.
 3. One ksvd cell (DB-KSVD on the GPU: caching, pursuit, update, scoring).
+4. A fine-tune: a local cell, then its KL+MSE child (`jobs.finetune`, the grid's defaults):
+   the child's step-0 evaluation against its parent's final one (equal on the same device),
+   its time, and its FLOPs against the parent's.
 `size=cpu` runs the same code on a small shape on the CPU (CI runs it, so it never rots);
 `out=` writes the numbers as gpu_check.json there.
 """
@@ -57,7 +60,7 @@ class Options:
     size: str = "gpt2"
     steps: int = 10
     out: str = ""
-    parts: tuple[str, ...] = ("settings", "resume", "ksvd")
+    parts: tuple[str, ...] = ("settings", "resume", "ksvd", "finetune")
 
 
 def dense_tflops(device: str, dtype: torch.dtype, n: int) -> float:
@@ -186,6 +189,30 @@ def ksvd_report(cfg: CellConfig, root: Path) -> dict:
     return {"rows_per_s": rows / fit_s, "fit_seconds": fit_s, "cell_seconds": wall}
 
 
+def finetune_report(cfg: CellConfig, root: Path) -> dict:
+    from e2e.store import read_metrics
+    from jobs.finetune import Finetune, child
+
+    parent = replace(cfg, loss=LossConfig(setting="local", sparsity_coeff=1.0))
+    train(parent, root / "ft" / "parent", progress=False)
+    kid = child(parent, "parent", "e2e_mse", 0.5, Finetune(settings=("e2e_mse",)))
+    t0 = time.perf_counter()
+    train(kid, root / "ft" / "child", progress=False)
+    wall = time.perf_counter() - t0
+    p, c = (read_metrics(cell_paths(root / "ft" / d).metrics) for d in ("parent", "child"))
+    keys = [k for k in p["eval"] if k in c["eval_history"] and k != "alive_dict_elements"]
+    worst = max(abs(float(c["eval_history"][k][0]) - float(p["eval"][k])) for k in keys)
+    print(f"fine-tune (e2e_mse, half the parent's steps): step-0 eval against the parent's "
+          f"final, max |difference| over {len(keys)} metrics {worst:.3g}"
+          f"{' (equal)' if worst == 0 else ''}; CE loss increase "
+          f"{p['eval']['ce_loss_increase']:.4f} -> {c['eval']['ce_loss_increase']:.4f}, L0 "
+          f"{p['eval']['l0']:.1f} -> {c['eval']['l0']:.1f}; FLOPs {c['attrs']['flops']:.3g} "
+          f"({c['attrs']['flops'] / p['attrs']['flops']:.2f}x the parent's); {wall:.1f} s",
+          flush=True)
+    return {"start_eval_max_abs_diff": worst, "child_seconds": wall,
+            "flops_ratio": c["attrs"]["flops"] / p["attrs"]["flops"]}
+
+
 def cfg_width(cfg: CellConfig) -> int:
     return json.loads((Path(cfg.model.name_or_path) / "config.json").read_text())["n_embd"]
 
@@ -214,6 +241,8 @@ def main(*tokens: str) -> None:
             report["resume"] = resume_report(cfg, tmp)
         if "ksvd" in o.parts:
             report["ksvd"] = ksvd_report(cfg, tmp)
+        if "finetune" in o.parts:
+            report["finetune"] = finetune_report(cfg, tmp)
     if o.out:
         Path(o.out).mkdir(parents=True, exist_ok=True)
         (Path(o.out) / "gpu_check.json").write_text(json.dumps(report, indent=2))

@@ -175,3 +175,21 @@ def test_paper_dry_run_prints_the_stage_and_its_gpu_hours_against_e2e(tmp_path):
     assert "fine-tune stage: 28 children of 28 local cells" in r.stdout
     assert "GPU-hours for e2e from scratch at the same 28 (layer, λ) points" in r.stdout
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_an_interrupted_child_resumes_bit_identical(parent, tmp_path):
+    from test_train import _assert_identical
+
+    cfg, grid_dir = parent
+    import shutil
+    shutil.copytree(grid_dir / "P", tmp_path / "P")
+    child = replace(_child(cfg, "P", local_mse_coeff=0.5, kl_coeff=0.5),
+                    optim=replace(cfg.optim, n_samples=64, warmup_samples=8),
+                    eval=replace(cfg.eval, checkpoint_every_steps=2, every_samples=16))
+    assert train(child, tmp_path / "straight", progress=False) == "done"
+    for stop_at in (0, 5):  # before the first step (the start eval not yet run) and mid-run
+        polls = iter(range(100))
+        assert train(child, tmp_path / "resumed", progress=False,
+                     should_stop=lambda n=stop_at, it=polls: next(it) == n) == "interrupted"
+    assert train(child, tmp_path / "resumed", progress=False) == "done"
+    _assert_identical(tmp_path / "straight", tmp_path / "resumed")
