@@ -68,12 +68,15 @@ class Saved:
 
 
 def load(grid_dir: Path, results_cells) -> list[Saved]:
-    """Finished ReLU cells on a language model (the paper's SAEs), alive directions only."""
+    """Finished ReLU cells on a language model (the paper's SAEs), alive directions only;
+    fine-tuned cells are left to the collector's own table (their analyses are the parents'
+    plus a short fine-tune, and would multiply this step's time)."""
     from safetensors.torch import load_file
 
     out = []
     for c in results_cells:
-        if c.status != "done" or c.cfg.source != "model" or is_mfr_cell(c.cfg):
+        if (c.status != "done" or c.cfg.source != "model" or is_mfr_cell(c.cfg)
+                or c.cfg.init.warm):
             continue
         paths = cell_paths(grid_dir / c.id)
         w = load_file(str(paths.sae / "sae_weights.safetensors"))["W_dec"].float()

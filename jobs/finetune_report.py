@@ -20,8 +20,10 @@ def finetuned(cells: list[CellResult]) -> list[CellResult]:
     return [c for c in cells if c.status == "done" and c.cfg.init.warm]
 
 
-def _mean_flops(cells: list[CellResult], layer: int, curve: str) -> float:
-    fl = [c.total_flops for c in cells if c.status == "done" and c.cfg.layer == layer
+def _mean_flops(cells: list[CellResult], layer: int, curve: str,
+                attr: str = "total_flops") -> float:
+    """The mean cost of a curve's finished cells (a fine-tune's with its parent's)."""
+    fl = [getattr(c, attr) for c in cells if c.status == "done" and c.cfg.layer == layer
           and c.curve == curve]
     return float(np.mean(fl)) if fl else float("nan")
 
@@ -37,8 +39,11 @@ def headline(points: list[Point], cells: list[CellResult]) -> list[str]:
             parts.append(f"{r[0]:.0%} of {base}'s (L0 {r[1]:.1f}-{r[2]:.1f})" if r else
                          f"not comparable with {base} (no shared L0 range)")
         cost = _mean_flops(cells, layer, curve) / _mean_flops(cells, layer, "e2e")
+        wall = (_mean_flops(cells, layer, curve, "total_time_s")
+                / _mean_flops(cells, layer, "e2e", "total_time_s"))
         lines.append(f"layer {layer}: {curve}: CE loss increase at equal L0 {parts[0]}, "
-                     f"{parts[1]}; compute, parent included, {cost:.2f}x e2e's from scratch")
+                     f"{parts[1]}; cost, parent included, {cost:.2f}x e2e's from scratch in "
+                     f"FLOPs, {wall:.2f}x in training time")
     return lines
 
 

@@ -29,12 +29,16 @@ def pareto(points: list[Point], out_dir: Path) -> list[Path]:
     plt = _pyplot()
 
     layers = sorted({p.layer for p in points})
-    # the settings' own colours, then the fine-tune curves (dashed) in matplotlib's cycle
-    extra = sorted({p.setting for p in points} - set(SETTING_COLORS))
-    colors = {**SETTING_COLORS, **{s: f"C{4 + i}" for i, s in enumerate(extra)}}
+    # the settings' own colours, then the fine-tune curves (dashed; `ft-<recipe>-lr<f>-<n>%`)
+    # in recipe and fraction order, a shade each
+    extra = sorted({p.setting for p in points} - set(SETTING_COLORS),
+                   key=lambda s: (s.rsplit("-", 1)[0], float(s.rsplit("-", 1)[1].rstrip("%"))))
+    cmap = plt.get_cmap("tab20")
+    colors = {**SETTING_COLORS, **{s: cmap((4 + i) % 20) for i, s in enumerate(extra)}}
     written = []
     for x_name, fname in (("l0", "pareto_l0.png"), ("alive", "pareto_alive.png")):
-        fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(layers), figsize=((4.5 + 2 * bool(extra)) * len(layers),
+                                                          3.8), squeeze=False)
         for ax, layer in zip(axes[0], layers, strict=True):
             for s, color in colors.items():
                 ps = sorted((p for p in points if p.layer == layer and p.setting == s),
@@ -49,7 +53,8 @@ def pareto(points: list[Point], out_dir: Path) -> list[Path]:
             if all(p.ce_loss_increase > 0 for p in points):
                 ax.set_yscale("log")  # collapsed runs would flatten every other point
             ax.grid(alpha=0.3)
-            ax.legend()
+            ax.legend(**({"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1, 1)}
+                         if extra else {}))
         fig.tight_layout()
         path = out_dir / fname
         with atomic_path(path) as tmp:

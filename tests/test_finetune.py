@@ -46,6 +46,8 @@ def test_step0_eval_of_a_warm_start_equals_its_parents_final_eval(parent):
         assert hist[k][0] == p["eval"][k], k  # exactly: the same weights on the same tokens
     # the recorded parent, scale and cost
     assert c["attrs"]["parent_sha256"] == weights_sha256(child, grid_dir / "P")
+    meta = json.loads((cell_paths(grid_dir / "C").sae / "cfg.json").read_text())
+    assert meta["init_from"] == "P" and meta["init_sha256"] == c["attrs"]["parent_sha256"]
     mse, kl = hist[f"mse/{cfg.hook_name}"][0], hist["kl_orig_sae"][0]
     assert c["attrs"]["kl_scale"] == pytest.approx(mse / kl, rel=1e-12)
     tokens = 16 * cfg.data.context_length
@@ -193,3 +195,32 @@ def test_an_interrupted_child_resumes_bit_identical(parent, tmp_path):
                      should_stop=lambda n=stop_at, it=polls: next(it) == n) == "interrupted"
     assert train(child, tmp_path / "resumed", progress=False) == "done"
     _assert_identical(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_local_run_trains_children_after_parents_and_the_collector_shows_them(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = [sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
+            "executor=local", "pack=4", "settings=[local,e2e]", "lambdas.local=[1,3]",
+            "lambdas.e2e=[0.1,0.3]", "finetune.settings=[e2e,e2e_mse]",
+            "finetune.fractions=[0.5]"]
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    grid = tmp_path / "smoke"
+    kids = sorted(grid.glob("L1-ft*"))
+    assert len(kids) == 4 and all((d / "DONE").exists() for d in kids)
+    for d in kids:  # each child started after its parent had finished
+        parent = grid / json.loads((d / "config.json").read_text())["init"]["from_cell"]
+        assert (parent / "DONE").stat().st_mtime <= (d / "train.log").stat().st_mtime
+    results = grid / "results"
+    assert "## Fine-tuned from local cells" in (results / "tables.md").read_text()
+    headline = (results / "headline.txt").read_text()
+    assert "ft-e2e_mse-lr0.1-50%: CE loss increase at equal L0" in headline, headline
+    assert (results / "ce_vs_compute.png").exists()
+    summary = (results / "summary.csv").read_text()
+    assert "total_flops" in summary and "ft-e2e-lr0.1-50%" in summary
+    r2 = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0 and "nothing to do" in r2.stdout, r2.stdout + r2.stderr

@@ -281,6 +281,8 @@ class Member:
         self.save(data_state, final_eval)
         for i, sae in enumerate(self.saes):
             out = self.paths.sae if i == 0 else self.paths.sae.with_name(f"sae_{i}")
+            parent = ({"init_from": cfg.init.from_cell or cfg.init.from_path,
+                       "init_sha256": self.parent_sha256} if cfg.init.warm else {})
             save_saelens(sae, out, {**cell_meta(cfg, cfg.seed + SEED_STRIDE * i),
-                                    "sparsity_coeff": cfg.loss.sparsity_coeff})
+                                    "sparsity_coeff": cfg.loss.sparsity_coeff, **parent})
         atomic_write_text(self.paths.done, f"step {self.step}\n")
