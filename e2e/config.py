@@ -231,8 +231,9 @@ class CellConfig:
                     "0 with sae.activation=topk (TopK fixes L0 at k; there is no sparsity "
                     "term)", self.loss.sparsity_coeff)
         if self.init.warm:
-            require(self.kind == "sae", "init.from_cell", "empty for a ksvd cell (it fits from "
-                    "scratch)", self.init.from_cell or self.init.from_path)
+            key = "init.from_cell" if self.init.from_cell else "init.from_path"
+            require(self.kind == "sae", key, "empty for a ksvd cell (it fits from scratch: "
+                    "settings= without ksvd)", self.init.from_cell or self.init.from_path)
         if self.d_in_hint:
             check_sizes(self, self.d_in_hint)
 

@@ -127,6 +127,10 @@ class InitConfig:
     def __post_init__(self) -> None:
         require(not (self.from_cell and self.from_path), "init.from_path",
                 "empty when init.from_cell is given (one parent)", self.from_path)
+        require("/" not in self.from_cell and self.from_cell not in (".", ".."),
+                "init.from_cell", "a cell id of this grid (a folder name)", self.from_cell)
+        require(not self.sha256 or self.warm, "init.sha256",
+                "empty without init.from_cell or init.from_path", self.sha256)
 
     @property
     def warm(self) -> bool:

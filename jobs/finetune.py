@@ -50,6 +50,8 @@ class Finetune:
                 raise ConfigError(f"finetune.fractions: {f:g} is invalid: must be in (0, 1]")
         if not self.fractions:
             raise ConfigError("finetune.fractions is empty: give one or more, e.g. [0.1]")
+        if len(set(self.fractions)) < len(self.fractions):
+            raise ConfigError(f"finetune.fractions={list(self.fractions)} repeats a value")
         if not 0 < self.lr_factor <= 10:
             raise ConfigError(f"finetune.lr_factor={self.lr_factor:g} is invalid: must be in "
                               "(0, 10]")
@@ -58,21 +60,26 @@ class Finetune:
 
 
 def is_parent(cfg: CellConfig) -> bool:
-    """A local SAE cell trained from scratch has fine-tune children."""
-    return cfg.kind == "sae" and cfg.loss.setting == "local" and not cfg.init.warm
+    """A local ReLU SAE cell on a model, trained from scratch, has fine-tune children (TopK and
+    MFR cells have their own report; a warm start of one by hand: `init.from_cell`)."""
+    return (cfg.kind == "sae" and cfg.loss.setting == "local" and not cfg.init.warm
+            and cfg.source == "model" and cfg.sae.activation == "relu" and cfg.mfr.n_saes == 1)
 
 
 def child(parent: CellConfig, parent_id: str, recipe: str, fraction: float, ft: Finetune
           ) -> CellConfig:
     """The child of `parent` (cell `parent_id`) for one recipe and fraction."""
     o = parent.optim
-    steps = max(1, round(fraction * o.n_steps))
+    steps = round(fraction * o.n_steps)
+    if steps < 1:
+        raise ConfigError(f"finetune.fractions: {fraction:g} of a parent's {o.n_steps} steps "
+                          "is less than one step")
     n = steps * o.samples_per_step
     return with_overrides(parent, {
         **RECIPES[recipe], "init.from_cell": parent_id, "optim.n_samples": n,
         "optim.warmup_samples": round(ft.warmup * steps) * o.samples_per_step,
         "optim.lr": min(0.99, o.lr * ft.lr_factor),
-        # four evaluations over the fine-tune, besides the one at its start
+        # about four evaluations over the fine-tune, besides the one at its start
         "eval.every_samples": max(o.samples_per_step, n // 4)})
 
 

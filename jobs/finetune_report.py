@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from jobs import tables
-from jobs.results import CellResult
+from jobs.results import CellResult, curve_order
 from jobs.tables import Point
 
 
-def finetuned(cells: list[CellResult]) -> list[CellResult]:
-    return [c for c in cells if c.status == "done" and c.cfg.init.warm]
+def finetuned(cells: list[CellResult], costed: bool = False) -> list[CellResult]:
+    """Finished warm-started cells; `costed`: only those whose parent cell is in the grid (a
+    SAELens parent's cost is unknown, so it has no place on a cost axis)."""
+    return [c for c in cells if c.status == "done" and c.cfg.init.warm
+            and (c.parent is not None or not costed)]
 
 
 def _mean_flops(cells: list[CellResult], layer: int, curve: str,
@@ -32,7 +35,8 @@ def headline(points: list[Point], cells: list[CellResult]) -> list[str]:
     """Per layer and fine-tune curve: its CE loss increase as a fraction of local's and of
     e2e's at equal L0, and its total compute (parent included) as a fraction of e2e's."""
     lines = []
-    for layer, curve in sorted({(c.cfg.layer, c.curve) for c in finetuned(cells)}):
+    for layer, curve in sorted({(c.cfg.layer, c.curve) for c in finetuned(cells, True)},
+                               key=lambda x: (x[0], curve_order(x[1]))):
         parts = []
         for base in ("local", "e2e"):
             r = tables.ce_ratio_at_equal_l0(points, layer, curve, base=base)
@@ -57,7 +61,8 @@ def markdown(cells: list[CellResult]) -> str:
                      f"{p.eval['l0']:.1f}" if p else "?", f"{c.eval['l0']:.1f}",
                      f"{p.eval['ce_loss_increase']:.4f}" if p else "?",
                      f"{c.eval['ce_loss_increase']:.4f}", f"{c.flops:.3g}",
-                     f"{c.total_flops:.3g}", f"{c.total_flops / e2e:.2f}",
+                     f"{c.total_flops:.3g}" if p else "?",
+                     f"{c.total_flops / e2e:.2f}" if p else "?",
                      f"{c.total_time_s / 60:.1f}", c.cfg.init.from_cell or c.cfg.init.from_path))
     header = ("layer", "curve", "λ", "parent L0", "L0", "parent CE↑", "CE↑", "FLOPs",
               "total FLOPs", "total / e2e", "total min", "parent")
@@ -101,7 +106,7 @@ def compute_figure(points: list[Point], cells: list[CellResult], out_dir: Path) 
     is the answer."""
     from jobs.plots import SETTING_COLORS, _pyplot, save
 
-    layers = sorted({c.cfg.layer for c in finetuned(cells)})
+    layers = sorted({c.cfg.layer for c in finetuned(cells, True)})
     if not layers:
         return None
     plt = _pyplot()
@@ -115,12 +120,11 @@ def compute_figure(points: list[Point], cells: list[CellResult], out_dir: Path) 
         for curve in ("local", "e2e"):
             xs, ys = _trajectory(cells, layer, curve, l0)
             ax.plot(xs, ys, "o-", color=SETTING_COLORS[curve], label=f"{curve} (over training)")
-        recipes = sorted({c.curve.rsplit("-", 1)[0] for c in finetuned(cells)
+        recipes = sorted({c.curve.rsplit("-", 1)[0] for c in finetuned(cells, True)
                           if c.cfg.layer == layer})
         for i, recipe in enumerate(recipes):
-            curves = sorted({c.curve for c in finetuned(cells) if c.cfg.layer == layer
-                             and c.curve.startswith(recipe + "-")},
-                            key=lambda s: float(s.rsplit("-", 1)[1].rstrip("%")))
+            curves = sorted({c.curve for c in finetuned(cells, True) if c.cfg.layer == layer
+                             and c.curve.startswith(recipe + "-")}, key=curve_order)
             xs = [_mean_flops(cells, layer, cv) for cv in curves]
             ys = [_at_l0([(p.l0, p.ce_loss_increase) for p in points
                           if p.layer == layer and p.setting == cv], l0) for cv in curves]

@@ -116,27 +116,20 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
     tasks = iter(progress.tasks)
     if plan.needs_pretrain:
         _follow(submit(run_pretrain, grid, root), progress, next(tasks))
-    todo = plan.todo_packs
-    failed = []
+    failed: list[str] = []
     step = plan.opts.array_parallelism or 1
-    for start in range(0, len(todo), step):
-        wave = todo[start:start + step]
-        jobs = [submit(CellJob([c.dir for c in pack])) for pack in wave]
-        for pack, job in zip(wave, jobs, strict=True):
-            try:
-                _follow(job, progress, next(tasks))
-            except Exception:  # a failed task is reported, the others go on
-                failed.append(", ".join(c.id for c in pack))
-                print(f"{failed[-1]}: FAILED (above: the end of its log {job.paths.stderr})",
-                      flush=True)
-    for pack in _local_child_packs(plan):  # the fine-tune stage, after every parent
-        job = submit(CellJob([c.dir for c in pack]))
-        try:
-            _follow(job, progress, next(tasks))
-        except Exception:
-            failed.append(", ".join(c.id for c in pack))
-            print(f"{failed[-1]}: FAILED (above: the end of its log {job.paths.stderr})",
-                  flush=True)
+    # the cells, then the fine-tune stage after every one of them
+    for todo in (plan.todo_packs, _local_child_packs(plan)):
+        for start in range(0, len(todo), step):
+            wave = todo[start:start + step]
+            jobs = [submit(CellJob([c.dir for c in pack])) for pack in wave]
+            for pack, job in zip(wave, jobs, strict=True):
+                try:
+                    _follow(job, progress, next(tasks))
+                except Exception:  # a failed task is reported, the others go on
+                    failed.append(", ".join(c.id for c in pack))
+                    print(f"{failed[-1]}: FAILED (above: the end of its log "
+                          f"{job.paths.stderr})", flush=True)
     _follow(submit(run_collect, grid, root), progress, next(tasks))
     results = _follow(submit(run_analyze, grid, root), progress, next(tasks))
     progress.close()

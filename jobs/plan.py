@@ -200,11 +200,16 @@ def make_plan(tokens: list[str]) -> Plan:
         kids = children([(c.id, c.cfg) for c in cells], axes.finetune)
         if not kids:
             raise ConfigError("finetune.settings= is given but the grid has no local cells to "
-                              "fine-tune (settings= must include local)")
+                              "fine-tune (local ReLU SAEs on a model, without MFR; settings= "
+                              "must include local)")
         plan.finetune, plan.children = axes.finetune, _cells([k[2] for k in kids],
                                                              root / grid.name)
         plan.child_of = {c.id: (pid, f) for c, (pid, f, _) in zip(plan.children, kids,
                                                                   strict=True)}
+        # cell tasks with a parent first: fine-tune task i waits for cell task i, so the
+        # fine-tune arrays then have no empty tasks in front
+        parents = {pid for pid, _ in plan.child_of.values()}
+        plan.packs.sort(key=lambda p: not any(c.id in parents for c in p))
     if depth is None and needs_model:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
                           "in the HF cache): layers are checked when each cell starts")

@@ -10,6 +10,7 @@ import numpy as np
 from e2e.analysis import geometry
 from e2e.io import atomic_path
 from jobs import tables
+from jobs.results import curve_order
 from jobs.tables import SETTING_COLORS, Point
 
 COLORS = SETTING_COLORS
@@ -31,8 +32,7 @@ def pareto(points: list[Point], out_dir: Path) -> list[Path]:
     layers = sorted({p.layer for p in points})
     # the settings' own colours, then the fine-tune curves (dashed; `ft-<recipe>-lr<f>-<n>%`)
     # in recipe and fraction order, a shade each
-    extra = sorted({p.setting for p in points} - set(SETTING_COLORS),
-                   key=lambda s: (s.rsplit("-", 1)[0], float(s.rsplit("-", 1)[1].rstrip("%"))))
+    extra = sorted({p.setting for p in points} - set(SETTING_COLORS), key=curve_order)
     cmap = plt.get_cmap("tab20")
     colors = {**SETTING_COLORS, **{s: cmap((4 + i) % 20) for i, s in enumerate(extra)}}
     written = []

@@ -64,9 +64,10 @@ class CellResult:
         if self.cfg is None or not self.cfg.init.warm:
             return self.cfg.loss.setting if self.cfg else ""
         p = self.parent.cfg.optim if self.parent and self.parent.cfg else None
-        lr = f"lr{self.cfg.optim.lr / p.lr:.3g}" if p else "lr?"
-        pct = f"{100 * self.cfg.optim.n_samples / p.n_samples:.3g}%" if p else "?"
-        return f"ft-{recipe_of(self.cfg)}-{lr}-{pct}"
+        if p is None:  # a SAELens folder, or a parent cell no longer in the grid
+            return f"ft-{recipe_of(self.cfg)}-from-{'path' if self.cfg.init.from_path else 'gone'}"
+        return (f"ft-{recipe_of(self.cfg)}-lr{self.cfg.optim.lr / p.lr:.3g}-"
+                f"{100 * self.cfg.optim.n_samples / p.n_samples:.3g}%")
 
     @property
     def row(self) -> dict:
@@ -100,6 +101,15 @@ class CellResult:
             "l0_change_2nd_half": self.change.get("l0", ""),
             "reason": self.reason,
         }
+
+
+def curve_order(curve: str) -> tuple[str, float]:
+    """Sort key of curve names: fine-tunes by recipe and LR, then by fraction."""
+    head, _, tail = curve.rpartition("-")
+    try:
+        return head, float(tail.rstrip("%"))
+    except ValueError:
+        return curve, float("inf")
 
 
 def _tail(path: Path, n: int = 5) -> str:

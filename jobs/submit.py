@@ -56,7 +56,8 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
                          f"{c.cfg.lam:>8g}  {c.status}")
     lines += _finetune_lines(plan)
-    lines.append("then: collector job (after the array, whatever its outcome), then the "
+    arrays = "the arrays" if plan.children else "the array"
+    lines.append(f"then: collector job (after {arrays}, whatever their outcome), then the "
                  f"analysis job (after the collector; CPU only, {plan.cpus} CPUs, "
                  f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "
                  "multi-dimensional features)")
@@ -105,7 +106,8 @@ def write_configs(plan: Plan) -> None:
             atomic_write_text(paths.config, c.cfg.to_json())
     _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
     for f, packs in plan.child_tasks(plan.packs):
-        _write_manifest(plan.grid_dir / f"manifest-ft{f:g}.txt", packs)
+        if packs:  # a fraction whose children are all done has no array
+            _write_manifest(plan.grid_dir / f"manifest-ft{f:g}.txt", packs)
 
 
 def _write_manifest(path: Path, packs: list) -> None:
@@ -139,7 +141,7 @@ def plain_sbatch_commands(plan: Plan) -> str:
                  f"{plan.grid_dir / 'manifest.txt'})")
     after = "$arr"
     lines += ["all="] if plan.children else []
-    for f, packs in plan.child_tasks(plan.packs):
+    for f, packs in [(f, p) for f, p in plan.child_tasks(plan.packs) if p]:
         lines.append(f"ft=$({env} sbatch --parsable --array=0-{len(packs) - 1} "
                      f"--dependency=aftercorr:$arr --kill-on-invalid-dep=yes "
                      f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "

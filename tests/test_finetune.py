@@ -74,6 +74,11 @@ def test_a_parent_that_cannot_start_the_child_is_named(parent, tmp_path):
     why = parent_mismatch(other, grid_dir / "P")
     assert "hook: parent 'blocks.1.hook_resid_pre', child 'blocks.2.hook_resid_pre'" in why
     assert "sae.dict_size_to_input_ratio: parent 4.0, child 2.0" in why
+    ksvd = replace(cfg, loss=replace(cfg.loss, setting="ksvd", sparsity_coeff=0.0))
+    (tmp_path / "K").mkdir()
+    (tmp_path / "K" / "config.json").write_text(ksvd.to_json())
+    (tmp_path / "K" / "DONE").write_text("")
+    assert "kind: parent 'ksvd', child 'sae'" in parent_mismatch(_child(cfg, "K"), tmp_path / "K")
     unfinished = tmp_path / "U"
     cell_paths(unfinished).root.mkdir()
     cell_paths(unfinished).config.write_text(cfg.to_json())
@@ -157,6 +162,11 @@ def test_aligned_packs_keep_parent_task_indices():
     (["settings=[e2e]", "finetune.settings=[e2e]"], "no local cells to fine-tune"),
     (["settings=[e2e]", "init.from_cell=L1-local-nope"], "no such cell in this grid"),
     (["settings=[e2e]", "init.from_path=/nonexistent"], "not a SAELens folder"),
+    (["settings=[e2e]", "init.sha256=abc"], "init.sha256='abc' is invalid"),
+    (["settings=[e2e]", "init.from_cell=../x"], "a cell id of this grid"),
+    (["finetune.settings=[e2e]", "finetune.fractions=[0.5,0.5]"], "repeats a value"),
+    (["finetune.settings=[e2e]", "finetune.fractions=[0.001]"], "less than one step"),
+    (["init.from_path=/x"], "init.from_path='/x' is invalid: must be empty for a ksvd cell"),
 ])
 def test_bad_stage_input_is_one_line_before_anything_is_written(smoke_root, tokens, message):
     with pytest.raises(ConfigError) as e:
@@ -224,3 +234,27 @@ def test_a_local_run_trains_children_after_parents_and_the_collector_shows_them(
     assert "total_flops" in summary and "ft-e2e-lr0.1-50%" in summary
     r2 = subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0 and "nothing to do" in r2.stdout, r2.stdout + r2.stderr
+
+
+def test_the_plain_sbatch_path_writes_aligned_manifests_and_aftercorr_commands(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
+                        "executor=slurm", "submit=false", "lambdas.local=[1,2]",
+                        "finetune.settings=[e2e_mse]", "finetune.fractions=[0.5]"],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    grid = tmp_path / "smoke"
+    parents = (grid / "manifest.txt").read_text().splitlines()
+    kids = (grid / "manifest-ft0.5.txt").read_text().splitlines()
+    assert len(kids) == 2 and len(parents) >= 2  # local λ 1 and 2 are cell tasks 0 and 1
+    for p_line, k_line in zip(parents, kids, strict=False):
+        (child,) = k_line.split()
+        cfg = json.loads((Path(child) / "config.json").read_text())
+        assert cfg["init"]["from_cell"] == Path(p_line).name
+    assert ("--dependency=aftercorr:$arr --kill-on-invalid-dep=yes" in r.stdout
+            and "manifest-ft0.5.txt); all=\"$all:$ft\"" in r.stdout
+            and "--dependency=afterany:$arr$all" in r.stdout), r.stdout

@@ -78,7 +78,7 @@ def parent_mismatch(cfg: CellConfig, parent: Path, d_in: int | None = None) -> s
 
 def _shape_fields(cfg: CellConfig) -> dict[str, Any]:
     """What a parent cell shares with its child: the model, the hook, the dictionary's shape."""
-    return {"model.name_or_path": cfg.model.name_or_path, "source": cfg.source,
+    return {"kind": cfg.kind, "model.name_or_path": cfg.model.name_or_path, "source": cfg.source,
             "hook": cfg.hook_name, "sae.dict_size_to_input_ratio":
             cfg.sae.dict_size_to_input_ratio, "sae.activation": cfg.sae.activation,
             "sae.k": cfg.sae.k, "mfr.n_saes": cfg.mfr.n_saes}
@@ -88,8 +88,8 @@ def parent_states(cfg: CellConfig, grid_dir: Path | str, d_in: int, device: torc
                   ) -> tuple[list[dict[str, torch.Tensor]], str, dict | None]:
     """The state dict of each of the child's SAEs (its parent's, in order), the parent's
     sha256, and where the parent's data stream ended (a parent cell; None for a folder), so
-    the child goes on with fresh samples. ConfigError when the parent cannot start this child, or changed since the
-    submission that recorded `init.sha256`."""
+    the child goes on with fresh samples. ConfigError when the parent cannot start this
+    child, or changed since the submission that recorded `init.sha256`."""
     parent = parent_dir(cfg, grid_dir)
     why = parent_mismatch(cfg, parent, d_in)
     if why:
