@@ -321,6 +321,8 @@ def check_sizes(cfg: CellConfig, d_in: int) -> None:
             cfg.sae.dict_size_to_input_ratio)
     if cfg.kind == "ksvd":
         require(cfg.ksvd.max_nnz <= k, "ksvd.max_nnz", f"<= K = {k} atoms", cfg.ksvd.max_nnz)
+    elif cfg.sae.activation == "topk":
+        require(cfg.sae.k <= k, "sae.k", f"<= the dictionary size {k}", cfg.sae.k)
     if cfg.mfr.similarity == "hungarian" and cfg.mfr.n_saes > 1:
         refusal = hungarian_refusal(k)
         require(refusal is None, "mfr.similarity", f"max or symmetric_max here: {refusal}",

@@ -174,6 +174,9 @@ def make_plan(tokens: list[str]) -> Plan:
     opts, axes, cfg_overrides = parse_overrides(tokens)
     grid = grid_named(opts.grid)
     root = Path(opts.root).resolve()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"root={opts.root} is invalid: {existing} is a file, not a folder")
     # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
     cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
                               for c in _expand(grid, root, axes)))

@@ -56,8 +56,8 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
                          f"{c.cfg.lam:>8g}  {c.status}")
     lines += _finetune_lines(plan)
-    arrays = "the arrays" if plan.children else "the array"
-    lines.append(f"then: collector job (after {arrays}, whatever their outcome), then the "
+    arrays = "the arrays, whatever their" if plan.children else "the array, whatever its"
+    lines.append(f"then: collector job (after {arrays} outcome), then the "
                  f"analysis job (after the collector; CPU only, {plan.cpus} CPUs, "
                  f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "
                  "multi-dimensional features)")

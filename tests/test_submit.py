@@ -42,10 +42,20 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
                       (["grid=smoke", "typo=1"], "unknown key 'typo'"),
                       (["grid=tiny", "layers=[9]"], "layer=9 is invalid: the model has 4 layers"),
                       (["grid=smoke", "layers=[7]"], "layer=7 is invalid: the model has 3 layers"),
-                      (["grid=smoke", "pack=-1"], "pack=-1 is invalid")):
+                      (["grid=smoke", "pack=-1"], "pack=-1 is invalid"),
+                      # the dictionary size is known before submission (synthetic data: d)
+                      (["grid=synthetic", "sae.k=100000"],
+                       "sae.k=100000 is invalid: must be <= the dictionary size 512")):
         r = _submit(*args, f"root={tmp_path}")
         assert r.returncode != 0 and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, no traceback
     assert list(tmp_path.iterdir()) == []
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    for root in (a_file, a_file / "below"):
+        r = _submit("grid=smoke", f"root={root}")
+        assert r.returncode != 0 and r.stderr.strip() == (
+            f"error: root={root} is invalid: {a_file} is a file, not a folder"), r.stderr
 
 
 def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
