@@ -1,8 +1,11 @@
 """The paper's evaluation metrics; every name carries its direction and sign.
 
 `ce_loss_increase` = CE(sae) - CE(orig); `kl_orig_sae` = KL(p_orig || p_sae); `l0` counts non-zero
-codes per token (position 0 included; a fitted dictionary's codes are signed); explained
-variance is the paper's per-token 1 - ||x - x_hat||^2 / ||x - mean(x)||^2, averaged over tokens.
+codes per token (position 0 included; a fitted dictionary's codes are signed). Explained
+variance has two definitions in the field, reported under two names that are never compared:
+`explained_variance/<hook>` is the paper's per-token 1 - ||x - x_hat||^2 / ||x - mean(x)||^2,
+averaged over tokens (a token near the mean weighs as much as any); `explained_variance_pooled/
+<hook>` is SAELens's and SAEBench's 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over a batch.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     resid = (flat_t - flat_p).pow(2).sum(-1)
     total = (flat_t - flat_t.mean(0)).pow(2).sum(-1)
     return (1 - resid / total).mean()
+
+
+def explained_variance_pooled(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - sum over tokens ||target - pred||^2 / sum over tokens ||target - mean(target)||^2."""
+    flat_t = target.reshape(-1, target.shape[-1]).float()
+    resid = (flat_t - pred.reshape(flat_t.shape).float()).pow(2).sum()
+    return 1 - resid / (flat_t - flat_t.mean(0)).pow(2).sum()
+
+
+def _reconstruction(name: str, pred: torch.Tensor, target: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+    return {f"mse/{name}": mse_loss(pred, target),
+            f"explained_variance/{name}": explained_variance(pred, target),
+            f"explained_variance_pooled/{name}": explained_variance_pooled(pred, target)}
 
 
 def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -120,9 +137,8 @@ def evaluate_synthetic(saes: list[SAE], batches: list[torch.Tensor]) -> list[dic
         sums: dict[str, float] = defaultdict(float)
         for x in batches:
             x_hat, c = sae(x)
-            sums["mse/synthetic"] += float(mse_loss(x_hat, x))
-            sums["explained_variance/synthetic"] += float(explained_variance(x_hat, x))
-            sums["l0"] += float(l0(c))
+            for k, v in {**_reconstruction("synthetic", x_hat, x), "l0": l0(c)}.items():
+                sums[k] += float(v)
         out.append({k: v / len(batches) for k, v in sums.items()})
     return out
 
@@ -140,12 +156,8 @@ def _batch_metrics(model, sae: SAE, layer: int, tokens: torch.Tensor, clean
         # Shrinkage (the paper's Table 5): mean ||x_hat|| / ||x||, position 0 apart (its norm
         # is far larger in GPT-2).
         **l2_ratios(x_hat, clean.resid),
-        f"mse/blocks.{layer}.hook_resid_pre": mse_loss(x_hat, clean.resid),
-        f"explained_variance/blocks.{layer}.hook_resid_pre":
-            explained_variance(x_hat, clean.resid),
+        **_reconstruction(f"blocks.{layer}.hook_resid_pre", x_hat, clean.resid),
     }
     for k, (s, o) in enumerate(zip(later_sae, clean.later_resids, strict=True)):
-        name = f"blocks.{layer + 1 + k}.hook_resid_pre"
-        m[f"mse/{name}"] = mse_loss(s, o)
-        m[f"explained_variance/{name}"] = explained_variance(s, o)
+        m.update(_reconstruction(f"blocks.{layer + 1 + k}.hook_resid_pre", s, o))
     return m

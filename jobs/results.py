@@ -86,6 +86,7 @@ class CellResult:
             "ce_loss_increase": e.get("ce_loss_increase", ""),
             "kl_orig_sae": e.get("kl_orig_sae", ""),
             "explained_variance": e.get(f"explained_variance/{hook}", ""),
+            "explained_variance_pooled": e.get(f"explained_variance_pooled/{hook}", ""),
             "mse": e.get(f"mse/{hook}", ""),
             "downstream_mse": ";".join(f"{k[4:]}={v:.6g}" for k, v in sorted(later.items())),
             "grad_norm": e.get("grad_norm", ""),

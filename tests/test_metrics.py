@@ -22,6 +22,25 @@ def test_explained_variance_per_token_definition():
     assert half == pytest.approx(0.75)
 
 
+def test_the_two_explained_variances_against_a_from_scratch_computation():
+    """A planted batch: one token sits 1e-3 from the batch mean, so its own ratio explodes in
+    the per-token (paper) mean while the pooled (SAELens, SAEBench) ratio barely moves."""
+    from e2e.metrics import explained_variance_pooled
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 4, generator=g)
+    x = torch.cat([x, x.mean(0, keepdim=True) + 1e-3])  # a 10th token next to the mean
+    x_hat = x + 0.1 * torch.randn(10, 4, generator=g)
+    mean = x.mean(0)
+    per_token = [1 - ((x[i] - x_hat[i]) ** 2).sum() / ((x[i] - mean) ** 2).sum()
+                 for i in range(10)]
+    pooled = 1 - ((x - x_hat) ** 2).sum() / ((x - mean) ** 2).sum()
+    assert explained_variance(x_hat, x).item() == pytest.approx(float(sum(per_token) / 10),
+                                                                rel=1e-5)
+    assert explained_variance_pooled(x_hat, x).item() == pytest.approx(float(pooled), rel=1e-6)
+    assert explained_variance(x_hat, x).item() < -100 < 0.9 < explained_variance_pooled(x_hat, x)
+
+
 def test_l0_counts_nonzero_per_token():
     c = torch.tensor([[[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]]])
     assert l0(c).item() == 1.5

@@ -61,6 +61,7 @@ def test_each_setting_trains_and_writes_its_outputs(smoke_cells, tmp_path, setti
     for k in ("ce_loss_orig", "ce_loss_sae", "ce_loss_increase", "kl_orig_sae",
               "top1_agreement", "l0", "alive_dict_elements", "grad_norm",
               f"mse/{cfg.hook_name}", f"explained_variance/{cfg.hook_name}",
+              f"explained_variance_pooled/{cfg.hook_name}",
               "mse/blocks.2.hook_resid_pre"):
         assert k in ev and np.isfinite(ev[k]), k
     assert ev["ce_loss_increase"] == pytest.approx(ev["ce_loss_sae"] - ev["ce_loss_orig"])
