@@ -4,7 +4,8 @@ one). Each cell keeps its own files, log and FAILED marker.
 
 Under submitit the cell is `Checkpointable`: SIGUSR2 (preemption, or the time limit near) sets a
 flag that the training loop polls between optimizer steps; the loop checkpoints and returns, and
-then submitit's own handler requeues the job, which resumes from the checkpoint.
+then submitit's own handler requeues the job, which resumes from the checkpoint. SIGTERM (a
+preemption that sends no user signal) checkpoints the same way and exits 143 (`_StopOnSignal`).
 """
 
 from __future__ import annotations
@@ -38,22 +39,36 @@ def _log(cell_dir: Path, message: str) -> None:
         f.write(f"[{stamp}] {message}\n")
 
 
-class _StopOnUsr2:
-    """Turns SIGUSR2 into a flag; keeps the handler it replaced (submitit's) to call later."""
+class _StopOnSignal:
+    """Turns SIGUSR2 and SIGTERM into a flag; keeps the USR2 handler it replaced (submitit's)
+    to call later.
+
+    USR2 is SLURM's warning before the time limit (`--signal=USR2@120`) and, where the cluster
+    sets `PreemptParameters=send_user_signal`, before preemption. Elsewhere preemption sends
+    SIGTERM, then SIGKILL after `KillWait` (30 s by default), and submitit's own handler ignores
+    TERM: here TERM, too, checkpoints at the end of the running step and exits (143); SLURM
+    requeues a preempted job itself (`PreemptMode=REQUEUE`), and it resumes from that
+    checkpoint."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested = 0  # the signal received, 0 for none
         self.previous = signal.getsignal(signal.SIGUSR2)
         signal.signal(signal.SIGUSR2, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.requested = self.requested or signum
 
     def hand_over(self) -> None:
-        """Lets submitit checkpoint (pickle this job) and requeue; it exits the process."""
+        """USR2: lets submitit checkpoint (pickle this job) and requeue; it exits the process.
+        TERM: exits 143 with the cells checkpointed."""
+        name = signal.Signals(self.requested).name
+        print(f"interrupted by {name}; checkpoint written, run again to resume",
+              file=sys.stderr, flush=True)
+        if self.requested == signal.SIGTERM:
+            sys.exit(128 + signal.SIGTERM)
         if callable(self.previous):
             self.previous(signal.SIGUSR2, None)
-        print("interrupted by SIGUSR2; checkpoint written, run again to resume", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -81,13 +96,13 @@ class CellJob(submitit.helpers.Checkpointable):
         for d in dirs:
             (d / FAILED).unlink(missing_ok=True)
             cfgs.append(CellConfig.from_json(cell_paths(d).config.read_text()))
-        stop = _StopOnUsr2()
+        stop = _StopOnSignal()
         pack = f" in a pack of {len(dirs)}" if len(dirs) > 1 else ""
         for d in dirs:
             resuming = " (resuming)" if cell_paths(d).checkpoint.exists() else ""
             _log(d, f"start{resuming}{pack} on {platform.node()} with {sys.executable}")
         try:
-            statuses = train_pack(cfgs, dirs, should_stop=lambda: stop.requested)
+            statuses = train_pack(cfgs, dirs, should_stop=lambda: bool(stop.requested))
         except CellBusyError as e:  # another process trains it: not a failure of the cell
             for d in dirs:
                 _log(d, f"refused: {e}")

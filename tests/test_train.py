@@ -117,6 +117,33 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(smoke_cells, tmp_path
     _assert_identical(tmp_path / "straight", killed)
 
 
+def test_sigterm_checkpoints_at_once_and_the_cell_resumes_bit_identical(smoke_cells, tmp_path):
+    """Preemption without `send_user_signal` is SIGTERM, then SIGKILL after KillWait: the
+    cell checkpoints at the end of its running step and exits 143, nothing lost."""
+    cfg = _longer([c for c in smoke_cells if c.loss.setting == "e2e"][0])
+    cfg = replace(cfg, optim=replace(cfg.optim, n_samples=400),
+                  eval=replace(cfg.eval, checkpoint_every_steps=10))
+    train(cfg, tmp_path / "straight", progress=False)
+    cell = tmp_path / "termed"
+    cell_paths(cell).root.mkdir()
+    cell_paths(cell).config.write_text(cfg.to_json())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cell", str(cell)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not cell_paths(cell).checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # after the first checkpoint (step 10), mid-step
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted by SIGTERM" in err, err
+    step = torch.load(cell_paths(cell).checkpoint, weights_only=True)["step"]
+    assert 10 <= step < cfg.optim.n_steps and not cell_paths(cell).done.exists()
+    assert "interrupted" in cell_paths(cell).log.read_text()
+    assert train(cfg, cell, progress=False) == "done"
+    _assert_identical(tmp_path / "straight", cell)
+
+
 def test_non_finite_loss_stops_with_step_and_never_marks_done(smoke_cells, tmp_path,
                                                              monkeypatch):
     import e2e.train.member as t
