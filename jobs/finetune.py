@@ -8,7 +8,7 @@ same model, layer, data, seed and λ, its own loss and budget. Recipes:
 - `e2e_mse`: Karvonen's mix, KL/2 + MSE/2 (arXiv 2503.17272);
 - `e2e_ds`: the paper's KL + downstream MSE.
 Each balances its KL to the parent's MSE at the start (`loss.balance_kl`), so the parent's λ
-keeps its meaning (the paper's λ for e2e is in KL units, ≈ 5-20× smaller than local's here).
+keeps its meaning (unbalanced, the KL is 20-30x smaller than the MSE on the small grids).
 """
 
 from __future__ import annotations
