@@ -83,10 +83,6 @@ def child(parent: CellConfig, parent_id: str, recipe: str, fraction: float, ft: 
         "eval.every_samples": max(o.samples_per_step, n // 4)})
 
 
-def fraction_of(child_cfg: CellConfig, parent_cfg: CellConfig) -> float:
-    return child_cfg.optim.n_samples / parent_cfg.optim.n_samples
-
-
 def recipe_of(cfg: CellConfig) -> str:
     """The recipe name of a warm-started cell's loss (or its setting when none matches)."""
     plain = replace(cfg, loss=LossConfig(sparsity_coeff=cfg.loss.sparsity_coeff,

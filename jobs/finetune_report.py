@@ -23,8 +23,8 @@ def finetuned(cells: list[CellResult], costed: bool = False) -> list[CellResult]
             and (c.parent is not None or not costed)]
 
 
-def _mean_flops(cells: list[CellResult], layer: int, curve: str,
-                attr: str = "total_flops") -> float:
+def _mean_cost(cells: list[CellResult], layer: int, curve: str,
+               attr: str = "total_flops") -> float:
     """The mean cost of a curve's finished cells (a fine-tune's with its parent's)."""
     fl = [getattr(c, attr) for c in cells if c.status == "done" and c.cfg.layer == layer
           and c.curve == curve]
@@ -42,9 +42,9 @@ def headline(points: list[Point], cells: list[CellResult]) -> list[str]:
             r = tables.ce_ratio_at_equal_l0(points, layer, curve, base=base)
             parts.append(f"{r[0]:.0%} of {base}'s (L0 {r[1]:.1f}-{r[2]:.1f})" if r else
                          f"not comparable with {base} (no shared L0 range)")
-        cost = _mean_flops(cells, layer, curve) / _mean_flops(cells, layer, "e2e")
-        wall = (_mean_flops(cells, layer, curve, "total_time_s")
-                / _mean_flops(cells, layer, "e2e", "total_time_s"))
+        cost = _mean_cost(cells, layer, curve) / _mean_cost(cells, layer, "e2e")
+        wall = (_mean_cost(cells, layer, curve, "total_time_s")
+                / _mean_cost(cells, layer, "e2e", "total_time_s"))
         lines.append(f"layer {layer}: {curve}: CE loss increase at equal L0 {parts[0]}, "
                      f"{parts[1]}; cost, parent included, {cost:.2f}x e2e's from scratch in "
                      f"FLOPs, {wall:.2f}x in training time")
@@ -56,7 +56,7 @@ def markdown(cells: list[CellResult]) -> str:
     rows = []
     for c in sorted(finetuned(cells), key=lambda c: (c.cfg.layer, c.curve, c.cfg.lam)):
         p = c.parent
-        e2e = _mean_flops(cells, c.cfg.layer, "e2e")
+        e2e = _mean_cost(cells, c.cfg.layer, "e2e")
         rows.append((c.cfg.layer, c.curve, f"{c.cfg.lam:g}",
                      f"{p.eval['l0']:.1f}" if p else "?", f"{c.eval['l0']:.1f}",
                      f"{p.eval['ce_loss_increase']:.4f}" if p else "?",
@@ -125,7 +125,7 @@ def compute_figure(points: list[Point], cells: list[CellResult], out_dir: Path) 
         for i, recipe in enumerate(recipes):
             curves = sorted({c.curve for c in finetuned(cells, True) if c.cfg.layer == layer
                              and c.curve.startswith(recipe + "-")}, key=curve_order)
-            xs = [_mean_flops(cells, layer, cv) for cv in curves]
+            xs = [_mean_cost(cells, layer, cv) for cv in curves]
             ys = [_at_l0([(p.l0, p.ce_loss_increase) for p in points
                           if p.layer == layer and p.setting == cv], l0) for cv in curves]
             ax.plot(xs, ys, "s--", color=f"C{4 + i}", label=f"local → {recipe[3:]}, "

@@ -196,7 +196,8 @@ def make_plan(tokens: list[str]) -> Plan:
         cfgs, stages = apply_source(cfgs, root, opts.source, opts.stage, notes)
     shape = _check_shapes(grid, cfgs, source_cfgs, needs_model)
     depth = shape[0] if shape else None
-    cfgs = [_with_parent(c, root / grid.name, shape[1] if shape else None) for c in cfgs]
+    shas: dict[tuple[str, str], str] = {}  # one hash per parent (a paper SAE's: 280 MB)
+    cfgs = [_with_parent(c, root / grid.name, shape[1] if shape else None, shas) for c in cfgs]
     cells = _cells(cfgs, root / grid.name)
     plan = _place(opts, grid, cells, cfgs, stages, notes, root)
     if axes.finetune:
@@ -245,7 +246,8 @@ def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:
     return cells
 
 
-def _with_parent(cfg: CellConfig, grid_dir: Path, d_in: int | None) -> CellConfig:
+def _with_parent(cfg: CellConfig, grid_dir: Path, d_in: int | None,
+                 shas: dict[tuple[str, str], str]) -> CellConfig:
     """A cell given `init.from_cell` or `init.from_path`: its parent checked (finished, same
     hook and shape) and its weights' sha256 in the config, so a changed parent is a new cell."""
     if not cfg.init.warm:
@@ -254,7 +256,10 @@ def _with_parent(cfg: CellConfig, grid_dir: Path, d_in: int | None) -> CellConfi
     why = parent_mismatch(cfg, parent, d_in)
     if why:
         raise ConfigError(why)
-    return replace(cfg, init=replace(cfg.init, sha256=weights_sha256(cfg, parent)))
+    key = (cfg.init.from_cell, cfg.init.from_path)
+    if key not in shas:
+        shas[key] = weights_sha256(cfg, parent)
+    return replace(cfg, init=replace(cfg.init, sha256=shas[key]))
 
 
 def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConfig],

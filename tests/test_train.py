@@ -96,20 +96,27 @@ def test_interrupt_and_resume_is_bit_identical(smoke_cells, tmp_path, setting):
     _assert_identical(tmp_path / "straight", tmp_path / "resumed")
 
 
+def _cell_past_first_checkpoint(cfg, cell: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """`python -m jobs.cell` on a new folder for `cfg`, returned once it is somewhere after
+    its first checkpoint, mid-step."""
+    cell_paths(cell).root.mkdir()
+    cell_paths(cell).config.write_text(cfg.to_json())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cell", str(cell)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    deadline = time.time() + 120
+    while not cell_paths(cell).checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    return proc
+
+
 def test_sigkill_at_any_point_then_resume_is_bit_identical(smoke_cells, tmp_path):
     cfg = _longer([c for c in smoke_cells if c.loss.setting == "e2e"][0])
     cfg = replace(cfg, optim=replace(cfg.optim, n_samples=400))
     train(cfg, tmp_path / "straight", progress=False)
     killed = tmp_path / "killed"
-    cell_paths(killed).root.mkdir()
-    cell_paths(killed).config.write_text(cfg.to_json())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cell", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not cell_paths(killed).checkpoint.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.1)  # somewhere after the first checkpoint, mid-step
+    proc = _cell_past_first_checkpoint(cfg, killed)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not cell_paths(killed).done.exists()
@@ -125,15 +132,7 @@ def test_sigterm_checkpoints_at_once_and_the_cell_resumes_bit_identical(smoke_ce
                   eval=replace(cfg.eval, checkpoint_every_steps=10))
     train(cfg, tmp_path / "straight", progress=False)
     cell = tmp_path / "termed"
-    cell_paths(cell).root.mkdir()
-    cell_paths(cell).config.write_text(cfg.to_json())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cell", str(cell)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not cell_paths(cell).checkpoint.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.1)  # after the first checkpoint (step 10), mid-step
+    proc = _cell_past_first_checkpoint(cfg, cell, stderr=subprocess.PIPE)  # after step 10
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "interrupted by SIGTERM" in err, err

@@ -195,8 +195,11 @@ class Member:
         (eval batches), so it starts equal to the MSE (Karvonen 2025)."""
         if self.cfg.loss.balance_kl:
             mse = start_eval[f"mse/{self.cfg.hook_name}"]
-            self.kl_scale = mse / max(start_eval["kl_orig_sae"], 1e-12)
-            self.coeffs = replace(self.base_coeffs, kl=self.base_coeffs.kl * self.kl_scale)
+            self._scale_kl(mse / max(start_eval["kl_orig_sae"], 1e-12))
+
+    def _scale_kl(self, scale: float) -> None:
+        self.kl_scale = scale
+        self.coeffs = replace(self.base_coeffs, kl=self.base_coeffs.kl * scale)
 
     @property
     def flops(self) -> float:
@@ -245,8 +248,7 @@ class Member:
         self.train_log, self.eval_log = s["train_log"], s["eval_log"]
         self.tokens = s.get("tokens", dict.fromkeys(PARTS, 0))  # older checkpoints: none
         if s.get("kl_scale") is not None:
-            self.kl_scale = s["kl_scale"]
-            self.coeffs = replace(self.base_coeffs, kl=self.base_coeffs.kl * self.kl_scale)
+            self._scale_kl(s["kl_scale"])
         if s.get("parent_sha256", "") != self.parent_sha256:
             raise ConfigError(f"{self.paths.root}: its parent's weights changed since it "
                               f"started (sha256 {s.get('parent_sha256', '')[:12]} then, "
