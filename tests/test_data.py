@@ -60,3 +60,54 @@ def test_eval_stream_held_out_or_paper_seed_offset(tmp_path):
     assert eval_stream(cfg, _Tok(), 0).split == "validation"
     paper = eval_stream(replace(cfg, eval_split=None), _Tok(), 0)
     assert (paper.split, paper.seed) == ("train", 42)
+
+
+def _hub_stand_in(monkeypatch):
+    """A streamed dataset like the hub's: 8 shards, 4,000 short documents, read through the
+    same `_open_streaming` a hub name goes through (issue 20, item 1)."""
+    import e2e.data.tokens as tokens
+
+    def gen(shards):
+        for s in shards:
+            for i in range(500):
+                yield {"text": " ".join(str(1 + (s * 500 + i + j) % 997) for j in range(1 + i % 9))}
+
+    def open_streaming(name, split):
+        return datasets.IterableDataset.from_generator(gen, gen_kwargs={"shards": list(range(8))})
+
+    monkeypatch.setattr(tokens, "_open_streaming", open_streaming)
+    return DataConfig(dataset="stand-in/hub", column="text", context_length=16,
+                      shuffle_buffer=50)
+
+
+def test_a_streamed_dataset_resumes_exactly_with_a_shuffle_buffer(monkeypatch):
+    cfg = _hub_stand_in(monkeypatch)
+    whole = TokenStream(cfg, _Tok(), 0, "train")
+    want = [whole.next_batch(32) for _ in range(23)]
+    s = TokenStream(cfg, _Tok(), 0, "train")
+    for _ in range(3):
+        s.next_batch(32)
+    r = TokenStream(cfg, _Tok(), 0, "train")
+    r.load_state_dict(s.state_dict())
+    got = [r.next_batch(32) for _ in range(20)]
+    assert sum(torch.equal(a, b) for a, b in zip(got, want[3:], strict=True)) == 20
+
+
+def test_a_streamed_dataset_resumes_exactly_across_an_epoch(monkeypatch):
+    cfg = _hub_stand_in(monkeypatch)
+    s = TokenStream(cfg, _Tok(), 0, "train")
+    n_epoch = 0
+    while s.epoch == 0:  # find the batch at which the first epoch ends (≈ 4,000 docs)
+        s.next_batch(64)
+        n_epoch += 1
+    whole = TokenStream(cfg, _Tok(), 0, "train")
+    want = [whole.next_batch(64) for _ in range(n_epoch + 5)]
+    s = TokenStream(cfg, _Tok(), 0, "train")
+    for _ in range(n_epoch + 1):
+        s.next_batch(64)
+    assert s.epoch == 1
+    r = TokenStream(cfg, _Tok(), 0, "train")
+    r.load_state_dict(s.state_dict())
+    got = [r.next_batch(64) for _ in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want[n_epoch + 1:], strict=True))
+    assert not torch.equal(want[0], want[n_epoch + 1])  # the second epoch is reshuffled

@@ -2,10 +2,16 @@
 
 Documents are concatenated with EOS between them and cut into rows of `context_length`; no BOS
 is added (the paper). A pre-tokenized column (`input_ids`) is concatenated as it is, since its
-rows already carry their EOS separators. The stream's position (document cursor plus the tokens
-carried over into the next row) is a small state dict a checkpoint stores, so a resumed run
-continues mid-epoch without replaying the stream. A staged folder (`e2e.data.stage`) holds the rows
-themselves, already in stream order: they are read in order, memory-mapped, and never reshuffled.
+rows already carry their EOS separators. The stream's position (epoch, document cursor, and the
+tokens carried over into the next row) is a small state dict a checkpoint stores. Every source
+resumes exactly:
+- a local dataset: its epoch's permutation is recomputed from the seed, O(1);
+- a staged folder (`e2e.data.stage`) holds the rows themselves in stream order, O(1);
+- a streamed (hub) dataset: its own saved state restarts the shuffle buffer empty, so the resumed
+  documents differ (0 of 20 batches equal on a stand-in, tests/test_data.py). It is replayed from
+  its epoch's start instead, skipping the documents already read untokenised; the cost is one
+  read of those documents (at the paper's 400M tokens, at most one pass over the ~0.4M
+  OpenWebText documents an epoch holds).
 """
 
 from __future__ import annotations
@@ -80,7 +86,6 @@ class TokenStream:
                     if self.local and self._staged is None else None)
         self._order: torch.Tensor | None = None
         self._stream_iter = None
-        self._stream_state: dict | None = None
 
     # -- documents --------------------------------------------------------------------------
     def _doc_tokens(self, example: dict) -> list[int]:
@@ -100,23 +105,26 @@ class TokenStream:
         self.cursor += 1
         return self._doc_tokens(self._ds[idx])
 
-    def _make_stream(self):
+    def _open_stream_at_cursor(self):
+        """The epoch's shuffled stream, past the `cursor` documents already read (replayed:
+        the order is a function of seed and epoch alone, the saved buffer is not)."""
         ds = _open_streaming(self.cfg.dataset, self.split)
         ds = ds.shuffle(seed=self.seed, buffer_size=self.cfg.shuffle_buffer)
         ds.set_epoch(self.epoch)
-        if self._stream_state is not None:
-            ds.load_state_dict(self._stream_state)
-        return ds
+        it = iter(ds)
+        for _ in range(self.cursor):
+            next(it)
+        return it
 
     def _next_stream_doc(self) -> list[int]:
         if self._stream_iter is None:
-            self._stream_ds = self._make_stream()
-            self._stream_iter = iter(self._stream_ds)
+            self._stream_iter = self._open_stream_at_cursor()
         try:
             doc = next(self._stream_iter)
         except StopIteration:
-            self.epoch, self._stream_iter, self._stream_state = self.epoch + 1, None, None
+            self.epoch, self.cursor, self._stream_iter = self.epoch + 1, 0, None
             return self._next_stream_doc()
+        self.cursor += 1
         return self._doc_tokens(doc)
 
     # -- rows -------------------------------------------------------------------------------
@@ -136,18 +144,12 @@ class TokenStream:
         return torch.tensor(rows, dtype=torch.long)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"epoch": self.epoch, "cursor": self.cursor,
-                                 "carry": list(self.carry)}
-        if not self.local and self._stream_iter is not None:
-            state["stream"] = self._stream_ds.state_dict()
-        elif self._stream_state is not None:  # restored but not read from since
-            state["stream"] = self._stream_state
-        return state
+        """The position: documents (rows, for a staged folder) read this epoch, and the carry."""
+        return {"epoch": self.epoch, "cursor": self.cursor, "carry": list(self.carry)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.cursor, self.carry = state["epoch"], state["cursor"], list(state["carry"])
         self._order, self._stream_iter = None, None
-        self._stream_state = state.get("stream")
 
 
 def eval_stream(cfg: DataConfig, tokenizer: Any, seed: int) -> TokenStream:
