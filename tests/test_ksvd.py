@@ -81,6 +81,33 @@ def test_the_rank1_update_lowers_the_objective_and_is_the_top_singular_pair():
     assert float(c2.value.sum()) >= 0  # the sign: the atom points the way it is used
 
 
+def test_an_unused_atom_becomes_the_worst_reconstructed_samples_residual():
+    """Issue 20, item 7: a dead atom is replaced from the data, not by a random vector (which
+    the next pursuit leaves unused, so it stays dead)."""
+    g = torch.Generator().manual_seed(3)
+    d = torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=0)
+    y = torch.randn(400, 16, generator=g)
+    y[17] *= 10  # the worst-reconstructed sample, by far
+    codes = ksvd.sparse_code(y, d, max_nnz=3)
+    keep = (codes.atom != 5) & (codes.atom != 9)  # atoms 5 and 9 unused
+    codes = ksvd.Codes(codes.sample[keep], codes.atom[keep], codes.value[keep], codes.n)
+    d2, _ = ksvd.update_dictionary(y, d, codes, atom_chunk=32,  # one chunk: r is the start's
+                                   generator=torch.Generator().manual_seed(0))
+    r = ksvd.residual(y, d, codes)
+    worst = torch.linalg.vector_norm(r, dim=1).argsort(descending=True)[:2]
+    assert int(worst[0]) == 17
+    got = {5: d2[:, 5], 9: d2[:, 9]}
+    want = torch.nn.functional.normalize(r[worst], dim=1)
+    # the two unused atoms take the two worst samples' residual directions, one each
+    cos = torch.stack([torch.stack([got[a] @ w for w in want]) for a in (5, 9)]).abs()
+    assert sorted(cos.max(1).values.tolist()) == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert cos.argmax(1).unique().numel() == 2
+    # and the next pursuit uses the atom that took sample 17's residual
+    again = ksvd.sparse_code(y, d2, max_nnz=3)
+    took_17 = (5, 9)[int(cos[:, 0].argmax())]
+    assert bool(((again.sample == 17) & (again.atom == took_17)).any())
+
+
 def _synthetic_ksvd(**ksvd_fields) -> CellConfig:
     """DB-KSVD on the MFR generator: 128 planted features in 64 dimensions, 8 active."""
     return CellConfig(
