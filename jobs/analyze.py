@@ -272,7 +272,7 @@ def _clusters(x: Saved, codes: torch.Tensor, flat_tokens: list[int], opts: Optio
     else:
         labels = multidim.spectral_clusters(
             x.directions, opts.n_clusters or max(2, x.directions.shape[1] // 25))
-    results = []
+    found = []  # (cluster, element indices, firing rows, points)
     for cl in np.unique(labels):
         idx = np.flatnonzero(labels == cl)
         if len(idx) < 2:
@@ -281,13 +281,16 @@ def _clusters(x: Saved, codes: torch.Tensor, flat_tokens: list[int], opts: Optio
         if int(fires.sum()) < 20:
             continue
         pts = (codes[fires][:, idx] @ x.directions[:, idx].T).double().numpy()[:20_000]
-        ind = multidim.cluster_indices(pts, steps=opts.mixture_steps)
+        found.append((int(cl), idx, np.flatnonzero(fires.numpy())[:len(pts)], pts))
+    indices = multidim.clusters_indices([f[3] for f in found], steps=opts.mixture_steps)
+    results = []
+    for (cl, idx, rows, pts), ind in zip(found, indices, strict=True):
         if np.isnan(ind["score"]):
             continue
-        toks = [flat_tokens[i] for i in np.flatnonzero(fires.numpy())[:len(pts)]]
         d = x.directions[:, idx]
         mean_cos = float(((d.T @ d).sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
-        results.append((ind["score"], int(cl), len(idx), len(pts), ind, toks, mean_cos))
+        results.append((ind["score"], cl, len(idx), len(pts), ind,
+                        [flat_tokens[i] for i in rows], mean_cos))
         h5[f"multidim/{x.point.cell_id}/cluster{cl}/pairs"] = np.array(ind["pairs"])
     return results
 

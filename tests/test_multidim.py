@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from e2e.analysis import multidim
@@ -54,3 +55,51 @@ def test_clusters_group_planted_directions_and_the_circle_cluster_ranks_first():
     ci = multidim.cluster_indices(circle + 1e-3 * rng.normal(size=circle.shape), steps=500)
     mi = multidim.cluster_indices(two + 1e-3 * rng.normal(size=two.shape), steps=500)
     assert ci["mixture"] < 0.3 < mi["mixture"] and ci["score"] > mi["score"]
+
+
+def test_lines_fitted_in_one_batch_give_each_sets_own_index():
+    """Issue 20, item 6: all pairs of all clusters fitted as one batch, in float32, padded and
+    split into chunks; each set's index equals its own fit and the float64 reference."""
+    sets = [_two_lines(n, share, seed) for n, share, seed in
+            [(40, 0.9, 1), (1000, 0.7, 2), (300, 0.5, 3), (2500, 0.8, 4)]] + [_circle(700, 5)]
+    alone = [multidim.mixture_index(x, steps=600) for x in sets]
+    batched = multidim.mixture_indices(sets, steps=600)
+    chunked = multidim.mixture_indices(sets, steps=600, chunk_points=2600)  # several chunks
+    assert np.allclose(batched, chunked, atol=0.005)  # padding: a point or so
+    assert np.allclose(batched, alone, atol=0.005)
+    for x, m in zip(sets, batched, strict=True):
+        assert abs(m - _mixture_index_float64(x, steps=600)) <= 0.01
+
+
+def _mixture_index_float64(x, eps=0.1, steps=2000, lr=0.1, seed=0):
+    """The definition, one set at a time in float64 (the implementation before the batch)."""
+    pts = torch.as_tensor(x, dtype=torch.float64)
+    a = torch.randn(2, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64).requires_grad_()
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([a, b], lr=lr)
+
+    def z():
+        y = pts @ a + b
+        return y / y.pow(2).mean().sqrt().clamp_min(1e-12)
+
+    for step in range(steps):
+        loss = -torch.sigmoid((eps - z().abs()) / 10 ** (-2 * step / (steps - 1))).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float((z().abs() < eps).double().mean())
+
+
+def test_separability_equals_the_minimum_over_numpys_rotated_histograms():
+    x = _two_lines(3000, 0.6, 7) + 0.01 * np.random.default_rng(8).normal(size=(3000, 2))
+    want = math.inf
+    for theta in np.linspace(0, 2 * math.pi, 100):
+        c, s = math.cos(theta), math.sin(theta)
+        joint, _, _ = np.histogram2d(*(x @ np.array([[c, -s], [s, c]])).T, bins=10)
+        p = joint / joint.sum()
+        px, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+        nz = p > 0
+        want = min(want, float((p[nz] * np.log(p[nz] / (px @ py)[nz] + 1e-10)).sum()
+                               / math.log(2)))
+    assert multidim.separability_index(x) == pytest.approx(want, abs=1e-9)

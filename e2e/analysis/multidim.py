@@ -88,62 +88,125 @@ def graph_clusters(directions: torch.Tensor, k: int = 2, cutoff: float = 0.5) ->
 def mixture_index(x: np.ndarray, eps: float = EPS, steps: int = 2000, lr: float = 0.1,
                   seed: int = 0) -> float:
     """Fraction of the points (n, 2) within eps of the best line after RMS normalisation."""
-    pts = torch.as_tensor(x, dtype=torch.float64)
+    return mixture_indices([x], eps, steps, lr, seed)[0]
+
+
+def mixture_indices(sets: list[np.ndarray], eps: float = EPS, steps: int = 2000,
+                    lr: float = 0.1, seed: int = 0, chunk_points: int = 1 << 21) -> list[float]:
+    """`mixture_index` of each (n_i, 2) point set, fitted together in float32.
+
+    All lines are fitted as one batch (padded, masked; sets of similar size share a chunk of at
+    most `chunk_points` padded points): the loss is the sum of each set's own surrogate, and
+    Adam is element-wise, so each line follows the same steps it would alone. One large
+    operation per step instead of one per set: thousands of tiny float64 steps stalled for
+    minutes when another process shared the cores (issue 20, item 6).
+    """
+    out = [math.nan] * len(sets)
+    chunks, chunk = [], []
+    for i in sorted(range(len(sets)), key=lambda i: len(sets[i])):  # the last is the largest
+        if chunk and (len(chunk) + 1) * len(sets[i]) > chunk_points:
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(i)
+    for c in chunks + [chunk] * bool(chunk):
+        for i, m in zip(c, _fit_lines([sets[i] for i in c], eps, steps, lr, seed), strict=True):
+            out[i] = m
+    return out
+
+
+def _fit_lines(sets: list[np.ndarray], eps: float, steps: int, lr: float, seed: int
+               ) -> list[float]:
+    n = max(len(x) for x in sets)
+    pts = torch.zeros(len(sets), n, 2)
+    mask = torch.zeros(len(sets), n)
+    for i, x in enumerate(sets):
+        pts[i, :len(x)] = torch.as_tensor(x, dtype=torch.float32)
+        mask[i, :len(x)] = 1
+    count = mask.sum(1)
     g = torch.Generator().manual_seed(seed)
-    a = torch.randn(2, generator=g, dtype=torch.float64).requires_grad_()
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    a = torch.randn(2, generator=g, dtype=torch.float64).float().repeat(len(sets), 1)
+    a.requires_grad_()
+    b = torch.zeros(len(sets), requires_grad=True)
     opt = torch.optim.Adam([a, b], lr=lr)
 
-    def z() -> torch.Tensor:
-        y = pts @ a + b
-        return y / y.pow(2).mean().sqrt().clamp_min(1e-12)
+    def z() -> torch.Tensor:  # (sets, n): the RMS-normalised signed distance to each line
+        y = torch.einsum("snk,sk->sn", pts, a) + b[:, None]
+        rms = ((y.pow(2) * mask).sum(1) / count).sqrt().clamp_min(1e-12)
+        return y / rms[:, None]
 
     for step in range(steps):
         tau = 10 ** (-2 * step / max(1, steps - 1))  # 1 -> 0.01
-        loss = -torch.sigmoid((eps - z().abs()) / tau).mean()
+        loss = -((torch.sigmoid((eps - z().abs()) / tau) * mask).sum(1) / count).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return float((z().abs() < eps).double().mean())
+        return (((z().abs() < eps).float() * mask).sum(1) / count).tolist()
 
 
 def mutual_information(x: np.ndarray, bins: int = 10) -> float:
     """MI (bits) of the two columns of x from a bins × bins histogram over the data range."""
-    joint, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=bins)
-    p = joint / joint.sum()
-    px, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
-    nz = p > 0
-    return float((p[nz] * np.log(p[nz] / (px @ py)[nz] + 1e-10)).sum() / math.log(2))
+    return float(_mutual_information(x[None], bins)[0])
+
+
+def _mutual_information(x: np.ndarray, bins: int) -> np.ndarray:
+    """MI (bits) of each (n, 2) set of x (r, n, 2), binned as np.histogram2d does (equal bins
+    over each column's range, the last bin closed)."""
+    lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
+    width = np.where(hi > lo, hi - lo, 1.0)
+    idx = np.clip(((x - lo) / width * bins).astype(np.int64), 0, bins - 1)  # (r, n, 2)
+    r = len(x)
+    flat = (np.arange(r)[:, None] * bins + idx[..., 0]) * bins + idx[..., 1]
+    p = np.bincount(flat.ravel(), minlength=r * bins * bins).reshape(r, bins, bins)
+    p = p / p.sum((1, 2), keepdims=True)
+    px, py = p.sum(2, keepdims=True), p.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / (px * py) + 1e-10), 0.0)
+    return terms.sum((1, 2)) / math.log(2)
 
 
 def separability_index(x: np.ndarray, n_angles: int = 100, bins: int = 10) -> float:
     """The smallest MI (bits) over `n_angles` rotations of the plane in [0, 2π]."""
-    best = math.inf
-    for theta in np.linspace(0, 2 * math.pi, n_angles):
-        c, s = math.cos(theta), math.sin(theta)
-        best = min(best, mutual_information(x @ np.array([[c, -s], [s, c]]), bins))
-    return best
+    theta = np.linspace(0, 2 * math.pi, n_angles)
+    c, s = np.cos(theta)[:, None], np.sin(theta)[:, None]
+    x0, x1 = x[:, 0][None], x[:, 1][None]
+    rotated = np.stack([c * x0 + s * x1, -s * x0 + c * x1], axis=-1)  # x @ [[c, -s], [s, c]]
+    return float(_mutual_information(rotated, bins).min())
 
 
 def cluster_indices(points: np.ndarray, max_components: int = 5, steps: int = 2000,
                     seed: int = 0) -> dict:
-    """PCA of a cluster's reconstruction points (n, d) and M, S on consecutive PC pairs.
+    """`clusters_indices` of one cluster."""
+    return clusters_indices([points], max_components, steps, seed)[0]
 
-    Returns {"pairs": [(M, S), ...], "mixture", "separability", "score", "projection" (n, ≤5),
-    "explained_variance_ratio"}; mixture and separability are the means over pairs with
-    M ≥ 0.01, and score is the mean of (1 − M)·S over them.
+
+def clusters_indices(clusters: list[np.ndarray], max_components: int = 5, steps: int = 2000,
+                     seed: int = 0) -> list[dict]:
+    """PCA of each cluster's reconstruction points (n, d) and M, S on consecutive PC pairs; the
+    mixture indices of every pair of every cluster are fitted in one batch.
+
+    Returns per cluster {"pairs": [(M, S), ...], "mixture", "separability", "score",
+    "projection" (n, ≤5), "explained_variance_ratio"}; mixture and separability are the means
+    over pairs with M ≥ 0.01, and score is the mean of (1 − M)·S over them.
     """
     from sklearn.decomposition import PCA
 
-    n_comp = min(max_components, points.shape[0], points.shape[1])
-    pca = PCA(n_components=n_comp, random_state=seed)
-    proj = pca.fit_transform(points)
-    pairs = [(mixture_index(proj[:, i:i + 2], steps=steps, seed=seed),
-              separability_index(proj[:, i:i + 2])) for i in range(n_comp - 1)]
-    kept = [(m, s) for m, s in pairs if m >= 0.01]
-    mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
-    return {"pairs": pairs, "mixture": mean([m for m, _ in kept]),
-            "separability": mean([s for _, s in kept]),
-            "score": mean([(1 - m) * s for m, s in kept]), "projection": proj,
-            "explained_variance_ratio": pca.explained_variance_ratio_}
+    fits = []
+    for points in clusters:
+        n_comp = min(max_components, points.shape[0], points.shape[1])
+        pca = PCA(n_components=n_comp, random_state=seed)
+        fits.append((pca.fit_transform(points), pca.explained_variance_ratio_))
+    planes = [(c, proj[:, i:i + 2]) for c, (proj, _) in enumerate(fits)
+              for i in range(proj.shape[1] - 1)]
+    ms = mixture_indices([p for _, p in planes], steps=steps, seed=seed)
+    out = []
+    for c, (proj, ratio) in enumerate(fits):
+        pairs = [(m, separability_index(p)) for (cc, p), m in zip(planes, ms, strict=True)
+                 if cc == c]
+        kept = [(m, s) for m, s in pairs if m >= 0.01]
+        mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
+        out.append({"pairs": pairs, "mixture": mean([m for m, _ in kept]),
+                    "separability": mean([s for _, s in kept]),
+                    "score": mean([(1 - m) * s for m, s in kept]), "projection": proj,
+                    "explained_variance_ratio": ratio})
+    return out
