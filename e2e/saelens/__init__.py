@@ -14,6 +14,7 @@ from e2e.dictionary import Dictionary
 from e2e.io import atomic_path, atomic_write_text
 from e2e.ksvd.dictionary import KSVDDictionary
 from e2e.sae import SAE
+from e2e.saelens.foreign import as_computed
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
@@ -21,9 +22,20 @@ KINDS: tuple[type[Dictionary], ...] = (SAE, KSVDDictionary)
 ARCHITECTURES = {name: cls for cls in KINDS for name in cls.architectures}
 
 
+# The processing `e2e.model.load_model` applies (TransformerBridge's compatibility mode: TL's
+# HookedTransformer.from_pretrained defaults), under SAELens's name for it: activations of a
+# model loaded otherwise (raw HF weights: about twice the norm) are not what the SAE saw.
+MODEL_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+                    "fold_value_biases": True}
+
+
 def cell_meta(cfg: CellConfig, seed: int) -> dict[str, Any]:
-    """What a reader of a cell's dictionary needs to know about where it was trained."""
-    return {"model_name": cfg.model.name_or_path if cfg.source == "model" else "synthetic",
+    """What a reader of a cell's dictionary needs to know about where it was trained: the
+    model and its processing, the hook, the context (no BOS prepended: `prepend_bos`, written
+    by `save_saelens`), the dataset."""
+    model = cfg.source == "model"
+    return {"model_name": cfg.model.name_or_path if model else "synthetic",
+            "model_from_pretrained_kwargs": MODEL_PROCESSING if model else {},
             "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
             "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
             "setting": cfg.loss.setting, "seed": seed}
@@ -42,14 +54,19 @@ def save_saelens(d: Dictionary, out_dir: Path, meta: dict[str, Any]) -> None:
 
 
 def load_saelens(sae_dir: Path | str) -> tuple[Dictionary, dict[str, Any]]:
-    """The dictionary saved in `sae_dir` (ours, or a SAELens standard or topk SAE without
-    b_dec input) and its cfg.json; ValueError naming what cannot be loaded."""
+    """The dictionary saved in `sae_dir` (ours, or any SAELens standard or topk SAE, its
+    forward-changing fields honoured or refused: `e2e.saelens.foreign`) and its cfg.json as
+    written; ValueError naming what cannot be loaded."""
     cfg = json.loads((Path(sae_dir) / CFG_FILE).read_text())
     arch = cfg.get("architecture", "standard")
     if arch not in ARCHITECTURES:
         raise ValueError(f"{sae_dir}: architecture {arch!r} is not one of {sorted(ARCHITECTURES)}")
     try:
-        d = ARCHITECTURES[arch].from_saelens(cfg, load_file(str(Path(sae_dir) / WEIGHTS_FILE)))
+        tensors = load_file(str(Path(sae_dir) / WEIGHTS_FILE))
+        run_cfg = cfg
+        if ARCHITECTURES[arch] is SAE:
+            run_cfg, tensors = as_computed(cfg, tensors)
+        d = ARCHITECTURES[run_cfg["architecture"]].from_saelens(run_cfg, tensors)
     except ValueError as e:
         raise ValueError(f"{sae_dir}: {e}") from None
     return d, cfg

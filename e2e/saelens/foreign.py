@@ -1,0 +1,84 @@
+"""SAELens folders written by SAELens or other tools, read as they compute.
+
+SAELens's config has fields that change what a `standard` or `topk` SAE computes, and the
+files of other tools set them. Each is honoured exactly, by folding it into the weights, or
+refused with a message naming it; nothing is ignored (issue 20, item 3). Checked against
+SAELens's own forward to 1e-5 (tests/test_saelens.py).
+
+- `apply_b_dec_to_input` (SAELens's default: true): the encoder sees x − b_dec. Folded:
+  (x − b_dec) W_enc + b_enc = x W_enc + (b_enc − b_dec W_enc).
+- `W_dec` rows of any norm n_i > 0 (SAELens decodes with W_dec as stored; our SAE with unit
+  rows). ReLU: relu(p_i) W_dec_i = relu(n_i p_i) (W_dec_i / n_i), so W_enc's column i and
+  b_enc_i are scaled by n_i (SAELens's `fold_W_dec_norm`; the codes come out in units of the
+  unit-norm elements). TopK with `rescale_acts_by_decoder_norm: true` picks the top k of n_i p_i
+  and decodes with W_dec_i / n_i: the same fold. TopK without it picks the top k of p_i before
+  the norms: no fold keeps that choice; refused.
+- `activation_fn` / `activation_fn_str` (before SAELens 6): "relu", or "topk" with
+  `activation_fn_kwargs: {"k": k}` (then a topk SAE, as SAELens converts it); anything else is
+  refused (SAELens 6 would run a standard SAE as ReLU whatever the field said).
+- Refused: `normalize_activations` other than "none" (the scaling factor or statistics are not
+  in the folder; SAELens itself applies "expected_average_only_in" only when its registry knows
+  the factor), `reshape_activations` "hook_z" and a `hook_head_index` (attention heads),
+  `finetuning_scaling_factor` and a `scaling_factor` tensor other than ones, W_dec rows of norm
+  zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+NORM_TOLERANCE = 1e-5  # rows within this of unit norm are taken as they are (our own files)
+
+
+def as_computed(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """cfg.json and weights of a SAELens standard or topk SAE, rewritten in the form
+    `e2e.sae.SAE` computes: codes relu / topk-then-relu of x W_enc + b_enc, reconstruction codes
+    @ W_dec (unit rows) + b_dec. ValueError naming the first field that cannot be honoured."""
+    cfg = {"architecture": "standard", **cfg}
+    act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+    if act == "topk":
+        k = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
+        if k is None:
+            raise ValueError("activation_fn 'topk' without activation_fn_kwargs.k")
+        cfg.update(architecture="topk", k=k)
+    elif act != "relu":
+        raise ValueError(f"activation_fn {act!r} is not supported (relu, or topk with "
+                         "activation_fn_kwargs.k)")
+    _refuse_unfoldable(cfg, tensors)
+    w_enc, b_enc = tensors["W_enc"].float(), tensors["b_enc"].float()
+    w_dec, b_dec = tensors["W_dec"].float(), tensors["b_dec"].float()
+    if cfg.get("apply_b_dec_to_input", True):
+        b_enc = b_enc - b_dec @ w_enc
+    norms = torch.linalg.vector_norm(w_dec, dim=1)
+    if bool((norms == 0).any()):
+        raise ValueError(f"W_dec has {int((norms == 0).sum())} rows of norm zero")
+    if float((norms - 1).abs().max()) > NORM_TOLERANCE:
+        if cfg.get("architecture") == "topk" and not cfg.get("rescale_acts_by_decoder_norm"):
+            raise ValueError(
+                f"W_dec rows are not unit norm (norms {float(norms.min()):.3g}-"
+                f"{float(norms.max()):.3g}) in a topk SAE with rescale_acts_by_decoder_norm "
+                "false: SAELens picks the top k before the norms, this SAE after them")
+        w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms[:, None]
+    cfg.update(apply_b_dec_to_input=False, rescale_acts_by_decoder_norm=False)
+    return cfg, {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+
+
+def _refuse_unfoldable(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None, False):
+        raise ValueError(f"normalize_activations {norm!r} is not supported: the input scaling "
+                         "is not in the folder (fold it into the weights, then 'none')")
+    if cfg.get("reshape_activations", "none") not in ("none", None):
+        raise ValueError(f"reshape_activations {cfg['reshape_activations']!r} is not supported "
+                         "(attention-head SAEs)")
+    for head in ("hook_head_index", "hook_point_head_index"):
+        if cfg.get(head) is not None:
+            raise ValueError(f"{head} {cfg[head]!r} is not supported (attention-head SAEs)")
+    if cfg.get("finetuning_scaling_factor"):
+        raise ValueError("finetuning_scaling_factor true is not supported")
+    scale = tensors.get("scaling_factor")
+    if scale is not None and not bool((scale == 1).all()):
+        raise ValueError("a scaling_factor tensor other than ones is not supported")

@@ -1,0 +1,157 @@
+"""SAELens folders (issue 20, item 3): other tools' SAEs load with the forward they compute, or
+are refused naming the field; ours, and our ksvd dictionaries, load in SAELens itself with the
+same forward (in SAELens's own environment, `.venv-saelens`: its transformer-lens pin conflicts
+with ours)."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from e2e import ksvd
+from e2e.config import CellConfig
+from e2e.sae import SAE
+from e2e.saelens import cell_meta, load_saelens, save_saelens
+
+REPO = Path(__file__).resolve().parent.parent
+SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
+
+
+def _foreign(path: Path, seed: int = 0, norms=(1.3, 2.2), **cfg) -> dict:
+    """A SAELens standard SAE (d_in 8, d_sae 16) as another tool writes it: W_dec rows of norms
+    in `norms`, a non-zero b_dec; `cfg` overrides its config fields."""
+    g = torch.Generator().manual_seed(seed)
+    w_dec = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
+    w_dec = w_dec * torch.empty(16, 1).uniform_(*norms, generator=g)
+    t = {"W_enc": torch.randn(8, 16, generator=g), "b_enc": 0.3 * torch.randn(16, generator=g),
+         "W_dec": w_dec, "b_dec": torch.randn(8, generator=g)}
+    path.mkdir(parents=True)
+    save_file(t, str(path / "sae_weights.safetensors"))
+    full = {"architecture": "standard", "d_in": 8, "d_sae": 16, "dtype": "float32",
+            "device": "cpu", "apply_b_dec_to_input": False, "normalize_activations": "none",
+            "hook_name": "blocks.1.hook_resid_pre", **cfg}
+    (path / "cfg.json").write_text(json.dumps(full))
+    return t
+
+
+def _x(n: int = 64, seed: int = 1) -> torch.Tensor:
+    return 2 * torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _relu_forward(t: dict, x: torch.Tensor, b_dec_in: bool) -> torch.Tensor:
+    pre = (x - t["b_dec"] * b_dec_in) @ t["W_enc"] + t["b_enc"]
+    return torch.relu(pre) @ t["W_dec"] + t["b_dec"]
+
+
+@pytest.mark.parametrize("b_dec_in", [False, True])
+def test_a_standard_sae_with_unnormalised_decoder_rows_runs_its_own_forward(tmp_path, b_dec_in):
+    t = _foreign(tmp_path / "s", apply_b_dec_to_input=b_dec_in)
+    sae, _ = load_saelens(tmp_path / "s")
+    x = _x()
+    want = _relu_forward(t, x, b_dec_in)
+    assert torch.allclose(sae(x)[0], want, atol=1e-5, rtol=1e-5)
+    # the codes are in units of the unit-norm elements (SAELens's fold_W_dec_norm)
+    codes = torch.relu((x - t["b_dec"] * b_dec_in) @ t["W_enc"] + t["b_enc"])
+    norms = torch.linalg.vector_norm(t["W_dec"], dim=1)
+    assert torch.allclose(sae.encode(x), codes * norms, atol=1e-5, rtol=1e-5)
+
+
+def test_a_pre_6_topk_config_loads_as_topk(tmp_path):
+    t = _foreign(tmp_path / "s", norms=(1.0, 1.0), activation_fn_str="topk",
+                 activation_fn_kwargs={"k": 2})
+    sae, _ = load_saelens(tmp_path / "s")
+    x = _x()
+    c = sae.encode(x)
+    assert sae.k == 2 and int((c != 0).sum(-1).max()) == 2
+    pre = x @ t["W_enc"] + t["b_enc"]
+    top = pre.topk(2, dim=-1)
+    want = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+    assert torch.allclose(sae(x)[0], want @ t["W_dec"] + t["b_dec"], atol=1e-5)
+
+
+def test_topk_rescaled_by_decoder_norm_runs_its_own_forward(tmp_path):
+    t = _foreign(tmp_path / "s", architecture="topk", k=3, rescale_acts_by_decoder_norm=True)
+    sae, _ = load_saelens(tmp_path / "s")
+    x = _x()
+    norms = torch.linalg.vector_norm(t["W_dec"], dim=1)
+    pre = (x @ t["W_enc"] + t["b_enc"]) * norms
+    top = pre.topk(3, dim=-1)
+    acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+    assert torch.allclose(sae(x)[0], (acts / norms) @ t["W_dec"] + t["b_dec"], atol=1e-5)
+
+
+@pytest.mark.parametrize("fields,named", [
+    ({"normalize_activations": "expected_average_only_in"}, "normalize_activations"),
+    ({"normalize_activations": "layer_norm"}, "normalize_activations"),
+    ({"architecture": "topk", "k": 2}, "rescale_acts_by_decoder_norm"),
+    ({"activation_fn_str": "tanh-relu"}, "activation_fn"),
+    ({"activation_fn_str": "topk"}, "activation_fn_kwargs.k"),
+    ({"reshape_activations": "hook_z"}, "reshape_activations"),
+    ({"hook_head_index": 3}, "hook_head_index"),
+    ({"finetuning_scaling_factor": True}, "finetuning_scaling_factor"),
+    ({"architecture": "jumprelu"}, "architecture"),
+])
+def test_a_field_that_changes_the_forward_and_cannot_be_honoured_is_refused_by_name(
+        tmp_path, fields, named):
+    _foreign(tmp_path / "s", **fields)
+    with pytest.raises(ValueError, match=named):
+        load_saelens(tmp_path / "s")
+
+
+def test_our_files_say_how_the_model_was_processed_and_fed():
+    meta = cell_meta(CellConfig(), 0)
+    assert meta["model_from_pretrained_kwargs"] == {
+        "fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+        "fold_value_biases": True}
+    assert {"context_size", "dataset_path", "hook_name", "model_name"} <= meta.keys()
+
+
+def _ours(tmp_path: Path) -> list[tuple[Path, torch.nn.Module]]:
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    out = []
+    for name, d in [("relu", SAE(8, 16)), ("topk", SAE(8, 16, k=3)),
+                    ("ksvd", ksvd.KSVDDictionary(
+                        torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=0),
+                        0.1 * torch.randn(8, generator=g), max_nnz=3))]:
+        with torch.no_grad():
+            for p in d.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        save_saelens(d, tmp_path / name, cell_meta(CellConfig(), 0))
+        out.append((tmp_path / name, d))
+    return out
+
+
+def test_saelens_itself_loads_ours_and_foreign_folders_with_the_same_forward(tmp_path):
+    if not SAELENS_PY.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SAELENS_PY} is missing (make install builds it)")
+        pytest.skip(f"{SAELENS_PY} is missing (make install builds it)")
+    folders = [p for p, _ in _ours(tmp_path)]
+    _foreign(tmp_path / "f_norms_bdec", apply_b_dec_to_input=True)
+    _foreign(tmp_path / "f_pre6_topk", norms=(1.0, 1.0), activation_fn_str="topk",
+             activation_fn_kwargs={"k": 2})
+    _foreign(tmp_path / "f_topk_rescale", architecture="topk", k=3,
+             rescale_acts_by_decoder_norm=True, sae_lens_version="6.5.0")
+    folders += [tmp_path / n for n in ("f_norms_bdec", "f_pre6_topk", "f_topk_rescale")]
+    x = _x(256)
+    np.save(tmp_path / "x.npy", x.numpy())
+    r = subprocess.run([str(SAELENS_PY), "tests/saelens_forward.py", str(tmp_path / "x.npy"),
+                        str(tmp_path / "out.npz"), *map(str, folders)], cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    theirs = np.load(tmp_path / "out.npz")
+    for i, folder in enumerate(folders):
+        ours, _ = load_saelens(folder)
+        with torch.no_grad():
+            recon, codes = (t.numpy() for t in ours(x))
+        assert np.abs(recon - theirs[f"forward{i}"]).max() < 1e-5, folder.name
+        same_codes = folder.name in ("relu", "topk", "ksvd", "f_pre6_topk", "f_topk_rescale")
+        if same_codes:  # a standard SAE with W_dec norms folded has codes scaled by them
+            assert np.abs(codes - theirs[f"codes{i}"]).max() < 1e-5, folder.name
