@@ -2,7 +2,7 @@
 every cluster of a dictionary), alone and while other processes load every core.
 
     python benchmarks/bench_multidim.py [--clusters 60 --max_points 5000 --d 16 --steps 500
-                                         --contend 0 --per_set]
+                                         --contend 0 --threads 0 --per_set]
 
 Clusters are random point clouds in d dimensions (sizes log-uniform in [20, max_points], as a
 dictionary's clusters fire on a few to many tokens); `--per_set` fits one cluster at a time
@@ -38,7 +38,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--contend", type=int, default=0)
     p.add_argument("--per_set", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     sizes = np.exp(rng.uniform(np.log(20), np.log(args.max_points), args.clusters)).astype(int)
     clusters = [rng.normal(size=(n, args.d)) * rng.uniform(0.1, 1, args.d) for n in sizes]

@@ -72,12 +72,14 @@ class _StopOnSignal:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def match_threads_to_allocation() -> None:
-    """One torch thread per allocated CPU: without cgroups a job sees every core of the node,
-    and two cells each running a thread per core slow each other down tenfold."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+def match_threads_to_allocation(cpus: int = 0) -> None:
+    """One torch thread per allocated CPU (SLURM's, else `cpus` if given): without cgroups a job
+    sees every core of the node, and two jobs each running a thread per core slow each other
+    down tenfold (the multi-dimensional step: 10.9 s alone, 89.8 s beside two busy processes
+    with 2 threads, 24.2 s with 1; benchmarks/bench_multidim.py)."""
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or cpus)
     if cpus:
-        torch.set_num_threads(int(cpus))
+        torch.set_num_threads(cpus)
 
 
 class CellJob(submitit.helpers.Checkpointable):

@@ -39,10 +39,11 @@ def run_collect(grid: str, root: str) -> str:
     return str(collect(Path(root), grid))
 
 
-def run_analyze(grid: str, root: str) -> str:
+def run_analyze(grid: str, root: str, cpus: int = 0) -> str:
     """The analysis step (geometry, downstream reconstruction, multi-dimensional features),
-    then the collector again, so the tables include it."""
-    match_threads_to_allocation()
+    then the collector again, so the tables include it. Runs `cpus` threads where SLURM does not
+    say (a local run: the CPUs its SLURM job would have, not every core)."""
+    match_threads_to_allocation(cpus)
     return str(analyze(Path(root), grid))
 
 
@@ -131,7 +132,7 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
                     print(f"{failed[-1]}: FAILED (above: the end of its log "
                           f"{job.paths.stderr})", flush=True)
     _follow(submit(run_collect, grid, root), progress, next(tasks))
-    results = _follow(submit(run_analyze, grid, root), progress, next(tasks))
+    results = _follow(submit(run_analyze, grid, root, plan.cpus), progress, next(tasks))
     progress.close()
     _report(Path(results))
     if failed:

@@ -16,6 +16,7 @@ from e2e.config import (
     check_context,
     check_layer,
     check_sizes,
+    n_dict_for,
     normalized,
 )
 from e2e.data.stage import rows_needed, stage, stage_key, staged_config
@@ -24,6 +25,7 @@ from e2e.io import cell_paths, check_folder_config
 from e2e.train.warm import parent_dir, parent_mismatch, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers
+from jobs.analysis_cost import analysis_minutes
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
@@ -130,6 +132,8 @@ class Plan:
     finetune: Finetune | None = None
     children: list[Cell] = field(default_factory=list)
     child_of: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> parent, fraction
+    # The model's (blocks, width) where known offline, else None (`_check_shapes`).
+    model_shape: tuple[int, int] | None = None
 
     def child_tasks(self, parent_packs: list[list[Cell]]) -> list[tuple[float, list[list[Cell]]]]:
         """Per fraction, the children still to train of the parents in each of `parent_packs`
@@ -157,9 +161,13 @@ class Plan:
 
     @property
     def analysis_time_min(self) -> int:
-        """The analysis job's limit: geometry of every cell (a 46,080² cosine pass is ≈1.6
-        TFLOP, under a minute on a few cores) plus multi-dimensional features of the trios."""
-        return min(24 * 60, 30 + 2 * len(self.cells))
+        """The analysis job's limit, from the cost model of `jobs.analysis_cost` (a model of
+        unknown shape is taken as GPT-2 small's: 12 blocks, width 768)."""
+        depth, width = self.model_shape or (12, 768)
+        sizes = [n_dict_for(width, c.cfg.sae.dict_size_to_input_ratio) for c in self.cells
+                 if c.cfg.source == "model"]
+        layers = len({c.cfg.layer for c in self.cells if c.cfg.source == "model"})
+        return analysis_minutes(sizes, width, depth, layers, self.cpus)
 
     @property
     def needs_pretrain(self) -> bool:
@@ -200,6 +208,7 @@ def make_plan(tokens: list[str]) -> Plan:
     cfgs = [_with_parent(c, root / grid.name, shape[1] if shape else None, shas) for c in cfgs]
     cells = _cells(cfgs, root / grid.name)
     plan = _place(opts, grid, cells, cfgs, stages, notes, root)
+    plan.model_shape = shape[:2] if shape else None
     if axes.finetune:
         kids = children([(c.id, c.cfg) for c in cells], axes.finetune)
         if not kids:

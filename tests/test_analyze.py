@@ -83,3 +83,29 @@ def test_analysis_of_a_grid_writes_geometry_downstream_and_survives_a_half_finis
     md = (results / "tables.md").read_text()
     assert "no alive mask: all elements" in md
     assert cells[0].name not in md.split("## Geometry: within-SAE")[1].split("## Geometry: c")[0]
+
+
+def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_given():
+    """Issue 20, item 6: the analysis job's limit comes from a model of its work (at paper
+    scale the spectral clustering of 46,080 directions dominates), not 30 + 2 min per cell;
+    a local run's analysis runs the threads its SLURM job would get, not one per core."""
+    from jobs.analysis_cost import GEOMETRY_S, analysis_minutes, cluster_seconds
+    from jobs.cell import match_threads_to_allocation
+    from jobs.plan import make_plan
+
+    plan = make_plan(["grid=paper-tables", "dry_run=true", "root=/nonexistent-e2e-root"])
+    layers = {c.cfg.layer for c in plan.cells}
+    sizes = [46_080] * len(plan.cells)
+    assert plan.analysis_time_min == analysis_minutes(sizes, 768, 12, len(layers), plan.cpus)
+    assert plan.analysis_time_min > 30 + 2 * len(plan.cells)  # the flat allowance fell short
+    assert 40 * 60 < cluster_seconds(46_080) < 60 * 60  # the measured power law, extrapolated
+    # the model, by hand, for one tiny dictionary on 2 threads
+    want = (GEOMETRY_S * 1024 ** 2 * 128 + 4 * (cluster_seconds(1024)
+            + 98e-9 * 2000 * 20_000 * 128 / 6 + 20_000 * 24 * 128 ** 2 * 4 / 30e9))
+    assert analysis_minutes([1024], 128, 4, 1, 2) == 10 + int(np.ceil(2 * want / 60))
+    before = torch.get_num_threads()
+    try:
+        match_threads_to_allocation(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

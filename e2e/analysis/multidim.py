@@ -18,6 +18,7 @@ Clusters rank by (1 − M)·S, mean over their pairs with M ≥ 0.01 (as the aut
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -58,8 +59,17 @@ def spectral_clusters(directions: torch.Tensor, n_clusters: int, seed: int = 0,
         aff = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows),
                                                         np.concatenate(cols))), shape=(n, n))
         aff = aff.maximum(aff.T)
-    return SpectralClustering(n_clusters, affinity="precomputed", random_state=seed,
-                              assign_labels="discretize").fit_predict(aff)
+    # The sparse path's eigenvectors by LOBPCG: ARPACK took 433 s at 11,520 directions and 460
+    # clusters, LOBPCG 74 s (2 cores); the dense path keeps ARPACK (its results unchanged).
+    # LOBPCG stops at its iteration cap a little short of its tolerance (residuals ~1e-4 at
+    # 23,040 directions) and says so in a warning that prints every eigenvalue; the embedding
+    # is only rounded into clusters, so that accuracy is kept and the warning is not printed.
+    solver = "arpack" if n <= DENSE_AFFINITY_MAX else "lobpcg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return SpectralClustering(n_clusters, affinity="precomputed", random_state=seed,
+                                  eigen_solver=solver, assign_labels="discretize"
+                                  ).fit_predict(aff)
 
 
 def graph_clusters(directions: torch.Tensor, k: int = 2, cutoff: float = 0.5) -> np.ndarray:

@@ -1,0 +1,66 @@
+"""The analysis job's time limit, from a model of what it computes (issue 20, item 6), instead
+of a flat allowance per cell.
+
+Costs measured on this machine (2 CPU cores, 2 threads, float32; `benchmarks/bench_multidim.py`,
+`benchmarks/bench_geometry.py`, and the clustering timed at five sizes), then scaled:
+- geometry, per cell: the within-SAE and cross max-cosine passes, ≈ 3 passes of n_dict² · d_in
+  multiply-adds; one 768 × 46,080 pass took 24 s.
+- per dictionary of the Table 2 trio of each layer (local, e2e, e2e_ds and ksvd, paired by CE):
+  - the codes: `multidim_tokens` eval tokens through the model up to the layer, and encoding;
+  - spectral clustering of n_dict directions into n_dict / 25 clusters: a power law through
+    the two largest measured sizes of its path (dense affinity up to 8,192 directions: 1,440 /
+    2,880 / 5,760 in 1.7 / 4.1 / 19.5 s; sparse k-NN with LOBPCG above: 11,520 / 23,040 in
+    74 / 469 s, exponent 2.67). At the paper's 46,080 elements and 1,843 clusters that is ≈ 50
+    minutes per dictionary: the step's largest cost at that scale;
+  - the mixture index: 500 Adam steps on 4 PC pairs of every cluster's points, 98 ns per
+    point-step; the points are at most `multidim_tokens` × L0, and L0 is not known before
+    training: the model takes L0 = d_in / 6 (128 for GPT-2, above the paper's Table 2 runs;
+    21 on tiny, whose trio's L0 is 5-40 and whose points overlap): ≈ 8 minutes for GPT-2.
+Threads speed it up as √(threads / 2) (1 thread: 1.42× slower on the mixture fit). The limit is
+twice the model plus 10 minutes (loading, the collector run inside it), capped at a day.
+"""
+
+from __future__ import annotations
+
+import math
+
+GEOMETRY_S = 3 * 24.0 / (46_080 ** 2 * 768)  # seconds per n_dict² · d_in, per cell
+MIXTURE_S = 98e-9 * 4 * 500  # seconds per point (4 PC pairs, 500 steps)
+PLAN_L0_PER_WIDTH = 1 / 6
+MULTIDIM_TOKENS = 20_000  # `jobs.analyze.Options.multidim_tokens`
+CODES_S_PER_FLOP = 1 / 30e9  # the model's forward
+# Spectral clustering, n directions into n/25 clusters: (n, seconds) measured.
+CLUSTER_DENSE = ((1_440, 1.7), (2_880, 4.1), (5_760, 19.5))
+CLUSTER_SPARSE = ((11_520, 73.9), (23_040, 469.4))
+
+
+def _power_law(points, n: float) -> float:
+    (n0, t0), (n1, t1) = points[-2], points[-1]
+    p = math.log(t1 / t0) / math.log(n1 / n0)
+    return t1 * (n / n1) ** p
+
+
+def cluster_seconds(n: int) -> float:
+    """Spectral clustering of n directions (one cluster per 25), in seconds."""
+    return _power_law(CLUSTER_DENSE if n <= 8_192 else CLUSTER_SPARSE, n)
+
+
+def dictionary_seconds(n_dict: int, d_in: int, depth: int) -> float:
+    """The multi-dimensional step of one dictionary, in seconds (the codes: 2 · 12 · d_in²
+    FLOPs per token and block, through all `depth` blocks at most)."""
+    codes = MULTIDIM_TOKENS * 2 * 12 * d_in * d_in * depth * CODES_S_PER_FLOP
+    mixture = MIXTURE_S * MULTIDIM_TOKENS * d_in * PLAN_L0_PER_WIDTH
+    return cluster_seconds(n_dict) + mixture + codes
+
+
+def analysis_minutes(n_dicts: list[int], d_in: int, depth: int, n_layers: int,
+                     cpus: int) -> int:
+    """The analysis job's limit in minutes: geometry of every cell (dictionary sizes `n_dicts`,
+    width `d_in`) and the multi-dimensional step of up to 4 dictionaries at each of `n_layers`
+    hook layers (the largest size; a model of `depth` blocks), on `cpus` threads; twice the
+    model plus 10 minutes, at most a day."""
+    geometry = sum(GEOMETRY_S * n * n * d_in for n in n_dicts)
+    largest = max(n_dicts, default=0)
+    multidim = 4 * n_layers * dictionary_seconds(largest, d_in, depth) if n_dicts else 0
+    seconds = (geometry + multidim) / math.sqrt(max(1, cpus) / 2)
+    return min(24 * 60, 10 + math.ceil(2 * seconds / 60))
