@@ -5,7 +5,8 @@ one). Each cell keeps its own files, log and FAILED marker.
 Under submitit the cell is `Checkpointable`: SIGUSR2 (preemption, or the time limit near) sets a
 flag that the training loop polls between optimizer steps; the loop checkpoints and returns, and
 then submitit's own handler requeues the job, which resumes from the checkpoint. SIGTERM (a
-preemption that sends no user signal) checkpoints the same way and exits 143 (`_StopOnSignal`).
+preemption that sends no user signal) checkpoints the same way and, in a SLURM job, requeues it
+too; outside SLURM it exits 143 (`_StopOnSignal`).
 """
 
 from __future__ import annotations
@@ -45,10 +46,9 @@ class _StopOnSignal:
 
     USR2 is SLURM's warning before the time limit (`--signal=USR2@120`) and, where the cluster
     sets `PreemptParameters=send_user_signal`, before preemption. Elsewhere preemption sends
-    SIGTERM, then SIGKILL after `KillWait` (30 s by default), and submitit's own handler ignores
-    TERM: here TERM, too, checkpoints at the end of the running step and exits (143); SLURM
-    requeues a preempted job itself (`PreemptMode=REQUEUE`), and it resumes from that
-    checkpoint."""
+    SIGTERM, then SIGKILL when the partition's GraceTime is over, and submitit's own handler
+    ignores TERM: here TERM, too, checkpoints at the end of the running step, and the job is
+    requeued (`hand_over`) and resumes from that checkpoint."""
 
     def __init__(self) -> None:
         self.requested = 0  # the signal received, 0 for none
@@ -60,12 +60,15 @@ class _StopOnSignal:
         self.requested = self.requested or signum
 
     def hand_over(self) -> None:
-        """USR2: lets submitit checkpoint (pickle this job) and requeue; it exits the process.
-        TERM: exits 143 with the cells checkpointed."""
+        """USR2, and TERM in a SLURM job: lets submitit checkpoint (pickle this job) and requeue
+        (on the plain-sbatch path, exit 3: the task requeues itself); it exits the process. A
+        preempted job that exits during its GraceTime is not requeued by SLURM (it ends FAILED,
+        143), so TERM in a job requeues like USR2. TERM elsewhere: exits 143 with the cells
+        checkpointed."""
         name = signal.Signals(self.requested).name
         print(f"interrupted by {name}; checkpoint written, run again to resume",
               file=sys.stderr, flush=True)
-        if self.requested == signal.SIGTERM:
+        if self.requested == signal.SIGTERM and not os.environ.get("SLURM_JOB_ID"):
             sys.exit(128 + signal.SIGTERM)
         if callable(self.previous):
             self.previous(signal.SIGUSR2, None)

@@ -59,12 +59,13 @@ ReturnToService=2
 MinJobAge=300
 # Preemption as many clusters run it: a job in a higher-tier partition requeues the jobs of a
 # lower tier that hold what it needs; without PreemptParameters=send_user_signal they get
-# SIGTERM only, then SIGKILL after KillWait (30 s), no --signal=USR2 (tests/test_slurm.py).
+# SIGTERM only, no --signal=USR2, then SIGKILL once the partition's GraceTime is over (with
+# none, at once: a cell could not checkpoint; tests/test_slurm.py).
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 # DefMemPerCPU: without it every job takes the node's memory and jobs run one at a time.
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=1000 PriorityTier=1
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=1000 PriorityTier=1 GraceTime=30
 PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP DefMemPerCPU=1000 PriorityTier=2
 CONF
   cat > "$ETC/gres.conf" <<CONF
