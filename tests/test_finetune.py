@@ -96,6 +96,16 @@ def test_from_path_loads_a_saelens_folder_and_checks_its_hook(parent, tmp_path):
         replace(child, sae=replace(cfg.sae, dict_size_to_input_ratio=2.0)), sae_dir, d_in=32)
     meta = json.loads((sae_dir / "cfg.json").read_text())
     assert meta["hook_name"] == cfg.hook_name
+    # SAELens 6 keeps the hook under `metadata`: the same folder written that way is accepted
+    six = tmp_path / "six"
+    six.mkdir()
+    (six / "sae_weights.safetensors").write_bytes((sae_dir / "sae_weights.safetensors")
+                                                  .read_bytes())
+    nested = {k: v for k, v in meta.items() if k != "hook_name"}
+    (six / "cfg.json").write_text(json.dumps({**nested, "metadata": {
+        "hook_name": cfg.hook_name, "sae_lens_version": "6.5.0"}}))
+    assert parent_mismatch(replace(child, init=InitConfig(from_path=str(six))), six,
+                           d_in=32) is None
     changed = replace(child, init=replace(child.init, sha256="0" * 64))
     with pytest.raises(ConfigError, match="weights changed since submission"):
         train(changed, tmp_path / "C", progress=False)

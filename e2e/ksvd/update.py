@@ -11,7 +11,7 @@ Where this differs from KSVD.jl, and why:
   `update_dictionary`.
 - An atom no sample uses becomes the residual direction of the batch's worst-reconstructed
   sample not yet taken this sweep (KSVD.jl's default draws a random Gaussian atom; random atoms
-  stay unused: on tiny's max_nnz 3 cell 162 of 1,024 atoms were dead at the end, redrawn after
+  stay unused: on tiny's max_nnz 3 cell 157 of 1,024 atoms were dead at the end, redrawn after
   every batch; scikit-learn's MiniBatchDictionaryLearning found the same and resamples from
   the data). A residual direction is, by construction, an atom the next pursuit can use.
 """

@@ -32,6 +32,17 @@ import torch
 NORM_TOLERANCE = 1e-5  # rows within this of unit norm are taken as they are (our own files)
 
 
+def flat_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A cfg.json's fields in one dict: SAELens 6 keeps the hook, model and dataset under
+    `metadata`; a topk SAE written before SAELens 6 is `standard` with `activation_fn(_str)`
+    "topk" and `activation_fn_kwargs.k` (read as SAELens reads it: architecture topk, k)."""
+    out = {"architecture": "standard", **(cfg.get("metadata") or {}), **cfg}
+    if out.get("activation_fn", out.get("activation_fn_str")) == "topk":
+        out.update(architecture="topk",
+                   k=(out.get("activation_fn_kwargs") or {}).get("k", out.get("k")))
+    return out
+
+
 def as_computed(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """cfg.json and weights of a SAELens standard or topk SAE, rewritten in the form

@@ -21,6 +21,7 @@ import torch
 from e2e.config import CellConfig, ConfigError, n_dict_for
 from e2e.io import cell_paths
 from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens
+from e2e.saelens.foreign import flat_fields
 
 
 def parent_dir(cfg: CellConfig, grid_dir: Path | str) -> Path:
@@ -61,7 +62,7 @@ def parent_mismatch(cfg: CellConfig, parent: Path, d_in: int | None = None) -> s
     if not (parent / CFG_FILE).exists() or not (parent / WEIGHTS_FILE).exists():
         return f"{what}: not a SAELens folder (needs {CFG_FILE} and {WEIGHTS_FILE})"
     try:
-        meta: dict[str, Any] = json.loads((parent / CFG_FILE).read_text())
+        meta: dict[str, Any] = flat_fields(json.loads((parent / CFG_FILE).read_text()))
     except json.JSONDecodeError as e:
         return f"{what}: {CFG_FILE} is not JSON ({e})"
     want = {"hook_name": cfg.hook_name,
