@@ -102,6 +102,14 @@ def test_an_unused_atom_becomes_the_worst_reconstructed_samples_residual():
     cos = torch.stack([torch.stack([got[a] @ w for w in want]) for a in (5, 9)]).abs()
     assert sorted(cos.max(1).values.tolist()) == pytest.approx([1.0, 1.0], abs=1e-5)
     assert cos.argmax(1).unique().numel() == 2
+    # chunk after chunk, the samples are taken in order (none is skipped between chunks)
+    from e2e.ksvd.update import _replacements
+    r = torch.eye(6, 4) * torch.arange(6, 0, -1)[:, None]  # rows 0-3 non-zero, 4-5 zero
+    worst = iter(range(6))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(_replacements(r, worst, 2, g), torch.eye(4)[:2])
+    assert torch.equal(_replacements(r, worst, 2, g), torch.eye(4)[2:])
+    assert next(worst) == 4
     # and the next pursuit uses the atom that took sample 17's residual
     again = ksvd.sparse_code(y, d2, max_nnz=3)
     took_17 = (5, 9)[int(cos[:, 0].argmax())]

@@ -95,6 +95,14 @@ def test_topk_rescaled_by_decoder_norm_runs_its_own_forward(tmp_path):
     ({"hook_head_index": 3}, "hook_head_index"),
     ({"finetuning_scaling_factor": True}, "finetuning_scaling_factor"),
     ({"architecture": "jumprelu"}, "architecture"),
+    # found by a review: a head index under SAELens 6's metadata, a topk without k, a pre-6
+    # top-level k (SAELens runs that as ReLU), shapes and k that do not fit
+    ({"metadata": {"hook_name": "blocks.0.attn.hook_z", "hook_head_index": 3}},
+     "hook_head_index"),
+    ({"architecture": "topk", "rescale_acts_by_decoder_norm": True}, "k None"),
+    ({"activation_fn_str": "topk", "k": 3}, "activation_fn_kwargs.k"),
+    ({"d_sae": 12}, "d_sae 12"),
+    ({"architecture": "topk", "k": "3", "rescale_acts_by_decoder_norm": True}, "k '3'"),
 ])
 def test_a_field_that_changes_the_forward_and_cannot_be_honoured_is_refused_by_name(
         tmp_path, fields, named):

@@ -84,9 +84,10 @@ def update_dictionary(y: torch.Tensor, d: torch.Tensor, codes: Codes, atom_chunk
 def _replacements(r: torch.Tensor, worst, n: int, generator: torch.Generator) -> torch.Tensor:
     """`n` unit atoms for unused ones: the residuals of the next samples in `worst` (an iterator
     over sample indices, largest residual first) whose residual is not zero, else random."""
-    picked = []
-    for i in worst:
-        if len(picked) == n:
+    picked: list[int] = []
+    while len(picked) < n:  # take no sample from `worst` that is not used here
+        i = next(worst, None)
+        if i is None:
             break
         if bool(r[i].abs().max() > 0):
             picked.append(i)

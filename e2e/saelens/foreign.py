@@ -38,8 +38,8 @@ def flat_fields(cfg: dict[str, Any]) -> dict[str, Any]:
     "topk" and `activation_fn_kwargs.k` (read as SAELens reads it: architecture topk, k)."""
     out = {"architecture": "standard", **(cfg.get("metadata") or {}), **cfg}
     if out.get("activation_fn", out.get("activation_fn_str")) == "topk":
-        out.update(architecture="topk",
-                   k=(out.get("activation_fn_kwargs") or {}).get("k", out.get("k")))
+        # SAELens converts only with activation_fn_kwargs.k (a top-level k: it runs ReLU)
+        out.update(architecture="topk", k=(out.get("activation_fn_kwargs") or {}).get("k"))
     return out
 
 
@@ -48,16 +48,14 @@ def as_computed(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
     """cfg.json and weights of a SAELens standard or topk SAE, rewritten in the form
     `e2e.sae.SAE` computes: codes relu / topk-then-relu of x W_enc + b_enc, reconstruction codes
     @ W_dec (unit rows) + b_dec. ValueError naming the first field that cannot be honoured."""
-    cfg = {"architecture": "standard", **cfg}
     act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
-    if act == "topk":
-        k = (cfg.get("activation_fn_kwargs") or {}).get("k", cfg.get("k"))
-        if k is None:
-            raise ValueError("activation_fn 'topk' without activation_fn_kwargs.k")
-        cfg.update(architecture="topk", k=k)
-    elif act != "relu":
+    if act not in ("relu", "topk"):
         raise ValueError(f"activation_fn {act!r} is not supported (relu, or topk with "
                          "activation_fn_kwargs.k)")
+    cfg = flat_fields(cfg)  # SAELens 6's metadata (a head index) is checked too
+    if act == "topk" and cfg["k"] is None:
+        raise ValueError("activation_fn 'topk' without activation_fn_kwargs.k")
+    _check_shapes(cfg, tensors)
     _refuse_unfoldable(cfg, tensors)
     w_enc, b_enc = tensors["W_enc"].float(), tensors["b_enc"].float()
     w_dec, b_dec = tensors["W_dec"].float(), tensors["b_dec"].float()
@@ -75,6 +73,20 @@ def as_computed(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
         w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms[:, None]
     cfg.update(apply_b_dec_to_input=False, rescale_acts_by_decoder_norm=False)
     return cfg, {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+
+
+def _check_shapes(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    for name, shape in want.items():
+        if name not in tensors:
+            raise ValueError(f"the weights have no {name}")
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, but d_in {d_in} "
+                             f"and d_sae {d_sae} make it {shape}")
+    k = cfg.get("k")
+    if cfg["architecture"] == "topk" and not (isinstance(k, int) and 1 <= k <= d_sae):
+        raise ValueError(f"k {k!r} of a topk SAE must be an integer in [1, d_sae={d_sae}]")
 
 
 def _refuse_unfoldable(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
