@@ -5,8 +5,8 @@ one). Each cell keeps its own files, log and FAILED marker.
 Under submitit the cell is `Checkpointable`: SIGUSR2 (preemption, or the time limit near) sets a
 flag that the training loop polls between optimizer steps; the loop checkpoints and returns, and
 then submitit's own handler requeues the job, which resumes from the checkpoint. SIGTERM (a
-preemption that sends no user signal, or `scancel`) checkpoints the same way; a preempted job
-is then requeued by SLURM and resumes, a cancelled one stays cancelled (`_StopOnSignal`).
+preemption that sends no user signal) checkpoints the same way and, in a SLURM job, requeues it
+too; outside SLURM it exits 143 (`_StopOnSignal`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import platform
 import signal
-import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
@@ -60,35 +59,20 @@ class _StopOnSignal:
         self.requested = self.requested or signum
 
     def hand_over(self) -> None:
-        """USR2: lets submitit checkpoint (pickle this job) and requeue (on the plain-sbatch
-        path, exit 3: the task requeues itself); it exits the process. TERM: exits with the
-        cells checkpointed: 0 when SLURM is requeueing the job (a preemption: it requeues only a
-        job that exits cleanly, one that exits 143 ends FAILED), 143 otherwise (`scancel`, or
-        outside SLURM), so a cancelled job stays cancelled."""
+        """USR2, and TERM in a SLURM job: lets submitit checkpoint (pickle this job) and requeue
+        (on the plain-sbatch path, exit 3: the task requeues itself); it exits the process. A
+        preempted job that exits during its GraceTime is not requeued by SLURM (measured: it
+        ends FAILED with 143, or COMPLETED with 0), so TERM in a job requeues like USR2. The
+        cost: `scancel` (TERM too) requeues a running cell once; a second `scancel` of the
+        pending job cancels it (docs/cluster.md). TERM outside SLURM: exits 143."""
         name = signal.Signals(self.requested).name
         print(f"interrupted by {name}; checkpoint written, run again to resume",
               file=sys.stderr, flush=True)
-        if self.requested == signal.SIGTERM:
-            sys.exit(0 if _slurm_is_requeueing() else 128 + signal.SIGTERM)
+        if self.requested == signal.SIGTERM and not os.environ.get("SLURM_JOB_ID"):
+            sys.exit(128 + signal.SIGTERM)
         if callable(self.previous):
             self.previous(signal.SIGUSR2, None)
         sys.exit(EXIT_INTERRUPTED)
-
-
-def _slurm_is_requeueing() -> bool:
-    """Whether SLURM has already counted a restart of this job that has not begun: a job
-    preempted with PreemptMode=REQUEUE reads `Restarts=n+1` in `scontrol show job` while it
-    still runs as restart n (SLURM_RESTART_COUNT); a cancelled one does not."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return False
-    try:
-        out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True,
-                             text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    restarts = [int(f.split("=", 1)[1]) for f in out.split() if f.startswith("Restarts=")]
-    return bool(restarts) and restarts[0] > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def match_threads_to_allocation(cpus: int = 0) -> None:

@@ -178,25 +178,6 @@ def test_a_cell_preempted_by_a_higher_tier_partition_with_sigterm_resumes_identi
     assert any("interrupted by SIGTERM" in e for e in errs), errs
 
 
-def test_a_cancelled_cell_checkpoints_and_stays_cancelled(tmp_path):
-    """`scancel` sends SIGTERM too: the cell checkpoints, and the job is not requeued (a TERM
-    that requeued itself would make a grid impossible to stop)."""
-    r = _submit(tmp_path, "settings=[e2e]", "optim.n_samples=4800",
-                "eval.checkpoint_every_steps=1000", wait=False)
-    job = _job_ids(r.stdout)["array"]
-    (cell,) = (tmp_path / "smoke").glob("L*")
-    _wait_for(lambda: (cell / "train.log").exists(), 300, "the cell to start")
-    time.sleep(4)  # into the training loop
-    subprocess.run(["scancel", job], check=True)
-    _wait_for(lambda: "interrupted" in (cell / "train.log").read_text(), 60, "the checkpoint")
-    time.sleep(10)
-    states = [j["state"] for j in _sacct(job)]
-    assert states and all(s.startswith("CANCELLED") for s in states), states
-    assert not subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
-                              text=True).stdout.strip()
-    assert cell_paths(cell).checkpoint.exists() and not (cell / "DONE").exists()
-
-
 def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:
     """Cell folders keyed by (layer, setting, λ): ids differ between roots (the model path)."""
     out = {}
