@@ -25,9 +25,11 @@ from __future__ import annotations
 import math
 
 GEOMETRY_S = 3 * 24.0 / (46_080 ** 2 * 768)  # seconds per n_dict² · d_in, per cell
-MIXTURE_S = 98e-9 * 4 * 500  # seconds per point (4 PC pairs, 500 steps)
+# The analysis step's defaults (`jobs.analyze.Options` takes them from here).
+MULTIDIM_TOKENS = 20_000  # eval tokens whose codes feed the clusters' points
+MIXTURE_STEPS = 500  # gradient-ascent steps of the mixture index (authors: 10,000)
+MIXTURE_S = 98e-9 * 4 * MIXTURE_STEPS  # seconds per point (4 PC pairs)
 PLAN_L0_PER_WIDTH = 1 / 6
-MULTIDIM_TOKENS = 20_000  # `jobs.analyze.Options.multidim_tokens`
 CODES_S_PER_FLOP = 1 / 30e9  # the model's forward
 # Spectral clustering, n directions into n/25 clusters: (n, seconds) measured.
 CLUSTER_DENSE = ((1_440, 1.7), (2_880, 4.1), (5_760, 19.5))

@@ -38,6 +38,7 @@ from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.store import read_metrics
 from e2e.typed import ConfigError, require
 from jobs import cli, plots, tables
+from jobs.analysis_cost import MIXTURE_STEPS, MULTIDIM_TOKENS
 from jobs.collect import collect
 from jobs.mfr_report import is_mfr_cell
 from jobs.results import (
@@ -100,8 +101,8 @@ class Options:
     n_clusters: int = 0  # spectral: 0 takes one cluster per 25 alive elements
     graph_k: int = 2
     graph_cutoff: float = 0.5
-    multidim_tokens: int = 20_000  # eval tokens whose codes feed the clusters' points
-    mixture_steps: int = 500  # gradient-ascent steps of the mixture index (authors: 10,000)
+    multidim_tokens: int = MULTIDIM_TOKENS  # eval tokens whose codes feed the clusters' points
+    mixture_steps: int = MIXTURE_STEPS  # gradient-ascent steps of the mixture index
     top: int = 10  # clusters listed per cell
 
     def __post_init__(self) -> None:

@@ -206,13 +206,12 @@ def clusters_indices(clusters: list[np.ndarray], max_components: int = 5, steps:
         n_comp = min(max_components, points.shape[0], points.shape[1])
         pca = PCA(n_components=n_comp, random_state=seed)
         fits.append((pca.fit_transform(points), pca.explained_variance_ratio_))
-    planes = [(c, proj[:, i:i + 2]) for c, (proj, _) in enumerate(fits)
-              for i in range(proj.shape[1] - 1)]
-    ms = mixture_indices([p for _, p in planes], steps=steps, seed=seed)
+    planes = [proj[:, i:i + 2] for proj, _ in fits for i in range(proj.shape[1] - 1)]
+    ms = iter(mixture_indices(planes, steps=steps, seed=seed))  # in the order of `planes`
     out = []
-    for c, (proj, ratio) in enumerate(fits):
-        pairs = [(m, separability_index(p)) for (cc, p), m in zip(planes, ms, strict=True)
-                 if cc == c]
+    for proj, ratio in fits:
+        pairs = [(next(ms), separability_index(proj[:, i:i + 2]))
+                 for i in range(proj.shape[1] - 1)]
         kept = [(m, s) for m, s in pairs if m >= 0.01]
         mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
         out.append({"pairs": pairs, "mixture": mean([m for m, _ in kept]),
