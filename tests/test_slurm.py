@@ -125,10 +125,10 @@ def _wait_for(pred, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def _interrupted_cell_ends_identical(tmp_path, interrupt) -> None:
+def _interrupted_cell_ends_identical(tmp_path, interrupt, n_samples: int = 4800) -> None:
     """Runs the smoke grid's e2e cell straight and interrupted (`interrupt(job id)`, once the
     cell is in its training loop); asserts the interrupted one resumed and ended bit-identical."""
-    long = ("settings=[e2e]", "optim.n_samples=4800", "eval.checkpoint_every_steps=1000")
+    long = ("settings=[e2e]", f"optim.n_samples={n_samples}", "eval.checkpoint_every_steps=1000")
     _submit(tmp_path / "straight", *long)
     r = _submit(tmp_path / "preempted", *long, wait=False)
     ids = _job_ids(r.stdout)
@@ -171,7 +171,8 @@ def test_a_cell_preempted_by_a_higher_tier_partition_with_sigterm_resumes_identi
         _wait_for(lambda: any(r["state"] == "COMPLETED" for r in _sacct(urgent[0])), 300,
                   "the urgent job")
 
-    _interrupted_cell_ends_identical(tmp_path, preempt)
+    # long enough that the scheduler's preemption (seconds to ~40 s here) lands in training
+    _interrupted_cell_ends_identical(tmp_path, preempt, n_samples=24_000)
     errs = [f.read_text() for f in (tmp_path / "preempted" / "smoke" / "_submitit").rglob("*.err")]
     assert any("interrupted by SIGTERM" in e for e in errs), errs
 
