@@ -66,3 +66,4 @@ def analysis_minutes(n_dicts: list[int], d_in: int, depth: int, n_layers: int,
     multidim = 4 * n_layers * dictionary_seconds(largest, d_in, depth) if n_dicts else 0
     seconds = (geometry + multidim) / math.sqrt(max(1, cpus) / 2)
     return min(24 * 60, 10 + math.ceil(2 * seconds / 60))
+BROWSER_TOKENS = 32_768  # eval tokens the feature browser scans per (model, layer, data)

@@ -15,6 +15,7 @@ of the Table 2 trio (cells save no codes). Writes beside the tables in `<root>/<
 - multi-dimensional features (Engels et al. 2024) of the Table 2 trio of each layer: clusters
   of alive directions, their points on eval tokens, PCA, mixture and separability indices,
   `multidim_scatter.png` and `multidim_top.png` (`e2e.analysis.multidim`; options: `Options`);
+- the feature browser, `browser/index.html` (`jobs.browser`), after the collector's last run;
 - `analysis.md` / `analysis.tex` (appended to tables.md/.tex by the collector), `analysis.h5`,
   and a `within_max_cos_mean` column in summary.csv.
 A half-finished grid gets what its finished cells allow; cells without an alive mask (trained
@@ -39,6 +40,8 @@ from e2e.store import read_metrics
 from e2e.typed import ConfigError, require
 from jobs import cli, plots, tables
 from jobs.analysis_cost import MIXTURE_STEPS, MULTIDIM_TOKENS
+from jobs.browser import Settings as BrowserSettings
+from jobs.browser import build_logged
 from jobs.collect import collect
 from jobs.mfr_report import is_mfr_cell
 from jobs.results import (
@@ -104,11 +107,16 @@ class Options:
     multidim_tokens: int = MULTIDIM_TOKENS  # eval tokens whose codes feed the clusters' points
     mixture_steps: int = MIXTURE_STEPS  # gradient-ascent steps of the mixture index
     top: int = 10  # clusters listed per cell
+    browser: bool = True  # the feature browser (jobs.browser), results/browser/index.html
+    browser_tokens: int = BrowserSettings.tokens  # eval tokens per (model, layer)
+    browser_full_max: int = BrowserSettings.full_max  # up to this size: every feature
+    browser_sample: int = BrowserSettings.sample  # pages in larger ones (trio apart)
 
     def __post_init__(self) -> None:
         require(self.clustering in ("spectral", "graph"), "clustering", "spectral or graph",
                 self.clustering)
-        for name in ("n_clusters", "graph_k", "multidim_tokens", "mixture_steps", "top"):
+        for name in ("n_clusters", "graph_k", "multidim_tokens", "mixture_steps", "top",
+                     "browser_tokens", "browser_sample"):
             low = 0 if name == "n_clusters" else 1
             require(getattr(self, name) >= low, name, f">= {low}", getattr(self, name))
         require(-1 <= self.graph_cutoff <= 1, "graph_cutoff", "in [-1, 1]", self.graph_cutoff)
@@ -131,8 +139,9 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     sections = [_within_section(dicts, within, h5), _cross_seed_section(dicts, h5)]
     trio_sections, down = _trio_sections(dicts, points, layers, within, h5)
     sections += trio_sections
+    clusters: dict[str, list[dict]] = {}  # cell id -> its clusters, for the browser
     if opts.multidim:
-        sections += _multidim(grid_dir, out, dicts, points, layers, opts, h5)
+        sections += _multidim(grid_dir, out, dicts, points, layers, opts, h5, clusters)
     elapsed = time.perf_counter() - t0
     md = "".join(tables.markdown_table(*s) for s in sections)
     md += f"_analysis of {len(dicts)} dictionaries in {elapsed:.1f} s_\n"
@@ -142,7 +151,16 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     if within:
         plots.geometry_figures(out, dicts, within, down)
     collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
+    if opts.browser:
+        _browser(grid_dir, points, layers, clusters, opts)
     return out
+
+
+def _browser(grid_dir: Path, points, layers, clusters: dict, opts: Options) -> None:
+    """The feature browser, after the tables (its index shows them)."""
+    trio = {p.cell_id for layer in layers for p, _ in tables.paired(points, layer, "ce")}
+    build_logged(grid_dir, read_grid(grid_dir), trio, clusters, BrowserSettings(
+        opts.browser_tokens, opts.browser_full_max, opts.browser_sample))
 
 
 def _within_section(dicts: list[Saved], within: dict[str, np.ndarray], h5: dict) -> tuple:
@@ -218,7 +236,7 @@ def _trio_sections(dicts: list[Saved], points, layers, within: dict[str, np.ndar
 
 
 def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
-              opts: Options, h5: dict) -> list[tuple]:
+              opts: Options, h5: dict, clusters: dict) -> list[tuple]:
     """Multi-dimensional features of the Table 2 trio of each layer: clusters, their points
     Σ a_i d_i on eval tokens, PCA and the mixture / separability indices."""
     from e2e.data.tokens import eval_stream
@@ -243,7 +261,12 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
         results = _clusters(x, codes[:, x.alive_index], tokens.reshape(-1).tolist(), opts, h5)
         scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]
         results.sort(key=lambda r: -r[0])
-        for score, cl, size, n, ind, toks, mean_cos in results[:opts.top]:
+        clusters[x.point.cell_id] = [
+            {"cluster": r[1], "members": x.alive_index[r[7]].tolist(), "score": r[0],
+             "mixture": r[4]["mixture"], "separability": r[4]["separability"],
+             "projection": r[4]["projection"], "positions": r[8], "ctx": tokens.shape[1],
+             "tokens": tokens.reshape(-1).tolist()} for r in results[:opts.top]]
+        for score, cl, size, n, ind, toks, mean_cos, _, _ in results[:opts.top]:
             common = [t for t, _ in Counter(toks).most_common(5)]
             words = ", ".join(repr(model.tokenizer.decode([t])) for t in common)
             rows.append((x.point.layer, x.point.setting, f"{x.point.lam:g}", cl, size, n,
@@ -264,8 +287,9 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
 
 def _clusters(x: Saved, codes: torch.Tensor, flat_tokens: list[int], opts: Options,
               h5: dict) -> list[tuple]:
-    """(score, cluster, elements, points, indices, tokens, mean cos) of each cluster of x's
-    alive directions with >= 2 elements and >= 20 firing tokens, in label order."""
+    """(score, cluster, elements, points, indices, tokens, mean cos, element indices among
+    the alive ones, flat token positions of the points) of each cluster of x's alive
+    directions with >= 2 elements and >= 20 firing tokens, in label order."""
     from e2e.analysis import multidim
 
     if opts.clustering == "graph":
@@ -291,7 +315,7 @@ def _clusters(x: Saved, codes: torch.Tensor, flat_tokens: list[int], opts: Optio
         d = x.directions[:, idx]
         mean_cos = float(((d.T @ d).sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
         results.append((ind["score"], cl, len(idx), len(pts), ind,
-                        [flat_tokens[i] for i in rows], mean_cos))
+                        [flat_tokens[i] for i in rows], mean_cos, idx, rows))
         h5[f"multidim/{x.point.cell_id}/cluster{cl}/pairs"] = np.array(ind["pairs"])
     return results
 

@@ -9,6 +9,7 @@ waiting for each, with one status line (`jobs.progress`).
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -253,6 +254,10 @@ def _report(results: Path) -> None:
     print(f"tables: {results / 'tables.md'} (and .tex, summary.csv, results.h5)")
     print(f"plots:  {results / 'pareto_l0.png'}, {results / 'pareto_alive.png'}, "
           "geometry_*.png, downstream.png")
+    if (results / "browser.json").exists():
+        cost = json.loads((results / "browser.json").read_text())
+        print(f"features: {results / 'browser' / 'index.html'} (open it in a browser: "
+              f"{cost['pages']} feature pages, {cost['bytes'] / 1e6:.0f} MB, no server)")
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ LAYERS = [
     # the fitting routines
     ["e2e.train", "e2e.ksvd.fit"],
     # jobs: building blocks
-    ["jobs.cli", "jobs.tables", "jobs.analysis_cost", "jobs.convergence", "jobs.mfr_report",
-     "jobs.containers", "jobs.sources", "jobs.finetune", "jobs.grid", "jobs.grids",
-     "jobs.results", "jobs.plots", "jobs.finetune_report", "jobs.progress"],
+    ["jobs.cli", "jobs.tables", "jobs.analysis_cost", "jobs.browser", "jobs.convergence",
+     "jobs.mfr_report", "jobs.containers", "jobs.sources", "jobs.finetune", "jobs.grid",
+     "jobs.grids", "jobs.results", "jobs.plots", "jobs.finetune_report", "jobs.progress"],
     # jobs: steps
     ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.analyze"],
     ["jobs.launch"],

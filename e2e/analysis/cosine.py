@@ -53,3 +53,14 @@ def hungarian_pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
     cos = (a.T @ b).detach().double().cpu().numpy()
     rows, cols = linear_sum_assignment(cos, maximize=True)
     return torch.as_tensor(rows, device=a.device), torch.as_tensor(cols, device=a.device)
+
+
+def top_cosines(a: torch.Tensor, b: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each column of `a` (d, n_a), the k largest cosines to columns of `b` (d, n_b) and
+    their indices in b, each (n_a, k), descending."""
+    vals, idx = [], []
+    for _, blk in cosine_blocks(a, b):
+        top = blk.topk(min(k, b.shape[1]), dim=1)
+        vals.append(top.values)
+        idx.append(top.indices)
+    return torch.cat(vals), torch.cat(idx)

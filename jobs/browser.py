@@ -1,0 +1,283 @@
+"""The feature browser: `<root>/<grid>/results/browser/`, static pages that open from file://
+with no server and no network (the analysis step builds it after the collector).
+
+`index.html` shows the grid's Pareto plots and its cells; `dictionary.html#cell=<id>` a
+dictionary's features in a table that sorts and filters; `feature.html#cell=<id>&f=<i>` one
+feature's dashboard; `cluster.html#cell=<id>&c=<k>` a multi-dimensional cluster's PC planes.
+The pages are fixed files (`jobs/browser_assets/`); the data are JavaScript files that call
+`BROWSER.put(key, value)`, loaded by <script> tags (a browser refuses `fetch` on file://).
+
+Computed by `e2e.analysis.features` from what cells saved plus one pass of the frozen model
+over `tokens` held-out eval tokens per (model, layer, data), shared by every dictionary there.
+Which features get a page (`Settings`): every feature that fires on those tokens, in
+dictionaries of at most `full_max` elements and in each layer's Table 2 trio; a seeded sample
+of `sample` firing features in the other, larger dictionaries. Every feature is in its
+dictionary's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from e2e.analysis import features
+from e2e.analysis.cosine import top_cosines
+from e2e.io import atomic_write_text, cell_paths
+from e2e.store import read_metrics
+from jobs.analysis_cost import BROWSER_TOKENS
+
+ASSETS = Path(__file__).resolve().parent / "browser_assets"
+LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # a token's shade: its code / the feature's max
+SHARD = 64  # features per data file
+
+
+@dataclass(frozen=True)
+class Settings:
+    tokens: int = BROWSER_TOKENS  # held-out eval tokens scanned per (model, layer, data)
+    full_max: int = 4_096  # dictionaries up to this size: a page for every firing feature
+    sample: int = 1_024  # larger dictionaries outside the Table 2 trio: pages for a sample
+    top_k: int = 20  # top activating contexts per feature
+    half_window: int = 8  # tokens shown on each side of a context's position
+    bins: int = 32  # histogram of non-zero activations
+    intervals: int = 5  # equal slices of (0, max], SAEDashboard's "quantile" groups
+    per_interval: int = 3  # random contexts per slice
+    logits: int = 10  # promoted and suppressed tokens
+    nearest: int = 3  # nearest directions per other dictionary
+
+
+@dataclass
+class _Dict:
+    cell: object  # results.Cell
+    sae: object  # Dictionary
+    alive: np.ndarray | None
+    stats: features.FeatureStats | None = None
+    pages: np.ndarray | None = None  # element ids with a page
+    clusters: tuple[int, ...] = ()  # its multi-dimensional clusters with a page
+
+
+def build_logged(grid_dir: Path, cells: list, full_ids: set[str], clusters: dict,
+                 settings: Settings) -> None:
+    """`build` on the GPU if there is one, its cost in the log and in results/browser.json."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cost = build(grid_dir, cells, full_ids, clusters, settings, device)
+    atomic_write_text(grid_dir / "results" / "browser.json", json.dumps(cost, indent=1))
+    print(f"feature browser: {cost['pages']} feature pages of {cost['dictionaries']} "
+          f"dictionaries, {cost['bytes'] / 1e6:.1f} MB, {cost['seconds']:.0f} s: "
+          f"{grid_dir / 'results' / 'browser' / 'index.html'}", flush=True)
+
+
+def build(grid_dir: Path, cells: list, full_ids: set[str], clusters: dict,
+          settings: Settings | None = None, device: str = "cpu") -> dict:
+    """Writes `grid_dir/results/browser/` (replacing it whole); returns what it cost:
+    {"pages", "dictionaries", "bytes", "seconds"}."""
+    s = settings or Settings()
+    t0 = time.perf_counter()
+    out = grid_dir / "results" / "browser"
+    tmp = out.with_name(f".browser-{time.time_ns()}")
+    shutil.copytree(ASSETS, tmp)
+    try:
+        n_pages, rows = _build(grid_dir, tmp, cells, full_ids, clusters, s, device)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"pages": n_pages, "dictionaries": len(rows), "bytes": size,
+            "seconds": time.perf_counter() - t0}
+
+
+def _build(grid_dir: Path, tmp: Path, cells: list, full_ids: set[str], clusters: dict,
+           s: Settings, device: str) -> tuple[int, list[dict]]:
+    writer = _Writer(tmp / "data")
+    groups: dict[str, list] = {}
+    for c in cells:
+        if c.status == "done" and c.cfg.source == "model":
+            key = json.dumps([c.cfg.model.name_or_path, c.cfg.layer,
+                              dataclasses.asdict(c.cfg.data)], sort_keys=True)
+            groups.setdefault(key, []).append(c)
+    rows, n_pages = [], 0
+    for g, members in enumerate(groups.values()):
+        dicts = _group(writer, grid_dir, f"g{g}", members, full_ids, clusters, s, device)
+        rows += [_row(d, f"g{g}") for d in dicts]
+        n_pages += sum(len(d.pages) for d in dicts)
+    writer.put("index", "index", {"grid": grid_dir.name, "cells": rows,
+                                  "headline": _read(grid_dir / "results" / "headline.txt"),
+                                  "plots": _plots(grid_dir / "results", tmp)})
+    return n_pages, rows
+
+
+def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
+           clusters: dict, s: Settings, device: str) -> list[_Dict]:
+    """One (model, layer, data): the model's pass, then every dictionary there."""
+    from e2e.data.tokens import eval_stream
+    from e2e.model import load_model, resid_pre
+    from e2e.saelens import load_saelens
+
+    cfg = min(members, key=lambda c: c.cfg.seed).cfg
+    model = load_model(cfg.model, device)
+    tok = model.tokenizer
+    ctx = cfg.data.context_length
+    tokens = eval_stream(cfg.data, tok, cfg.seed).next_batch(max(1, s.tokens // ctx))
+    with torch.no_grad():
+        acts = torch.cat([resid_pre(model, tokens[i:i + 8].to(device), cfg.layer).float()
+                          for i in range(0, len(tokens), 8)])
+    vocab = [tok.decode([i]) for i in range(model.cfg.d_vocab)]
+    writer.put(f"vocab-{gid}", f"vocab/{gid}", vocab)
+    writer.put(f"tokens-{gid}", f"tokens/{gid}", {"ctx": ctx, "ids": tokens.flatten().tolist()})
+    dicts = []
+    for c in sorted(members, key=lambda c: c.id):
+        paths = cell_paths(grid_dir / c.id)
+        sae, _ = load_saelens(paths.sae)
+        sae = sae.to(device).eval()
+        mask = read_metrics(paths.metrics)["alive_mask"]
+        d = _Dict(c, sae, None if mask is None else np.asarray(mask[0], dtype=bool),
+                  clusters=tuple(k["cluster"] for k in clusters.get(c.id, [])))
+        d.stats = features.scan(sae.encode, acts, sae.n_dict, s.top_k, s.bins, s.intervals,
+                                s.per_interval, seed=c.cfg.seed)
+        firing = np.flatnonzero(d.stats.count > 0)
+        if sae.n_dict > s.full_max and c.id not in full_ids and len(firing) > s.sample:
+            firing = np.sort(np.random.default_rng(0).choice(firing, s.sample, replace=False))
+        d.pages = firing
+        dicts.append(d)
+    w_u = model.W_U.detach().float().cpu()
+    for d in dicts:
+        _write_dictionary(writer, gid, d, dicts, acts, w_u, s)
+        if d.cell.id in clusters:
+            writer.put(f"clusters-{d.cell.id}", f"clusters/{d.cell.id}",
+                       _clusters(clusters[d.cell.id], tok))
+    return dicts
+
+
+def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
+                      s: Settings) -> None:
+    st, n = d.stats, d.sae.n_dict
+    page_of = np.full(n, -1)
+    page_of[d.pages] = np.arange(len(d.pages)) // SHARD
+    top_tok = np.where(st.top_pos[:, 0] >= 0, st.top_pos[:, 0], -1) if st.top_pos.size \
+        else np.full(n, -1)
+    writer.put(f"cell-{d.cell.id}", f"cell/{d.cell.id}", {
+        **_row(d, gid), "n_tokens": st.n_tokens, "intervals": s.intervals,
+        "density": _round(st.density),
+        "max": _round(st.max), "mean": _round(np.nan_to_num(st.mean)),
+        "top_pos": top_tok.tolist(), "alive": None if d.alive is None else
+        d.alive.astype(int).tolist(), "shard": page_of.tolist()})
+    if not len(d.pages):
+        return
+    # the contexts of every page: top-k and interval samples, one window pass
+    top = st.top_pos[d.pages]
+    ivl = st.interval_pos[d.pages].reshape(len(d.pages), -1)
+    pos = np.concatenate([top, ivl], 1)
+    elem = np.broadcast_to(d.pages[:, None], pos.shape)
+    ok = pos >= 0
+    win = features.window_codes(d.sae.encode, acts, elem[ok], pos[ok], s.half_window)
+    levels = np.full(pos.shape, "", dtype=object)
+    levels[ok] = _levels(win, st.max[elem[ok]])
+    dirs = d.sae.dict_elements.detach().float().cpu()
+    up, up_v, down, down_v = features.logit_effects(dirs[:, d.pages], w_u, s.logits)
+    near = []
+    for o in dicts:
+        if o is d or o.cell.cfg.seed != d.cell.cfg.seed:
+            continue
+        v, i = top_cosines(dirs[:, d.pages], o.sae.dict_elements.detach().float().cpu(),
+                           s.nearest)
+        near.append((o.cell.id, v.numpy(), i.numpy()))
+    k = top.shape[1]
+    records = {}
+    for r, f in enumerate(d.pages):
+        lo, hi = st.hist_range(f)
+        records[int(f)] = {
+            "count": int(st.count[f]), "mean": _r(st.mean[f]), "max": _r(st.max[f]),
+            "hist": st.hist[f].tolist(), "lo": _r(lo), "hi": _r(hi),
+            "top": [[int(pos[r, j]), _r(st.top_val[f, j]), levels[r, j]] for j in range(k)
+                    if pos[r, j] >= 0],
+            "intervals": [[j // s.per_interval, int(pos[r, k + j]), levels[r, k + j]]
+                          for j in range(ivl.shape[1]) if pos[r, k + j] >= 0],
+            "up": [[int(t), _r(v)] for t, v in zip(up[r], up_v[r], strict=True)],
+            "down": [[int(t), _r(v)] for t, v in zip(down[r], down_v[r], strict=True)],
+            "near": [[cid, int(i[r, j]), _r(v[r, j])] for cid, v, i in near
+                     for j in range(v.shape[1])]}
+    for shard in range(0, len(d.pages), SHARD):
+        part = {int(f): records[int(f)] for f in d.pages[shard:shard + SHARD]}
+        key = f"feat/{d.cell.id}/{shard // SHARD}"
+        writer.put(f"feat-{d.cell.id}-{shard // SHARD}", key, part)
+
+
+def _clusters(found: list[dict], tok) -> list[dict]:
+    """The multi-dimensional clusters of a dictionary: members, indices, and its PC planes'
+    points (at most 400 each) with the token and a few tokens of context for each."""
+    out = []
+    for c in found:
+        proj, ids, ctx = c["projection"], c["tokens"], c["ctx"]
+        keep = np.linspace(0, len(proj) - 1, min(400, len(proj))).astype(int)
+        hover = []
+        for p in np.asarray(c["positions"])[keep]:
+            r0 = (p // ctx) * ctx
+            a, b = max(r0, p - 6), min(r0 + ctx, p + 3)
+            hover.append(tok.decode(ids[a:p]) + "[" + tok.decode(ids[p:p + 1]) + "]"
+                         + tok.decode(ids[p + 1:b]))
+        out.append({"cluster": c["cluster"], "members": c["members"], "score": _r(c["score"]),
+                    "mixture": _r(c["mixture"]), "separability": _r(c["separability"]),
+                    "pcs": proj.shape[1], "points": _round(proj[keep]),
+                    "token": [tok.decode([ids[p]]) for p in np.asarray(c["positions"])[keep]],
+                    "hover": hover})
+    return out
+
+
+def _row(d: _Dict, gid: str) -> dict:
+    c = d.cell
+    return {"id": c.id, "setting": c.curve, "layer": c.cfg.layer, "lam": c.cfg.lam,
+            "seed": c.cfg.seed, "n_dict": d.sae.n_dict,
+            "l0": _r(c.eval.get("l0", float("nan"))),
+            "ce_loss_increase": _r(c.eval.get("ce_loss_increase", float("nan"))),
+            "alive": None if d.alive is None else int(d.alive.sum()),
+            "firing": int((d.stats.count > 0).sum()), "pages": len(d.pages), "group": gid,
+            "clusters": list(d.clusters)}
+
+
+def _levels(win: np.ndarray, scale: np.ndarray) -> list[str]:
+    """One character per token: its code over the feature's max in 36 levels (negative codes
+    of DB-KSVD atoms as 0); a space outside the context row."""
+    q = np.clip(np.rint(win / np.maximum(scale, 1e-30)[:, None] * 35), 0, 35)
+    return ["".join(" " if np.isnan(v) else LEVELS[int(v)] for v in row) for row in q]
+
+
+def _r(x) -> float | None:
+    x = float(x)
+    return None if not np.isfinite(x) else float(f"{x:.4g}")
+
+
+def _round(a: np.ndarray) -> list:
+    return np.vectorize(_r, otypes=[object])(np.asarray(a, dtype=np.float64)).tolist() \
+        if np.size(a) else []
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _plots(results: Path, tmp: Path) -> list[str]:
+    """The collector's and analysis's PNGs, copied in (the folder stands alone)."""
+    names = []
+    for p in sorted(results.glob("*.png")):
+        shutil.copy2(p, tmp / p.name)
+        names.append(p.name)
+    return names
+
+
+class _Writer:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, name: str, key: str, value) -> None:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        (self.folder / f"{name}.js").write_text(f"BROWSER.put({json.dumps(key)},{text});\n")

@@ -1,0 +1,121 @@
+"""The feature browser as a person uses it: the smoke grid's browser, opened from file:// in a
+real headless Chromium with the network off (benchmarks/bench_browser.py drives it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", REPO / "artifacts"))
+HAVE_CHROMIUM = bool(shutil.which("chromium") and shutil.which("chromedriver"))
+
+
+@pytest.fixture(scope="module")
+def smoke_browser(tmp_path_factory) -> Path:
+    """The smoke grid run locally to the end: cells, collector, analysis and its browser."""
+    root = tmp_path_factory.mktemp("browser-root")
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={root}",
+                        "executor=local", "wait=true", "pack=3"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "features: " in r.stdout and "browser/index.html" in r.stdout
+    return root / "smoke"
+
+
+def _data(folder: Path, name: str):
+    text = (folder / "data" / f"{name}.js").read_text()
+    return json.loads(text.split(",", 1)[1].rstrip().removesuffix(");"))
+
+
+def _known_top_context(grid: Path, cell: str):
+    """The feature with the largest activation of `cell` and its top position, computed here
+    from the saved SAE, the model and the eval tokens, with one full (tokens, features) matrix
+    (the browser keeps running top-k per chunk)."""
+    from e2e.config import CellConfig
+    from e2e.data.tokens import eval_stream
+    from e2e.model import load_model, resid_pre
+    from e2e.saelens import load_saelens
+    from jobs.analysis_cost import BROWSER_TOKENS
+
+    cfg = CellConfig.from_dict(json.loads((grid / cell / "config.json").read_text()))
+    model = load_model(cfg.model)
+    sae, _ = load_saelens(grid / cell / "sae")
+    ctx = cfg.data.context_length
+    tokens = eval_stream(cfg.data, model.tokenizer, cfg.seed).next_batch(BROWSER_TOKENS // ctx)
+    with torch.no_grad():
+        codes = sae.encode(resid_pre(model, tokens, cfg.layer).float()).reshape(-1, sae.n_dict)
+    f = int(codes.max(0).values.argmax())
+    pos = int(codes[:, f].argmax())
+    r, c = divmod(pos, ctx)
+    ids = tokens[r, max(0, c - 8):min(ctx, c + 9)].tolist()
+    text = "".join(model.tokenizer.decode([i]).replace("\n", "↵").replace(" ", "·")
+                   for i in ids)
+    return f, pos, text
+
+
+def test_the_browser_files_stand_alone(smoke_browser):
+    folder = smoke_browser / "results" / "browser"
+    index = _data(folder, "index")
+    done = [d for d in smoke_browser.iterdir() if d.name.startswith("L")]
+    assert {c["id"] for c in index["cells"]} == {d.name for d in done}
+    assert all(c["pages"] == c["firing"] > 0 for c in index["cells"])  # every firing feature
+    for page in ("index", "dictionary", "feature", "cluster"):
+        html = (folder / f"{page}.html").read_text()
+        assert "http://" not in html and "https://" not in html
+    assert "http" not in (folder / "browser.js").read_text().replace("http://www.w3.org", "")
+    cost = json.loads((smoke_browser / "results" / "browser.json").read_text())
+    assert cost["pages"] == sum(c["pages"] for c in index["cells"]) and cost["bytes"] > 0
+
+
+@pytest.mark.skipif(not HAVE_CHROMIUM and os.environ.get("CI") != "true",
+                    reason="needs Debian's chromium and chromium-driver (tests/setup-chromium.sh)")
+def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
+    from selenium.webdriver.common.by import By
+
+    from benchmarks.bench_browser import chromium, console_errors, open_page, requests
+
+    folder = smoke_browser / "results" / "browser"
+    base = folder.as_uri()
+    local = next(c for c in _data(folder, "index")["cells"] if c["setting"] == "local")
+    f, pos, text = _known_top_context(smoke_browser, local["id"])
+    driver = chromium()
+    try:
+        open_page(driver, f"{base}/index.html", "tbody tr")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "tbody tr")) == 4
+        # the dictionary's table sorts by density, descending then ascending
+        open_page(driver, f"{base}/dictionary.html#cell={local['id']}", "tbody tr")
+        head = driver.find_element(By.CSS_SELECTOR, "th[data-col='1']")
+        for want in ("down", "up"):
+            head.click()
+            col = [float(td.text) for td in driver.find_elements(
+                By.CSS_SELECTOR, "tbody tr td:nth-child(2)")]
+            assert len(col) > 10 and col == sorted(col, reverse=want == "down"), want
+            assert head.get_attribute("class") == want
+        # the known feature's top context, found independently above, heads its page
+        open_page(driver, f"{base}/feature.html#cell={local['id']}&f={f}", "#top .ctx")
+        first = driver.find_element(By.CSS_SELECTOR, "#top .ctx")
+        assert int(first.get_attribute("data-pos")) == pos
+        assert first.text.replace("\n", "") == text
+        assert driver.find_elements(By.CSS_SELECTOR, "#top .tok.max")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart rect")) == 32  # histogram
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "browser-feature-smoke.png"))
+        # a multi-dimensional cluster's page: its PC planes with a point per token
+        owner = next(c for c in _data(folder, "index")["cells"] if c["clusters"])
+        open_page(driver, f"{base}/cluster.html#cell={owner['id']}&c={owner['clusters'][0]}",
+                  "svg.plane circle")
+        assert driver.find_elements(By.CSS_SELECTOR, "svg.plane circle title")
+        assert console_errors(driver) == []
+        urls = requests(driver)
+        assert urls and all(u.startswith(base) for u in urls), urls
+    finally:
+        driver.quit()
+    assert (ARTIFACTS / "browser-feature-smoke.png").stat().st_size > 10_000
