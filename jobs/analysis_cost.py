@@ -16,6 +16,13 @@ Costs measured on this machine (2 CPU cores, 2 threads, float32; `benchmarks/ben
     point-step; the points are at most `multidim_tokens` × L0, and L0 is not known before
     training: the model takes L0 = d_in / 6 (128 for GPT-2, above the paper's Table 2 runs;
     21 on tiny, whose trio's L0 is 5-40 and whose points overlap): ≈ 8 minutes for GPT-2.
+- the feature browser (`jobs.browser`): `BROWSER_TOKENS` eval tokens through the model per
+  layer, and three encodings of them per dictionary (two scans, one pass for the contexts'
+  windows); a DB-KSVD dictionary's encoding is matching pursuit, up to 4 · max_nnz steps of
+  the same product. On the job's GPU when the grid's cells have one (`GPU_FLOPS`, not
+  measured here), else on its CPUs. Its size: `BROWSER_PAGE_BYTES` per feature page and
+  `BROWSER_ROW_BYTES` per dictionary element (the demo grid, 2026-11-30: 11.9 MB for 5,071
+  pages, 288 KB for 11,264 table rows).
 Threads speed it up as √(threads / 2) (1 thread: 1.42× slower on the mixture fit). The limit is
 twice the model plus 10 minutes (loading, the collector run inside it), capped at a day.
 """
@@ -28,6 +35,12 @@ GEOMETRY_S = 3 * 24.0 / (46_080 ** 2 * 768)  # seconds per n_dict² · d_in, per
 # The analysis step's defaults (`jobs.analyze.Options` takes them from here).
 MULTIDIM_TOKENS = 20_000  # eval tokens whose codes feed the clusters' points
 MIXTURE_STEPS = 500  # gradient-ascent steps of the mixture index (authors: 10,000)
+BROWSER_TOKENS = 32_768  # eval tokens the feature browser scans per (model, layer, data)
+BROWSER_FULL_MAX = 4_096  # dictionaries up to this size: a page for every firing feature
+BROWSER_SAMPLE = 1_024  # larger dictionaries outside the Table 2 trio: pages for a sample
+BROWSER_PAGE_BYTES = 2_350
+BROWSER_ROW_BYTES = 26
+GPU_FLOPS = 20e12  # fp32/TF32 matmuls on one A100-class GPU, a conservative guess
 MIXTURE_S = 98e-9 * 4 * MIXTURE_STEPS  # seconds per point (4 PC pairs)
 PLAN_L0_PER_WIDTH = 1 / 6
 CODES_S_PER_FLOP = 1 / 30e9  # the model's forward
@@ -56,14 +69,27 @@ def dictionary_seconds(n_dict: int, d_in: int, depth: int) -> float:
 
 
 def analysis_minutes(n_dicts: list[int], d_in: int, depth: int, n_layers: int,
-                     cpus: int) -> int:
+                     cpus: int, browser_s: float = 0.0) -> int:
     """The analysis job's limit in minutes: geometry of every cell (dictionary sizes `n_dicts`,
     width `d_in`) and the multi-dimensional step of up to 4 dictionaries at each of `n_layers`
-    hook layers (the largest size; a model of `depth` blocks), on `cpus` threads; twice the
-    model plus 10 minutes, at most a day."""
+    hook layers (the largest size; a model of `depth` blocks), on `cpus` threads, and the
+    feature browser's `browser_s` seconds; twice the model plus 10 minutes, at most a day."""
     geometry = sum(GEOMETRY_S * n * n * d_in for n in n_dicts)
     largest = max(n_dicts, default=0)
     multidim = 4 * n_layers * dictionary_seconds(largest, d_in, depth) if n_dicts else 0
-    seconds = (geometry + multidim) / math.sqrt(max(1, cpus) / 2)
+    seconds = (geometry + multidim) / math.sqrt(max(1, cpus) / 2) + browser_s
     return min(24 * 60, 10 + math.ceil(2 * seconds / 60))
-BROWSER_TOKENS = 32_768  # eval tokens the feature browser scans per (model, layer, data)
+
+
+def browser_estimate(dicts: list[tuple[int, int]], d_in: int, depth: int, n_layers: int,
+                     gpu: bool) -> tuple[int, float, float]:
+    """(feature pages at most, bytes, seconds) of the feature browser for dictionaries
+    (n_dict, ksvd max_nnz or 0): every element of a dictionary up to BROWSER_FULL_MAX and of
+    the 4 largest per layer (the Table 2 trio and ksvd), BROWSER_SAMPLE of each other one."""
+    big = sorted(dicts, reverse=True)[:4 * n_layers]
+    pages = sum(n if n <= BROWSER_FULL_MAX or i < len(big) else min(n, BROWSER_SAMPLE)
+                for i, (n, _) in enumerate(sorted(dicts, reverse=True)))
+    size = pages * BROWSER_PAGE_BYTES + sum(n for n, _ in dicts) * BROWSER_ROW_BYTES
+    flops = n_layers * BROWSER_TOKENS * 24 * d_in * d_in * depth
+    flops += sum(3 * BROWSER_TOKENS * d_in * n * 2 * max(1, 4 * nnz) for n, nnz in dicts)
+    return pages, size, flops / (GPU_FLOPS if gpu else 1 / CODES_S_PER_FLOP)

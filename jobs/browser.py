@@ -31,7 +31,7 @@ from e2e.analysis import features
 from e2e.analysis.cosine import top_cosines
 from e2e.io import atomic_write_text, cell_paths
 from e2e.store import read_metrics
-from jobs.analysis_cost import BROWSER_TOKENS
+from jobs.analysis_cost import BROWSER_FULL_MAX, BROWSER_SAMPLE, BROWSER_TOKENS
 
 ASSETS = Path(__file__).resolve().parent / "browser_assets"
 LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # a token's shade: its code / the feature's max
@@ -41,8 +41,8 @@ SHARD = 64  # features per data file
 @dataclass(frozen=True)
 class Settings:
     tokens: int = BROWSER_TOKENS  # held-out eval tokens scanned per (model, layer, data)
-    full_max: int = 4_096  # dictionaries up to this size: a page for every firing feature
-    sample: int = 1_024  # larger dictionaries outside the Table 2 trio: pages for a sample
+    full_max: int = BROWSER_FULL_MAX  # up to this size: a page for every firing feature
+    sample: int = BROWSER_SAMPLE  # larger dictionaries outside the Table 2 trio: a sample
     top_k: int = 20  # top activating contexts per feature
     half_window: int = 8  # tokens shown on each side of a context's position
     bins: int = 32  # histogram of non-zero activations

@@ -238,7 +238,8 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     col = _executor(plan, "slurm", f"{grid}-collect", 0, after or None)
     col_job = col.submit(run_collect, grid, root)
     print(f"collector job {col_job.job_id} ({after or 'no dependency'})")
-    ana = _executor(plan, "slurm", f"{grid}-analyze", 0, f"afterany:{col_job.job_id}",
+    ana = _executor(plan, "slurm", f"{grid}-analyze", plan.analysis_gpus,
+                    f"afterany:{col_job.job_id}",
                     plan.analysis_time_min)
     ana_job = ana.submit(run_analyze, grid, root)
     print(f"analysis job {ana_job.job_id} (afterany:{col_job.job_id})")

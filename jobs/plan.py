@@ -25,7 +25,7 @@ from e2e.io import cell_paths, check_folder_config
 from e2e.train.warm import parent_dir, parent_mismatch, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers
-from jobs.analysis_cost import analysis_minutes
+from jobs.analysis_cost import analysis_minutes, browser_estimate
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
@@ -167,7 +167,25 @@ class Plan:
         sizes = [n_dict_for(width, c.cfg.sae.dict_size_to_input_ratio) for c in self.cells
                  if c.cfg.source == "model"]
         layers = len({c.cfg.layer for c in self.cells if c.cfg.source == "model"})
-        return analysis_minutes(sizes, width, depth, layers, self.cpus)
+        return analysis_minutes(sizes, width, depth, layers, self.cpus,
+                                self.browser_estimate[2])
+
+    @property
+    def analysis_gpus(self) -> int:
+        """The analysis job's GPUs: one, for the feature browser's encodings, when cells have
+        one (DB-KSVD's matching pursuit at 46,080 atoms would take hours per pass on CPUs)."""
+        return 1 if self.opts.gpus_per_cell > 0 else 0
+
+    @property
+    def browser_estimate(self) -> tuple[int, float, float]:
+        """(feature pages at most, bytes, seconds) of the feature browser
+        (`jobs.analysis_cost.browser_estimate`)."""
+        depth, width = self.model_shape or (12, 768)
+        cfgs = [c.cfg for c in self.cells if c.cfg.source == "model"]
+        dicts = [(n_dict_for(width, c.sae.dict_size_to_input_ratio),
+                  int(c.lam) if c.loss.setting == "ksvd" else 0) for c in cfgs]
+        return browser_estimate(dicts, width, depth, len({c.layer for c in cfgs}),
+                                self.analysis_gpus > 0)
 
     @property
     def needs_pretrain(self) -> bool:

@@ -57,10 +57,13 @@ def format_plan(plan: Plan) -> str:
                          f"{c.cfg.lam:>8g}  {c.status}")
     lines += _finetune_lines(plan)
     arrays = "the arrays, whatever their" if plan.children else "the array, whatever its"
+    pages, size, seconds = plan.browser_estimate
+    device = f"{plan.analysis_gpus} GPU, " if plan.analysis_gpus else "CPU only, "
     lines.append(f"then: collector job (after {arrays} outcome), then the "
-                 f"analysis job (after the collector; CPU only, {plan.cpus} CPUs, "
+                 f"analysis job (after the collector; {device}{plan.cpus} CPUs, "
                  f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "
-                 "multi-dimensional features)")
+                 f"multi-dimensional features, and the feature browser: at most {pages:,} "
+                 f"feature pages, about {size / 1e6:,.0f} MB, {seconds / 60:,.0f} min)")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 
@@ -149,7 +152,8 @@ def plain_sbatch_commands(plan: Plan) -> str:
         after = "$arr$all"
     lines.append(f"col=$(sbatch --parsable --dependency=afterany:{after} "
                  f"--job-name={grid}-collect --wrap {wrap('collect')})")
-    lines.append(f"sbatch --dependency=afterany:$col --job-name={grid}-analyze "
+    gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
+    lines.append(f"sbatch --dependency=afterany:$col --job-name={grid}-analyze {gres}"
                  f"--time={plan.analysis_time_min} --wrap {wrap('analyze')}")
     return "\n".join(lines)
 

@@ -96,7 +96,12 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
     plan = make_plan(["grid=paper-tables", "dry_run=true", "root=/nonexistent-e2e-root"])
     layers = {c.cfg.layer for c in plan.cells}
     sizes = [46_080] * len(plan.cells)
-    assert plan.analysis_time_min == analysis_minutes(sizes, 768, 12, len(layers), plan.cpus)
+    pages, size, browser_s = plan.browser_estimate
+    assert plan.analysis_time_min == analysis_minutes(sizes, 768, 12, len(layers), plan.cpus,
+                                                      browser_s)
+    # the feature browser: each layer's 4 largest dictionaries in full, 1,024 pages of the rest
+    assert pages == 4 * len(layers) * 46_080 + (len(sizes) - 4 * len(layers)) * 1_024
+    assert size == pages * 2_350 + len(sizes) * 46_080 * 26 and plan.analysis_gpus == 1
     assert plan.analysis_time_min > 30 + 2 * len(plan.cells)  # the flat allowance fell short
     assert 40 * 60 < cluster_seconds(46_080) < 60 * 60  # the measured power law, extrapolated
     # the model, by hand, for one tiny dictionary on 2 threads
