@@ -75,6 +75,22 @@ def test_the_browser_files_stand_alone(smoke_browser):
     assert cost["pages"] == sum(c["pages"] for c in index["cells"]) and cost["bytes"] > 0
 
 
+def test_large_dictionaries_outside_the_trio_get_a_sample_of_pages(smoke_browser, tmp_path):
+    from jobs import browser
+    from jobs.results import read_grid
+
+    grid = tmp_path / "smoke"
+    shutil.copytree(smoke_browser, grid, ignore=shutil.ignore_patterns("browser"))
+    cells = read_grid(grid)
+    trio = next(c.id for c in cells if c.cfg.loss.setting == "e2e")
+    cost = browser.build(grid, cells, {trio}, {}, browser.Settings(full_max=64, sample=10))
+    index = _data(grid / "results" / "browser", "index")
+    for c in index["cells"]:  # smoke's dictionaries have 128 elements, > full_max
+        assert c["pages"] == (c["firing"] if c["id"] == trio else min(10, c["firing"])), c
+    assert cost["pages"] == sum(c["pages"] for c in index["cells"])
+    assert not list(grid.glob("results/.browser-*"))  # written beside, renamed into place
+
+
 @pytest.mark.skipif(not HAVE_CHROMIUM and os.environ.get("CI") != "true",
                     reason="needs Debian's chromium and chromium-driver (tests/setup-chromium.sh)")
 def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
