@@ -109,19 +109,19 @@ def main(*tokens: str) -> None:
         base = folder.as_uri()
         driver = chromium()
         try:
-            pages = [("index", "index.html", "tbody tr"),
-                     (f"dictionary {big['id']} ({big['n_dict']} features)",
-                      f"dictionary.html#cell={big['id']}", "tbody tr"),
-                     (f"feature {big['id']} #{feature}",
-                      f"feature.html#cell={big['id']}&f={feature}", "#top .ctx"),
-                     (f"dictionary of {o.n_features} features (synthetic)",
-                      f"dictionary.html#cell={syn}", "tbody tr")]
-            for name, url, ready in pages:
+            pages = [("index", "index", "index.html", "tbody tr"),
+                     ("dictionary", f"dictionary {big['id']} ({big['n_dict']} features)",
+                      f"index.html#page=dictionary&cell={big['id']}", "tbody tr"),
+                     ("feature", f"feature {big['id']} #{feature}",
+                      f"index.html#page=feature&cell={big['id']}&f={feature}", "#top .ctx"),
+                     ("", f"dictionary of {o.n_features} features (synthetic)",
+                      f"index.html#page=dictionary&cell={syn}", "tbody tr")]
+            for shot, name, url, ready in pages:
                 ms = [open_page(driver, f"{base}/{url}", ready) for _ in range(3)]
                 print(f"{name}: {min(ms):.0f} ms to render (best of 3)")
-                if o.shots and "synthetic" not in name:
+                if o.shots and shot:
                     Path(o.shots).mkdir(parents=True, exist_ok=True)
-                    driver.save_screenshot(str(Path(o.shots) / f"browser-{url.split('.')[0]}.png"))
+                    driver.save_screenshot(str(Path(o.shots) / f"browser-{shot}.png"))
             t0 = time.perf_counter()
             driver.find_element("css selector", "th[data-col='1']").click()  # density
             driver.find_element("css selector", "tbody tr")

@@ -1,11 +1,12 @@
 """The feature browser: `<root>/<grid>/results/browser/`, static pages that open from file://
 with no server and no network (the analysis step builds it after the collector).
 
-`index.html` shows the grid's Pareto plots and its cells; `dictionary.html#cell=<id>` a
-dictionary's features in a table that sorts and filters; `feature.html#cell=<id>&f=<i>` one
-feature's dashboard; `cluster.html#cell=<id>&c=<k>` a multi-dimensional cluster's PC planes.
-The pages are fixed files (`jobs/browser_assets/`); the data are JavaScript files that call
-`BROWSER.put(key, value)`, loaded by <script> tags (a browser refuses `fetch` on file://).
+`index.html` shows the grid's plots and its dictionaries; `index.html#page=dictionary&cell=<id>`
+a dictionary's features in a table that sorts and filters; `#page=feature&cell=<id>&f=<i>` one
+feature's dashboard; `#page=cluster&cell=<id>&c=<k>` a multi-dimensional cluster's PC planes.
+The page and its script are fixed files (`jobs/browser_assets/`); the data are JavaScript files
+that call `BROWSER.put(key, value)`, loaded by <script> tags (a browser refuses `fetch` on
+file://).
 
 Computed by `e2e.analysis.features` from what cells saved plus one pass of the frozen model
 over `tokens` held-out eval tokens per (model, layer, data), shared by every dictionary there.

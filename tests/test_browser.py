@@ -67,9 +67,8 @@ def test_the_browser_files_stand_alone(smoke_browser):
     done = [d for d in smoke_browser.iterdir() if d.name.startswith("L")]
     assert {c["id"] for c in index["cells"]} == {d.name for d in done}
     assert all(c["pages"] == c["firing"] > 0 for c in index["cells"])  # every firing feature
-    for page in ("index", "dictionary", "feature", "cluster"):
-        html = (folder / f"{page}.html").read_text()
-        assert "http://" not in html and "https://" not in html
+    html = (folder / "index.html").read_text()
+    assert "http://" not in html and "https://" not in html
     assert "http" not in (folder / "browser.js").read_text().replace("http://www.w3.org", "")
     cost = json.loads((smoke_browser / "results" / "browser.json").read_text())
     assert cost["pages"] == sum(c["pages"] for c in index["cells"]) and cost["bytes"] > 0
@@ -107,7 +106,8 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
         open_page(driver, f"{base}/index.html", "tbody tr")
         assert len(driver.find_elements(By.CSS_SELECTOR, "tbody tr")) == 4
         # the dictionary's table sorts by density, descending then ascending
-        open_page(driver, f"{base}/dictionary.html#cell={local['id']}", "tbody tr")
+        open_page(driver, f"{base}/index.html#page=dictionary&cell={local['id']}",
+                  "tbody tr")
         head = driver.find_element(By.CSS_SELECTOR, "th[data-col='1']")
         for want in ("down", "up"):
             head.click()
@@ -116,7 +116,8 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
             assert len(col) > 10 and col == sorted(col, reverse=want == "down"), want
             assert head.get_attribute("class") == want
         # the known feature's top context, found independently above, heads its page
-        open_page(driver, f"{base}/feature.html#cell={local['id']}&f={f}", "#top .ctx")
+        open_page(driver, f"{base}/index.html#page=feature&cell={local['id']}&f={f}",
+                  "#top .ctx")
         first = driver.find_element(By.CSS_SELECTOR, "#top .ctx")
         assert int(first.get_attribute("data-pos")) == pos
         assert first.text.replace("\n", "") == text
@@ -126,8 +127,8 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
         driver.save_screenshot(str(ARTIFACTS / "browser-feature-smoke.png"))
         # a multi-dimensional cluster's page: its PC planes with a point per token
         owner = next(c for c in _data(folder, "index")["cells"] if c["clusters"])
-        open_page(driver, f"{base}/cluster.html#cell={owner['id']}&c={owner['clusters'][0]}",
-                  "svg.plane circle")
+        cluster = f"cell={owner['id']}&c={owner['clusters'][0]}"
+        open_page(driver, f"{base}/index.html#page=cluster&{cluster}", "svg.plane circle")
         assert driver.find_elements(By.CSS_SELECTOR, "svg.plane circle title")
         assert console_errors(driver) == []
         urls = requests(driver)

@@ -36,7 +36,9 @@ const params = () => Object.fromEntries(location.hash.slice(1).split("&").filter
 const fmt = x => x === null || x === undefined ? "–" : (Math.abs(x) >= 1e4 || (x !== 0 &&
   Math.abs(x) < 1e-3) ? x.toExponential(2) : +x.toPrecision(4)).toString();
 const show = t => t.replace(/\n/g, "↵").replace(/ /g, "·");  // whitespace made visible
-const featureLink = (cell, f) => `feature.html#cell=${encodeURIComponent(cell)}&f=${f}`;
+const link = (page, args) => "index.html#" + [["page", page], ...Object.entries(args)]
+  .map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
+const featureLink = (cell, f) => link("feature", { cell, f });
 const main = () => document.getElementById("main");
 
 // A bar chart of `counts` over [lo, hi] (or of labels), as inline SVG.
@@ -71,7 +73,7 @@ async function indexPage() {
   for (const p of d.plots) plots.append($("a", { href: p }, $("img", { src: p, alt: p })));
   m.append($("h2", { text: "Plots" }), plots, $("h2", { text: "Dictionaries" }));
   m.append(table(d.cells, [
-    ["cell", c => $("a", { href: `dictionary.html#cell=${encodeURIComponent(c.id)}`, text: c.id }), c => c.id],
+    ["cell", c => $("a", { href: link("dictionary", { cell: c.id }), text: c.id }), c => c.id],
     ["setting", c => c.setting], ["layer", c => c.layer], ["λ", c => c.lam], ["seed", c => c.seed],
     ["L0", c => c.l0], ["CE loss increase", c => c.ce_loss_increase], ["alive", c => c.alive],
     ["elements", c => c.n_dict], ["feature pages", c => c.pages],
@@ -81,7 +83,7 @@ async function indexPage() {
 function clusterLinks(c) {
   const s = $("span");
   for (const k of c.clusters || [])
-    s.append($("a", { href: `cluster.html#cell=${encodeURIComponent(c.id)}&c=${k}`, text: k }), " ");
+    s.append($("a", { href: link("cluster", { cell: c.id, c: k }), text: k }), " ");
   return s;
 }
 
@@ -124,7 +126,7 @@ async function dictionaryPage() {
   const toks = await BROWSER.load(`tokens/${d.group}`, `tokens-${d.group}`);
   document.title = `${cell}: features`;
   const m = main();
-  m.append($("p", {}, $("a", { href: "index.html", text: "← grid" })),
+  m.append($("p", {}, $("a", { href: "index.html#", text: "← grid" })),
     $("h1", { text: cell }),
     $("p", { text: `${d.setting}, layer ${d.layer}, λ ${d.lam}, seed ${d.seed}: L0 ${fmt(d.l0)}, ` +
       `CE loss increase ${fmt(d.ce_loss_increase)}, ${d.firing} of ${d.n_dict} elements fire on ` +
@@ -174,8 +176,8 @@ async function featurePage() {
   const { cell, f } = params(), fi = +f;
   const d = await BROWSER.load(`cell/${cell}`, `cell-${cell}`);
   const m = main();
-  m.append($("p", {}, $("a", { href: "index.html", text: "← grid" }), " · ",
-    $("a", { href: `dictionary.html#cell=${encodeURIComponent(cell)}`, text: cell })),
+  m.append($("p", {}, $("a", { href: "index.html#", text: "← grid" }), " · ",
+    $("a", { href: link("dictionary", { cell }), text: cell })),
     $("h1", { text: `${cell}, feature ${fi}` }));
   document.title = `${cell} #${fi}`;
   if (!(d.shard[fi] >= 0)) {
@@ -223,8 +225,8 @@ async function clusterPage() {
   const all = await BROWSER.load(`clusters/${cell}`, `clusters-${cell}`);
   const k = all.find(x => String(x.cluster) === c);
   const m = main();
-  m.append($("p", {}, $("a", { href: "index.html", text: "← grid" }), " · ",
-    $("a", { href: `dictionary.html#cell=${encodeURIComponent(cell)}`, text: cell })),
+  m.append($("p", {}, $("a", { href: "index.html#", text: "← grid" }), " · ",
+    $("a", { href: link("dictionary", { cell }), text: cell })),
     $("h1", { text: `${cell}, cluster ${c}` }));
   if (!k) { m.append($("p", { class: "note", text: "no such cluster" })); return; }
   m.append($("p", { text: `mixture M ${fmt(k.mixture)} · separability S ${fmt(k.separability)} ` +
@@ -257,4 +259,9 @@ async function clusterPage() {
   m.append(planes);
 }
 
+// One page, four views: index.html#page=dictionary|feature|cluster&cell=…, else the grid.
+function route() {
+  const pages = { dictionary: dictionaryPage, feature: featurePage, cluster: clusterPage };
+  return (pages[params().page] || indexPage)();
+}
 window.addEventListener("hashchange", () => location.reload());
