@@ -96,6 +96,8 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     grid = tmp_path / "smoke"
     assert all((d / "DONE").exists() for d in grid.glob("L*"))
     assert "## Geometry: within-SAE" in (grid / "results" / "tables.md").read_text()
+    # the feature browser, built in the analysis job's container
+    assert (grid / "results" / "browser" / "data" / "index.js").stat().st_size > 100
     for cell in grid.glob("L*"):  # the cells ran inside the image: its python, not ours
         assert "with /opt/venv/bin/python" in (cell / "train.log").read_text()
 
