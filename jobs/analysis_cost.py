@@ -20,7 +20,8 @@ Costs measured on this machine (2 CPU cores, 2 threads, float32; `benchmarks/ben
   layer, and three encodings of them per dictionary (two scans, one pass for the contexts'
   windows); a DB-KSVD dictionary's encoding is matching pursuit, up to 4 · max_nnz steps of
   the same product. On the job's GPU when the grid's cells have one (`GPU_FLOPS`, not
-  measured here), else on its CPUs. Its size: `BROWSER_PAGE_BYTES` per feature page and
+  measured here), else on its CPUs; and the nearest directions of every page among every
+  dictionary of its layer. Its size: `BROWSER_PAGE_BYTES` per feature page and
   `BROWSER_ROW_BYTES` per dictionary element (the demo grid, 2026-11-30: 11.9 MB for 5,071
   pages, 288 KB for 11,264 table rows).
 Threads speed it up as √(threads / 2) (1 thread: 1.42× slower on the mixture fit). The limit is
@@ -81,15 +82,20 @@ def analysis_minutes(n_dicts: list[int], d_in: int, depth: int, n_layers: int,
     return min(24 * 60, 10 + math.ceil(2 * seconds / 60))
 
 
-def browser_estimate(dicts: list[tuple[int, int]], d_in: int, depth: int, n_layers: int,
+def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,
                      gpu: bool) -> tuple[int, float, float]:
     """(feature pages at most, bytes, seconds) of the feature browser for dictionaries
-    (n_dict, ksvd max_nnz or 0): every element of a dictionary up to BROWSER_FULL_MAX and of
-    the 4 largest per layer (the Table 2 trio and ksvd), BROWSER_SAMPLE of each other one."""
-    big = sorted(dicts, reverse=True)[:4 * n_layers]
-    pages = sum(n if n <= BROWSER_FULL_MAX or i < len(big) else min(n, BROWSER_SAMPLE)
-                for i, (n, _) in enumerate(sorted(dicts, reverse=True)))
-    size = pages * BROWSER_PAGE_BYTES + sum(n for n, _ in dicts) * BROWSER_ROW_BYTES
-    flops = n_layers * BROWSER_TOKENS * 24 * d_in * d_in * depth
-    flops += sum(3 * BROWSER_TOKENS * d_in * n * 2 * max(1, 4 * nnz) for n, nnz in dicts)
+    (layer, n_dict, ksvd max_nnz or 0): every element of a dictionary up to BROWSER_FULL_MAX
+    and of the 4 largest per layer (the Table 2 trio and ksvd), BROWSER_SAMPLE of each other
+    one; each page's nearest directions among every dictionary of its layer."""
+    pages, flops = 0, 0.0
+    for layer in {x[0] for x in dicts}:
+        sizes = sorted(((n, nnz) for lay, n, nnz in dicts if lay == layer), reverse=True)
+        p = sum(n if n <= BROWSER_FULL_MAX or i < 4 else min(n, BROWSER_SAMPLE)
+                for i, (n, _) in enumerate(sizes))
+        flops += BROWSER_TOKENS * 24 * d_in * d_in * depth  # the model, once per layer
+        flops += sum(3 * BROWSER_TOKENS * d_in * n * 2 * max(1, 4 * nnz) for n, nnz in sizes)
+        flops += p * sum(n for n, _ in sizes) * d_in * 2  # nearest directions
+        pages += p
+    size = pages * BROWSER_PAGE_BYTES + sum(x[1] for x in dicts) * BROWSER_ROW_BYTES
     return pages, size, flops / (GPU_FLOPS if gpu else 1 / CODES_S_PER_FLOP)

@@ -149,7 +149,7 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
             firing = np.sort(np.random.default_rng(0).choice(firing, s.sample, replace=False))
         d.pages = firing
         dicts.append(d)
-    w_u = model.W_U.detach().float().cpu()
+    w_u = model.W_U.detach().float()
     for d in dicts:
         _write_dictionary(writer, gid, d, dicts, acts, w_u, s)
         if d.cell.id in clusters:
@@ -182,15 +182,14 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     win = features.window_codes(d.sae.encode, acts, elem[ok], pos[ok], s.half_window)
     levels = np.full(pos.shape, "", dtype=object)
     levels[ok] = _levels(win, st.max[elem[ok]])
-    dirs = d.sae.dict_elements.detach().float().cpu()
+    dirs = d.sae.dict_elements.detach().float()
     up, up_v, down, down_v = features.logit_effects(dirs[:, d.pages], w_u, s.logits)
     near = []
     for o in dicts:
         if o is d or o.cell.cfg.seed != d.cell.cfg.seed:
             continue
-        v, i = top_cosines(dirs[:, d.pages], o.sae.dict_elements.detach().float().cpu(),
-                           s.nearest)
-        near.append((o.cell.id, v.numpy(), i.numpy()))
+        v, i = top_cosines(dirs[:, d.pages], o.sae.dict_elements.detach().float(), s.nearest)
+        near.append((o.cell.id, v.cpu().numpy(), i.cpu().numpy()))
     k = top.shape[1]
     records = {}
     for r, f in enumerate(d.pages):

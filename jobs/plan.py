@@ -182,10 +182,9 @@ class Plan:
         (`jobs.analysis_cost.browser_estimate`)."""
         depth, width = self.model_shape or (12, 768)
         cfgs = [c.cfg for c in self.cells if c.cfg.source == "model"]
-        dicts = [(n_dict_for(width, c.sae.dict_size_to_input_ratio),
+        dicts = [(c.layer, n_dict_for(width, c.sae.dict_size_to_input_ratio),
                   int(c.lam) if c.loss.setting == "ksvd" else 0) for c in cfgs]
-        return browser_estimate(dicts, width, depth, len({c.layer for c in cfgs}),
-                                self.analysis_gpus > 0)
+        return browser_estimate(dicts, width, depth, self.analysis_gpus > 0)
 
     @property
     def needs_pretrain(self) -> bool:

@@ -76,13 +76,14 @@ def _chunks(acts: torch.Tensor):
 
 @torch.no_grad()
 def _first_pass(encode, acts: torch.Tensor, n: int, k: int):
-    count = torch.zeros(n, dtype=torch.int64)
-    total = torch.zeros(n, dtype=torch.float64)
-    lo = torch.full((n,), float("inf"))
-    top_v = torch.full((n, 0), -float("inf"))
-    top_p = torch.full((n, 0), -1, dtype=torch.int64)
+    dev = acts.device
+    count = torch.zeros(n, dtype=torch.int64, device=dev)
+    total = torch.zeros(n, dtype=torch.float64, device=dev)
+    lo = torch.full((n,), float("inf"), device=dev)
+    top_v = torch.full((n, 0), -float("inf"), device=dev)
+    top_p = torch.full((n, 0), -1, dtype=torch.int64, device=dev)
     for off, a in _chunks(acts):
-        c = encode(a).float().cpu()  # (t, n)
+        c = encode(a).float()  # (t, n)
         fires = c != 0
         count += fires.sum(0)
         total += c.double().sum(0)
@@ -101,21 +102,24 @@ def scan(encode, acts: torch.Tensor, n: int, k: int = 20, bins: int = 32,
          intervals: int = 5, per_interval: int = 3, seed: int = 0) -> FeatureStats:
     """Statistics of the n elements coded by `encode` ((t, d_in) -> (t, n)) on `acts`
     (rows, context, d_in): two passes over the codes, neither holding the codes of more than
-    about CHUNK_TOKENS tokens."""
+    about CHUNK_TOKENS tokens; on the activations' device (the samples' random priorities
+    come from a generator seeded with `seed` there)."""
+    dev = acts.device
     count, total, lo, hi, top_v, top_p = _first_pass(encode, acts, n, k)
     # numpy's histogram: range [min, max] (± 0.5 when they are equal), equal-width bins, the
     # last one closed; the bin index as np.histogram computes it, in float64.
     lo64, hi64 = lo.double(), hi.double()
     same = lo64 == hi64
     lo64, hi64 = torch.where(same, lo64 - 0.5, lo64), torch.where(same, hi64 + 0.5, hi64)
-    edges = torch.from_numpy(np.linspace(lo64.numpy(), hi64.numpy(), bins + 1, axis=1))
-    hist = torch.zeros(n * bins, dtype=torch.int64)
-    gen = torch.Generator().manual_seed(seed)
-    s_pri = torch.full((n * intervals, 0), -1.0)
-    s_pos = torch.full((n * intervals, 0), -1, dtype=torch.int64)
-    cols = torch.arange(n)
+    edges = torch.from_numpy(np.linspace(lo64.cpu().numpy(), hi64.cpu().numpy(), bins + 1,
+                                         axis=1)).to(dev)
+    hist = torch.zeros(n * bins, dtype=torch.int64, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    s_pri = torch.full((n * intervals, 0), -1.0, device=dev)
+    s_pos = torch.full((n * intervals, 0), -1, dtype=torch.int64, device=dev)
+    cols = torch.arange(n, device=dev)
     for off, a in _chunks(acts):
-        c = encode(a).float().cpu()
+        c = encode(a).float()
         r, f = torch.nonzero(c, as_tuple=True)
         v = c[r, f].double()
         b = ((v - lo64[f]) / (hi64[f] - lo64[f]) * bins).floor().long().clamp_(0, bins - 1)
@@ -124,7 +128,7 @@ def scan(encode, acts: torch.Tensor, n: int, k: int = 20, bins: int = 32,
         hist += torch.bincount(f * bins + b, minlength=n * bins)
         # intervals of (0, max]: a uniformly random sample of each by random priorities
         q = (c / hi.clamp_min(1e-30) * intervals).ceil().long() - 1  # (t, n)
-        pri = torch.rand(c.shape, generator=gen)
+        pri = torch.rand(c.shape, generator=gen, device=dev)
         for j in range(intervals):
             m = torch.where((c > 0) & (q == j), pri, -1.0)
             t = m.topk(min(per_interval, m.shape[0]), dim=0)
@@ -133,17 +137,22 @@ def scan(encode, acts: torch.Tensor, n: int, k: int = 20, bins: int = 32,
     s_pos = torch.where(s_pri >= 0, s_pos, -1).reshape(n, intervals, -1)
     mean = torch.where(count > 0, total / count.clamp_min(1), float("nan"))
     return FeatureStats(
-        n_tokens=acts.shape[0] * acts.shape[1], count=count.numpy(), mean=mean.numpy(),
-        max=hi.numpy(), min=lo.numpy(), top_val=top_v.numpy(), top_pos=top_p.numpy(),
-        hist=hist.reshape(n, bins).numpy(), interval_pos=s_pos.numpy())
+        n_tokens=acts.shape[0] * acts.shape[1], count=_np(count), mean=_np(mean), max=_np(hi),
+        min=_np(lo), top_val=_np(top_v), top_pos=_np(top_p), hist=_np(hist.reshape(n, bins)),
+        interval_pos=_np(s_pos))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.cpu().numpy()
 
 
 def _merge_rows(pri, pos, new_pri, new_pos, rows, k):
     """merge_topk on the given rows of (pri, pos) only; rows are distinct."""
     if pri.shape[1] < k:  # first chunk: grow to k columns
         pad = k - pri.shape[1]
-        pri = torch.cat([pri, torch.full((pri.shape[0], pad), -1.0)], 1)
-        pos = torch.cat([pos, torch.full((pos.shape[0], pad), -1, dtype=pos.dtype)], 1)
+        pri = torch.cat([pri, torch.full((pri.shape[0], pad), -1.0, device=pri.device)], 1)
+        pos = torch.cat([pos, torch.full((pos.shape[0], pad), -1, dtype=pos.dtype,
+                                         device=pos.device)], 1)
     v, p = merge_topk(pri[rows], pos[rows], new_pri, new_pos, k)
     pri[rows], pos[rows] = v, p
     return pri, pos
@@ -166,14 +175,14 @@ def window_codes(encode, acts: torch.Tensor, element: np.ndarray, position: np.n
         if not len(sel):
             continue
         a = acts[r0:r0 + step]
-        c = encode(a.reshape(-1, a.shape[-1])).float().cpu().reshape(a.shape[0], ctx, -1)
+        c = encode(a.reshape(-1, a.shape[-1])).float().reshape(a.shape[0], ctx, -1)
         col = (position[sel] % ctx)[:, None] + offsets
         ok = (col >= 0) & (col < ctx)
         rr = np.broadcast_to((row[sel] - r0)[:, None], col.shape)
         ee = np.broadcast_to(element[sel][:, None], col.shape)
-        vals = c[torch.from_numpy(rr[ok]), torch.from_numpy(col[ok]), torch.from_numpy(ee[ok])]
+        idx = [torch.from_numpy(np.ascontiguousarray(x[ok])).to(c.device) for x in (rr, col, ee)]
         block = out[sel]
-        block[ok] = vals.numpy()
+        block[ok] = _np(c[idx[0], idx[1], idx[2]])
         out[sel] = block
     return out
 
@@ -186,4 +195,4 @@ def logit_effects(directions: torch.Tensor, w_u: torch.Tensor, k: int
     eff = directions.T.float() @ w_u.float()  # (n, vocab)
     up = eff.topk(k, dim=1)
     down = eff.topk(k, dim=1, largest=False)
-    return up.indices.numpy(), up.values.numpy(), down.indices.numpy(), down.values.numpy()
+    return _np(up.indices), _np(up.values), _np(down.indices), _np(down.values)
