@@ -82,8 +82,8 @@ TINY = Grid(
                    "paper's GPT-2 numbers"),
     pretrain=PretrainConfig(),
     time_min=30,
-    # measured here, 2026-11-26 (docs/study-tiny.md)
-    local_minutes={"pretrain": 10.6, "sae": 7.0, "ksvd": 2.0, "collect": 0.1, "analyze": 1.8},
+    # measured here, 2026-11-26 (docs/study-tiny.md); analyze with the feature browser 2026-12-01
+    local_minutes={"pretrain": 10.6, "sae": 7.0, "ksvd": 2.0, "collect": 0.1, "analyze": 2.5},
     # 12 cells in 3 tasks: the clean pass is shared 4 ways (see README, Performance).
     pack=4,
 )
@@ -109,8 +109,8 @@ DEMO = replace(
                    "layer (docs/study-tiny.md): neither is the paper's GPT-2 result"),
     pretrain=PretrainConfig(train_steps=600, dtype="bfloat16"),
     pack=9,
-    # measured on a clean clone here, 2026-11-30 (docs/demo.md)
-    local_minutes={"pretrain": 3.8, "sae": 6.1, "ksvd": 0.55, "collect": 0.1, "analyze": 1.2},
+    # measured on a clean clone here, 2026-11-30 and (analyze, with the browser) 2026-12-01
+    local_minutes={"pretrain": 3.8, "sae": 6.1, "ksvd": 0.55, "collect": 0.1, "analyze": 1.4},
 )
 
 # The paper's Table 6 (one A100), hours per cell.
