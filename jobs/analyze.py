@@ -116,7 +116,7 @@ class Options:
         require(self.clustering in ("spectral", "graph"), "clustering", "spectral or graph",
                 self.clustering)
         for name in ("n_clusters", "graph_k", "multidim_tokens", "mixture_steps", "top",
-                     "browser_tokens", "browser_sample"):
+                     "browser_tokens", "browser_full_max", "browser_sample"):
             low = 0 if name == "n_clusters" else 1
             require(getattr(self, name) >= low, name, f">= {low}", getattr(self, name))
         require(-1 <= self.graph_cutoff <= 1, "graph_cutoff", "in [-1, 1]", self.graph_cutoff)

@@ -10,10 +10,11 @@ file://).
 
 Computed by `e2e.analysis.features` from what cells saved plus one pass of the frozen model
 over `tokens` held-out eval tokens per (model, layer, data), shared by every dictionary there.
-Which features get a page (`Settings`): every feature that fires on those tokens, in
-dictionaries of at most `full_max` elements and in each layer's Table 2 trio; a seeded sample
-of `sample` firing features in the other, larger dictionaries. Every feature is in its
-dictionary's table.
+Which features get a page (`Settings`): every live feature (alive in training, by the cell's
+alive mask, or firing on the scanned tokens) of dictionaries of at most `full_max` elements and
+of each layer's Table 2 trio; a seeded sample of `sample` live features in the other, larger
+dictionaries. Every feature is in its dictionary's table; nearest directions are searched
+among the other dictionaries' live elements.
 """
 
 from __future__ import annotations
@@ -62,12 +63,23 @@ class _Dict:
     pages: np.ndarray | None = None  # element ids with a page
     clusters: tuple[int, ...] = ()  # its multi-dimensional clusters with a page
 
+    @property
+    def live(self) -> np.ndarray:
+        """(n,) bool: alive in training (its alive mask) or firing on the scanned tokens."""
+        fires = self.stats.count > 0
+        return fires if self.alive is None else fires | self.alive
+
 
 def build_logged(grid_dir: Path, cells: list, full_ids: set[str], clusters: dict,
                  settings: Settings) -> None:
-    """`build` on the GPU if there is one, its cost in the log and in results/browser.json."""
+    """`build` on the GPU if there is one, its cost in the log and in results/browser.json;
+    a failure is one line in the log (the tables are written already), not the job's end."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cost = build(grid_dir, cells, full_ids, clusters, settings, device)
+    try:
+        cost = build(grid_dir, cells, full_ids, clusters, settings, device)
+    except Exception as e:  # noqa: BLE001 - any cell's broken file: say which, keep the rest
+        print(f"feature browser not built: {type(e).__name__}: {e}", flush=True)
+        return
     atomic_write_text(grid_dir / "results" / "browser.json", json.dumps(cost, indent=1))
     print(f"feature browser: {cost['pages']} feature pages of {cost['dictionaries']} "
           f"dictionaries, {cost['bytes'] / 1e6:.1f} MB, {cost['seconds']:.0f} s: "
@@ -144,10 +156,10 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
                   clusters=tuple(k["cluster"] for k in clusters.get(c.id, [])))
         d.stats = features.scan(sae.encode, acts, sae.n_dict, s.top_k, s.bins, s.intervals,
                                 s.per_interval, seed=c.cfg.seed)
-        firing = np.flatnonzero(d.stats.count > 0)
-        if sae.n_dict > s.full_max and c.id not in full_ids and len(firing) > s.sample:
-            firing = np.sort(np.random.default_rng(0).choice(firing, s.sample, replace=False))
-        d.pages = firing
+        pages = np.flatnonzero(d.live)
+        if sae.n_dict > s.full_max and c.id not in full_ids and len(pages) > s.sample:
+            pages = np.sort(np.random.default_rng(0).choice(pages, s.sample, replace=False))
+        d.pages = pages
         dicts.append(d)
     w_u = model.W_U.detach().float()
     for d in dicts:
@@ -188,8 +200,13 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     for o in dicts:
         if o is d or o.cell.cfg.seed != d.cell.cfg.seed:
             continue
-        v, i = top_cosines(dirs[:, d.pages], o.sae.dict_elements.detach().float(), s.nearest)
-        near.append((o.cell.id, v.cpu().numpy(), i.cpu().numpy()))
+        live = np.flatnonzero(o.live)
+        if not len(live):
+            continue
+        v, i = top_cosines(dirs[:, d.pages], o.sae.dict_elements.detach().float()[:, live],
+                           s.nearest)
+        i = live[i.cpu().numpy()]
+        near.append((o.cell.id, v.cpu().numpy(), i, np.isin(i, o.pages)))
     k = top.shape[1]
     records = {}
     for r, f in enumerate(d.pages):
@@ -203,7 +220,7 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
                           for j in range(ivl.shape[1]) if pos[r, k + j] >= 0],
             "up": [[int(t), _r(v)] for t, v in zip(up[r], up_v[r], strict=True)],
             "down": [[int(t), _r(v)] for t, v in zip(down[r], down_v[r], strict=True)],
-            "near": [[cid, int(i[r, j]), _r(v[r, j])] for cid, v, i in near
+            "near": [[cid, int(i[r, j]), _r(v[r, j]), int(p[r, j])] for cid, v, i, p in near
                      for j in range(v.shape[1])]}
     for shard in range(0, len(d.pages), SHARD):
         part = {int(f): records[int(f)] for f in d.pages[shard:shard + SHARD]}
@@ -239,7 +256,8 @@ def _row(d: _Dict, gid: str) -> dict:
             "l0": _r(c.eval.get("l0", float("nan"))),
             "ce_loss_increase": _r(c.eval.get("ce_loss_increase", float("nan"))),
             "alive": None if d.alive is None else int(d.alive.sum()),
-            "firing": int((d.stats.count > 0).sum()), "pages": len(d.pages), "group": gid,
+            "firing": int((d.stats.count > 0).sum()), "live": int(d.live.sum()),
+            "pages": len(d.pages), "group": gid,
             "clusters": list(d.clusters)}
 
 

@@ -173,8 +173,9 @@ class Plan:
     @property
     def analysis_gpus(self) -> int:
         """The analysis job's GPUs: one, for the feature browser's encodings, when cells have
-        one (DB-KSVD's matching pursuit at 46,080 atoms would take hours per pass on CPUs)."""
-        return 1 if self.opts.gpus_per_cell > 0 else 0
+        one (DB-KSVD's matching pursuit at 46,080 atoms would take hours per pass on CPUs);
+        none in a local run (its processes run on this machine's CPUs)."""
+        return 1 if self.opts.gpus_per_cell > 0 and self.executor == "slurm" else 0
 
     @property
     def browser_estimate(self) -> tuple[int, float, float]:

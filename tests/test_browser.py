@@ -66,7 +66,9 @@ def test_the_browser_files_stand_alone(smoke_browser):
     index = _data(folder, "index")
     done = [d for d in smoke_browser.iterdir() if d.name.startswith("L")]
     assert {c["id"] for c in index["cells"]} == {d.name for d in done}
-    assert all(c["pages"] == c["firing"] > 0 for c in index["cells"])  # every firing feature
+    # every live feature (alive in training or firing here) has a page
+    assert all(c["pages"] == c["live"] >= c["firing"] > 0 for c in index["cells"])
+    assert any(c["live"] > c["firing"] for c in index["cells"])  # alive, not firing here
     html = (folder / "index.html").read_text()
     assert "http://" not in html and "https://" not in html
     assert "http" not in (folder / "browser.js").read_text().replace("http://www.w3.org", "")
@@ -85,7 +87,7 @@ def test_large_dictionaries_outside_the_trio_get_a_sample_of_pages(smoke_browser
     cost = browser.build(grid, cells, {trio}, {}, browser.Settings(full_max=64, sample=10))
     index = _data(grid / "results" / "browser", "index")
     for c in index["cells"]:  # smoke's dictionaries have 128 elements, > full_max
-        assert c["pages"] == (c["firing"] if c["id"] == trio else min(10, c["firing"])), c
+        assert c["pages"] == (c["live"] if c["id"] == trio else min(10, c["live"])), c
     assert cost["pages"] == sum(c["pages"] for c in index["cells"])
     assert not list(grid.glob("results/.browser-*"))  # written beside, renamed into place
 
@@ -133,6 +135,9 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
         assert console_errors(driver) == []
         urls = requests(driver)
         assert urls and all(u.startswith(base) for u in urls), urls
+        # a mangled link says so on the page instead of leaving it blank
+        open_page(driver, f"{base}/index.html#page=feature&cell={local['id']}&f=%E0%A4%A",
+                  "p.error")
     finally:
         driver.quit()
     assert (ARTIFACTS / "browser-feature-smoke.png").stat().st_size > 10_000

@@ -6,12 +6,13 @@ Neuronpedia), computed for every element at once in bounded memory: the activati
 (rows, context, d_in) of held-out tokens are encoded about `CHUNK_TOKENS` at a time and each pass
 keeps running per-element state only (counts, extremes, top-k, histogram bins, samples).
 - `scan`: activation density, mean and extreme non-zero values, the top-k firing positions
-  (a running top-k merged chunk by chunk: equal to a full sort), a `bins`-bin histogram of the
-  non-zero values over [min, max] (numpy's binning: equal to `np.histogram(v, bins)`), and
-  `per_interval` random firing positions in each of `intervals` equal slices of (0, max]
-  (SAEDashboard's "quantile" groups);
+  (a running top-k merged chunk by chunk: equal to a full sort up to the order of tied values),
+  a `bins`-bin histogram of the non-zero values over [min, max] (numpy's binning: equal to
+  `np.histogram(v, bins)`), and `per_interval` random firing positions in each of `intervals`
+  equal slices of (0, max] (SAEDashboard's "quantile" groups);
 - `window_codes`: one element's codes on ± a window of tokens around given positions;
-- `logit_effects`: the tokens a direction promotes and suppresses through the unembedding.
+- `logit_effects`: the tokens a direction promotes and suppresses through the unembedding,
+  `LOGIT_CHUNK` directions at a time.
 A code is "firing" when non-zero; codes of DB-KSVD dictionaries are signed, so their minimum
 can be negative; the intervals slice the positive part.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+LOGIT_CHUNK = 2048  # directions per (chunk, vocab) product: 2,048 x 50,257 floats, 412 MB
 CHUNK_TOKENS = 2048  # codes of 2,048 tokens x 46,080 elements: 377 MB per (t, n) float tensor
 
 
@@ -192,7 +194,9 @@ def logit_effects(directions: torch.Tensor, w_u: torch.Tensor, k: int
     """(promoted ids, their effects, suppressed ids, their effects), each (n, k): the k
     largest and smallest entries of d^T W_U for each direction d (columns of `directions`
     (d_in, n)) and the unembedding `w_u` (d_in, vocab); descending / ascending."""
-    eff = directions.T.float() @ w_u.float()  # (n, vocab)
-    up = eff.topk(k, dim=1)
-    down = eff.topk(k, dim=1, largest=False)
-    return _np(up.indices), _np(up.values), _np(down.indices), _np(down.values)
+    out = []
+    for i in range(0, directions.shape[1], LOGIT_CHUNK):  # (chunk, vocab) at a time
+        eff = directions[:, i:i + LOGIT_CHUNK].T.float() @ w_u.float()
+        up, down = eff.topk(k, dim=1), eff.topk(k, dim=1, largest=False)
+        out.append([up.indices, up.values, down.indices, down.values])
+    return tuple(_np(torch.cat(parts)) for parts in zip(*out, strict=True))

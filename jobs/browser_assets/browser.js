@@ -11,6 +11,7 @@ const BROWSER = (() => {
       const s = document.createElement("script");
       s.src = "data/" + file + ".js";
       s.onerror = () => reject(new Error("missing data file " + s.src));
+      s.onload = () => { if (store[key] === undefined) reject(new Error(s.src + " holds no " + key)); };
       document.head.appendChild(s);
     });
   return { put, load };
@@ -35,7 +36,8 @@ const params = () => Object.fromEntries(location.hash.slice(1).split("&").filter
   .map(p => p.split("=").map(decodeURIComponent)));
 const fmt = x => x === null || x === undefined ? "–" : (Math.abs(x) >= 1e4 || (x !== 0 &&
   Math.abs(x) < 1e-3) ? x.toExponential(2) : +x.toPrecision(4)).toString();
-const show = t => t.replace(/\n/g, "↵").replace(/ /g, "·");  // whitespace made visible
+const show = t => t.replace(/\n/g, "↵").replace(/\r/g, "␍").replace(/\t/g, "⇥")
+  .replace(/ /g, "·");  // whitespace made visible
 const link = (page, args) => "index.html#" + [["page", page], ...Object.entries(args)]
   .map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
 const featureLink = (cell, f) => link("feature", { cell, f });
@@ -173,7 +175,7 @@ function context(toks, vocab, pos, levels, value) {
 }
 
 async function featurePage() {
-  const { cell, f } = params(), fi = +f;
+  const { cell, f } = params(), fi = /^\d+$/.test(f || "") ? +f : NaN;
   const d = await BROWSER.load(`cell/${cell}`, `cell-${cell}`);
   const m = main();
   m.append($("p", {}, $("a", { href: "index.html#", text: "← grid" }), " · ",
@@ -181,8 +183,9 @@ async function featurePage() {
     $("h1", { text: `${cell}, feature ${fi}` }));
   document.title = `${cell} #${fi}`;
   if (!(d.shard[fi] >= 0)) {
-    m.append($("p", { class: "note", text: `No page for this feature: density ${fmt(d.density[fi])} on ` +
-      `${d.n_tokens} tokens (it never fired, or it is outside the sample of this dictionary).` }));
+    m.append($("p", { class: "note", text: fi >= 0 && fi < d.n_dict ? `No page for this feature: ` +
+      `density ${fmt(d.density[fi])} on ${d.n_tokens} tokens (dead, or outside the sample of ` +
+      `this dictionary).` : `No feature ${f} in this dictionary of ${d.n_dict}.` }));
     return;
   }
   const [part, vocab, toks] = await Promise.all([
@@ -196,6 +199,8 @@ async function featurePage() {
   m.append($("div", { class: "cols" }, left, right));
   left.append($("h2", { text: "Non-zero activations" }), bars(r.hist, r.lo, r.hi, "activation"));
   left.append($("h2", { text: `Top ${r.top.length} activating contexts` }));
+  if (!r.top.length) left.append($("p", { class: "note", text: "It did not fire on the scanned " +
+    "tokens; it is alive by its cell's alive mask (it fired in training's alive window)." }));
   const top = $("div", { id: "top" });
   r.top.forEach(([pos, v, lv]) => top.append(context(toks, vocab, pos, lv, v)));
   left.append(top, $("h2", { text: "Samples by activation interval" }));
@@ -216,8 +221,9 @@ async function featurePage() {
   right.append($("h2", { text: "Nearest directions in other dictionaries (same layer, seed)" }));
   right.append($("table", { class: "near" }, $("tr", {}, $("th", { text: "dictionary" }),
     $("th", { text: "feature" }), $("th", { text: "cosine" })),
-    ...r.near.map(([c, g, v]) => $("tr", {}, $("td", { text: c }),
-      $("td", {}, $("a", { href: featureLink(c, g), text: g })), $("td", { text: fmt(v) })))));
+    ...r.near.map(([c, g, v, page]) => $("tr", {}, $("td", { text: c }),
+      $("td", {}, page ? $("a", { href: featureLink(c, g), text: g }) : $("span", { text: g })),
+      $("td", { text: fmt(v) })))));
 }
 
 async function clusterPage() {
@@ -260,7 +266,7 @@ async function clusterPage() {
 }
 
 // One page, four views: index.html#page=dictionary|feature|cluster&cell=…, else the grid.
-function route() {
+async function route() {
   const pages = { dictionary: dictionaryPage, feature: featurePage, cluster: clusterPage };
   return (pages[params().page] || indexPage)();
 }
