@@ -93,7 +93,8 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
     from jobs.cell import match_threads_to_allocation
     from jobs.plan import make_plan
 
-    plan = make_plan(["grid=paper-tables", "dry_run=true", "root=/nonexistent-e2e-root"])
+    plan = make_plan(["grid=paper-tables", "dry_run=true", "executor=slurm",
+                      "root=/nonexistent-e2e-root"])
     layers = {c.cfg.layer for c in plan.cells}
     sizes = [46_080] * len(plan.cells)
     pages, size, browser_s = plan.browser_estimate
