@@ -94,7 +94,8 @@ def test_topk_rescaled_by_decoder_norm_runs_its_own_forward(tmp_path):
     ({"reshape_activations": "hook_z"}, "reshape_activations"),
     ({"hook_head_index": 3}, "hook_head_index"),
     ({"finetuning_scaling_factor": True}, "finetuning_scaling_factor"),
-    ({"architecture": "jumprelu"}, "architecture"),
+    ({"architecture": "gated"}, "architecture"),
+    ({"architecture": "jumprelu"}, "no threshold"),  # SAELens's jumprelu needs one
     # found by a review: a head index under SAELens 6's metadata, a topk without k, a pre-6
     # top-level k (SAELens runs that as ReLU), shapes and k that do not fit
     ({"metadata": {"hook_name": "blocks.0.attn.hook_z", "hook_head_index": 3}},
