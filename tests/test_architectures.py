@@ -240,3 +240,35 @@ def test_build_sae_gives_each_architecture_its_options():
     jr = build_sae(SAEConfig(activation="jumprelu", jumprelu_bandwidth=0.2,
                              jumprelu_init_threshold=0.1), 4, 16)
     assert jr.bandwidth == 0.2 and torch.allclose(jr.threshold, torch.full((16,), 0.1))
+
+
+# -- the grid --------------------------------------------------------------------------------
+def test_the_architectures_grid_crosses_each_architecture_with_local_and_e2e(tmp_path):
+    from jobs.grid import cell_id, expand
+    from jobs.grids import ARCHITECTURES, ARCHITECTURES_GPT2, TINY
+
+    cells = expand(ARCHITECTURES, tmp_path)
+    by = {}
+    for c in cells:
+        by.setdefault((c.sae.label, c.loss.setting), []).append(c.lam)
+    assert set(by) == {(a, s) for a in ("relu", "topk", "topk+auxk", "batchtopk", "matryoshka",
+                                        "jumprelu") for s in ("local", "e2e")}
+    assert by[("batchtopk", "e2e")] == [4, 8, 16, 32]  # k on the λ axis
+    assert all(c.loss.sparsity_coeff == 0 for c in cells if c.sae.uses_k)
+    assert len({cell_id(c) for c in cells}) == len(cells) == 50
+    # ReLU's cells are tiny's own (its local and e2e)
+    tiny = [c for c in expand(TINY, tmp_path) if c.loss.setting in ("local", "e2e")]
+    relu = [c for c in cells if c.sae.label == "relu"]
+    assert [c.loss for c in relu] == [c.loss for c in tiny] and relu[0].sae == tiny[0].sae
+    gpt2 = expand(ARCHITECTURES_GPT2, tmp_path)
+    assert {c.layer for c in gpt2} == {6} and len(gpt2) == 48
+    mat = next(c for c in gpt2 if c.sae.activation == "matryoshka" and c.loss.setting == "e2e")
+    assert ARCHITECTURES_GPT2.cell_gpu_hours(mat) == pytest.approx(11.33 * 2.2)
+
+
+def test_a_fractional_lambda_for_the_topk_family_is_refused_in_one_line(tmp_path):
+    from jobs.grid import expand
+    from jobs.grids import ARCHITECTURES
+
+    with pytest.raises(ConfigError, match="its λ axis is k"):
+        expand(ARCHITECTURES, tmp_path, lambdas={"e2e": (0.5,)})

@@ -77,6 +77,11 @@ class SAEConfig:
                 self.auxk_dead_tokens)
 
     @property
+    def label(self) -> str:
+        """The architecture in words: its activation, `+auxk` with AuxK (`relu`, `topk+auxk`)."""
+        return self.activation + ("+auxk" if self.auxk_coeff else "")
+
+    @property
     def uses_k(self) -> bool:
         """k is the sparsity control (and the grid's λ axis)."""
         return self.activation in K_ACTIVATIONS
