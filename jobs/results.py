@@ -65,9 +65,11 @@ class CellResult:
         if self.cfg is None or not self.cfg.init.warm:
             return curve_of(self.cfg) if self.cfg else ""
         p = self.parent.cfg.optim if self.parent and self.parent.cfg else None
+        arch = "" if self.cfg.sae.label == "relu" else f"{self.cfg.sae.label}/"
         if p is None:  # a SAELens folder, or a parent cell no longer in the grid
-            return f"ft-{recipe_of(self.cfg)}-from-{'path' if self.cfg.init.from_path else 'gone'}"
-        return (f"ft-{recipe_of(self.cfg)}-lr{self.cfg.optim.lr / p.lr:.3g}-"
+            return (f"{arch}ft-{recipe_of(self.cfg)}-from-"
+                    f"{'path' if self.cfg.init.from_path else 'gone'}")
+        return (f"{arch}ft-{recipe_of(self.cfg)}-lr{self.cfg.optim.lr / p.lr:.3g}-"
                 f"{100 * self.cfg.optim.n_samples / p.n_samples:.3g}%")
 
     @property

@@ -156,11 +156,11 @@ KSVD_NOTE = ("ksvd: a dictionary fitted to the activations by DB-KSVD; its codes
 PAPER_INTERVALS = {6: {"l0": (50.0, 300.0), "alive": (23_000.0, 35_000.0)}}
 
 
-def base_curve(curve: str) -> str:
-    """The curve another is compared with: local of the same architecture (`local`,
+def base_curve(curve: str, base: str = "local") -> str:
+    """The curve another is compared with: `base` of the same architecture (`local`,
     `batchtopk/local`)."""
     family, _, _ = curve.rpartition("/")
-    return f"{family}/local" if family else "local"
+    return f"{family}/{base}" if family else base
 
 
 def families(points: list[Point]) -> dict[str, list[Point]]:
@@ -181,7 +181,9 @@ def headline(points: list[Point], settings, intervals: dict | None = None) -> li
     (the paper's), cut to where both curves have runs."""
     lines = []
     names = {"l0": "L0", "alive": "alive elements"}
-    curves = [*settings, *sorted({p.setting for p in points if "/" in p.setting})]
+    curves = [*settings, *sorted({p.setting for p in points
+                                  if p.setting.rpartition("/")[0]
+                                  and p.setting.rpartition("/")[2] in settings})]
     for layer in sorted({p.layer for p in points}):
         for setting in curves:
             base = base_curve(setting)

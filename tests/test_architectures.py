@@ -272,3 +272,30 @@ def test_a_fractional_lambda_for_the_topk_family_is_refused_in_one_line(tmp_path
 
     with pytest.raises(ConfigError, match="its λ axis is k"):
         expand(ARCHITECTURES, tmp_path, lambdas={"e2e": (0.5,)})
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka", "jumprelu"])
+def test_the_fine_tune_stage_starts_each_architecture_where_its_local_parent_ended(
+        smoke_cells, tmp_path, arch):
+    from e2e.io import cell_paths
+    from e2e.store import read_metrics
+    from e2e.train import train
+    from jobs.finetune import Finetune, child, is_parent
+
+    fields = {"activation": arch, "k": 4 if arch != "jumprelu" else 0}
+    parent = next(c for c in smoke_cells if c.loss.setting == "local")
+    parent = replace(parent, sae=replace(parent.sae, **fields),
+                     loss=replace(parent.loss, sparsity_coeff=0.0 if fields["k"] else 1.0))
+    assert is_parent(parent)
+    train(parent, tmp_path / "P", progress=False)
+    kid = child(parent, "P", "e2e", 0.25, Finetune(settings=("e2e",)))
+    assert train(kid, tmp_path / "C", progress=False) == "done"
+    p, c = (read_metrics(cell_paths(tmp_path / n).metrics) for n in ("P", "C"))
+    for k in ("ce_loss_increase", "l0", "kl_orig_sae"):
+        assert c["eval_history"][k][0] == p["eval"][k], k  # the parent's weights, threshold
+    from safetensors.torch import load_file
+
+    wp, wc = (load_file(str(cell_paths(tmp_path / n).sae / "sae_weights.safetensors"))
+              for n in ("P", "C"))
+    assert not torch.equal(wp["W_enc"], wc["W_enc"])  # and then it trained on its KL
+    assert "kl_orig_sae" in c["train"] and "kl_orig_sae" not in p["train"]
