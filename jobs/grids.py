@@ -267,8 +267,12 @@ ARCHITECTURES = replace(
                    "and the layer (docs/study-tiny.md), and the learning rate here is the one "
                    "tuned for ReLU"),
     # 50 cells in 21 tasks: ReLU and JumpReLU pack 4 cells, each k of the TopK family 2
-    # (local and e2e); "sae" is the mean per task, estimated from tiny's 7.0 min per pack of 4
-    local_minutes={"pretrain": 10.6, "sae": 5.5, "collect": 0.2, "analyze": 6.0},
+    # (local and e2e). "sae" is the mean per task, estimated (not yet measured on a run) from
+    # each pack's step time on a random LM of tiny's shape here (2026-11-30: ReLU 4 local /
+    # 4 e2e 75 / 351 ms, TopK local+e2e 147, with AuxK 174, BatchTopK 156, Matryoshka 293,
+    # JumpReLU 4 local / 4 e2e 93 / 329) x 1,200 steps, plus tiny's ~2.5 min of evaluation
+    # per task: ~127 min of SAE tasks
+    local_minutes={"pretrain": 10.6, "sae": 6.0, "collect": 0.2, "analyze": 6.0},
 )
 
 # GPT-2 small, layer 6: the paper's SAE (λ around Tables 1-3) against the other architectures
