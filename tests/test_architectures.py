@@ -299,3 +299,21 @@ def test_the_fine_tune_stage_starts_each_architecture_where_its_local_parent_end
               for n in ("P", "C"))
     assert not torch.equal(wp["W_enc"], wc["W_enc"])  # and then it trained on its KL
     assert "kl_orig_sae" in c["train"] and "kl_orig_sae" not in p["train"]
+
+
+def test_mfr_trains_several_saes_of_an_architecture_each_with_its_own_state(smoke_cells,
+                                                                           tmp_path):
+    from e2e.config import MFRConfig
+    from e2e.io import cell_paths
+    from e2e.saelens import load_saelens
+    from e2e.store import read_metrics
+    from e2e.train import train
+
+    cfg = next(c for c in smoke_cells if c.loss.setting == "e2e")
+    cfg = replace(cfg, sae=replace(cfg.sae, activation="batchtopk", k=4),
+                  loss=replace(cfg.loss, sparsity_coeff=0.0), mfr=MFRConfig(n_saes=2, coeff=1.0))
+    assert train(cfg, tmp_path, progress=False) == "done"
+    ev = read_metrics(cell_paths(tmp_path).metrics)["eval"]
+    assert "sae1/l0" in ev and "mfr_similarity/symmetric_max" in ev
+    (a, _), (b, _) = (load_saelens(cell_paths(tmp_path).root / n) for n in ("sae", "sae_1"))
+    assert float(a.threshold[0]) > 0 and float(a.threshold[0]) != float(b.threshold[0])

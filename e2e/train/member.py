@@ -148,6 +148,8 @@ class Member:
         for name, inner in sae.nested_reconstructions(coded).items():
             logits_in, later_in = (patched_pass(model, inner, cfg.layer)
                                    if self.needs_suffix else (None, None))
+            if self.needs_suffix:  # one more patched pass of the suffix (`cost`)
+                self.tokens["suffix_patched"] += inner.shape[:-1].numel()
             loss, terms = reconstruction_loss(
                 self.coeffs, loss, terms, x=clean.resid, x_hat=inner,
                 logits_orig=clean.target, logits_sae=logits_in,
