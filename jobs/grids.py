@@ -253,12 +253,15 @@ ARCHITECTURES = replace(
     name="architectures",
     # Does e2e's gain hold for each architecture? Each under local and e2e on tiny's LM, at
     # tiny's budget: ReLU at tiny's λ; the TopK family at k 4-32 (tiny's curves overlap at L0
-    # 5-40); JumpReLU's L0 coefficients span 100x, not calibrated before this grid ran.
+    # 5-40); JumpReLU's L0 coefficients from a short calibration (below).
     settings=("local", "e2e"),
     lambdas={},
     variants=_architectures(
         relu={"local": TINY.lambdas["local"], "e2e": TINY.lambdas["e2e"]}, k=(4, 8, 16, 32),
-        jumprelu={"local": (0.1, 0.3, 1.0, 3.0, 10.0), "e2e": (0.003, 0.01, 0.03, 0.1, 0.3)},
+        # JumpReLU measured here at tiny's budget (2026-11-30): local λ 0.1 / 1 / 10 -> L0 32 /
+        # 18 / 8; e2e λ 0.003 / 0.03 / 0.3 -> L0 93 / 53 / 35 (unlike ReLU, e2e needs the
+        # larger λ), so e2e's range starts where that ended
+        jumprelu={"local": (0.1, 0.3, 1.0, 3.0, 10.0), "e2e": (0.3, 1.0, 3.0, 10.0, 30.0)},
         # tiny's alive window: a cell reads 1.2M tokens, Gao's 10M would never fire
         dead_tokens=100_000),
     headline_note=("architectures: tiny's LM and budget (1,200 steps of 1,024 tokens per cell, "
@@ -287,7 +290,8 @@ ARCHITECTURES_GPT2 = replace(
     variants=_architectures(
         relu={"local": (2.0, 4.0, 6.0, 10.0), "e2e": (0.5, 1.5, 3.0, 6.0)},
         k=(16, 32, 64, 128),
-        jumprelu={"local": (0.5, 2.0, 8.0, 32.0), "e2e": (0.1, 0.5, 2.0, 8.0)},
+        # not calibrated on GPT-2: tiny's λ ranges, e2e's above local's as measured there
+        jumprelu={"local": (0.1, 0.5, 2.0, 10.0), "e2e": (0.5, 2.0, 8.0, 32.0)},
         dead_tokens=10_000_000),  # Gao et al.'s (a cell reads 409.6M tokens)
     # Table 6's hours for layer 6; Matryoshka runs the suffix once per level in e2e (3 levels:
     # ~3x the suffix's share of an e2e cell, 11.33 - 4.75 h) and decodes 3 times locally.
