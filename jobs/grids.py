@@ -274,8 +274,10 @@ ARCHITECTURES = replace(
     # each pack's step time on a random LM of tiny's shape here (2026-11-30: ReLU 4 local /
     # 4 e2e 75 / 351 ms, TopK local+e2e 147, with AuxK 174, BatchTopK 156, Matryoshka 293,
     # JumpReLU 4 local / 4 e2e 93 / 329) x 1,200 steps, plus tiny's ~2.5 min of evaluation
-    # per task: ~127 min of SAE tasks
-    local_minutes={"pretrain": 10.6, "sae": 6.0, "collect": 0.2, "analyze": 6.0},
+    # per task: ~127 min of SAE tasks; two real packs ran faster than that estimate (a
+    # Matryoshka k 16 local + e2e pack 5.9 min, estimated 8.2; six JumpReLU cells 7.6, est.
+    # 8.8), so ~5 min per task
+    local_minutes={"pretrain": 10.6, "sae": 5.0, "collect": 0.2, "analyze": 6.0},
 )
 
 # GPT-2 small, layer 6: the paper's SAE (λ around Tables 1-3) against the other architectures
