@@ -107,7 +107,7 @@ def test_jumprelu_l0_term_counts_codes_and_moves_only_the_thresholds():
     coded = sae.train_forward(x)
     loss = sae.sparsity_loss(coded, p=1.0)
     pre = coded.pre.detach().reshape(-1, 6)
-    assert float(loss) == pytest.approx(float((pre > 0.3).sum()) / 10 / 4)  # L0 / d_in
+    assert float(loss.detach()) == pytest.approx(float((pre > 0.3).sum()) / 10 / 4)  # L0 / d_in
     loss.backward()
     near = ((pre - 0.3).abs() < 0.25).sum(0).float()
     assert torch.allclose(sae.threshold.grad, -near / 0.5 / 10 / 4)
