@@ -171,11 +171,12 @@ def test_matryoshka_loss_adds_every_prefix_reconstruction(tmp_path):
     before = sae.threshold.clone()
     loss, terms, c = m._loss(None, CleanPass(x, None, [], None), sae, 0)
     sae.threshold.copy_(before)
-    coded = sae.train_forward(x)
-    mse = [float(((r - x) ** 2).mean()) for r in (coded.x_hat,
-                                                  *sae.nested_reconstructions(coded).values())]
+    with torch.no_grad():
+        coded = sae.train_forward(x)
+        mse = [float(((r - x) ** 2).mean()) for r in (coded.x_hat,
+                                                      *sae.nested_reconstructions(coded).values())]
     assert set(terms) == {"sparsity", "local_mse", "prefix4/local_mse", "prefix8/local_mse"}
-    assert float(loss) == pytest.approx(sum(mse), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(sum(mse), rel=1e-6)
 
 
 def test_auxk_is_added_with_its_coefficient_once_latents_are_dead(tmp_path):
@@ -184,15 +185,17 @@ def test_auxk_is_added_with_its_coefficient_once_latents_are_dead(tmp_path):
     x = torch.randn(5, 8, generator=_g(7))
     clean = CleanPass(x, None, [], None)
     sae = m.saes[0]
-    loss0, terms0, _ = m._loss(None, clean, sae, 0)
-    assert float(terms0["auxk"]) == 0.0  # nothing has had the chance to die
+    _, terms0, _ = m._loss(None, clean, sae, 0)
+    assert float(terms0["auxk"].detach()) == 0.0  # nothing has had the chance to die
     m.deads[0].update(torch.zeros(1, 16))
     loss, terms, _ = m._loss(None, clean, sae, 0)
-    coded = sae.train_forward(x)
-    want_aux = auxk_loss(x, coded.x_hat, coded.pre, torch.ones(16, dtype=torch.bool),
-                         sae.dict_elements, 3)
-    assert float(terms["auxk"]) == pytest.approx(float(want_aux)) and float(want_aux) > 0
-    assert float(loss) == pytest.approx(float(terms["local_mse"]) + 0.5 * float(want_aux))
+    with torch.no_grad():
+        coded = sae.train_forward(x)
+        want_aux = float(auxk_loss(x, coded.x_hat, coded.pre, torch.ones(16, dtype=torch.bool),
+                                   sae.dict_elements, 3))
+    got = {k: float(v.detach()) for k, v in terms.items()}
+    assert got["auxk"] == pytest.approx(want_aux) and want_aux > 0
+    assert float(loss.detach()) == pytest.approx(got["local_mse"] + 0.5 * want_aux)
 
 
 # -- config ----------------------------------------------------------------------------------
