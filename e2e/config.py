@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from e2e.arch.config import SAEConfig
 from e2e.config_methods import (
     SIMILARITIES,
     InitConfig,
@@ -64,26 +65,6 @@ class DataConfig:
         require(bool(self.column), "data.column", "a column name", self.column)
         require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", self.shuffle_buffer)
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    # Dictionary size as a multiple of d_in; the paper's GPT-2 runs use 60 (46,080 elements).
-    dict_size_to_input_ratio: float = 60.0
-    # "relu": the paper's ReLU codes with the Lp sparsity term; "topk": the k largest
-    # pre-activations per token, then ReLU (Gao et al. 2024; MFR), with no sparsity term.
-    activation: Literal["relu", "topk"] = "relu"
-    k: int = 0  # topk only
-
-    def __post_init__(self) -> None:
-        r = self.dict_size_to_input_ratio
-        require(r > 0, "sae.dict_size_to_input_ratio", "> 0", r)
-        require(self.activation in ("relu", "topk"), "sae.activation", "relu or topk",
-                self.activation)
-        if self.activation == "topk":
-            require(self.k >= 1, "sae.k", ">= 1 with sae.activation=topk", self.k)
-        else:
-            require(self.k == 0, "sae.k", "0 unless sae.activation=topk", self.k)
 
 
 @dataclass(frozen=True)
@@ -226,10 +207,10 @@ class CellConfig:
             require(self.sae.activation == "relu" and self.mfr.n_saes == 1, "loss.setting",
                     "not ksvd with a TopK SAE or MFR (ksvd fits one dictionary, no encoder)",
                     self.loss.setting)
-        if self.sae.activation == "topk":
+        if self.sae.uses_k:
             require(self.loss.sparsity_coeff == 0, "loss.sparsity_coeff",
-                    "0 with sae.activation=topk (TopK fixes L0 at k; there is no sparsity "
-                    "term)", self.loss.sparsity_coeff)
+                    f"0 with sae.activation={self.sae.activation} (TopK and its family fix L0 "
+                    "at k; there is no sparsity term)", self.loss.sparsity_coeff)
         if self.init.warm:
             key = "init.from_cell" if self.init.from_cell else "init.from_path"
             require(self.kind == "sae", key, "empty for a ksvd cell (it fits from scratch: "
@@ -248,15 +229,17 @@ class CellConfig:
         """The λ part of a cell id: `lam1.5`, `k16` (TopK: L0 fixed at k), `nnz8` (ksvd)."""
         if self.kind == "ksvd":
             return f"nnz{self.ksvd.max_nnz}"
-        if self.sae.activation == "topk":
+        if self.sae.uses_k:
             return f"k{self.sae.k}"
         return f"lam{self.loss.sparsity_coeff:g}"
 
     @property
     def lam(self) -> float:
-        """The value on the grid's λ axis: the sparsity coefficient, or for a ksvd cell its L0
-        budget `ksvd.max_nnz`."""
-        return float(self.ksvd.max_nnz) if self.kind == "ksvd" else self.loss.sparsity_coeff
+        """The value on the grid's λ axis: the sparsity coefficient, k for the TopK family, or
+        for a ksvd cell its L0 budget `ksvd.max_nnz`."""
+        if self.kind == "ksvd":
+            return float(self.ksvd.max_nnz)
+        return float(self.sae.k) if self.sae.uses_k else self.loss.sparsity_coeff
 
     @property
     def alive_pass_batches(self) -> int:
@@ -321,8 +304,13 @@ def check_sizes(cfg: CellConfig, d_in: int) -> None:
             cfg.sae.dict_size_to_input_ratio)
     if cfg.kind == "ksvd":
         require(cfg.ksvd.max_nnz <= k, "ksvd.max_nnz", f"<= K = {k} atoms", cfg.ksvd.max_nnz)
-    elif cfg.sae.activation == "topk":
+    elif cfg.sae.uses_k:
         require(cfg.sae.k <= k, "sae.k", f"<= the dictionary size {k}", cfg.sae.k)
+    if cfg.kind == "sae" and cfg.sae.activation == "matryoshka":
+        w = cfg.sae.widths(k)
+        require(all(a < b for a, b in zip([0, *w[:-1]], w, strict=True)), "sae.matryoshka_widths",
+                f"fractions giving increasing widths >= 1 of {k} elements ({w})",
+                cfg.sae.matryoshka_widths)
     if cfg.mfr.similarity == "hungarian" and cfg.mfr.n_saes > 1:
         refusal = hungarian_refusal(k)
         require(refusal is None, "mfr.similarity", f"max or symmetric_max here: {refusal}",

@@ -116,17 +116,34 @@ def setting_loss(coeffs: LossCoeffs, *, p: float, x: torch.Tensor, x_hat: torch.
                  logits_sae: torch.Tensor | None = None,
                  resids_orig: list[torch.Tensor] | None = None,
                  resids_sae: list[torch.Tensor] | None = None,
+                 sparsity: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of the terms with a non-zero coefficient; returns (total, unweighted terms)."""
-    terms = {"sparsity": sparsity_loss(c, p, x.shape[-1])}
+    """Weighted sum of the terms with a non-zero coefficient; returns (total, unweighted terms).
+
+    `sparsity`: the architecture's own sparsity term (JumpReLU's L0); default the Lp norm of c.
+    """
+    terms = {"sparsity": sparsity_loss(c, p, x.shape[-1]) if sparsity is None else sparsity}
     total = coeffs.sparsity * terms["sparsity"]
+    return reconstruction_loss(coeffs, total, terms, x=x, x_hat=x_hat, logits_orig=logits_orig,
+                               logits_sae=logits_sae, resids_orig=resids_orig,
+                               resids_sae=resids_sae)
+
+
+def reconstruction_loss(coeffs: LossCoeffs, total: torch.Tensor | float,
+                        terms: dict[str, torch.Tensor], *, x: torch.Tensor,
+                        x_hat: torch.Tensor, logits_orig=None, logits_sae=None,
+                        resids_orig=None, resids_sae=None, prefix: str = "",
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`total` plus the setting's weighted reconstruction terms (local MSE, KL, downstream MSE)
+    of x_hat; each unweighted term goes into `terms` under `prefix` + its name."""
     if coeffs.local_mse:
-        terms["local_mse"] = mse_loss(x_hat, x)
-        total = total + coeffs.local_mse * terms["local_mse"]
+        terms[prefix + "local_mse"] = mse_loss(x_hat, x)
+        total = total + coeffs.local_mse * terms[prefix + "local_mse"]
     if coeffs.kl:
-        terms["kl_orig_sae"] = kl_orig_sae(logits_orig, logits_sae)
-        total = total + coeffs.kl * terms["kl_orig_sae"]
+        terms[prefix + "kl_orig_sae"] = kl_orig_sae(logits_orig, logits_sae)
+        total = total + coeffs.kl * terms[prefix + "kl_orig_sae"]
     if coeffs.downstream:
-        terms["downstream_mse"] = downstream_mse(resids_sae, resids_orig, coeffs.downstream)
-        total = total + terms["downstream_mse"]  # already weighted per position
+        terms[prefix + "downstream_mse"] = downstream_mse(resids_sae, resids_orig,
+                                                          coeffs.downstream)
+        total = total + terms[prefix + "downstream_mse"]  # already weighted per position
     return total, terms

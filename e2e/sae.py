@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from e2e.dictionary import Dictionary
+from e2e.losses import sparsity_loss
 
 
 class _UnitNormColumns(torch.autograd.Function):
@@ -35,6 +37,16 @@ class _UnitNormColumns(torch.autograd.Function):
 
 def unit_norm_columns(w: torch.Tensor) -> torch.Tensor:
     return _UnitNormColumns.apply(w)
+
+
+@dataclass(frozen=True)
+class Coded:
+    """One training forward: reconstruction x_hat (..., d_in), codes c and pre-activations
+    pre (..., n_dict)."""
+
+    x_hat: torch.Tensor
+    c: torch.Tensor
+    pre: torch.Tensor
 
 
 class SAE(Dictionary):
@@ -66,11 +78,32 @@ class SAE(Dictionary):
         return unit_norm_columns(self.decoder.weight)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.encoder(x)
+        return self.activate(self.encoder(x))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Codes (..., n_dict) of pre-activations, as at inference (and as saved)."""
         if self.k is None:
             return F.relu(pre)
         top = pre.topk(self.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, top.indices, F.relu(top.values))
+
+    # -- training: what the loss of a member (`e2e.train.member`) reads -------------------
+    def train_forward(self, x: torch.Tensor) -> Coded:
+        """The forward of a training step; an architecture whose training codes differ from
+        its inference codes (BatchTopK) or that keeps running statistics overrides it."""
+        pre = self.encoder(x)
+        c = self.activate(pre)
+        return Coded(self.decode(c), c, pre)
+
+    def sparsity_loss(self, coded: Coded, p: float) -> torch.Tensor:
+        """The sparsity term: Lp norm of the codes over dictionary units / d_in (Braun et al.
+        2024, Sec. 2); JumpReLU's is its L0 (`e2e.arch.jumprelu`)."""
+        return sparsity_loss(coded.c, p, self.d_in)
+
+    def nested_reconstructions(self, coded: Coded) -> dict[str, torch.Tensor]:
+        """Named reconstructions (..., d_in) that the loss also scores, beside x_hat
+        (Matryoshka's inner prefixes); none here."""
+        return {}
 
     def decode(self, c: torch.Tensor) -> torch.Tensor:
         return F.linear(c, self.dict_elements, self.decoder.bias)

@@ -1,7 +1,8 @@
 """`python jobs/collect.py root=<root> grid=<name>`: the paper's tables and plots from the cells.
 
 Reads what every cell saved (`jobs.results`) and writes `<root>/<grid>/results/`: summary.csv,
-tables.md, tables.tex, headline.txt, pareto_l0.png, pareto_alive.png, ce_vs_compute.png (with a
+tables.md, tables.tex, headline.txt, pareto_l0.png, pareto_alive.png (and pareto_l0_<arch>.png,
+pareto_alive_<arch>.png per SAE architecture other than ReLU), ce_vs_compute.png (with a
 fine-tune stage) and results.h5 (with the analysis step's sections once it has run). Cells that
 are running, failed, missing or corrupt are listed with their status and left out of the
 tables, never dropped silently.
@@ -68,9 +69,10 @@ def collect(root: Path | str, grid: str) -> Path:
         c.within_max_cos_mean = within.get(c.id, "")
     _write_csv(out / "summary.csv", cells)
     _write_h5(out / "results.h5", cells)
-    # The Pareto tables compare the paper's ReLU SAEs over λ; TopK and MFR cells (fixed L0 k)
-    # have their own table.
-    points = [to_point(c) for c in done if not mfr_report.is_mfr_cell(c.cfg)]
+    # The Pareto tables compare single SAEs over λ (each architecture against its own local:
+    # `batchtopk/e2e` against `batchtopk/local`); MFR cells and TopK cells also have their own
+    # table.
+    points = [to_point(c) for c in done if c.cfg.mfr.n_saes == 1]
     mfr_rows = mfr_report.rows(done)
     intervals = tables.PAPER_INTERVALS if grid.startswith("paper") else None
     headline = tables.headline(points, SETTINGS, intervals) if points or not mfr_rows else []
@@ -102,6 +104,8 @@ def collect(root: Path | str, grid: str) -> Path:
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
     if points:
         plots.pareto(points, out)
+        for family, family_points in tables.families(points).items():
+            plots.pareto(family_points, out, suffix=f"_{family.replace('+', '-')}")
         finetune_report.compute_figure(points, cells, out)
     return out
 

@@ -60,10 +60,11 @@ class Finetune:
 
 
 def is_parent(cfg: CellConfig) -> bool:
-    """A local ReLU SAE cell on a model, trained from scratch, has fine-tune children (TopK and
-    MFR cells have their own report; a warm start of one by hand: `init.from_cell`)."""
+    """A local SAE cell on a model (any architecture: issue 22), trained from scratch, has
+    fine-tune children (MFR cells have their own report; a warm start of one by hand:
+    `init.from_cell`)."""
     return (cfg.kind == "sae" and cfg.loss.setting == "local" and not cfg.init.warm
-            and cfg.source == "model" and cfg.sae.activation == "relu" and cfg.mfr.n_saes == 1)
+            and cfg.source == "model" and cfg.mfr.n_saes == 1)
 
 
 def child(parent: CellConfig, parent_id: str, recipe: str, fraction: float, ft: Finetune

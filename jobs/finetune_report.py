@@ -33,18 +33,20 @@ def _mean_cost(cells: list[CellResult], layer: int, curve: str,
 
 def headline(points: list[Point], cells: list[CellResult]) -> list[str]:
     """Per layer and fine-tune curve: its CE loss increase as a fraction of local's and of
-    e2e's at equal L0, and its total compute (parent included) as a fraction of e2e's."""
+    e2e's (of its architecture) at equal L0, and its total compute (parent included) as a
+    fraction of e2e's."""
     lines = []
     for layer, curve in sorted({(c.cfg.layer, c.curve) for c in finetuned(cells, True)},
                                key=lambda x: (x[0], curve_order(x[1]))):
         parts = []
-        for base in ("local", "e2e"):
+        e2e = tables.base_curve(curve, "e2e")  # of the same architecture
+        for base in (tables.base_curve(curve), e2e):
             r = tables.ce_ratio_at_equal_l0(points, layer, curve, base=base)
             parts.append(f"{r[0]:.0%} of {base}'s (L0 {r[1]:.1f}-{r[2]:.1f})" if r else
                          f"not comparable with {base} (no shared L0 range)")
-        cost = _mean_cost(cells, layer, curve) / _mean_cost(cells, layer, "e2e")
+        cost = _mean_cost(cells, layer, curve) / _mean_cost(cells, layer, e2e)
         wall = (_mean_cost(cells, layer, curve, "total_time_s")
-                / _mean_cost(cells, layer, "e2e", "total_time_s"))
+                / _mean_cost(cells, layer, e2e, "total_time_s"))
         lines.append(f"layer {layer}: {curve}: CE loss increase at equal L0 {parts[0]}, "
                      f"{parts[1]}; cost, parent included, {cost:.2f}x e2e's from scratch in "
                      f"FLOPs, {wall:.2f}x in training time")
@@ -121,7 +123,7 @@ def compute_figure(points: list[Point], cells: list[CellResult], out_dir: Path) 
             xs, ys = _trajectory(cells, layer, curve, l0)
             ax.plot(xs, ys, "o-", color=SETTING_COLORS[curve], label=f"{curve} (over training)")
         recipes = sorted({c.curve.rsplit("-", 1)[0] for c in finetuned(cells, True)
-                          if c.cfg.layer == layer})
+                          if c.cfg.layer == layer and "/" not in c.curve})  # ReLU's
         for i, recipe in enumerate(recipes):
             curves = sorted({c.curve for c in finetuned(cells, True) if c.cfg.layer == layer
                              and c.curve.startswith(recipe + "-")}, key=curve_order)

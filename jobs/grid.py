@@ -12,12 +12,23 @@ import itertools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from e2e.config import SETTINGS, CellConfig, ConfigError, ModelConfig
 from e2e.lm.pretrain import PretrainConfig
 from e2e.train.loop import pack_key
 from e2e.typed import leaves, with_overrides
 from jobs.finetune import recipe_of
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A part of a grid with its own config fields and λ axis, e.g. one SAE architecture
+    (`grid=architectures`): its cells are the grid's (layer, setting) cells over its λ."""
+
+    name: str
+    fields: dict[str, Any]  # dotted config field -> value, over the grid's base
+    lambdas: dict[str, tuple[float, ...]]  # setting -> λ values (k for the TopK family)
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,20 @@ class Grid:
     # Default container runtime and image (a path is relative to the repository root).
     container: str = "none"
     image: str = ""
+    # Parts with their own fields and λ axes (each replaces `lambdas` and `layer_lambdas`).
+    variants: tuple[Variant, ...] = ()
+    # A cell's GPU-hours against `gpu_hours`, per (sae.activation, setting) where it differs
+    # from 1 (Matryoshka's e2e cells run the model's suffix once per nested prefix).
+    gpu_hours_factor: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def lambdas_for(self, layer: int, setting: str) -> tuple[float, ...]:
         return self.layer_lambdas.get((layer, setting), self.lambdas.get(setting, ()))
+
+    def cell_gpu_hours(self, cfg: CellConfig) -> float | None:
+        """The dry run's estimate for one cell on the cluster; None where unknown."""
+        hours = self.gpu_hours.get((cfg.layer, cfg.loss.setting))
+        factor = self.gpu_hours_factor.get((cfg.sae.activation, cfg.loss.setting), 1.0)
+        return None if hours is None else hours * factor
 
 
 def grid_pretrain_dir(root: Path, grid: Grid) -> Path:
@@ -70,7 +92,8 @@ def cell_id(cfg: CellConfig) -> str:
     """Readable id plus a short hash of the config, e.g. `L6-e2e-lam1.5-3f2a9c`,
     `syn-local-k16-n5-mfr1-s2-0b1c2d` (synthetic data, TopK, 5 SAEs with MFR, seed 2),
     `L2-ksvd-nnz8-5e6f7a` (DB-KSVD with an L0 budget of 8), `L2-ft40-e2e_mse-lam2-1c04b8`
-    (40 steps of the KL+MSE fine-tune from a local cell of λ 2).
+    (40 steps of the KL+MSE fine-tune from a local cell of λ 2), `L2-e2e-k16-batchtopk-
+    0a1b2c` (an architecture other than ReLU and TopK: issue 22), `L2-e2e-k16-topk-auxk-...`.
 
     The hash covers the fields that differ from CellConfig's defaults, so a new config field
     (added with a default) leaves every existing cell's id, and its finished work, in place.
@@ -83,6 +106,8 @@ def cell_id(cfg: CellConfig) -> str:
              cfg.lam_label]
     if cfg.init.warm:  # a fine-tune: its recipe and steps, e.g. `L2-ft40-e2e_mse-lam2-...`
         parts[1:2] = [f"ft{cfg.optim.n_steps}", recipe_of(cfg)]
+    if cfg.sae.label not in ("relu", "topk"):  # the ids before issue 22 name neither
+        parts.append(cfg.sae.label.replace("+", "-"))
     if cfg.mfr.n_saes > 1:
         parts.append(f"n{cfg.mfr.n_saes}-mfr{cfg.mfr.coeff:g}")
     if cfg.seed:
@@ -103,15 +128,20 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
         base = replace(base, model=ModelConfig(str(lm / "model")),
                        data=replace(base.data, dataset=str(lm / "data")))
     axes = {**grid.sweep, **(sweep or {})}
+    parts = [(base, grid.lambdas_for)] if not grid.variants else [
+        (with_overrides(base, v.fields), lambda _, s, v=v: v.lambdas.get(s, ()))
+        for v in grid.variants]
     cells = []
-    for layer in layers or grid.layers:
-        for setting in settings or grid.settings:
-            lams = ((lambdas or {}).get(setting) or sparsity_coeffs
-                    or grid.lambdas_for(layer, setting))
-            for lam in lams:
-                cell = _cell(base, layer, setting, lam)
-                for values in itertools.product(*axes.values()):
-                    cells.append(with_overrides(cell, dict(zip(axes, values, strict=True))))
+    for part_base, lambdas_for in parts:
+        for layer in layers or grid.layers:
+            for setting in settings or grid.settings:
+                lams = ((lambdas or {}).get(setting) or sparsity_coeffs
+                        or lambdas_for(layer, setting))
+                for lam in lams:
+                    cell = _cell(part_base, layer, setting, lam)
+                    for values in itertools.product(*axes.values()):
+                        cells.append(with_overrides(cell, dict(zip(axes, values,
+                                                                   strict=True))))
     chosen_lambdas = sparsity_coeffs or lambdas  # the user's λ values replace the extras too
     for layer, setting, lam, fields in () if chosen_lambdas else grid.extra_cells:
         if layer in (layers or grid.layers) and setting in (settings or grid.settings):
@@ -120,7 +150,14 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
 
 
 def _cell(base: CellConfig, layer: int, setting: str, lam: float) -> CellConfig:
-    """The (layer, setting, λ) cell; for ksvd, λ is the L0 budget `ksvd.max_nnz`."""
+    """The (layer, setting, λ) cell; for ksvd, λ is the L0 budget `ksvd.max_nnz`; for the TopK
+    family (`sae.uses_k`), k."""
+    if setting != "ksvd" and base.sae.uses_k:
+        if lam != int(lam) or lam < 1:
+            raise ConfigError(f"λ={lam:g} for sae.activation={base.sae.activation} is invalid: "
+                              "its λ axis is k, a whole number >= 1 (lambdas.e2e=[8,16,32])")
+        return replace(base, layer=layer, sae=replace(base.sae, k=int(lam)),
+                       loss=replace(base.loss, setting=setting, sparsity_coeff=0.0))
     if setting != "ksvd":
         return replace(base, layer=layer, loss=replace(base.loss, setting=setting,
                                                        sparsity_coeff=float(lam)))

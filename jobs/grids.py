@@ -23,7 +23,7 @@ from e2e.config import (
 )
 from e2e.lm.pretrain import PretrainConfig
 from e2e.typed import ConfigError
-from jobs.grid import Grid, grid_pretrain_dir
+from jobs.grid import Grid, Variant, grid_pretrain_dir
 
 _LOCAL_DATA = DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation")
 
@@ -160,7 +160,12 @@ PAPER = replace(
 )
 
 _TOPK = SAEConfig(dict_size_to_input_ratio=4.0, activation="topk", k=6)
-_NO_SPARSITY = {"local": (0.0,), "e2e": (0.0,), "e2e_ds": (0.0,)}  # TopK: no λ
+
+
+def _k_axis(k: int) -> dict[str, tuple[float, ...]]:
+    """TopK's λ axis is k (it has no sparsity term): one k for every setting."""
+    return {"local": (k,), "e2e": (k,), "e2e_ds": (k,)}
+
 
 SYNTHETIC = Grid(
     name="synthetic",
@@ -180,7 +185,7 @@ SYNTHETIC = Grid(
         device="cpu"),
     layers=(0,),
     settings=("local",),
-    lambdas={"local": (0.0,)},
+    lambdas={"local": (32,)},  # k, as in base; the sweep's sae.k replaces it
     sweep={"sae.k": (16, 32), "mfr.n_saes": (2, 5), "mfr.coeff": (0.0, 1.0, 3.0),
            "seed": (0, 1, 2)},
     time_min=30,
@@ -196,7 +201,7 @@ MFR = Grid(
                                    grad_accum_steps=1, n_samples=4800)),
     layers=(2,),
     settings=("local", "e2e"),
-    lambdas=_NO_SPARSITY,
+    lambdas=_k_axis(16),
     # One seed (CPU time: a pack of local + e2e with 3 SAEs each); add seeds with
     # sweep.seed=[0,1,2].
     sweep={"mfr.coeff": (0.0, 1.0)},
@@ -214,7 +219,7 @@ MFR_GPT2 = Grid(
                     optim=OptimConfig(lr=1e-3), mfr=MFRConfig(n_saes=10)),
     layers=(1,),
     settings=("local", "e2e"),
-    lambdas=_NO_SPARSITY,
+    lambdas=_k_axis(6),
     sweep={"mfr.coeff": (0.0, 0.005)},
     time_min=24 * 60,
     cpus_per_cell=4,
@@ -222,8 +227,84 @@ MFR_GPT2 = Grid(
     image="containers/e2e-sae-hpc.sif",
 )
 
+
+
+def _architectures(relu: dict, k: tuple[int, ...], jumprelu: dict, dead_tokens: int
+                   ) -> tuple[Variant, ...]:
+    """Issue 22: each SAE architecture under local and e2e, its own λ axis (k for the TopK
+    family, whose L0 is k: on average for BatchTopK at training time)."""
+    family = {"loss.sparsity_coeff": 0.0, "sae.k": k[0]}  # _cell sets each k
+    ks = {"local": k, "e2e": k}
+    return (
+        Variant("relu", {}, relu),
+        Variant("topk", {"sae.activation": "topk", **family}, ks),
+        # Gao et al.'s AuxK coefficient 1/32 and k_aux d_in / 2; dead after `dead_tokens`
+        Variant("topk+auxk", {"sae.activation": "topk", "sae.auxk_coeff": 1 / 32,
+                              "sae.auxk_dead_tokens": dead_tokens, **family}, ks),
+        Variant("batchtopk", {"sae.activation": "batchtopk", **family}, ks),
+        # prefixes of 1/16 and 1/4 of the dictionary, then all of it
+        Variant("matryoshka", {"sae.activation": "matryoshka", **family}, ks),
+        Variant("jumprelu", {"sae.activation": "jumprelu"}, jumprelu),
+    )
+
+
+ARCHITECTURES = replace(
+    TINY,
+    name="architectures",
+    # Does e2e's gain hold for each architecture? Each under local and e2e on tiny's LM, at
+    # tiny's budget: ReLU at tiny's λ; the TopK family at k 4-32 (tiny's curves overlap at L0
+    # 5-40); JumpReLU's L0 coefficients from a short calibration (below).
+    settings=("local", "e2e"),
+    lambdas={},
+    variants=_architectures(
+        relu={"local": TINY.lambdas["local"], "e2e": TINY.lambdas["e2e"]}, k=(4, 8, 16, 32),
+        # JumpReLU measured here at tiny's budget (2026-11-30): local λ 0.1 / 1 / 10 -> L0 32 /
+        # 18 / 8; e2e λ 0.003 / 0.03 / 0.3 -> L0 93 / 53 / 35 (unlike ReLU, e2e needs the
+        # larger λ), so e2e's range starts where that ended
+        jumprelu={"local": (0.1, 0.3, 1.0, 3.0, 10.0), "e2e": (0.3, 1.0, 3.0, 10.0, 30.0)},
+        # tiny's alive window: a cell reads 1.2M tokens, Gao's 10M would never fire
+        dead_tokens=100_000),
+    headline_note=("architectures: tiny's LM and budget (1,200 steps of 1,024 tokens per cell, "
+                   "layer 2); each architecture's e2e against its own local at equal L0; "
+                   "tiny's own comparison changes sign with the learning rate, the L0 range "
+                   "and the layer (docs/study-tiny.md), and the learning rate here is the one "
+                   "tuned for ReLU"),
+    # 50 cells in 21 tasks: ReLU and JumpReLU pack 4 cells, each k of the TopK family 2
+    # (local and e2e). "sae" is the mean per task, estimated (not yet measured on a run) from
+    # each pack's step time on a random LM of tiny's shape here (2026-11-30: ReLU 4 local /
+    # 4 e2e 75 / 351 ms, TopK local+e2e 147, with AuxK 174, BatchTopK 156, Matryoshka 293,
+    # JumpReLU 4 local / 4 e2e 93 / 329) x 1,200 steps, plus tiny's ~2.5 min of evaluation
+    # per task: ~127 min of SAE tasks; two real packs ran faster than that estimate (a
+    # Matryoshka k 16 local + e2e pack 5.9 min, estimated 8.2; six JumpReLU cells 7.6, est.
+    # 8.8), so ~5 min per task
+    local_minutes={"pretrain": 10.6, "sae": 5.0, "collect": 0.2, "analyze": 6.0},
+)
+
+# GPT-2 small, layer 6: the paper's SAE (λ around Tables 1-3) against the other architectures
+# at k 16-128 (the paper's L0 range at layer 6: 27-70 at its table points).
+ARCHITECTURES_GPT2 = replace(
+    PAPER_TABLES,
+    name="architectures-gpt2",
+    layers=(6,),
+    settings=("local", "e2e"),
+    lambdas={},
+    layer_lambdas={},
+    variants=_architectures(
+        relu={"local": (2.0, 4.0, 6.0, 10.0), "e2e": (0.5, 1.5, 3.0, 6.0)},
+        k=(16, 32, 64, 128),
+        # not calibrated on GPT-2: tiny's λ ranges, e2e's above local's as measured there
+        jumprelu={"local": (0.1, 0.5, 2.0, 10.0), "e2e": (0.5, 2.0, 8.0, 32.0)},
+        dead_tokens=10_000_000),  # Gao et al.'s (a cell reads 409.6M tokens)
+    # Table 6's hours for layer 6; Matryoshka runs the suffix once per level in e2e (3 levels:
+    # ~3x the suffix's share of an e2e cell, 11.33 - 4.75 h) and decodes 3 times locally.
+    # Our estimates, not measured on a GPU.
+    gpu_hours={(6, "local"): 4.75, (6, "e2e"): 11.33},
+    gpu_hours_factor={("matryoshka", "local"): 1.2, ("matryoshka", "e2e"): 2.2},
+)
+
 GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, TINY, PAPER, PAPER_TABLES, SYNTHETIC,
-                                               MFR, MFR_GPT2)}
+                                               MFR, MFR_GPT2, ARCHITECTURES,
+                                               ARCHITECTURES_GPT2)}
 
 
 def grid_named(name: str) -> Grid:

@@ -231,7 +231,7 @@ def make_plan(tokens: list[str]) -> Plan:
         kids = children([(c.id, c.cfg) for c in cells], axes.finetune)
         if not kids:
             raise ConfigError("finetune.settings= is given but the grid has no local cells to "
-                              "fine-tune (local ReLU SAEs on a model, without MFR; settings= "
+                              "fine-tune (local SAEs on a model, without MFR; settings= "
                               "must include local)")
         plan.finetune, plan.children = axes.finetune, _cells([k[2] for k in kids],
                                                              root / grid.name)

@@ -25,8 +25,9 @@ def _pyplot():
     return plt
 
 
-def pareto(points: list[Point], out_dir: Path) -> list[Path]:
-    """CE loss increase against L0 and against alive elements; a panel per layer."""
+def pareto(points: list[Point], out_dir: Path, suffix: str = "") -> list[Path]:
+    """CE loss increase against L0 and against alive elements; a panel per layer; files
+    `pareto_l0<suffix>.png`, `pareto_alive<suffix>.png`."""
     plt = _pyplot()
 
     layers = sorted({p.layer for p in points})
@@ -36,7 +37,8 @@ def pareto(points: list[Point], out_dir: Path) -> list[Path]:
     cmap = plt.get_cmap("tab20")
     colors = {**SETTING_COLORS, **{s: cmap((4 + i) % 20) for i, s in enumerate(extra)}}
     written = []
-    for x_name, fname in (("l0", "pareto_l0.png"), ("alive", "pareto_alive.png")):
+    for x_name, fname in (("l0", f"pareto_l0{suffix}.png"),
+                          ("alive", f"pareto_alive{suffix}.png")):
         fig, axes = plt.subplots(1, len(layers), figsize=((4.5 + 2 * bool(extra)) * len(layers),
                                                           3.8), squeeze=False)
         for ax, layer in zip(axes[0], layers, strict=True):

@@ -58,15 +58,18 @@ class CellResult:
 
     @property
     def curve(self) -> str:
-        """The curve it belongs to: its setting, or for a fine-tune `ft-<recipe>-lr<factor>-
+        """The curve it belongs to: its setting (`<architecture>/<setting>` for an SAE other
+        than the paper's ReLU: `batchtopk/e2e`), or for a fine-tune `ft-<recipe>-lr<factor>-
         <percent>`: its LR as a multiple of its parent's and its share of the parent's samples
         (e.g. `ft-e2e_mse-lr0.1-10%`)."""
         if self.cfg is None or not self.cfg.init.warm:
-            return self.cfg.loss.setting if self.cfg else ""
+            return curve_of(self.cfg) if self.cfg else ""
         p = self.parent.cfg.optim if self.parent and self.parent.cfg else None
+        arch = "" if self.cfg.sae.label == "relu" else f"{self.cfg.sae.label}/"
         if p is None:  # a SAELens folder, or a parent cell no longer in the grid
-            return f"ft-{recipe_of(self.cfg)}-from-{'path' if self.cfg.init.from_path else 'gone'}"
-        return (f"ft-{recipe_of(self.cfg)}-lr{self.cfg.optim.lr / p.lr:.3g}-"
+            return (f"{arch}ft-{recipe_of(self.cfg)}-from-"
+                    f"{'path' if self.cfg.init.from_path else 'gone'}")
+        return (f"{arch}ft-{recipe_of(self.cfg)}-lr{self.cfg.optim.lr / p.lr:.3g}-"
                 f"{100 * self.cfg.optim.n_samples / p.n_samples:.3g}%")
 
     @property
@@ -80,7 +83,7 @@ class CellResult:
             "sparsity_coeff": c.loss.sparsity_coeff if c else "", "seed": c.seed if c else "",
             "curve": self.curve, "parent": c.init.from_cell or c.init.from_path if c else "",
             "max_nnz": c.ksvd.max_nnz if c and c.loss.setting == "ksvd" else "",
-            "k": c.sae.k if c and c.sae.activation == "topk" else "",
+            "k": c.sae.k if c and c.sae.uses_k else "",
             "n_saes": c.mfr.n_saes if c else "", "mfr_coeff": c.mfr.coeff if c else "",
             "l0": e.get("l0", ""), "alive_dict_elements": e.get("alive_dict_elements", ""),
             "ce_loss_increase": e.get("ce_loss_increase", ""),
@@ -102,6 +105,12 @@ class CellResult:
             "l0_change_2nd_half": self.change.get("l0", ""),
             "reason": self.reason,
         }
+
+
+def curve_of(cfg: CellConfig) -> str:
+    """A trained cell's curve: its setting, under its architecture unless that is ReLU."""
+    label = cfg.sae.label
+    return cfg.loss.setting if label == "relu" else f"{label}/{cfg.loss.setting}"
 
 
 def curve_order(curve: str) -> tuple[str, float]:

@@ -39,7 +39,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"local processes, {o.array_parallelism or 1} at a time (on SLURM each "
                      f"task would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
     if plan.grid.gpu_hours:
-        known = [plan.grid.gpu_hours.get((c.cfg.layer, c.cfg.loss.setting)) for c in plan.todo]
+        known = [plan.grid.cell_gpu_hours(c.cfg) for c in plan.todo]
         hours = sum(h for h in known if h is not None)
         lines.append(f"estimated {hours:,.0f} GPU-hours for the {len(plan.todo)} cells to run "
                      "(the paper's Table 6 per cell on one A100; packs share the clean pass)")

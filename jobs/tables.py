@@ -7,7 +7,7 @@ for Table 3); each pair's relative mismatch is printed and flagged above 20%.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -156,35 +156,58 @@ KSVD_NOTE = ("ksvd: a dictionary fitted to the activations by DB-KSVD; its codes
 PAPER_INTERVALS = {6: {"l0": (50.0, 300.0), "alive": (23_000.0, 35_000.0)}}
 
 
+def base_curve(curve: str, base: str = "local") -> str:
+    """The curve another is compared with: `base` of the same architecture (`local`,
+    `batchtopk/local`)."""
+    family, _, _ = curve.rpartition("/")
+    return f"{family}/{base}" if family else base
+
+
+def families(points: list[Point]) -> dict[str, list[Point]]:
+    """Points of each architecture other than ReLU (`batchtopk/e2e` ...), under their plain
+    setting names, so each can be drawn and tabled as the paper's are."""
+    out: dict[str, list[Point]] = {}
+    for p in points:
+        family, _, setting = p.setting.rpartition("/")
+        if family:
+            out.setdefault(family, []).append(replace(p, setting=setting))
+    return out
+
+
 def headline(points: list[Point], settings, intervals: dict | None = None) -> list[str]:
-    """Per layer and setting, its CE loss increase as a fraction of local's at equal L0 over
-    the shared range; with `intervals` ({layer: {"l0"|"alive": (low, high)}}) also over those
+    """Per layer and curve (the settings, and each architecture's `<arch>/<setting>` present
+    in `points`), its CE loss increase as a fraction of its local's at equal L0 over the
+    shared range; with `intervals` ({layer: {"l0"|"alive": (low, high)}}) also over those
     (the paper's), cut to where both curves have runs."""
     lines = []
     names = {"l0": "L0", "alive": "alive elements"}
+    curves = [*settings, *sorted({p.setting for p in points
+                                  if p.setting.rpartition("/")[0]
+                                  and p.setting.rpartition("/")[2] in settings})]
     for layer in sorted({p.layer for p in points}):
-        for setting in settings:
-            if setting == "local":
+        for setting in curves:
+            base = base_curve(setting)
+            if setting == base:
                 continue
-            r = ce_ratio_at_equal_l0(points, layer, setting)
+            r = ce_ratio_at_equal_l0(points, layer, setting, base=base)
             if r is None:
-                lines.append(f"layer {layer}: {setting} vs local: not comparable (needs >= 2 "
+                lines.append(f"layer {layer}: {setting} vs {base}: not comparable (needs >= 2 "
                              "finished runs of each, overlapping in L0, CE increases > 0)")
             else:
                 ratio, lo, hi = r
                 lines.append(f"layer {layer}: at equal L0 ({lo:.1f}-{hi:.1f}), {setting}'s "
-                             f"CE loss increase is {100 * ratio:.0f}% of local's")
+                             f"CE loss increase is {100 * ratio:.0f}% of {base}'s")
             for x, want in (intervals or {}).get(layer, {}).items():
-                r = ce_ratio_at_equal_l0(points, layer, setting, x=x, interval=want)
+                r = ce_ratio_at_equal_l0(points, layer, setting, x=x, interval=want, base=base)
                 where = f"the paper's interval of {names[x]} {want[0]:g}-{want[1]:g}"
                 if r is None:
-                    lines.append(f"layer {layer}: {setting} vs local over {where}: no runs "
+                    lines.append(f"layer {layer}: {setting} vs {base} over {where}: no runs "
                                  "of both cover it")
                 else:
                     ratio, lo, hi = r
                     cut = "" if (lo, hi) == want else f", covered {lo:.0f}-{hi:.0f}"
                     lines.append(f"layer {layer}: over {where}{cut}, {setting}'s CE loss "
-                                 f"increase is {100 * ratio:.0f}% of local's")
+                                 f"increase is {100 * ratio:.0f}% of {base}'s")
     return lines or ["no finished cells yet"]
 
 

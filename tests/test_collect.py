@@ -182,3 +182,33 @@ def test_ksvd_cells_are_a_fourth_curve_in_the_headline_tables_and_plots(tmp_path
     rows = {r["cell_id"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert sorted(r["max_nnz"] for r in rows.values() if r["setting"] == "ksvd") == \
         ["32", "8", "96"]
+
+
+def test_each_architecture_is_compared_with_its_own_local_and_drawn_on_its_own(tmp_path):
+    """Issue 22: BatchTopK's e2e against BatchTopK's local (not the ReLU local), at half its
+    CE increase all along; ReLU's lines as before; a Pareto plot per architecture."""
+    from e2e.config import SAEConfig
+
+    for run in RUNS:
+        _finished(tmp_path, *run)
+    for setting, scale in (("local", 1.0), ("e2e", 0.5)):
+        for k, l0 in ((8, 10), (32, 40), (64, 100)):
+            cfg = CellConfig(layer=6, sae=SAEConfig(activation="batchtopk", k=k),
+                             loss=LossConfig(setting=setting, sparsity_coeff=0.0))
+            p = cell_paths(tmp_path / "g" / cell_id(cfg))
+            p.root.mkdir(parents=True)
+            ev = {"l0": l0, "ce_loss_increase": scale * 4 / l0, "alive_dict_elements": 500,
+                  "grad_norm": 0.5}
+            write_metrics(p.metrics, config_json=cfg.to_json(), train={"step": [0.0]},
+                          eval_history={}, final_eval=ev, attrs={"train_time_s": 60.0})
+            p.config.write_text(cfg.to_json())
+            p.done.write_text("ok")
+    out = collect(tmp_path, "g")
+    headline = (out / "headline.txt").read_text()
+    assert ("layer 6: at equal L0 (10.0-100.0), batchtopk/e2e's CE loss increase is 50% of "
+            "batchtopk/local's") in headline
+    relu = ce_ratio_at_equal_l0(_points(), 6, "e2e")[0]  # ReLU's alone, unchanged
+    assert f"(12.0-90.0), e2e's CE loss increase is {100 * relu:.0f}% of local's" in headline
+    assert (out / "pareto_l0_batchtopk.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["curve"] for r in rows} >= {"batchtopk/local", "batchtopk/e2e", "local"}

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from e2e import ksvd
+from e2e.arch.batchtopk import BatchTopKSAE, MatryoshkaSAE
+from e2e.arch.jumprelu import JumpReLUSAE
 from e2e.config import CellConfig
 from e2e.sae import SAE
 from e2e.saelens import cell_meta, load_saelens, save_saelens
@@ -94,7 +96,8 @@ def test_topk_rescaled_by_decoder_norm_runs_its_own_forward(tmp_path):
     ({"reshape_activations": "hook_z"}, "reshape_activations"),
     ({"hook_head_index": 3}, "hook_head_index"),
     ({"finetuning_scaling_factor": True}, "finetuning_scaling_factor"),
-    ({"architecture": "jumprelu"}, "architecture"),
+    ({"architecture": "gated"}, "architecture"),
+    ({"architecture": "jumprelu"}, "no threshold"),  # SAELens's jumprelu needs one
     # found by a review: a head index under SAELens 6's metadata, a topk without k, a pre-6
     # top-level k (SAELens runs that as ReLU), shapes and k that do not fit
     ({"metadata": {"hook_name": "blocks.0.attn.hook_z", "hook_head_index": 3}},
@@ -126,13 +129,55 @@ def _ours(tmp_path: Path) -> list[tuple[Path, torch.nn.Module]]:
     for name, d in [("relu", SAE(8, 16)), ("topk", SAE(8, 16, k=3)),
                     ("ksvd", ksvd.KSVDDictionary(
                         torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=0),
-                        0.1 * torch.randn(8, generator=g), max_nnz=3))]:
+                        0.1 * torch.randn(8, generator=g), max_nnz=3)),
+                    ("jumprelu", JumpReLUSAE(8, 16)), ("batchtopk", BatchTopKSAE(8, 16, k=3)),
+                    ("matryoshka", MatryoshkaSAE(8, 16, k=3, widths=[4, 8]))]:
         with torch.no_grad():
             for p in d.parameters():
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
+            if name == "jumprelu":  # thresholds that gate some codes, one per element
+                d.threshold.copy_(torch.rand(16, generator=g))
+            if name in ("batchtopk", "matryoshka"):  # as after training: a learned threshold
+                d.train_forward(_x(32))
+                d.threshold.fill_(0.3)
         save_saelens(d, tmp_path / name, cell_meta(CellConfig(), 0))
         out.append((tmp_path / name, d))
     return out
+
+
+def _foreign_jumprelu(path: Path) -> dict:
+    """A SAELens 6 jumprelu SAE as Gemma Scope's are written: W_dec rows of norms 1.3-2.2, b_dec
+    subtracted from the input, per-element thresholds."""
+    t = _foreign(path, seed=4, architecture="jumprelu", apply_b_dec_to_input=True,
+                 sae_lens_version="6.54.12")
+    t["threshold"] = torch.rand(16, generator=torch.Generator().manual_seed(9))
+    save_file(t, str(path / "sae_weights.safetensors"))
+    return t
+
+
+def test_a_foreign_jumprelu_with_unnormalised_rows_runs_its_own_forward(tmp_path):
+    t = _foreign_jumprelu(tmp_path / "j")
+    sae, _ = load_saelens(tmp_path / "j")
+    x = _x()
+    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    acts = torch.relu(pre) * (pre > t["threshold"])
+    assert torch.allclose(sae(x)[0], acts @ t["W_dec"] + t["b_dec"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name,trained_as", [("jumprelu", "jumprelu"),
+                                             ("batchtopk", "batchtopk"),
+                                             ("matryoshka", "matryoshka_batchtopk")])
+def test_the_new_architectures_are_saved_as_saelens_saves_them_for_inference(tmp_path, name,
+                                                                             trained_as):
+    folder, d = next((p, d) for p, d in _ours(tmp_path) if p.name == name)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["training_architecture"] == trained_as
+    loaded, _ = load_saelens(folder)
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode(x), d.encode(x), atol=1e-6)
+        if name != "jumprelu":  # one threshold, the learned one, in every element
+            assert torch.equal(loaded.threshold, torch.full((16,), 0.3))
 
 
 def test_saelens_itself_loads_ours_and_foreign_folders_with_the_same_forward(tmp_path):
@@ -146,7 +191,9 @@ def test_saelens_itself_loads_ours_and_foreign_folders_with_the_same_forward(tmp
              activation_fn_kwargs={"k": 2})
     _foreign(tmp_path / "f_topk_rescale", architecture="topk", k=3,
              rescale_acts_by_decoder_norm=True, sae_lens_version="6.5.0")
-    folders += [tmp_path / n for n in ("f_norms_bdec", "f_pre6_topk", "f_topk_rescale")]
+    _foreign_jumprelu(tmp_path / "f_jumprelu")
+    folders += [tmp_path / n for n in ("f_norms_bdec", "f_pre6_topk", "f_topk_rescale",
+                                       "f_jumprelu")]
     x = _x(256)
     np.save(tmp_path / "x.npy", x.numpy())
     r = subprocess.run([str(SAELENS_PY), "tests/saelens_forward.py", str(tmp_path / "x.npy"),
@@ -160,6 +207,7 @@ def test_saelens_itself_loads_ours_and_foreign_folders_with_the_same_forward(tmp
         with torch.no_grad():
             recon, codes = (t.numpy() for t in ours(x))
         assert np.abs(recon - theirs[f"forward{i}"]).max() < 1e-5, folder.name
-        same_codes = folder.name in ("relu", "topk", "ksvd", "f_pre6_topk", "f_topk_rescale")
+        same_codes = folder.name in ("relu", "topk", "ksvd", "f_pre6_topk", "f_topk_rescale",
+                                     "jumprelu", "batchtopk", "matryoshka")
         if same_codes:  # a standard SAE with W_dec norms folded has codes scaled by them
             assert np.abs(codes - theirs[f"codes{i}"]).max() < 1e-5, folder.name

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -216,8 +217,35 @@ def test_cells_that_differ_in_more_than_loss_are_not_packed(smoke_cells, tmp_pat
         train_pack([a, b], [tmp_path / "a", tmp_path / "b"], progress=False)
 
 
-def test_sigkilled_pack_resumes_every_member_bit_identical(smoke_cells, tmp_path):
-    cfgs = [replace(_longer(c), optim=replace(_longer(c).optim, n_samples=400))
+# The architectures of issue 22, each with the terms its training log must show beside the
+# setting's: ReLU (the paper's), BatchTopK, Matryoshka with AuxK, JumpReLU, TopK with AuxK
+# (dead after one micro-batch of 128 tokens without firing, so AuxK acts in a short run).
+ARCHITECTURES = {
+    "relu": ({}, ()),
+    "batchtopk": ({"activation": "batchtopk", "k": 4}, ()),
+    "matryoshka": ({"activation": "matryoshka", "k": 4, "matryoshka_widths": (0.25, 0.5),
+                    "auxk_coeff": 1 / 32, "auxk_dead_tokens": 128}, ("auxk", "prefix32/")),
+    "jumprelu": ({"activation": "jumprelu"}, ()),
+    "topk_auxk": ({"activation": "topk", "k": 4, "auxk_coeff": 1 / 32,
+                   "auxk_dead_tokens": 128}, ("auxk",)),
+}
+
+
+def _with_architecture(cfg, name: str):
+    fields, _ = ARCHITECTURES[name]
+    sae = replace(cfg.sae, **fields)
+    loss = replace(cfg.loss, sparsity_coeff=0.0) if sae.uses_k else cfg.loss
+    return replace(cfg, sae=sae, loss=loss)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_sigkilled_pack_resumes_every_member_bit_identical(smoke_cells, tmp_path, arch):
+    """Every architecture in a pack of local, e2e and e2e_ds: SIGKILLed after a checkpoint,
+    resumed, each member ends bit-identical to its cell trained alone."""
+    from e2e.arch.config import SAVED_AS
+
+    cfgs = [_with_architecture(replace(_longer(c), optim=replace(_longer(c).optim,
+                                                                 n_samples=400)), arch)
             for c in _sae(smoke_cells)]
     for i, cfg in enumerate(cfgs):
         train(cfg, tmp_path / f"alone{i}", progress=False)
@@ -238,6 +266,13 @@ def test_sigkilled_pack_resumes_every_member_bit_identical(smoke_cells, tmp_path
     assert train_pack(cfgs, dirs, progress=False) == ["done"] * 3
     for i in range(len(cfgs)):
         _assert_identical(tmp_path / f"alone{i}", dirs[i])
+    for d, cfg in zip(dirs, cfgs, strict=True):
+        saved = json.loads((cell_paths(d).sae / "cfg.json").read_text())
+        assert saved["architecture"] == SAVED_AS[cfg.sae.activation]
+        logged = read_metrics(cell_paths(d).metrics)["train"]
+        for term in ARCHITECTURES[arch][1]:
+            assert any(k.startswith(term) for k in logged), (term, sorted(logged))
+        assert np.isfinite(read_metrics(cell_paths(d).metrics)["eval"]["ce_loss_increase"])
 
 
 def test_bfloat16_autocast_tracks_float32_over_a_short_run(smoke_cells, tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from e2e.arch.jumprelu import JumpReLUSAE
 from e2e.config import CellConfig
 from e2e.dictionary import Dictionary
 from e2e.io import atomic_path, atomic_write_text
@@ -18,7 +19,7 @@ from e2e.saelens.foreign import as_computed
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
-KINDS: tuple[type[Dictionary], ...] = (SAE, KSVDDictionary)
+KINDS: tuple[type[Dictionary], ...] = (SAE, JumpReLUSAE, KSVDDictionary)
 ARCHITECTURES = {name: cls for cls in KINDS for name in cls.architectures}
 
 
@@ -54,7 +55,7 @@ def save_saelens(d: Dictionary, out_dir: Path, meta: dict[str, Any]) -> None:
 
 
 def load_saelens(sae_dir: Path | str) -> tuple[Dictionary, dict[str, Any]]:
-    """The dictionary saved in `sae_dir` (ours, or any SAELens standard or topk SAE, its
+    """The dictionary saved in `sae_dir` (ours, or any SAELens standard, topk or jumprelu SAE, its
     forward-changing fields honoured or refused: `e2e.saelens.foreign`) and its cfg.json as
     written; ValueError naming what cannot be loaded."""
     cfg = json.loads((Path(sae_dir) / CFG_FILE).read_text())
@@ -64,7 +65,7 @@ def load_saelens(sae_dir: Path | str) -> tuple[Dictionary, dict[str, Any]]:
     try:
         tensors = load_file(str(Path(sae_dir) / WEIGHTS_FILE))
         run_cfg = cfg
-        if ARCHITECTURES[arch] is SAE:
+        if issubclass(ARCHITECTURES[arch], SAE):
             run_cfg, tensors = as_computed(cfg, tensors)
         d = ARCHITECTURES[run_cfg["architecture"]].from_saelens(run_cfg, tensors)
     except ValueError as e:

@@ -1,6 +1,7 @@
 """SAELens folders written by SAELens or other tools, read as they compute.
 
-SAELens's config has fields that change what a `standard` or `topk` SAE computes, and the
+SAELens's config has fields that change what a `standard`, `topk` or `jumprelu` SAE computes,
+and the
 files of other tools set them. Each is honoured exactly, by folding it into the weights, or
 refused with a message naming it; nothing is ignored (issue 20, item 3). Checked against
 SAELens's own forward to 1e-5 (tests/test_saelens.py).
@@ -45,9 +46,10 @@ def flat_fields(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def as_computed(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """cfg.json and weights of a SAELens standard or topk SAE, rewritten in the form
-    `e2e.sae.SAE` computes: codes relu / topk-then-relu of x W_enc + b_enc, reconstruction codes
-    @ W_dec (unit rows) + b_dec. ValueError naming the first field that cannot be honoured."""
+    """cfg.json and weights of a SAELens standard, topk or jumprelu SAE, rewritten in the form
+    `e2e.sae.SAE` (`e2e.arch.jumprelu.JumpReLUSAE`) computes: codes relu / topk-then-relu /
+    jumprelu of x W_enc + b_enc, reconstruction codes @ W_dec (unit rows) + b_dec. ValueError
+    naming the first field that cannot be honoured."""
     act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
     if act not in ("relu", "topk"):
         raise ValueError(f"activation_fn {act!r} is not supported (relu, or topk with "
@@ -71,13 +73,19 @@ def as_computed(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
                 f"{float(norms.max()):.3g}) in a topk SAE with rescale_acts_by_decoder_norm "
                 "false: SAELens picks the top k before the norms, this SAE after them")
         w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms[:, None]
+        if "threshold" in tensors:
+            tensors = {**tensors, "threshold": tensors["threshold"].float() * norms}
     cfg.update(apply_b_dec_to_input=False, rescale_acts_by_decoder_norm=False)
-    return cfg, {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+    out = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+    if cfg["architecture"] == "jumprelu":
+        out["threshold"] = tensors["threshold"].float()
+    return cfg, out
 
 
 def _check_shapes(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
+            **({"threshold": (d_sae,)} if cfg["architecture"] == "jumprelu" else {})}
     for name, shape in want.items():
         if name not in tensors:
             raise ValueError(f"the weights have no {name}")

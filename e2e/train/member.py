@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 
+from e2e.arch.auxk import DeadTracker, auxk_loss
+from e2e.arch.build import auxk_k, build_sae
 from e2e.config import SIMILARITIES, CellConfig, ConfigError, OptimConfig, n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths
-from e2e.losses import loss_coeffs, setting_loss
+from e2e.losses import loss_coeffs, reconstruction_loss, setting_loss
 from e2e.metrics import AliveTracker, l0
 from e2e.model import CleanPass, patched_pass
 from e2e.optim import make_adam, warmup_cosine
@@ -56,14 +58,13 @@ class Member:
         self.kl_scale: float | None = None  # loss.balance_kl: MSE/KL at step 0
         self.parent_sha256 = ""
         n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
-        k = cfg.sae.k if cfg.sae.activation == "topk" else None
         self.saes = []
         for i in range(cfg.mfr.n_saes):
             # The init depends on the seed alone, not on what ran before in the process (model
             # loading, other members), so a packed cell starts exactly as it would alone.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + SEED_STRIDE * i)
-                self.saes.append(SAE(d_in, n_dict, k).to(device))
+                self.saes.append(build_sae(cfg.sae, d_in, n_dict).to(device))
         data = None
         if cfg.init.warm:
             states, self.parent_sha256, data = parent_states(cfg, self.paths.root.parent, d_in,
@@ -77,6 +78,10 @@ class Member:
                                                        lambda s: lr_factor(s, cfg.optim))
         self.alives = [AliveTracker(n_dict, cfg.eval.alive_window_tokens, device)
                        for _ in self.saes]
+        # AuxK's dead latents, per SAE (only with sae.auxk_coeff > 0)
+        self.deads = [DeadTracker(n_dict, cfg.sae.auxk_dead_tokens, device)
+                      for _ in self.saes] if cfg.sae.auxk_coeff else []
+        self.k_aux = auxk_k(cfg.sae, d_in)
         self.step = self.samples_seen = 0
         self.train_time_s = 0.0
         self.tokens = dict.fromkeys(PARTS, 0)  # through each part of the model (`cost`)
@@ -107,7 +112,6 @@ class Member:
                    autocast) -> None:
         """Forward (under `autocast`), loss and backward of one micro-batch; gradients
         accumulate in the SAE."""
-        cfg = self.cfg
         n = len(self.saes)
         n_tok = clean.resid.shape[:-1].numel()
         self.tokens["prefix"] += n_tok
@@ -115,22 +119,47 @@ class Member:
         if self.needs_suffix:
             self.tokens["suffix_clean"] += n_tok
             self.tokens["suffix_patched"] += n_tok * n
-        for sae, alive in zip(self.saes, self.alives, strict=True):
+        for i, (sae, alive) in enumerate(zip(self.saes, self.alives, strict=True)):
             with autocast:
-                x_hat, c = sae(clean.resid)
-                logits_sae, later_sae = (patched_pass(model, x_hat, cfg.layer)
-                                         if self.needs_suffix else (None, None))
-                loss, terms = setting_loss(self.coeffs, p=cfg.loss.sparsity_p, x=clean.resid,
-                                           x_hat=x_hat, c=c, logits_orig=clean.target,
-                                           logits_sae=logits_sae,
-                                           resids_orig=clean.later_resids, resids_sae=later_sae)
+                loss, terms, c = self._loss(model, clean, sae, i)
             bad = ~torch.isfinite(loss.detach())
             self.bad_step = torch.where(bad & (self.bad_step < 0), step, self.bad_step)
             (loss / accum).backward()
             alive.update(c)
+            if self.deads:
+                self.deads[i].update(c)
             if log:  # logged values are means over the SAEs
                 for k, v in {"loss": loss, **terms, "l0": l0(c)}.items():
                     self._terms[k] = self._terms.get(k, 0.0) + v.detach().float() / (accum * n)
+
+    def _loss(self, model, clean: CleanPass, sae: SAE, i: int):
+        """(loss, unweighted terms, codes) of SAE `i` on one micro-batch: the setting's loss
+        with the architecture's sparsity term, plus each nested reconstruction's terms
+        (Matryoshka's prefixes, under `prefix<m>/`) and AuxK's (`auxk`)."""
+        cfg = self.cfg
+        coded = sae.train_forward(clean.resid)
+        logits_sae, later_sae = (patched_pass(model, coded.x_hat, cfg.layer)
+                                 if self.needs_suffix else (None, None))
+        loss, terms = setting_loss(self.coeffs, p=cfg.loss.sparsity_p, x=clean.resid,
+                                   x_hat=coded.x_hat, c=coded.c, logits_orig=clean.target,
+                                   logits_sae=logits_sae, resids_orig=clean.later_resids,
+                                   resids_sae=later_sae,
+                                   sparsity=sae.sparsity_loss(coded, cfg.loss.sparsity_p))
+        for name, inner in sae.nested_reconstructions(coded).items():
+            logits_in, later_in = (patched_pass(model, inner, cfg.layer)
+                                   if self.needs_suffix else (None, None))
+            if self.needs_suffix:  # one more patched pass of the suffix (`cost`)
+                self.tokens["suffix_patched"] += inner.shape[:-1].numel()
+            loss, terms = reconstruction_loss(
+                self.coeffs, loss, terms, x=clean.resid, x_hat=inner,
+                logits_orig=clean.target, logits_sae=logits_in,
+                resids_orig=clean.later_resids, resids_sae=later_in,
+                prefix=f"{name}/")
+        if self.deads:
+            terms["auxk"] = auxk_loss(clean.resid, coded.x_hat, coded.pre, self.deads[i].dead,
+                                      sae.dict_elements, self.k_aux)
+            loss = loss + cfg.sae.auxk_coeff * terms["auxk"]
+        return loss, terms, coded.c
 
     def mfr_step(self, log: bool) -> None:
         """Adds the gradient of coeff * w(t) * mean over pairs of (1 - similarity)."""
@@ -231,6 +260,7 @@ class Member:
             "train_log": self.train_log, "eval_log": self.eval_log,
             "tokens": self.tokens, "kl_scale": self.kl_scale,
             "parent_sha256": self.parent_sha256,
+            **({"dead": [d.state_dict() for d in self.deads]} if self.deads else {}),
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -240,6 +270,8 @@ class Member:
         self.sched.load_state_dict(s["sched"])
         for alive, state in zip(self.alives, s["alive"], strict=True):
             alive.load_state_dict(state)
+        for dead, state in zip(self.deads, s.get("dead", []), strict=True):
+            dead.load_state_dict(state)
         self.data_state = s["data"]
         self.step, self.samples_seen = s["step"], s["samples_seen"]
         self.train_time_s = s["train_time_s"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from e2e.arch.config import SAVED_AS
 from e2e.config import CellConfig, ConfigError, n_dict_for
 from e2e.io import cell_paths
 from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens
@@ -65,8 +66,10 @@ def parent_mismatch(cfg: CellConfig, parent: Path, d_in: int | None = None) -> s
         meta: dict[str, Any] = flat_fields(json.loads((parent / CFG_FILE).read_text()))
     except json.JSONDecodeError as e:
         return f"{what}: {CFG_FILE} is not JSON ({e})"
-    want = {"hook_name": cfg.hook_name,
-            "architecture": "topk" if cfg.sae.activation == "topk" else "standard",
+    if SAVED_AS[cfg.sae.activation] == "jumprelu" != cfg.sae.activation:
+        return (f"{what}: a saved sae.activation={cfg.sae.activation} is a JumpReLU SAE (its "
+                "batch top-k state is not saved); start it from a cell (init.from_cell)")
+    want = {"hook_name": cfg.hook_name, "architecture": SAVED_AS[cfg.sae.activation],
             "k": cfg.sae.k if cfg.sae.activation == "topk" else None}
     if d_in is not None:
         want.update(d_in=d_in, d_sae=n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio))
