@@ -258,14 +258,15 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
         tokens = evs.next_batch(n_rows)
         with torch.no_grad():
             codes = sae.encode(resid_pre(model, tokens, cfg.layer)).reshape(-1, sae.n_dict)
-        results = _clusters(x, codes[:, x.alive_index], tokens.reshape(-1).tolist(), opts, h5)
+        flat = tokens.reshape(-1).tolist()
+        results = _clusters(x, codes[:, x.alive_index], flat, opts, h5)
         scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]
         results.sort(key=lambda r: -r[0])
         clusters[x.point.cell_id] = [
             {"cluster": r[1], "members": x.alive_index[r[7]].tolist(), "score": r[0],
              "mixture": r[4]["mixture"], "separability": r[4]["separability"],
              "projection": r[4]["projection"], "positions": r[8], "ctx": tokens.shape[1],
-             "tokens": tokens.reshape(-1).tolist()} for r in results[:opts.top]]
+             "tokens": flat} for r in results[:opts.top]]
         for score, cl, size, n, ind, toks, mean_cos, _, _ in results[:opts.top]:
             common = [t for t, _ in Counter(toks).most_common(5)]
             words = ", ".join(repr(model.tokenizer.decode([t])) for t in common)
@@ -287,9 +288,8 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
 
 def _clusters(x: Saved, codes: torch.Tensor, flat_tokens: list[int], opts: Options,
               h5: dict) -> list[tuple]:
-    """(score, cluster, elements, points, indices, tokens, mean cos, element indices among
-    the alive ones, flat token positions of the points) of each cluster of x's alive
-    directions with >= 2 elements and >= 20 firing tokens, in label order."""
+    """(score, cluster, elements, points, indices, tokens, mean cos, alive-element indices,
+    points' flat token positions) of each cluster (>= 2 elements, >= 20 tokens), by label."""
     from e2e.analysis import multidim
 
     if opts.clustering == "graph":

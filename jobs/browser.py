@@ -118,8 +118,10 @@ def _build(grid_dir: Path, tmp: Path, cells: list, full_ids: set[str], clusters:
                               dataclasses.asdict(c.cfg.data)], sort_keys=True)
             groups.setdefault(key, []).append(c)
     rows, n_pages = [], 0
+    models: dict[str, tuple] = {}  # name -> (model, vocab strings): loaded once per model
     for g, members in enumerate(groups.values()):
-        dicts = _group(writer, grid_dir, f"g{g}", members, full_ids, clusters, s, device)
+        dicts = _group(writer, grid_dir, f"g{g}", members, full_ids, clusters, s, device,
+                       models)
         rows += [_row(d, f"g{g}") for d in dicts]
         n_pages += sum(len(d.pages) for d in dicts)
     writer.put("index", "index", {"grid": grid_dir.name, "cells": rows,
@@ -129,21 +131,25 @@ def _build(grid_dir: Path, tmp: Path, cells: list, full_ids: set[str], clusters:
 
 
 def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
-           clusters: dict, s: Settings, device: str) -> list[_Dict]:
-    """One (model, layer, data): the model's pass, then every dictionary there."""
+           clusters: dict, s: Settings, device: str, models: dict) -> list[_Dict]:
+    """One (model, layer, data): the model's pass, then every dictionary there; `models`
+    caches each model and its decoded vocabulary across groups."""
     from e2e.data.tokens import eval_stream
     from e2e.model import load_model, resid_pre
     from e2e.saelens import load_saelens
 
     cfg = min(members, key=lambda c: c.cfg.seed).cfg
-    model = load_model(cfg.model, device)
+    if cfg.model.name_or_path not in models:
+        model = load_model(cfg.model, device)
+        models[cfg.model.name_or_path] = (
+            model, [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)])
+    model, vocab = models[cfg.model.name_or_path]
     tok = model.tokenizer
     ctx = cfg.data.context_length
     tokens = eval_stream(cfg.data, tok, cfg.seed).next_batch(max(1, s.tokens // ctx))
     with torch.no_grad():
         acts = torch.cat([resid_pre(model, tokens[i:i + 8].to(device), cfg.layer).float()
                           for i in range(0, len(tokens), 8)])
-    vocab = [tok.decode([i]) for i in range(model.cfg.d_vocab)]
     writer.put(f"vocab-{gid}", f"vocab/{gid}", vocab)
     writer.put(f"tokens-{gid}", f"tokens/{gid}", {"ctx": ctx, "ids": tokens.flatten().tolist()})
     dicts = []
@@ -175,8 +181,7 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     st, n = d.stats, d.sae.n_dict
     page_of = np.full(n, -1)
     page_of[d.pages] = np.arange(len(d.pages)) // SHARD
-    top_tok = np.where(st.top_pos[:, 0] >= 0, st.top_pos[:, 0], -1) if st.top_pos.size \
-        else np.full(n, -1)
+    top_tok = st.top_pos[:, 0] if st.top_pos.size else np.full(n, -1)  # -1: never fired
     writer.put(f"cell-{d.cell.id}", f"cell/{d.cell.id}", {
         **_row(d, gid), "n_tokens": st.n_tokens, "intervals": s.intervals,
         "density": _round(st.density),
