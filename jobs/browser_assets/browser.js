@@ -43,10 +43,9 @@ const link = (page, args) => "index.html#" + [["page", page], ...Object.entries(
 const featureLink = (cell, f) => link("feature", { cell, f });
 const main = () => document.getElementById("main");
 
-// A bar chart of `counts` over [lo, hi] (or of labels), as inline SVG.
-function bars(counts, lo, hi, label, logy = false) {
-  const W = 520, H = 140, P = 30, n = counts.length;
-  const v = counts.map(c => logy ? Math.log10(1 + c) : c), top = Math.max(1e-9, ...v);
+// A bar chart of `counts`, equal bins over [lo, hi], as inline SVG.
+function bars(counts, lo, hi, label) {
+  const W = 520, H = 140, P = 30, n = counts.length, v = counts, top = Math.max(1e-9, ...v);
   const g = svg("svg", { width: W, height: H + 20, class: "chart", role: "img" });
   v.forEach((c, i) => {
     const h = (H - 10) * c / top;
@@ -61,7 +60,7 @@ function bars(counts, lo, hi, label, logy = false) {
     t.textContent = s; g.append(t);
   }
   const t = svg("text", { x: (P + W) / 2, y: H + 14, "text-anchor": "middle", class: "axis" });
-  t.textContent = label + (logy ? " (log count)" : ""); g.append(t);
+  t.textContent = label; g.append(t);
   return g;
 }
 
