@@ -21,9 +21,12 @@ Costs measured on this machine (2 CPU cores, 2 threads, float32; `benchmarks/ben
   windows); a DB-KSVD dictionary's encoding is matching pursuit, up to 4 · max_nnz steps of
   the same product. On the job's GPU when the grid's cells have one (`GPU_FLOPS`, not
   measured here), else on its CPUs; and the nearest directions of every page among every
-  dictionary of its layer. Its size: `BROWSER_PAGE_BYTES` per feature page and
-  `BROWSER_ROW_BYTES` per dictionary element (the demo grid, 2026-11-30: 11.9 MB for 5,071
-  pages, 288 KB for 11,264 table rows).
+  dictionary of its layer. Its size: `BROWSER_PAGE_BYTES` per feature page, plus
+  `BROWSER_NEAR_BYTES` for each of its 3 nearest directions in every other dictionary of its
+  layer, and `BROWSER_ROW_BYTES` per dictionary element (measured: the demo grid, 11
+  dictionaries, 2026-11-30: 11.9 MB for 5,071 pages, 288 KB for 11,264 table rows; the
+  architectures grid, 50 dictionaries, 2026-12-01: 7,420 bytes per page, 6,322 of them the
+  147 nearest directions).
 Threads speed it up as √(threads / 2) (1 thread: 1.42× slower on the mixture fit). The limit is
 twice the model plus 10 minutes (loading, the collector run inside it), capped at a day.
 """
@@ -39,7 +42,8 @@ MIXTURE_STEPS = 500  # gradient-ascent steps of the mixture index (authors: 10,0
 BROWSER_TOKENS = 32_768  # eval tokens the feature browser scans per (model, layer, data)
 BROWSER_FULL_MAX = 4_096  # dictionaries up to this size: a page for every firing feature
 BROWSER_SAMPLE = 1_024  # larger dictionaries outside the Table 2 trio: pages for a sample
-BROWSER_PAGE_BYTES = 2_350
+BROWSER_PAGE_BYTES = 1_100  # a page without its nearest directions
+BROWSER_NEAR_BYTES = 43  # one nearest direction: (cell id, element, cosine, page flag)
 BROWSER_ROW_BYTES = 26
 GPU_FLOPS = 20e12  # fp32/TF32 matmuls on one A100-class GPU, a conservative guess
 MIXTURE_S = 98e-9 * 4 * MIXTURE_STEPS  # seconds per point (4 PC pairs)
@@ -88,7 +92,7 @@ def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,
     (layer, n_dict, ksvd max_nnz or 0): every element of a dictionary up to BROWSER_FULL_MAX
     and of the 4 largest per layer (the Table 2 trio and ksvd), BROWSER_SAMPLE of each other
     one; each page's nearest directions among every dictionary of its layer."""
-    pages, flops = 0, 0.0
+    pages, flops, size = 0, 0.0, 0.0
     for layer in {x[0] for x in dicts}:
         sizes = sorted(((n, nnz) for lay, n, nnz in dicts if lay == layer), reverse=True)
         p = sum(n if n <= BROWSER_FULL_MAX or i < 4 else min(n, BROWSER_SAMPLE)
@@ -97,5 +101,6 @@ def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,
         flops += sum(3 * BROWSER_TOKENS * d_in * n * 2 * max(1, 4 * nnz) for n, nnz in sizes)
         flops += p * sum(n for n, _ in sizes) * d_in * 2  # nearest directions
         pages += p
-    size = pages * BROWSER_PAGE_BYTES + sum(x[1] for x in dicts) * BROWSER_ROW_BYTES
+        size += p * (BROWSER_PAGE_BYTES + 3 * (len(sizes) - 1) * BROWSER_NEAR_BYTES)
+    size += sum(x[1] for x in dicts) * BROWSER_ROW_BYTES
     return pages, size, flops / (GPU_FLOPS if gpu else 1 / CODES_S_PER_FLOP)

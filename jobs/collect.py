@@ -75,7 +75,10 @@ def collect(root: Path | str, grid: str) -> Path:
     points = [to_point(c) for c in done if c.cfg.mfr.n_saes == 1]
     mfr_rows = mfr_report.rows(done)
     intervals = tables.PAPER_INTERVALS if grid.startswith("paper") else None
-    headline = tables.headline(points, SETTINGS, intervals) if points or not mfr_rows else []
+    # the settings this grid trains (a grid of local and e2e gets no "e2e_ds: not comparable")
+    trained = [s for s in SETTINGS if any(c.cfg is not None and c.cfg.loss.setting == s
+                                          for c in cells)]
+    headline = tables.headline(points, trained, intervals) if points or not mfr_rows else []
     if points:
         note = GRIDS[grid].headline_note if grid in GRIDS else ""
         headline += [tables.PAPER_HEADLINE] + ([note] if note else [])

@@ -102,7 +102,11 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
                                                       browser_s)
     # the feature browser: each layer's 4 largest dictionaries in full, 1,024 pages of the rest
     assert pages == 4 * len(layers) * 46_080 + (len(sizes) - 4 * len(layers)) * 1_024
-    assert size == pages * 2_350 + len(sizes) * 46_080 * 26 and plan.analysis_gpus == 1
+    # each page lists its 3 nearest directions in every other dictionary of its layer
+    n = {layer: sum(c.cfg.layer == layer for c in plan.cells) for layer in layers}
+    assert size == (sum((4 * 46_080 + (n[i] - 4) * 1_024) * (1_100 + 3 * (n[i] - 1) * 43)
+                        for i in layers) + len(sizes) * 46_080 * 26)
+    assert plan.analysis_gpus == 1
     assert plan.analysis_time_min > 30 + 2 * len(plan.cells)  # the flat allowance fell short
     assert 40 * 60 < cluster_seconds(46_080) < 60 * 60  # the measured power law, extrapolated
     # the model, by hand, for one tiny dictionary on 2 threads

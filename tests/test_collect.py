@@ -212,3 +212,17 @@ def test_each_architecture_is_compared_with_its_own_local_and_drawn_on_its_own(t
     assert (out / "pareto_l0_batchtopk.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["curve"] for r in rows} >= {"batchtopk/local", "batchtopk/e2e", "local"}
+
+
+def test_the_headline_compares_only_the_settings_the_grid_trained(tmp_path):
+    """grid=architectures trains local and e2e: its headline has no "e2e_ds vs local: not
+    comparable" or ksvd line; a setting with cells that did not finish still gets its line."""
+    for run in RUNS:
+        if run[0] != "e2e_ds":
+            _finished(tmp_path, *run)
+    headline = (collect(tmp_path, "g") / "headline.txt").read_text()
+    assert "e2e's CE loss increase is" in headline
+    assert "e2e_ds" not in headline and "ksvd" not in headline
+    _cell(tmp_path, "e2e_ds", 3.0)  # pending
+    headline = (collect(tmp_path, "g") / "headline.txt").read_text()
+    assert "layer 6: e2e_ds vs local: not comparable" in headline

@@ -71,7 +71,7 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
     # and the feature browser on a GPU (its matching pursuit at 46,080 atoms)
     assert ("analysis job (after the collector; 1 GPU, 4 CPUs, --time=1240: geometry, "
             "downstream reconstruction, multi-dimensional features, and the feature browser: "
-            "at most 625,664 feature pages, about 1,570 MB, 36 min)") in out
+            "at most 625,664 feature pages, about 2,941 MB, 36 min)") in out
     for layer in (2, 6, 10):
         for nnz in (16, 32, 64, 128, 256):
             assert f"L{layer}-ksvd-nnz{nnz}-" in out
