@@ -141,6 +141,19 @@ def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str, n: int =
     return float(np.exp(np.mean(np.log(other / local)))), float(lo), float(hi)
 
 
+def not_comparable(points: list[Point], layer: int, setting: str, base: str) -> str:
+    """Why `ce_ratio_at_equal_l0` gave no ratio, in words: too few runs, L0 ranges that do not
+    meet (each curve's range), or a CE loss increase that is not positive."""
+    xl, _ = curve(points, layer, base)
+    xs, _ = curve(points, layer, setting)
+    if len(xl) < 2 or len(xs) < 2:
+        return f"needs >= 2 finished runs of each ({base} {len(xl)}, {setting} {len(xs)})"
+    if not max(xl[0], xs[0]) < min(xl[-1], xs[-1]):
+        return (f"their L0 ranges do not overlap ({base} {xl[0]:.1f}-{xl[-1]:.1f}, "
+                f"{setting} {xs[0]:.1f}-{xs[-1]:.1f})")
+    return "a CE loss increase is not positive over their shared L0 range"
+
+
 # The paper's number, printed beside ours on every grid of ReLU SAEs.
 PAPER_HEADLINE = ("paper (GPT-2 small, layer 6, L0 300 -> 50): e2e's CE loss increase is < 45% "
                   "of local's at equal L0 (Braun et al. 2024, Fig. 1)")
@@ -191,8 +204,8 @@ def headline(points: list[Point], settings, intervals: dict | None = None) -> li
                 continue
             r = ce_ratio_at_equal_l0(points, layer, setting, base=base)
             if r is None:
-                lines.append(f"layer {layer}: {setting} vs {base}: not comparable (needs >= 2 "
-                             "finished runs of each, overlapping in L0, CE increases > 0)")
+                lines.append(f"layer {layer}: {setting} vs {base}: not comparable: "
+                             + not_comparable(points, layer, setting, base))
             else:
                 ratio, lo, hi = r
                 lines.append(f"layer {layer}: at equal L0 ({lo:.1f}-{hi:.1f}), {setting}'s "

@@ -9,6 +9,7 @@ from e2e.io import cell_paths
 from e2e.store import write_metrics
 from jobs.collect import collect
 from jobs.grid import cell_id
+from jobs import tables
 from jobs.tables import Point, ce_ratio_at_equal_l0, paired, reference
 
 # (setting, λ, L0, CE increase): local's curve lies at twice e2e's CE increase.
@@ -225,4 +226,17 @@ def test_the_headline_compares_only_the_settings_the_grid_trained(tmp_path):
     assert "e2e_ds" not in headline and "ksvd" not in headline
     _cell(tmp_path, "e2e_ds", 3.0)  # pending
     headline = (collect(tmp_path, "g") / "headline.txt").read_text()
-    assert "layer 6: e2e_ds vs local: not comparable" in headline
+    assert ("layer 6: e2e_ds vs local: not comparable: needs >= 2 finished runs of each "
+            "(local 3, e2e_ds 0)") in headline
+
+
+def test_a_comparison_that_cannot_be_made_says_why():
+    points = _points()
+    shifted = [replace(p, l0=p.l0 + 200) for p in points if p.setting == "e2e"]
+    others = [p for p in points if p.setting != "e2e"]
+    assert tables.not_comparable(others + shifted, 6, "e2e", "local") == (
+        "their L0 ranges do not overlap (local 10.0-100.0, e2e 212.0-290.0)")
+    negative = [replace(p, ce_loss_increase=-0.01) for p in points if p.setting == "e2e"]
+    assert tables.ce_ratio_at_equal_l0(others + negative, 6, "e2e") is None
+    assert tables.not_comparable(others + negative, 6, "e2e", "local") == (
+        "a CE loss increase is not positive over their shared L0 range")
