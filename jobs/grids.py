@@ -270,14 +270,9 @@ ARCHITECTURES = replace(
                    "and the layer (docs/study-tiny.md), and the learning rate here is the one "
                    "tuned for ReLU"),
     # 50 cells in 21 tasks: ReLU and JumpReLU pack 4 cells, each k of the TopK family 2
-    # (local and e2e). "sae" is the mean per task, estimated (not yet measured on a run) from
-    # each pack's step time on a random LM of tiny's shape here (2026-11-30: ReLU 4 local /
-    # 4 e2e 75 / 351 ms, TopK local+e2e 147, with AuxK 174, BatchTopK 156, Matryoshka 293,
-    # JumpReLU 4 local / 4 e2e 93 / 329) x 1,200 steps, plus tiny's ~2.5 min of evaluation
-    # per task: ~127 min of SAE tasks; two real packs ran faster than that estimate (a
-    # Matryoshka k 16 local + e2e pack 5.9 min, estimated 8.2; six JumpReLU cells 7.6, est.
-    # 8.8), so ~5 min per task
-    local_minutes={"pretrain": 10.6, "sae": 5.0, "collect": 0.2, "analyze": 6.0},
+    # (local and e2e). Measured here (2026-12-01, docs/architectures.md): 3.3-5 min per task,
+    # ~4.1 on average; the collector and the analysis step 4 min.
+    local_minutes={"pretrain": 10.6, "sae": 4.1, "collect": 0.2, "analyze": 4.0},
 )
 
 # GPT-2 small, layer 6: the paper's SAE (λ around Tables 1-3) against the other architectures
