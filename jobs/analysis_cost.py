@@ -21,8 +21,10 @@ Costs measured on this machine (2 CPU cores, 2 threads, float32; `benchmarks/ben
   windows); a DB-KSVD dictionary's encoding is matching pursuit, up to 4 · max_nnz steps of
   the same product. On the job's GPU when the grid's cells have one (`GPU_FLOPS`, not
   measured here), else on its CPUs; and the nearest directions of every page among every
-  dictionary of its layer. Its size: `BROWSER_PAGE_BYTES` per feature page, plus
-  `BROWSER_NEAR_BYTES` for each of its 3 nearest directions in every other dictionary of its
+  dictionary of its layer; plus `BROWSER_PAGE_S` of Python per page (building and writing
+  it: 4.1 ms per page on the architectures grid here beyond the products, 2026-12-01, where
+  the products alone gave 67 s for a measured 172 s). Its size: `BROWSER_PAGE_BYTES` per feature page, plus
+  `BROWSER_NEAR_BYTES` for each of its `BROWSER_NEAREST` nearest directions in every other dictionary of its
   layer, and `BROWSER_ROW_BYTES` per dictionary element (measured: the demo grid, 11
   dictionaries, 2026-11-30: 11.9 MB for 5,071 pages, 288 KB for 11,264 table rows; the
   architectures grid, 50 dictionaries, 2026-12-01: 7,420 bytes per page, 6,322 of them the
@@ -42,6 +44,8 @@ MIXTURE_STEPS = 500  # gradient-ascent steps of the mixture index (authors: 10,0
 BROWSER_TOKENS = 32_768  # eval tokens the feature browser scans per (model, layer, data)
 BROWSER_FULL_MAX = 4_096  # dictionaries up to this size: a page for every firing feature
 BROWSER_SAMPLE = 1_024  # larger dictionaries outside the Table 2 trio: pages for a sample
+BROWSER_NEAREST = 3  # nearest directions a page lists per other dictionary of its layer
+BROWSER_PAGE_S = 4e-3  # Python per page, on this machine's CPU
 BROWSER_PAGE_BYTES = 1_100  # a page without its nearest directions
 BROWSER_NEAR_BYTES = 43  # one nearest direction: (cell id, element, cosine, page flag)
 BROWSER_ROW_BYTES = 26
@@ -91,7 +95,8 @@ def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,
     """(feature pages at most, bytes, seconds) of the feature browser for dictionaries
     (layer, n_dict, ksvd max_nnz or 0): every element of a dictionary up to BROWSER_FULL_MAX
     and of the 4 largest per layer (the Table 2 trio and ksvd), BROWSER_SAMPLE of each other
-    one; each page's nearest directions among every dictionary of its layer."""
+    one; each page's nearest directions among every dictionary of its layer (the browser
+    looks only among those of the page's seed: an upper bound)."""
     pages, flops, size = 0, 0.0, 0.0
     for layer in {x[0] for x in dicts}:
         sizes = sorted(((n, nnz) for lay, n, nnz in dicts if lay == layer), reverse=True)
@@ -101,6 +106,8 @@ def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,
         flops += sum(3 * BROWSER_TOKENS * d_in * n * 2 * max(1, 4 * nnz) for n, nnz in sizes)
         flops += p * sum(n for n, _ in sizes) * d_in * 2  # nearest directions
         pages += p
-        size += p * (BROWSER_PAGE_BYTES + 3 * (len(sizes) - 1) * BROWSER_NEAR_BYTES)
+        near = BROWSER_NEAREST * (len(sizes) - 1)  # each page's nearest directions
+        size += p * (BROWSER_PAGE_BYTES + near * BROWSER_NEAR_BYTES)
     size += sum(x[1] for x in dicts) * BROWSER_ROW_BYTES
-    return pages, size, flops / (GPU_FLOPS if gpu else 1 / CODES_S_PER_FLOP)
+    seconds = flops / (GPU_FLOPS if gpu else 1 / CODES_S_PER_FLOP) + pages * BROWSER_PAGE_S
+    return pages, size, seconds

@@ -33,7 +33,7 @@ from e2e.analysis import features
 from e2e.analysis.cosine import top_cosines
 from e2e.io import atomic_write_text, cell_paths
 from e2e.store import read_metrics
-from jobs.analysis_cost import BROWSER_FULL_MAX, BROWSER_SAMPLE, BROWSER_TOKENS
+from jobs.analysis_cost import BROWSER_FULL_MAX, BROWSER_NEAREST, BROWSER_SAMPLE, BROWSER_TOKENS
 
 ASSETS = Path(__file__).resolve().parent / "browser_assets"
 LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # a token's shade: its code / the feature's max
@@ -51,7 +51,7 @@ class Settings:
     intervals: int = 5  # equal slices of (0, max], SAEDashboard's "quantile" groups
     per_interval: int = 3  # random contexts per slice
     logits: int = 10  # promoted and suppressed tokens
-    nearest: int = 3  # nearest directions per other dictionary
+    nearest: int = BROWSER_NEAREST  # nearest directions per other dictionary
 
 
 @dataclass

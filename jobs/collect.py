@@ -57,6 +57,20 @@ def _write_h5(path: Path, cells: list[CellResult]) -> None:
                     g.create_dataset(k, data=v)
 
 
+def trained_curves(cells: list[CellResult]) -> dict[int, list[str]]:
+    """layer -> the curves of single SAEs trained from scratch there, finished or not (the
+    settings in SETTINGS order, then each architecture's): what the headline compares, so a
+    grid of local and e2e gets no e2e_ds line and a failed architecture still gets its line.
+    Fine-tunes and MFR packs have their own headlines."""
+    out: dict[int, set[str]] = {}
+    for c in cells:
+        if c.cfg is not None and c.cfg.mfr.n_saes == 1 and not c.cfg.init.warm:
+            out.setdefault(c.cfg.layer, set()).add(c.curve)
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    return {layer: sorted(curves, key=lambda s: (order.get(s, len(order)), s))
+            for layer, curves in out.items()}
+
+
 def collect(root: Path | str, grid: str) -> Path:
     """Builds everything under `<root>/<grid>/results/` and returns that folder."""
     grid_dir = existing_grid_dir(root, grid)
@@ -75,9 +89,7 @@ def collect(root: Path | str, grid: str) -> Path:
     points = [to_point(c) for c in done if c.cfg.mfr.n_saes == 1]
     mfr_rows = mfr_report.rows(done)
     intervals = tables.PAPER_INTERVALS if grid.startswith("paper") else None
-    # the settings this grid trains (a grid of local and e2e gets no "e2e_ds: not comparable")
-    trained = [s for s in SETTINGS if any(c.cfg is not None and c.cfg.loss.setting == s
-                                          for c in cells)]
+    trained = trained_curves(cells)
     headline = tables.headline(points, trained, intervals) if points or not mfr_rows else []
     if points:
         note = GRIDS[grid].headline_note if grid in GRIDS else ""

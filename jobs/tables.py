@@ -142,14 +142,15 @@ def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str, n: int =
 
 
 def not_comparable(points: list[Point], layer: int, setting: str, base: str) -> str:
-    """Why `ce_ratio_at_equal_l0` gave no ratio, in words: too few runs, L0 ranges that do not
-    meet (each curve's range), or a CE loss increase that is not positive."""
-    xl, _ = curve(points, layer, base)
-    xs, _ = curve(points, layer, setting)
+    """Why `ce_ratio_at_equal_l0` (over L0, no interval) gave no ratio, in words: too few runs,
+    L0 ranges that share no stretch of positive width (each curve's range), or a CE loss
+    increase that is not positive. Runs whose L0 is not a number are not counted."""
+    xl, _ = curve([p for p in points if p.l0 == p.l0], layer, base)
+    xs, _ = curve([p for p in points if p.l0 == p.l0], layer, setting)
     if len(xl) < 2 or len(xs) < 2:
         return f"needs >= 2 finished runs of each ({base} {len(xl)}, {setting} {len(xs)})"
     if not max(xl[0], xs[0]) < min(xl[-1], xs[-1]):
-        return (f"their L0 ranges do not overlap ({base} {xl[0]:.1f}-{xl[-1]:.1f}, "
+        return (f"their L0 ranges share no interval ({base} {xl[0]:.1f}-{xl[-1]:.1f}, "
                 f"{setting} {xs[0]:.1f}-{xs[-1]:.1f})")
     return "a CE loss increase is not positive over their shared L0 range"
 
@@ -187,18 +188,19 @@ def families(points: list[Point]) -> dict[str, list[Point]]:
     return out
 
 
-def headline(points: list[Point], settings, intervals: dict | None = None) -> list[str]:
-    """Per layer and curve (the settings, and each architecture's `<arch>/<setting>` present
-    in `points`), its CE loss increase as a fraction of its local's at equal L0 over the
-    shared range; with `intervals` ({layer: {"l0"|"alive": (low, high)}}) also over those
-    (the paper's), cut to where both curves have runs."""
+def headline(points: list[Point], curves: dict[int, list[str]], intervals: dict | None = None
+             ) -> list[str]:
+    """Per layer and each of its `curves` (the settings and `<arch>/<setting>` curves the grid
+    trained there, finished or not), its CE loss increase as a fraction of its own local's at
+    equal L0 over the shared range, or why there is none; with `intervals` ({layer:
+    {"l0"|"alive": (low, high)}}) also over those (the paper's), cut to where both curves have
+    runs."""
+    if not points:
+        return ["no finished cells yet"]
     lines = []
     names = {"l0": "L0", "alive": "alive elements"}
-    curves = [*settings, *sorted({p.setting for p in points
-                                  if p.setting.rpartition("/")[0]
-                                  and p.setting.rpartition("/")[2] in settings})]
-    for layer in sorted({p.layer for p in points}):
-        for setting in curves:
+    for layer in sorted(curves):
+        for setting in curves[layer]:
             base = base_curve(setting)
             if setting == base:
                 continue
@@ -221,7 +223,7 @@ def headline(points: list[Point], settings, intervals: dict | None = None) -> li
                     cut = "" if (lo, hi) == want else f", covered {lo:.0f}-{hi:.0f}"
                     lines.append(f"layer {layer}: over {where}{cut}, {setting}'s CE loss "
                                  f"increase is {100 * ratio:.0f}% of {base}'s")
-    return lines or ["no finished cells yet"]
+    return lines
 
 
 def _row(p: Point) -> tuple:

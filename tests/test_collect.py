@@ -215,9 +215,12 @@ def test_each_architecture_is_compared_with_its_own_local_and_drawn_on_its_own(t
     assert {r["curve"] for r in rows} >= {"batchtopk/local", "batchtopk/e2e", "local"}
 
 
-def test_the_headline_compares_only_the_settings_the_grid_trained(tmp_path):
+def test_the_headline_compares_only_the_curves_the_grid_trained_at_each_layer(tmp_path):
     """grid=architectures trains local and e2e: its headline has no "e2e_ds vs local: not
-    comparable" or ksvd line; a setting with cells that did not finish still gets its line."""
+    comparable" or ksvd line; a setting or architecture with cells that did not finish gets
+    its line saying why; an architecture trained only at another layer gets none here."""
+    from e2e.config import SAEConfig
+
     for run in RUNS:
         if run[0] != "e2e_ds":
             _finished(tmp_path, *run)
@@ -225,9 +228,19 @@ def test_the_headline_compares_only_the_settings_the_grid_trained(tmp_path):
     assert "e2e's CE loss increase is" in headline
     assert "e2e_ds" not in headline and "ksvd" not in headline
     _cell(tmp_path, "e2e_ds", 3.0)  # pending
-    headline = (collect(tmp_path, "g") / "headline.txt").read_text()
-    assert ("layer 6: e2e_ds vs local: not comparable: needs >= 2 finished runs of each "
-            "(local 3, e2e_ds 0)") in headline
+    for layer, setting in ((6, "e2e"), (9, "local")):  # pending, an architecture
+        cfg = CellConfig(layer=layer, sae=SAEConfig(activation="batchtopk", k=8),
+                         loss=LossConfig(setting=setting, sparsity_coeff=0.0))
+        (tmp_path / "g" / cell_id(cfg)).mkdir()
+        (tmp_path / "g" / cell_id(cfg) / "config.json").write_text(cfg.to_json())
+    lines = (collect(tmp_path, "g") / "headline.txt").read_text().splitlines()
+    assert lines[:3] == [
+        lines[0],  # e2e vs local, as before
+        "layer 6: e2e_ds vs local: not comparable: needs >= 2 finished runs of each "
+        "(local 3, e2e_ds 0)",
+        "layer 6: batchtopk/e2e vs batchtopk/local: not comparable: needs >= 2 finished runs "
+        "of each (batchtopk/local 0, batchtopk/e2e 0)"]
+    assert lines[0].startswith("layer 6: at equal L0") and "layer 9" not in "\n".join(lines)
 
 
 def test_a_comparison_that_cannot_be_made_says_why():
@@ -235,7 +248,7 @@ def test_a_comparison_that_cannot_be_made_says_why():
     shifted = [replace(p, l0=p.l0 + 200) for p in points if p.setting == "e2e"]
     others = [p for p in points if p.setting != "e2e"]
     assert tables.not_comparable(others + shifted, 6, "e2e", "local") == (
-        "their L0 ranges do not overlap (local 10.0-100.0, e2e 212.0-290.0)")
+        "their L0 ranges share no interval (local 10.0-100.0, e2e 212.0-290.0)")
     negative = [replace(p, ce_loss_increase=-0.01) for p in points if p.setting == "e2e"]
     assert tables.ce_ratio_at_equal_l0(others + negative, 6, "e2e") is None
     assert tables.not_comparable(others + negative, 6, "e2e", "local") == (
