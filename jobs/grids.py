@@ -270,7 +270,7 @@ ARCHITECTURES = replace(
                    "and the layer (docs/study-tiny.md), and the learning rate here is the one "
                    "tuned for ReLU"),
     # 50 cells in 21 tasks: ReLU and JumpReLU pack 4 cells, each k of the TopK family 2
-    # (local and e2e). Measured here (2026-12-01, docs/architectures.md): 3.3-5 min per task,
+    # (local and e2e). Measured here (2026-12-01, docs/architectures.md): 2.0-7.5 min per task,
     # ~4.1 on average; the collector and the analysis step 4 min.
     local_minutes={"pretrain": 10.6, "sae": 4.1, "collect": 0.2, "analyze": 4.0},
 )

@@ -25,6 +25,15 @@ def _pyplot():
     return plt
 
 
+def _style(curve: str) -> str:
+    """A curve's marker and line: the settings' `o-`; an architecture's shares its hue pair
+    (tab20's dark and light) between settings, so its settings differ in shape too (`^--`
+    e2e, `s:` local, `D-.` e2e_ds); fine-tunes `s--`."""
+    if curve in SETTING_COLORS:
+        return "o-"
+    return {"e2e": "^--", "local": "s:", "e2e_ds": "D-."}.get(curve.rpartition("/")[2], "s--")
+
+
 def pareto(points: list[Point], out_dir: Path, suffix: str = "") -> list[Path]:
     """CE loss increase against L0 and against alive elements; a panel per layer; files
     `pareto_l0<suffix>.png`, `pareto_alive<suffix>.png`."""
@@ -48,7 +57,7 @@ def pareto(points: list[Point], out_dir: Path, suffix: str = "") -> list[Path]:
                 if ps:
                     ax.plot([getattr(p, x_name) for p in ps],
                             [p.ce_loss_increase for p in ps],
-                            "o-" if s in SETTING_COLORS else "s--", color=color, label=s)
+                            _style(s), color=color, label=s)
             ax.set_title(f"layer {layer}")
             ax.set_xlabel("L0" if x_name == "l0" else "alive dictionary elements")
             ax.set_ylabel("CE loss increase")
