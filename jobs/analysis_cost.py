@@ -23,12 +23,12 @@ Costs measured on this machine (2 CPU cores, 2 threads, float32; `benchmarks/ben
   measured here), else on its CPUs; and the nearest directions of every page among every
   dictionary of its layer; plus `BROWSER_PAGE_S` of Python per page (building and writing
   it: 4.1 ms per page on the architectures grid here beyond the products, 2026-12-01, where
-  the products alone gave 67 s for a measured 172 s). Its size: `BROWSER_PAGE_BYTES` per feature page, plus
-  `BROWSER_NEAR_BYTES` for each of its `BROWSER_NEAREST` nearest directions in every other dictionary of its
-  layer, and `BROWSER_ROW_BYTES` per dictionary element (measured: the demo grid, 11
-  dictionaries, 2026-11-30: 11.9 MB for 5,071 pages, 288 KB for 11,264 table rows; the
-  architectures grid, 50 dictionaries, 2026-12-01: 7,420 bytes per page, 6,322 of them the
-  147 nearest directions).
+  the products alone gave 67 s for a measured 172 s). Its size: `BROWSER_PAGE_BYTES` per
+  feature page, plus `BROWSER_NEAR_BYTES` for each of its `BROWSER_NEAREST` nearest
+  directions in every other dictionary of its layer, and `BROWSER_ROW_BYTES` per dictionary
+  element (measured: the demo grid, 11 dictionaries, 2026-11-30: 11.9 MB for 5,071 pages,
+  288 KB for 11,264 table rows; the architectures grid, 50 dictionaries, 2026-12-01: 7,420
+  bytes per page, 6,322 of them the 147 nearest directions).
 Threads speed it up as √(threads / 2) (1 thread: 1.42× slower on the mixture fit). The limit is
 twice the model plus 10 minutes (loading, the collector run inside it), capped at a day.
 """

@@ -7,9 +7,9 @@ import pytest
 from e2e.config import CellConfig, LossConfig
 from e2e.io import cell_paths
 from e2e.store import write_metrics
+from jobs import tables
 from jobs.collect import collect
 from jobs.grid import cell_id
-from jobs import tables
 from jobs.tables import Point, ce_ratio_at_equal_l0, paired, reference
 
 # (setting, λ, L0, CE increase): local's curve lies at twice e2e's CE increase.
