@@ -5,8 +5,9 @@ Each value is converted to its declared type by `e2e.typed.from_text` (not by fi
 turn `1e6` into a float and `1,2` into a tuple); an unknown key fails with the list of valid
 ones, and `run` turns a `ConfigError` into one line on stderr and exit status 1. `submit.py`
 and `stage.py` take run options, grid axes (`layers`, `settings`, `sparsity_coeffs` for every
-setting, `lambdas.<setting>` for one, `sweep.<field>`) and any CellConfig field by dotted name
-(`optim.lr=1e-3`); the other entry points take the fields of their own options dataclass.
+setting, `lambdas.<setting>` for one, `sweep.<field>`, `variants` of a grid that has them) and
+any CellConfig field by dotted name (`optim.lr=1e-3`); the other entry points take the fields
+of their own options dataclass.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Axes:
     # dotted config field -> values (`sweep.seed=[0,1,2]`), crossed with every cell.
     sweep: dict[str, tuple] | None = None
     seeds: tuple[int, ...] | None = None  # `seeds=[0,1]`: sweep.seed
+    # `variants=[batchtopk,jumprelu]`: only these parts of a grid with variants
+    # (grid=architectures: its architectures)
+    variants: tuple[str, ...] | None = None
     # `finetune.settings=[e2e,e2e_mse] finetune.fractions=[0.1]`: the fine-tune stage
     # (`jobs.finetune`); None without `finetune.settings`.
     finetune: Finetune | None = None
@@ -73,6 +77,7 @@ class Axes:
 RUN_TYPES = typing.get_type_hints(RunOptions)
 AXIS_TYPES = {"layers": tuple[int, ...], "settings": tuple[str, ...],
               "sparsity_coeffs": tuple[float, ...], "seeds": tuple[int, ...],
+              "variants": tuple[str, ...],
               **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS},
               **{f"finetune.{k}": t for k, t in typing.get_type_hints(Finetune).items()}}
 

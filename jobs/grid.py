@@ -119,9 +119,11 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
            settings: tuple[str, ...] | None = None,
            sparsity_coeffs: tuple[float, ...] | None = None,
            lambdas: dict[str, tuple[float, ...]] | None = None,
-           sweep: dict[str, tuple] | None = None) -> list[CellConfig]:
+           sweep: dict[str, tuple] | None = None,
+           variants: tuple[str, ...] | None = None) -> list[CellConfig]:
     """All cells of the grid, with axis overrides (layers, settings, one λ list for all,
-    λ lists per setting, further config-field axes merged over the grid's)."""
+    λ lists per setting, further config-field axes merged over the grid's, the variants to
+    keep); ConfigError for a variant the grid does not have."""
     base = grid.base
     if grid.pretrain is not None:
         lm = grid_pretrain_dir(root, grid)
@@ -130,7 +132,10 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
     axes = {**grid.sweep, **(sweep or {})}
     parts = [(base, grid.lambdas_for)] if not grid.variants else [
         (with_overrides(base, v.fields), lambda _, s, v=v: v.lambdas.get(s, ()))
-        for v in grid.variants]
+        for v in _chosen(grid, variants)]
+    if variants is not None and not grid.variants:
+        raise ConfigError(f"variants= is given but grid={grid.name} has none (grids with "
+                          "variants: architectures, architectures-gpt2)")
     cells = []
     for part_base, lambdas_for in parts:
         for layer in layers or grid.layers:
@@ -147,6 +152,16 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
         if layer in (layers or grid.layers) and setting in (settings or grid.settings):
             cells.append(with_overrides(_cell(base, layer, setting, lam), fields))
     return cells
+
+
+def _chosen(grid: Grid, names: tuple[str, ...] | None) -> tuple[Variant, ...]:
+    """The grid's variants named in `names` (all of them for None), in the grid's order."""
+    there = [v.name for v in grid.variants]
+    for name in names or ():
+        if name not in there:
+            raise ConfigError(f"variants={name!r} is invalid: grid={grid.name}'s variants are "
+                              f"{there}")
+    return tuple(v for v in grid.variants if names is None or v.name in names)
 
 
 def _cell(base: CellConfig, layer: int, setting: str, lam: float) -> CellConfig:

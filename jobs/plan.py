@@ -346,4 +346,4 @@ def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
                           f"settings this run trains ({', '.join(settings)})")
     sweep = {**(axes.sweep or {}), **({"seed": axes.seeds} if axes.seeds else {})}
     return expand(grid, root, axes.layers, axes.settings, axes.sparsity_coeffs, axes.lambdas,
-                  sweep)
+                  sweep, axes.variants)

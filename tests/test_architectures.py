@@ -270,6 +270,23 @@ def test_the_architectures_grid_crosses_each_architecture_with_local_and_e2e(tmp
     assert ARCHITECTURES_GPT2.cell_gpu_hours(mat) == pytest.approx(11.33 * 2.2)
 
 
+def test_variants_picks_parts_of_the_grid_and_refuses_names_it_does_not_have(tmp_path):
+    """`variants=[batchtopk] optim.lr=0.003` is how docs/architectures.md's lr probe reruns
+    BatchTopK's 8 cells; an unknown name, or variants on a grid without them, is one line."""
+    from jobs.plan import make_plan
+
+    plan = make_plan(["grid=architectures", "variants=[batchtopk,topk+auxk]", "optim.lr=0.003",
+                      "dry_run=true", f"root={tmp_path}"])
+    assert {(c.cfg.sae.label, c.cfg.optim.lr) for c in plan.cells} == {
+        ("batchtopk", 0.003), ("topk+auxk", 0.003)}
+    assert len(plan.cells) == 16
+    with pytest.raises(ConfigError, match=r"variants='relux' is invalid: grid=architectures's "
+                                          r"variants are \['relu', 'topk'"):
+        make_plan(["grid=architectures", "variants=[relux]", f"root={tmp_path}"])
+    with pytest.raises(ConfigError, match="variants= is given but grid=tiny has none"):
+        make_plan(["grid=tiny", "variants=[relu]", f"root={tmp_path}"])
+
+
 def test_a_fractional_lambda_for_the_topk_family_is_refused_in_one_line(tmp_path):
     from jobs.grid import expand
     from jobs.grids import ARCHITECTURES
