@@ -199,8 +199,8 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     win = features.window_codes(d.sae.encode, acts, elem[ok], pos[ok], s.half_window)
     levels = np.full(pos.shape, "", dtype=object)
     levels[ok] = _levels(win, st.max[elem[ok]])
-    dirs = d.sae.dict_elements.detach().float()
-    up, up_v, down, down_v = features.logit_effects(dirs[:, d.pages], w_u, s.logits)
+    dirs = d.sae.dict_elements.detach().float()[:, d.pages]  # the pages' directions
+    up, up_v, down, down_v = features.logit_effects(dirs, w_u, s.logits)
     near = []
     for o in dicts:
         if o is d or o.cell.cfg.seed != d.cell.cfg.seed:
@@ -208,8 +208,7 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
         live = np.flatnonzero(o.live)
         if not len(live):
             continue
-        v, i = top_cosines(dirs[:, d.pages], o.sae.dict_elements.detach().float()[:, live],
-                           s.nearest)
+        v, i = top_cosines(dirs, o.sae.dict_elements.detach().float()[:, live], s.nearest)
         i = live[i.cpu().numpy()]
         near.append((o.cell.id, v.cpu().numpy(), i, np.isin(i, o.pages)))
     k = top.shape[1]

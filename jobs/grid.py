@@ -130,12 +130,10 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
         base = replace(base, model=ModelConfig(str(lm / "model")),
                        data=replace(base.data, dataset=str(lm / "data")))
     axes = {**grid.sweep, **(sweep or {})}
+    chosen = _chosen(grid, variants)
     parts = [(base, grid.lambdas_for)] if not grid.variants else [
         (with_overrides(base, v.fields), lambda _, s, v=v: v.lambdas.get(s, ()))
-        for v in _chosen(grid, variants)]
-    if variants is not None and not grid.variants:
-        raise ConfigError(f"variants= is given but grid={grid.name} has none (grids with "
-                          "variants: architectures, architectures-gpt2)")
+        for v in chosen]
     cells = []
     for part_base, lambdas_for in parts:
         for layer in layers or grid.layers:
@@ -155,7 +153,11 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
 
 
 def _chosen(grid: Grid, names: tuple[str, ...] | None) -> tuple[Variant, ...]:
-    """The grid's variants named in `names` (all of them for None), in the grid's order."""
+    """The grid's variants named in `names` (all of them for None), in the grid's order;
+    ConfigError for a name it lacks, or for names on a grid without variants."""
+    if names is not None and not grid.variants:
+        raise ConfigError(f"variants= is given but grid={grid.name} has none (grids with "
+                          "variants: architectures, architectures-gpt2)")
     there = [v.name for v in grid.variants]
     for name in names or ():
         if name not in there:
