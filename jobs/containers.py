@@ -36,16 +36,39 @@ def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
                  f"--bind /run/munge --pwd /app {shlex.quote(image)} python")
         return f"bash -c 'trap \"\" USR2; exec {inner} \"$@\"' --"
     if container == "podman":
-        # podman's container is not a child of the SLURM step, so `podman run` proxies USR2.
-        # GPUs go in through NVIDIA's CDI spec, where the node has one (checked on the node).
         envs = " ".join(f'--env "{e}"' for e in PASS_ENV)
-        run = (f"podman run --rm -i --network host --ipc host $gpu -v {root}:{root} "
-               f"-v /etc/slurm:/etc/slurm:ro -v /run/munge:/run/munge {envs} "
+        run = (f"podman run --rm -i --name $name --network host --ipc host $gpu "
+               f"-v {root}:{root} -v /etc/slurm:/etc/slurm:ro -v /run/munge:/run/munge {envs} "
                f"-w /app {shlex.quote(image)} python")
+        # GPUs go in through NVIDIA's CDI spec, where the node has one (checked on the node).
         cdi = ("gpu=; for f in /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml; do "
                "[ -e $f ] && gpu=\"--device nvidia.com/gpu=all\"; done; " if gpus else "gpu=; ")
-        return f"bash -c '{cdi}exec {run} \"$@\"' --"
+        return f"bash -c '{cdi}{_podman_supervisor(run)}' --"
     raise ValueError(f"unknown container runtime {container!r}")
+
+
+def _podman_supervisor(run: str) -> str:
+    """The shell around `podman run` (`run`, which names its container $name): the container is
+    not in the step's process tree (conmon is a daemon), so SLURM reaches it only through this.
+
+    - TERM: `podman run` forwards signals by spawning `runc kill`, and SLURM signals the step's
+      whole tree with CONT then TERM, so TERM can kill the `runc kill` that forwards CONT; the
+      TERM is then never forwarded (podman 4.3, local cluster, 2 loaded cores: lost in 3 of 10
+      preemptions, exactly the 3 whose CONT forward was killed; CI failed on it). The shell
+      forwards TERM itself once SLURM's sweep is over (10 of 10, 3 with the CONT forward
+      killed); a second TERM changes nothing in the cell (jobs/cell.py).
+    - USR2: `podman run` forwards it (one signal, no race); the shell only survives it.
+    - SIGKILL (a GraceTime or KillWait that runs out, `scancel --signal=KILL`): kills the
+      shell and `podman run` but not the container, which would train on, outside SLURM, and
+      hold the cell's lock against its requeued job. A watchdog outside the tree (setsid,
+      reparented to init) removes the container once the shell is gone.
+    """
+    return ("name=e2e-${SLURM_JOB_ID:-0}-$$; "
+            "trap \"podman kill --signal TERM $name >/dev/null 2>&1\" TERM; trap : USR2; "
+            "( setsid bash -c \"while kill -0 $$ 2>/dev/null; do sleep 2; done; "
+            "podman rm -f -t 0 $name\" </dev/null >/dev/null 2>&1 & ); "
+            f"{run} \"$@\" & p=$!; "
+            "while :; do wait $p; rc=$?; kill -0 $p 2>/dev/null || break; done; exit $rc")
 
 
 @dataclass(frozen=True)

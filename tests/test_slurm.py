@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2e.io import cell_paths
+from e2e.io import cell_lock, cell_paths
 from e2e.store import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,6 +177,33 @@ def test_a_cell_preempted_by_a_higher_tier_partition_with_sigterm_resumes_identi
     _interrupted_cell_ends_identical(tmp_path, preempt, n_samples=24_000)
     errs = [f.read_text() for f in (tmp_path / "preempted" / "smoke" / "_submitit").rglob("*.err")]
     assert any("interrupted by SIGTERM" in e for e in errs), errs
+
+
+def test_a_cell_killed_with_sigkill_leaves_no_container_training_on(tmp_path):
+    """SIGKILL (a GraceTime that runs out, `scancel --signal=KILL`) reaches the step's processes
+    only, never podman's container (conmon is a daemon): the supervisor's watchdog
+    (jobs/containers.py) removes it, so the cell's lock is free for its rerun at once."""
+    r = _submit(tmp_path, "settings=[e2e]", "optim.n_samples=24000",
+                "eval.checkpoint_every_steps=1000", wait=False)
+    ids = _job_ids(r.stdout)
+    job = ids["array"]
+    (cell,) = (tmp_path / "smoke").glob("L*")
+    _wait_for(lambda: (cell / "train.log").exists(), 300, "the cell to start")
+    time.sleep(4)  # into the training loop
+
+    def containers() -> list[str]:
+        return subprocess.run(["podman", "ps", "--filter", f"name=e2e-{job}-", "--format",
+                               "{{.Names}}"], capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert containers(), "the cell's container is not running under its job's name"
+    # to the step: KILL to the job kills srun, and SLURM then ends the step with CONT and TERM
+    subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], check=True)
+    _wait_for(lambda: not containers(), 30, "the killed job's container to be removed")
+    assert not cell_paths(cell).done.exists()  # killed mid-training, not finished
+    with cell_lock(cell):  # CellBusyError if anything still trains it
+        pass
+    subprocess.run(["scancel", *ids.values()], check=True)  # the collector of a killed grid
 
 
 def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:
