@@ -55,20 +55,25 @@ def _podman_supervisor(run: str) -> str:
       whole tree with CONT then TERM, so TERM can kill the `runc kill` that forwards CONT; the
       TERM is then never forwarded (podman 4.3, local cluster, 2 loaded cores: lost in 3 of 10
       preemptions, exactly the 3 whose CONT forward was killed; CI failed on it). The shell
-      forwards TERM itself once SLURM's sweep is over (10 of 10, 3 with the CONT forward
-      killed); a second TERM changes nothing in the cell (jobs/cell.py).
-    - USR2: `podman run` forwards it (one signal, no race); the shell only survives it.
+      forwards TERM itself with a `podman kill` that the sweep, listed before, does not reach
+      (10 of 10, 3 with the CONT forward killed); a second TERM changes nothing in the cell
+      (jobs/cell.py).
+    - USR2 and the other signals a job may get: `podman run` forwards them (one signal, no
+      race); the shell only survives them. A `wait` cut short by a trap is waited again, so
+      the cell's own exit status (3: requeue me, slurm/array.sbatch) is what the step ends with,
+      even when the container exits while the trap runs.
     - SIGKILL (a GraceTime or KillWait that runs out, `scancel --signal=KILL`): kills the
       shell and `podman run` but not the container, which would train on, outside SLURM, and
       hold the cell's lock against its requeued job. A watchdog outside the tree (setsid,
-      reparented to init) removes the container once the shell is gone.
+      reparented to init) notices within 2 s that the shell is gone and removes the container.
     """
     return ("name=e2e-${SLURM_JOB_ID:-0}-$$; "
-            "trap \"podman kill --signal TERM $name >/dev/null 2>&1\" TERM; trap : USR2; "
+            "trap \"sig=1; podman kill --signal TERM $name >/dev/null 2>&1\" TERM; "
+            "trap sig=1 USR2 USR1 INT HUP QUIT; "
             "( setsid bash -c \"while kill -0 $$ 2>/dev/null; do sleep 2; done; "
             "podman rm -f -t 0 $name\" </dev/null >/dev/null 2>&1 & ); "
             f"{run} \"$@\" & p=$!; "
-            "while :; do wait $p; rc=$?; kill -0 $p 2>/dev/null || break; done; exit $rc")
+            "while :; do sig=; wait $p; rc=$?; [ -n \"$sig\" ] || break; done; exit $rc")
 
 
 @dataclass(frozen=True)

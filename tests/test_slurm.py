@@ -196,14 +196,19 @@ def test_a_cell_killed_with_sigkill_leaves_no_container_training_on(tmp_path):
                                "{{.Names}}"], capture_output=True, text=True,
                               check=True).stdout.split()
 
-    assert containers(), "the cell's container is not running under its job's name"
-    # to the step: KILL to the job kills srun, and SLURM then ends the step with CONT and TERM
-    subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], check=True)
-    _wait_for(lambda: not containers(), 30, "the killed job's container to be removed")
-    assert not cell_paths(cell).done.exists()  # killed mid-training, not finished
-    with cell_lock(cell):  # CellBusyError if anything still trains it
-        pass
-    subprocess.run(["scancel", *ids.values()], check=True)  # the collector of a killed grid
+    try:
+        assert containers(), "the cell's container is not running under its job's name"
+        # the collector and analysis of a grid killed on purpose: gone before they can start
+        subprocess.run(["scancel", *(v for k, v in ids.items() if k != "array")], check=True)
+        # to the step: KILL to the job kills srun, and SLURM ends the step with CONT and TERM
+        subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], check=True)
+        _wait_for(lambda: not containers(), 30, "the killed job's container to be removed")
+        assert not cell_paths(cell).done.exists()  # killed mid-training, not finished
+        with cell_lock(cell):  # CellBusyError if anything still trains it
+            pass
+    finally:  # nothing left training on the cores the next tests time
+        subprocess.run(["scancel", *ids.values()])
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *containers()], capture_output=True)
 
 
 def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:
