@@ -7,6 +7,7 @@ preemption (`scontrol requeue`, run by submitit inside the container) reaches th
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -22,9 +23,26 @@ PASS_ENV = ("SLURM_*", "SUBMITIT_*", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE",
             "HF_DATASETS_OFFLINE", "HF_HOME", "WANDB_MODE", "WANDB_API_KEY")
 
 
+# What a path may hold: it travels unquoted through SLURM's command lines (the printed
+# `--wrap` steps, manifest.txt's space-separated cell folders, this wrapper's single quotes).
+_PATH_CHARS = r"\w./@%+=:,~-"
+
+
+def check_path(name: str, value: str) -> None:
+    """ConfigError naming the characters of `value` (the option `name`) outside _PATH_CHARS."""
+    bad = "".join(sorted(set(re.sub(f"[{_PATH_CHARS}]", "", value))))
+    if bad:
+        raise ConfigError(f"{name}={value} is invalid: {bad!r} cannot pass through the jobs' "
+                          "command lines; use letters, digits and . _ - / @ % + = : , ~")
+
+
 def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
+    """ConfigError for a container without an image, or a root or image outside _PATH_CHARS."""
     if container != "none" and not image:
         raise ConfigError(f"container={container} needs image=<path or name>")
+    check_path("root", str(root))
+    if container != "none":
+        check_path("image", image)
     root = shlex.quote(str(root))
     if container == "none":
         return shlex.quote(sys.executable)

@@ -50,6 +50,14 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
         assert r.returncode != 0 and msg in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, no traceback
     assert list(tmp_path.iterdir()) == []
+    for args, msg in ((["grid=smoke", f"root={tmp_path}/a b"], "' ' cannot pass through"),
+                      (["grid=smoke", f"root={tmp_path}/a'b$"], "\"$'\" cannot pass through"),
+                      (["grid=smoke", f"root={tmp_path}", "container=podman", "image=my img"],
+                       "image=my img is invalid: ' '")):
+        r = _submit(*args)
+        assert r.returncode != 0 and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
     a_file = tmp_path / "f"
     a_file.write_text("")
     for root in (a_file, a_file / "below"):
