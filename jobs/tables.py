@@ -145,8 +145,9 @@ def not_comparable(points: list[Point], layer: int, setting: str, base: str) -> 
     """Why `ce_ratio_at_equal_l0` (over L0, no interval) gave no ratio, in words: too few runs,
     L0 ranges that share no stretch of positive width (each curve's range), or a CE loss
     increase that is not positive. Runs whose L0 is not a number are not counted."""
-    xl, _ = curve([p for p in points if p.l0 == p.l0], layer, base)
-    xs, _ = curve([p for p in points if p.l0 == p.l0], layer, setting)
+    numbered = [p for p in points if p.l0 == p.l0]
+    xl, _ = curve(numbered, layer, base)
+    xs, _ = curve(numbered, layer, setting)
     if len(xl) < 2 or len(xs) < 2:
         return f"needs >= 2 finished runs of each ({base} {len(xl)}, {setting} {len(xs)})"
     if not max(xl[0], xs[0]) < min(xl[-1], xs[-1]):
