@@ -7,7 +7,6 @@ preemption (`scontrol requeue`, run by submitit inside the container) reaches th
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -23,27 +22,25 @@ PASS_ENV = ("SLURM_*", "SUBMITIT_*", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE",
             "HF_DATASETS_OFFLINE", "HF_HOME", "WANDB_MODE", "WANDB_API_KEY")
 
 
-# What a path may hold: it travels unquoted through SLURM's command lines (the printed
-# `--wrap` steps, manifest.txt's space-separated cell folders, this wrapper's single quotes).
-_PATH_CHARS = r"\w./@%+=:,~-"
-
-
 def check_path(name: str, value: str) -> None:
-    """ConfigError naming the characters of `value` (the option `name`) outside _PATH_CHARS."""
-    bad = "".join(sorted(set(re.sub(f"[{_PATH_CHARS}]", "", value))))
+    """ConfigError naming the characters of `value` (the option `name`) that `shlex.quote`
+    would quote: the path travels unquoted through SLURM's command lines (the printed `--wrap`
+    steps, manifest.txt's space-separated cell folders) and inside this module's single-quoted
+    `bash -c`, where a quoted path would end the quotes."""
+    bad = "".join(sorted({c for c in value if shlex.quote(c) != c}))
     if bad:
         raise ConfigError(f"{name}={value} is invalid: {bad!r} cannot pass through the jobs' "
-                          "command lines; use letters, digits and . _ - / @ % + = : , ~")
+                          "command lines; use ASCII letters, digits and _ @ % + = : , . / -")
 
 
 def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
-    """ConfigError for a container without an image, or a root or image outside _PATH_CHARS."""
+    """ConfigError for a container without an image, or a root or image `check_path` refuses
+    (so neither needs quoting below)."""
     if container != "none" and not image:
         raise ConfigError(f"container={container} needs image=<path or name>")
     check_path("root", str(root))
     if container != "none":
         check_path("image", image)
-    root = shlex.quote(str(root))
     if container == "none":
         return shlex.quote(sys.executable)
     if container == "apptainer":
@@ -51,13 +48,13 @@ def python_command(container: str, image: str, root: Path, gpus: bool) -> str:
         # from SLURM, and installs its own handler over the inherited "ignore".
         nv = " --nv" if gpus else ""
         inner = (f"apptainer exec{nv} --bind {root} --bind /etc/slurm "
-                 f"--bind /run/munge --pwd /app {shlex.quote(image)} python")
+                 f"--bind /run/munge --pwd /app {image} python")
         return f"bash -c 'trap \"\" USR2; exec {inner} \"$@\"' --"
     if container == "podman":
         envs = " ".join(f'--env "{e}"' for e in PASS_ENV)
         run = (f"podman run --rm -i --name $name --network host --ipc host $gpu "
                f"-v {root}:{root} -v /etc/slurm:/etc/slurm:ro -v /run/munge:/run/munge {envs} "
-               f"-w /app {shlex.quote(image)} python")
+               f"-w /app {image} python")
         # GPUs go in through NVIDIA's CDI spec, where the node has one (checked on the node).
         cdi = ("gpu=; for f in /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml; do "
                "[ -e $f ] && gpu=\"--device nvidia.com/gpu=all\"; done; " if gpus else "gpu=; ")

@@ -52,6 +52,7 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
     for args, msg in ((["grid=smoke", f"root={tmp_path}/a b"], "' ' cannot pass through"),
                       (["grid=smoke", f"root={tmp_path}/a'b$"], "\"$'\" cannot pass through"),
+                      (["grid=smoke", f"root={tmp_path}/~a"], "'~' cannot pass through"),
                       (["grid=smoke", f"root={tmp_path}", "container=podman", "image=my img"],
                        "image=my img is invalid: ' '")):
         r = _submit(*args)
