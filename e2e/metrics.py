@@ -146,7 +146,7 @@ def evaluate_synthetic(saes: list[SAE], batches: list[torch.Tensor]) -> list[dic
 def _batch_metrics(model, sae: SAE, layer: int, tokens: torch.Tensor, clean
                    ) -> dict[str, torch.Tensor]:
     x_hat, c = sae(clean.resid)
-    logits_sae, later_sae = patched_pass(model, x_hat, layer)
+    logits_sae, later_sae = patched_pass(model, clean, x_hat)
     m = {
         "ce_loss_orig": ce_loss(clean.logits, tokens),
         "ce_loss_sae": ce_loss(logits_sae, tokens),

@@ -9,11 +9,13 @@ from e2e.config import CellConfig, ConfigError
 
 
 def check_sources(cfg: CellConfig) -> None:
-    """Raises ConfigError naming the model or dataset that cannot be loaded from here.
+    """Raises ConfigError naming the model or dataset that cannot be loaded from here, or a
+    model whose architecture's split forward is not verified.
 
     With HF_HUB_OFFLINE=1 a hub name must be in the local HF cache; otherwise the hub is asked.
     """
     from e2e.data.tokens import DataUnavailableError, check_dataset
+    from e2e.model import check_architecture
 
     name = cfg.model.name_or_path
     if Path(name).exists():
@@ -23,32 +25,44 @@ def check_sources(cfg: CellConfig) -> None:
         from transformers import AutoConfig
 
         try:
-            AutoConfig.from_pretrained(name)
+            hf_cfg = AutoConfig.from_pretrained(name)
         except Exception as e:  # OSError, connection and hub errors alike
             offline = " with HF_HUB_OFFLINE=1 (not in the HF cache?)" if os.environ.get(
                 "HF_HUB_OFFLINE") == "1" else ""
             raise ConfigError(f"model {name!r} cannot be loaded{offline}: {e}") from None
+        check_architecture(hf_cfg.architectures, name)
     try:
         check_dataset(cfg.data)
     except DataUnavailableError as e:
         raise ConfigError(str(e)) from None
 
 
-def model_shape(name_or_path: str) -> tuple[int, int, int | None] | None:
-    """(blocks, residual width, positions) of a local model folder or a hub model in the HF
-    cache; None if they cannot be known from here without downloading."""
+def model_config(name_or_path: str) -> dict | None:
+    """The HF config of a local model folder or a hub model in the HF cache, as a dict; None
+    if it cannot be known from here without downloading."""
     import json
 
     cfg_file = Path(name_or_path) / "config.json"
     if cfg_file.exists():
-        d = json.loads(cfg_file.read_text())
-    else:
-        from transformers import AutoConfig
+        return json.loads(cfg_file.read_text())
+    from transformers import AutoConfig
 
-        try:
-            d = AutoConfig.from_pretrained(name_or_path, local_files_only=True).to_dict()
-        except Exception:  # not cached: the shape is checked when the cell starts
-            return None
+    try:
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True).to_dict()
+    except Exception:  # not cached: the shape is checked when the cell starts
+        return None
+
+
+def model_shape(name_or_path: str) -> tuple[int, int, int | None] | None:
+    """(blocks, residual width, positions) of a local model folder or a hub model in the HF
+    cache; None if they cannot be known from here without downloading. ConfigError for an
+    architecture whose split forward is not verified (`e2e.model.VERIFIED_ARCHITECTURES`)."""
+    from e2e.model import check_architecture
+
+    d = model_config(name_or_path)
+    if d is None:
+        return None
+    check_architecture(d.get("architectures"), name_or_path)
     depth = next((d[k] for k in ("n_layer", "num_hidden_layers", "n_layers")
                   if isinstance(d.get(k), int)), None)
     width = next((d[k] for k in ("n_embd", "hidden_size", "d_model")

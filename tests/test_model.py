@@ -11,7 +11,9 @@ def test_blockwise_suffix_equals_full_forward(smoke_model):
         for layer in range(smoke_model.cfg.n_layers):
             resid = resid_pre(smoke_model, tokens, layer)
             assert torch.equal(resid, cache[f"blocks.{layer}.hook_resid_pre"])
-            suffix, later = run_from(smoke_model, resid, layer, keep_resids=True)
+            clean = clean_pass(smoke_model, tokens, layer, full=True)
+            assert torch.equal(clean.resid, resid)
+            suffix, later = run_from(smoke_model, resid, clean)
             assert torch.allclose(suffix, logits, atol=1e-5)
             for k, r in enumerate(later):
                 assert torch.equal(r, cache[f"blocks.{layer + 1 + k}.hook_resid_pre"])
@@ -36,7 +38,7 @@ def test_prefix_runs_once_and_grads_reach_only_the_sae(smoke_model):
         clean = clean_pass(smoke_model, tokens, 1, full=True)
         sae = SAE(smoke_model.cfg.d_model, 64)
         x_hat, _ = sae(clean.resid)
-        logits, later = patched_pass(smoke_model, x_hat, 1)
+        logits, later = patched_pass(smoke_model, clean, x_hat)
         (logits.square().mean() + later[0].square().mean()).backward()
     finally:
         handle.remove()

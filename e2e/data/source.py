@@ -24,7 +24,7 @@ from e2e.data.tokens import TokenStream, eval_stream
 from e2e.dictionary import Dictionary
 from e2e.io import atomic_path
 from e2e.metrics import evaluate_pack, evaluate_synthetic
-from e2e.model import clean_pass, load_model
+from e2e.model import autocast_for, clean_pass, load_model, verify_split
 
 
 @dataclass
@@ -65,9 +65,14 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
 
 
 def eval_batches(source: Source, cfg: CellConfig, device: torch.device) -> list[torch.Tensor]:
-    """The cell's fixed eval batches (the same for every cell of a grid)."""
+    """The cell's fixed eval batches (the same for every cell of a grid). On the first one the
+    split forward is checked against the model's own (`verify_split`: SplitForwardError)."""
     evs = source.make_eval_stream()
-    return [evs.next_batch(cfg.eval.batch_size).to(device) for _ in range(cfg.eval.n_batches)]
+    batches = [evs.next_batch(cfg.eval.batch_size).to(device) for _ in range(cfg.eval.n_batches)]
+    if source.model is not None:
+        with autocast_for(cfg, device):
+            verify_split(source.model, batches[0], cfg.layer)
+    return batches
 
 
 @torch.no_grad()

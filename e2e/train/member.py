@@ -138,7 +138,7 @@ class Member:
         (Matryoshka's prefixes, under `prefix<m>/`) and AuxK's (`auxk`)."""
         cfg = self.cfg
         coded = sae.train_forward(clean.resid)
-        logits_sae, later_sae = (patched_pass(model, coded.x_hat, cfg.layer)
+        logits_sae, later_sae = (patched_pass(model, clean, coded.x_hat)
                                  if self.needs_suffix else (None, None))
         loss, terms = setting_loss(self.coeffs, p=cfg.loss.sparsity_p, x=clean.resid,
                                    x_hat=coded.x_hat, c=coded.c, logits_orig=clean.target,
@@ -146,7 +146,7 @@ class Member:
                                    resids_sae=later_sae,
                                    sparsity=sae.sparsity_loss(coded, cfg.loss.sparsity_p))
         for name, inner in sae.nested_reconstructions(coded).items():
-            logits_in, later_in = (patched_pass(model, inner, cfg.layer)
+            logits_in, later_in = (patched_pass(model, clean, inner)
                                    if self.needs_suffix else (None, None))
             if self.needs_suffix:  # one more patched pass of the suffix (`cost`)
                 self.tokens["suffix_patched"] += inner.shape[:-1].numel()

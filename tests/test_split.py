@@ -1,0 +1,179 @@
+"""The split forward (clean prefix once, suffix on the SAE output) equals the model's own
+forward with the residual written at `blocks.L.hook_resid_pre` by a hook, for every
+architecture in `VERIFIED_ARCHITECTURES`: clean logits, patched logits, later residuals and the
+SAE's gradients. Random tiny configs built offline with `transformers`, weights scaled up so
+that the rotary, mask and soft-cap paths matter (without the recorded calls, the suffix of
+these models differs from the full forward by 1e-3 to 1e-1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from e2e.config import ConfigError, ModelConfig
+from e2e.model import (
+    VERIFIED_ARCHITECTURES,
+    SplitForwardError,
+    check_architecture,
+    clean_pass,
+    load_model,
+    patched_pass,
+    verify_split,
+)
+from e2e.sae import SAE
+
+
+def _configs(vocab: int) -> dict:
+    import transformers as T
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=128)
+    gqa = dict(common, num_key_value_heads=2)
+    return {
+        "GPT2LMHeadModel": T.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=4, n_head=4,
+                                        n_positions=128),
+        "GPTNeoXForCausalLM": T.GPTNeoXConfig(**common, rotary_pct=0.25),  # Pythia
+        "LlamaForCausalLM": T.LlamaConfig(**gqa, tie_word_embeddings=True),  # SmolLM2
+        "MistralForCausalLM": T.MistralConfig(**gqa, sliding_window=8),
+        # sliding window 8 < 24 positions: local and global layers differ; both soft-caps
+        "Gemma2ForCausalLM": T.Gemma2Config(**gqa, head_dim=16, sliding_window=8,
+                                            final_logit_softcapping=3.0,
+                                            attn_logit_softcapping=5.0),
+        "Qwen2ForCausalLM": T.Qwen2Config(**gqa),
+        "Qwen3ForCausalLM": T.Qwen3Config(**gqa, head_dim=16),
+    }
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from e2e.lm.pretrain import train_tokenizer
+
+    return train_tokenizer(["In the beginning God created the heaven and the earth."] * 20, 300)
+
+
+def _tiny(arch: str, tokenizer, path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_configs(len(tokenizer))[arch])
+    with torch.no_grad():  # norms and biases off 1, weights 3x: far from the identity
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p)) if p.ndim == 1 else p.mul_(3)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_model(ModelConfig(str(path)))
+
+
+def test_every_verified_architecture_has_a_tiny_config():
+    assert set(_configs(300)) == set(VERIFIED_ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", VERIFIED_ARCHITECTURES)
+def test_split_forward_equals_the_hooked_full_forward(arch, tokenizer, tmp_path):
+    model = _tiny(arch, tokenizer, tmp_path)
+    n = model.cfg.n_layers
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 24))
+    torch.manual_seed(1)
+    for layer in (1, n - 1):
+        sae = SAE(model.cfg.d_model, 128)
+        clean = clean_pass(model, tokens, layer, full=True)
+        with torch.no_grad():
+            full, cache = model.run_with_cache(tokens)
+        assert torch.equal(clean.logits, full)
+        assert torch.equal(clean.resid, cache[f"blocks.{layer}.hook_resid_pre"])
+
+        x_hat, _ = sae(clean.resid)
+        logits, later = patched_pass(model, clean, x_hat)
+        (logits.log_softmax(-1)[..., 0].sum() + sum(r.square().mean() for r in later)
+         ).backward()
+        grads = [p.grad.clone() for p in sae.parameters()]
+        sae.zero_grad()
+
+        hooked_later = []
+
+        def write(resid, hook, sae=sae):
+            return sae(resid)[0]
+
+        def keep(resid, hook, hooked_later=hooked_later):
+            hooked_later.append(resid)
+
+        want = model.run_with_hooks(
+            tokens, use_cache=False,
+            fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", write)]
+            + [(f"blocks.{i}.hook_resid_pre", keep) for i in range(layer + 1, n)])
+        (want.log_softmax(-1)[..., 0].sum() + sum(r.square().mean() for r in hooked_later)
+         ).backward()
+        scale = want.abs().max()
+        assert (logits - want).abs().max() <= 1e-5 * scale, arch
+        assert len(later) == len(hooked_later) == n - 1 - layer
+        for a, b in zip(later, hooked_later, strict=True):
+            assert torch.allclose(a, b, atol=1e-5 * float(b.detach().abs().max()))
+        for g, p in zip(grads, sae.parameters(), strict=True):
+            assert torch.allclose(g, p.grad, rtol=1e-4,
+                                  atol=1e-6 * float(p.grad.abs().max())), arch
+        assert verify_split(model, tokens, layer) <= 1e-5 * scale
+
+
+def test_blocks_alone_are_not_the_model_and_verify_split_says_so(tokenizer, tmp_path,
+                                                                   monkeypatch):
+    """Without the recorded calls (the old split forward: blocks on the residual alone), a
+    rotary model's suffix is another model; `verify_split` stops a cell on such a mismatch."""
+    import e2e.model
+
+    model = _tiny("LlamaForCausalLM", tokenizer, tmp_path)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 24))
+    clean = clean_pass(model, tokens, 1, full=True)
+    with torch.no_grad():
+        h = clean.resid
+        for block in model.blocks[1:]:
+            out = block(h)
+            h = out[0] if isinstance(out, tuple) else out
+        alone = model.unembed(model.ln_final(h))
+    assert (alone - clean.logits).abs().max() > 1e-3 * clean.logits.abs().max()
+
+    real = e2e.model.run_from
+
+    def shifted(model, resid, clean):  # a replay with the positions one off
+        for _, kwargs in clean.calls:
+            cos, sin = kwargs["position_embeddings"]
+            kwargs["position_embeddings"] = (cos.roll(1, 1), sin.roll(1, 1))
+        return real(model, resid, clean)
+
+    monkeypatch.setattr(e2e.model, "run_from", shifted)
+    with pytest.raises(SplitForwardError, match="differs from the model's own by"):
+        verify_split(model, tokens, 1)
+
+
+def test_an_unverified_architecture_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as e:
+        check_architecture(["GPTJForCausalLM"], "some/model")
+    msg = str(e.value)
+    assert "\n" not in msg and "GPTJForCausalLM" in msg and "LlamaForCausalLM" in msg
+    check_architecture(["Gemma2ForCausalLM"], "ok")
+
+
+def test_the_plan_refuses_an_unverified_architecture_before_writing(tmp_path):
+    """A local model folder of an architecture the split forward was not verified on (GPT-J:
+    the bridge boots it) is refused by the dry run and the submission, in one line, nothing
+    written."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = tmp_path / "gptj"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["GPTJForCausalLM"], "model_type": "gptj", "n_layer": 4,
+        "n_embd": 64, "n_positions": 128}))
+    root = tmp_path / "root"
+    repo = Path(__file__).resolve().parent.parent
+    for extra in (["dry_run=true"], []):
+        r = subprocess.run([sys.executable, "jobs/submit.py", "grid=paper-tables",
+                            f"model.name_or_path={model}", f"root={root}", *extra],
+                           cwd=repo, env=dict(os.environ), capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode != 0 and "GPTJForCausalLM" in r.stderr, r.stderr
+        assert "has not verified" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not root.exists()
