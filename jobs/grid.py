@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.config import SETTINGS, CellConfig, ConfigError, ModelConfig
+from e2e.lm.gguf import GGUFLMConfig
 from e2e.lm.pretrain import PretrainConfig
 from e2e.train.loop import pack_key
 from e2e.typed import leaves, with_overrides
@@ -50,7 +51,9 @@ class Grid:
     extra_cells: tuple[tuple[int, str, float, dict], ...] = ()
     # GPU-hours of one cell per (layer, setting) on the cluster, for the dry run's estimate.
     gpu_hours: dict[tuple[int, str], float] = field(default_factory=dict)
-    pretrain: PretrainConfig | None = None
+    # The grid's own LM, built on the shared root before its cells: pre-trained here, or a
+    # real one from a registry package's GGUF.
+    pretrain: PretrainConfig | GGUFLMConfig | None = None
     # SLURM resources per cell (minutes), sized for the grid's model.
     time_min: int = 60
     # Default pack size (cells of one array task sharing the frozen model's pass).

@@ -30,10 +30,10 @@ from jobs.progress import Progress, fraction_done
 
 def run_pretrain(grid: str, root: str) -> dict:
     """The grid's pre-training job (also `python -m jobs.launch step=pretrain ...`)."""
-    from e2e.lm.pretrain import pretrain
+    from e2e.lm import build_lm
 
     match_threads_to_allocation()
-    return pretrain(GRIDS[grid].pretrain, pretrain_dir(Path(root), grid))
+    return build_lm(GRIDS[grid].pretrain, pretrain_dir(Path(root), grid))
 
 
 def run_collect(grid: str, root: str) -> str:

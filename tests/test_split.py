@@ -177,3 +177,71 @@ def test_the_plan_refuses_an_unverified_architecture_before_writing(tmp_path):
         assert r.returncode != 0 and "GPTJForCausalLM" in r.stderr, r.stderr
         assert "has not verified" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not root.exists()
+
+
+def _smollm2_batch(smollm2_dir, model, rows=2, context=64):
+    from e2e.config import DataConfig
+    from e2e.data.tokens import TokenStream
+
+    data = DataConfig(dataset=str(smollm2_dir / "data"), context_length=context,
+                      eval_split="validation")
+    return TokenStream(data, model.tokenizer, 0, "validation").next_batch(rows)
+
+
+def test_smollm2_split_forward_is_its_own_forward(smollm2_dir):
+    """The real pretrained Llama: the old blocks-alone suffix was off by 7.8-16 on a logit
+    scale of 20; the recorded calls make it the model's own forward, bit for bit here."""
+    model = load_model(ModelConfig(str(smollm2_dir / "model")))
+    tokens = _smollm2_batch(smollm2_dir, model)
+    assert verify_split(model, tokens, 12) == 0.0
+    clean = clean_pass(model, tokens, 12, full=True)
+    with torch.no_grad():
+        x = clean.resid * 0.9
+        logits, _ = patched_pass(model, clean, x)
+        want = model.run_with_hooks(tokens, use_cache=False, fwd_hooks=[
+            ("blocks.12.hook_resid_pre", lambda r, hook: r * 0.9)])
+    assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_smollm2_eval_equals_a_hooked_hf_forward_sharing_no_code(smollm2_dir):
+    """`e2e.metrics.evaluate` of an SAE at layer 12 against the plain HF model with a pre-hook
+    on its decoder layer 12 (no bridge, no split forward, the formulas written out): the
+    residual of an RMSNorm model under the bridge's compatibility mode is HF's hidden state,
+    so the same SAE applies to both."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from e2e.metrics import evaluate
+
+    model = load_model(ModelConfig(str(smollm2_dir / "model")))
+    tokens = _smollm2_batch(smollm2_dir, model)
+    torch.manual_seed(0)
+    sae = SAE(model.cfg.d_model, 4 * model.cfg.d_model)
+    with torch.no_grad():  # a reconstruction that is neither perfect nor useless
+        sae.decoder.bias.copy_(clean_pass(model, tokens, 12, full=False).resid.mean((0, 1)))
+    ours = evaluate(model, sae, 12, [tokens])
+
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_dir / "model", dtype=torch.float32).eval()
+    w = sae.saelens_tensors()  # the SAELens formula: c = ReLU(x W_enc + b_enc)
+
+    def splice(_module, args, kwargs):
+        x = args[0]
+        c = torch.relu(x @ w["W_enc"] + w["b_enc"])
+        splice.l0 = (c > 0).float().sum(-1).mean()
+        return (c @ w["W_dec"] + w["b_dec"],) + args[1:], kwargs
+
+    with torch.no_grad():
+        clean = hf(tokens).logits
+        handle = hf.model.layers[12].register_forward_pre_hook(splice, with_kwargs=True)
+        patched = hf(tokens).logits
+        handle.remove()
+
+    def ce(logits):
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+    kl = (F.softmax(clean, -1) * (F.log_softmax(clean, -1) - F.log_softmax(patched, -1))
+          ).sum(-1).mean()
+    assert ours["ce_loss_increase"] == pytest.approx(float(ce(patched) - ce(clean)), rel=1e-3)
+    assert ours["kl_orig_sae"] == pytest.approx(float(kl), rel=1e-3)
+    assert ours["l0"] == pytest.approx(float(splice.l0), rel=1e-4)
+    assert ours["kl_orig_sae"] > 0.01  # the splice changes the model
