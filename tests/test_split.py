@@ -118,7 +118,7 @@ def test_blocks_alone_are_not_the_model_and_verify_split_says_so(tokenizer, tmp_
                                                                    monkeypatch):
     """Without the recorded calls (the old split forward: blocks on the residual alone), a
     rotary model's suffix is another model; `verify_split` stops a cell on such a mismatch."""
-    import e2e.model
+    import e2e.model.split
 
     model = _tiny("LlamaForCausalLM", tokenizer, tmp_path)
     tokens = torch.randint(0, model.cfg.d_vocab, (2, 24))
@@ -131,7 +131,7 @@ def test_blocks_alone_are_not_the_model_and_verify_split_says_so(tokenizer, tmp_
         alone = model.unembed(model.ln_final(h))
     assert (alone - clean.logits).abs().max() > 1e-3 * clean.logits.abs().max()
 
-    real = e2e.model.run_from
+    real = e2e.model.split.run_from
 
     def shifted(model, resid, clean):  # a replay with the positions one off
         for _, kwargs in clean.calls:
@@ -139,7 +139,7 @@ def test_blocks_alone_are_not_the_model_and_verify_split_says_so(tokenizer, tmp_
             kwargs["position_embeddings"] = (cos.roll(1, 1), sin.roll(1, 1))
         return real(model, resid, clean)
 
-    monkeypatch.setattr(e2e.model, "run_from", shifted)
+    monkeypatch.setattr(e2e.model.split, "run_from", shifted)
     with pytest.raises(SplitForwardError, match="differs from the model's own by"):
         verify_split(model, tokens, 1)
 

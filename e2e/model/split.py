@@ -1,79 +1,29 @@
-"""Loading the frozen TransformerLens model and running it around an SAE at `hook_resid_pre`.
+"""The split forward: the clean prefix once, the suffix on an SAE's output.
 
-The split forward. `clean_pass` runs the model once, as the model's own forward (Hugging
-Face's layer loop, through TransformerLens 4's bridge), and records what that loop passed to
-each block from `layer` on: rotary `position_embeddings`, position ids, the causal mask (per
-layer: Gemma 2 alternates sliding-window and global ones), which differ by architecture and
-which the blocks called alone would lack. `patched_pass` then runs only blocks >= layer on the
-SAE output with exactly those arguments, then the final norm, the unembedding and the logit
-soft-cap (Gemma 2), so the prefix is computed once for any number of SAEs at `layer` and the
-suffix equals the full model with the residual written at `blocks.L.hook_resid_pre` by a hook
-(tests/test_split.py, every architecture in `VERIFIED_ARCHITECTURES`). `verify_split` checks
-that equality on a cell's first batch.
+`clean_pass` runs the model once, as the model's own forward (Hugging Face's layer loop,
+through TransformerLens 4's bridge), and records what that loop passed to each block from
+`layer` on: rotary `position_embeddings`, position ids, the causal mask (per layer: Gemma 2
+alternates sliding-window and global ones), which differ by architecture and which the blocks
+called alone would lack. `patched_pass` then runs only blocks >= layer on the SAE output with
+exactly those arguments, then the final norm, the unembedding and the logit soft-cap (Gemma 2),
+so the prefix is computed once for any number of SAEs at `layer` and the suffix equals the full
+model with the residual written at `blocks.L.hook_resid_pre` by a hook (tests/test_split.py,
+every architecture in `VERIFIED_ARCHITECTURES`). `verify_split` checks that equality on a
+cell's first batch.
 """
 
 from __future__ import annotations
 
-import os
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from e2e.config import CellConfig, ConfigError, ModelConfig
 from e2e.losses import CleanTarget, clean_target
-
-# Hugging Face architectures whose split forward equals the hooked full forward, tested on
-# random tiny configs (and SmolLM2-135M for Llama) in tests/test_split.py.
-VERIFIED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM",
-                          "MistralForCausalLM", "Gemma2ForCausalLM", "Qwen2ForCausalLM",
-                          "Qwen3ForCausalLM")
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model can be neither found locally nor fetched; raised before any work starts."""
 
 
 class SplitForwardError(RuntimeError):
     """The split forward does not reproduce the model's own forward; the message says by how
     much (`verify_split`)."""
-
-
-def check_architecture(architectures: list[str] | None, name: str) -> None:
-    """ConfigError unless the model's HF `architectures` (from its config.json) is verified."""
-    arch = (architectures or ["<none>"])[0]
-    if arch not in VERIFIED_ARCHITECTURES:
-        raise ConfigError(
-            f"model {name!r} is a {arch}, whose split forward this project has not verified "
-            f"against its full forward; verified: {', '.join(VERIFIED_ARCHITECTURES)}")
-
-
-def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
-    """Boots the model as TransformerLens-processed weights (fold_ln, centering), frozen.
-
-    The paper's SAEs (and λ values) live in HookedTransformer's processed coordinates;
-    `enable_compatibility_mode()` gives bit-identical resid_pre to TL 3.9's defaults (for
-    RMSNorm models it folds the norm weights and centres nothing: resid_pre is HF's hidden
-    state). Raises ConfigError for an architecture not in `VERIFIED_ARCHITECTURES`.
-    """
-    from transformer_lens.model_bridge import TransformerBridge
-
-    name = cfg.name_or_path
-    if not Path(name).is_dir() and Path(name).is_absolute():
-        raise ModelUnavailableError(f"model directory {name} does not exist")
-    try:
-        model = TransformerBridge.boot_transformers(name, device=str(device))
-    except OSError as e:  # transformers raises OSError for unknown names / offline misses
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1: is it in the HF cache?)" if offline else ""
-        raise ModelUnavailableError(f"cannot load model {name!r}{hint}: {e}") from e
-    check_architecture(getattr(model.original_model.config, "architectures", None), name)
-    model.enable_compatibility_mode()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def resid_pre(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
@@ -161,18 +111,3 @@ def verify_split(model, tokens: torch.Tensor, layer: int, rtol: float = 1e-4) ->
             f"(logit scale {scale:.3g}); the architecture's layer loop passes its blocks "
             "something this project does not replay")
     return diff
-
-
-def resolve_device(name: str) -> torch.device:
-    """The cell's device; on CUDA, TF32 for the fp32 matmuls that remain (autocast or not)."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if name == "auto" else name)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def autocast_for(cfg: CellConfig, device: torch.device):
-    """bf16 autocast (fp32 weights) when the cell asks for it, else nothing."""
-    return (torch.autocast(device.type, dtype=torch.bfloat16)
-            if cfg.dtype == "bfloat16" else nullcontext())

@@ -1,0 +1,86 @@
+"""Loading the frozen TransformerLens model, and running it around an SAE at `hook_resid_pre`
+(the split forward: `e2e.model.split`)."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from e2e.config import CellConfig, ConfigError, ModelConfig
+from e2e.model.split import (
+    CleanPass,
+    SplitForwardError,
+    clean_pass,
+    patched_pass,
+    resid_pre,
+    run_from,
+    verify_split,
+)
+
+__all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
+           "autocast_for", "check_architecture", "clean_pass", "load_model", "patched_pass",
+           "resid_pre", "resolve_device", "run_from", "verify_split"]
+
+# Hugging Face architectures whose split forward equals the hooked full forward, tested on
+# random tiny configs (and SmolLM2-135M for Llama) in tests/test_split.py.
+VERIFIED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCausalLM",
+                          "MistralForCausalLM", "Gemma2ForCausalLM", "Qwen2ForCausalLM",
+                          "Qwen3ForCausalLM")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model can be neither found locally nor fetched; raised before any work starts."""
+
+
+def check_architecture(architectures: list[str] | None, name: str) -> None:
+    """ConfigError unless the model's HF `architectures` (from its config.json) is verified."""
+    arch = (architectures or ["<none>"])[0]
+    if arch not in VERIFIED_ARCHITECTURES:
+        raise ConfigError(
+            f"model {name!r} is a {arch}, whose split forward this project has not verified "
+            f"against its full forward; verified: {', '.join(VERIFIED_ARCHITECTURES)}")
+
+
+def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
+    """Boots the model as TransformerLens-processed weights (fold_ln, centering), frozen.
+
+    The paper's SAEs (and λ values) live in HookedTransformer's processed coordinates;
+    `enable_compatibility_mode()` gives bit-identical resid_pre to TL 3.9's defaults (for
+    RMSNorm models it folds the norm weights and centres nothing: resid_pre is HF's hidden
+    state). Raises ConfigError for an architecture not in `VERIFIED_ARCHITECTURES`.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    name = cfg.name_or_path
+    if not Path(name).is_dir() and Path(name).is_absolute():
+        raise ModelUnavailableError(f"model directory {name} does not exist")
+    try:
+        model = TransformerBridge.boot_transformers(name, device=str(device))
+    except OSError as e:  # transformers raises OSError for unknown names / offline misses
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1: is it in the HF cache?)" if offline else ""
+        raise ModelUnavailableError(f"cannot load model {name!r}{hint}: {e}") from e
+    check_architecture(getattr(model.original_model.config, "architectures", None), name)
+    model.enable_compatibility_mode()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def resolve_device(name: str) -> torch.device:
+    """The cell's device; on CUDA, TF32 for the fp32 matmuls that remain (autocast or not)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if name == "auto" else name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast_for(cfg: CellConfig, device: torch.device):
+    """bf16 autocast (fp32 weights) when the cell asks for it, else nothing."""
+    return (torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.dtype == "bfloat16" else nullcontext())
