@@ -111,14 +111,15 @@ def evaluate(model, sae: SAE, layer: int, batches: list[torch.Tensor]) -> dict[s
 
 
 @torch.no_grad()
-def evaluate_pack(model, saes: list[SAE], layer: int, batches: list[torch.Tensor]
+def evaluate_pack(model, saes: list[SAE], layer: int, batches: list[torch.Tensor], skip: int = 0
                   ) -> list[dict[str, float]]:
-    """`evaluate` for several SAEs at one layer; the clean model runs once per batch for all."""
+    """`evaluate` for several SAEs at one layer; the clean model runs once per batch for all.
+    Every metric is over positions `skip`.. (`data.skip_positions`)."""
     sums: list[dict[str, float]] = [defaultdict(float) for _ in saes]
     for tokens in batches:
-        clean = clean_pass(model, tokens, layer, full=True)
+        clean = clean_pass(model, tokens, layer, full=True, skip=skip)
         for sae, sae_sums in zip(saes, sums, strict=True):
-            for k, v in _batch_metrics(model, sae, layer, tokens, clean).items():
+            for k, v in _batch_metrics(model, sae, layer, tokens[:, skip:], clean).items():
                 sae_sums[k] += float(v)
     out = []
     for sae_sums in sums:

@@ -257,7 +257,9 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
         n_rows = max(1, opts.multidim_tokens // cfg.data.context_length)
         tokens = evs.next_batch(n_rows)
         with torch.no_grad():
-            codes = sae.encode(resid_pre(model, tokens, cfg.layer)).reshape(-1, sae.n_dict)
+            codes = sae.encode(resid_pre(model, tokens, cfg.layer))
+            codes[:, :cfg.data.skip_positions] = 0  # positions the SAE never acts on
+            codes = codes.reshape(-1, sae.n_dict)
         flat = tokens.reshape(-1).tolist()
         results = _clusters(x, codes[:, x.alive_index], flat, opts, h5)
         scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]

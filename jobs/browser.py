@@ -160,8 +160,9 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
         mask = read_metrics(paths.metrics)["alive_mask"]
         d = _Dict(c, sae, None if mask is None else np.asarray(mask[0], dtype=bool),
                   clusters=tuple(k["cluster"] for k in clusters.get(c.id, [])))
-        d.stats = features.scan(sae.encode, acts, sae.n_dict, s.top_k, s.bins, s.intervals,
-                                s.per_interval, seed=c.cfg.seed)
+        d.stats = features.scan(_skipping(sae.encode, ctx, cfg.data.skip_positions), acts,
+                                sae.n_dict, s.top_k, s.bins, s.intervals, s.per_interval,
+                                seed=c.cfg.seed)
         pages = np.flatnonzero(d.live)
         if sae.n_dict > s.full_max and c.id not in full_ids and len(pages) > s.sample:
             pages = np.sort(np.random.default_rng(0).choice(pages, s.sample, replace=False))
@@ -303,3 +304,17 @@ class _Writer:
     def put(self, name: str, key: str, value) -> None:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False)
         (self.folder / f"{name}.js").write_text(f"BROWSER.put({json.dumps(key)},{text});\n")
+
+
+def _skipping(encode, ctx: int, skip: int):
+    """`encode` on whole rows of `ctx` tokens, flattened, with the codes of each row's first
+    `skip` positions zero: those the dictionary never acts on (`data.skip_positions`)."""
+    if not skip:
+        return encode
+
+    def encode_kept(a: torch.Tensor) -> torch.Tensor:
+        c = encode(a)
+        c.view(-1, ctx, c.shape[-1])[:, :skip] = 0
+        return c
+
+    return encode_kept

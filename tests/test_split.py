@@ -245,3 +245,58 @@ def test_smollm2_eval_equals_a_hooked_hf_forward_sharing_no_code(smollm2_dir):
     assert ours["kl_orig_sae"] == pytest.approx(float(kl), rel=1e-3)
     assert ours["l0"] == pytest.approx(float(splice.l0), rel=1e-4)
     assert ours["kl_orig_sae"] > 0.01  # the splice changes the model
+
+
+def test_skipped_positions_keep_their_clean_residual_and_leave_every_metric(tokenizer,
+                                                                            tmp_path):
+    """`data.skip_positions=1`: the SAE acts on positions 1.. only; position 0 keeps its
+    clean residual, and the losses and metrics are over positions 1.. . Against a hooked
+    full forward that writes the SAE output at positions 1.. only, and the formulas written
+    out over those positions."""
+    import torch.nn.functional as F
+
+    from e2e.metrics import evaluate_pack
+
+    model = _tiny("LlamaForCausalLM", tokenizer, tmp_path)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 24))
+    torch.manual_seed(2)
+    sae = SAE(model.cfg.d_model, 128)
+    clean = clean_pass(model, tokens, 1, full=True, skip=1)
+    assert clean.resid.shape[1] == clean.logits.shape[1] == 23
+    with torch.no_grad():
+        logits, later = patched_pass(model, clean, sae(clean.resid)[0])
+        orig = model(tokens, use_cache=False)
+
+        def write(resid, hook):
+            return torch.cat([resid[:, :1], sae(resid[:, 1:])[0]], 1)
+
+        want = model.run_with_hooks(tokens, use_cache=False,
+                                    fwd_hooks=[("blocks.1.hook_resid_pre", write)])
+    assert torch.allclose(logits, want[:, 1:], atol=1e-5 * float(want.abs().max()))
+    assert all(r.shape[1] == 23 for r in later)
+    (m,) = evaluate_pack(model, [sae], 1, [tokens], skip=1)
+
+    def ce(lg):
+        return F.cross_entropy(lg[:, 1:-1].flatten(0, 1), tokens[:, 2:].flatten())
+
+    kl = (F.softmax(orig, -1) * (F.log_softmax(orig, -1) - F.log_softmax(want, -1))
+          ).sum(-1)[:, 1:].mean()
+    assert m["ce_loss_increase"] == pytest.approx(float(ce(want) - ce(orig)), rel=1e-4)
+    assert m["kl_orig_sae"] == pytest.approx(float(kl), rel=1e-4)
+
+
+def test_saelens_cfg_records_the_processing_the_bridge_applied(smollm2_dir, smoke_cells):
+    """RMSNorm (SmolLM2): no centring of the writing weights, as the bridge did (its resid_pre
+    is HF's hidden state); GPT-2: centring. And the positions left out."""
+    from dataclasses import replace
+
+    from e2e.saelens import cell_meta
+
+    smol = replace(smoke_cells[0], model=ModelConfig(str(smollm2_dir / "model")))
+    smol = replace(smol, data=replace(smol.data, skip_positions=1))
+    meta = cell_meta(smol, 0)
+    assert meta["model_from_pretrained_kwargs"]["center_writing_weights"] is False
+    assert meta["skip_positions"] == 1
+    gpt2 = cell_meta(smoke_cells[0], 0)
+    assert gpt2["model_from_pretrained_kwargs"]["center_writing_weights"] is True
+    assert gpt2["skip_positions"] == 0

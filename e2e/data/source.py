@@ -35,13 +35,14 @@ class Source:
     stream: TokenStream | SyntheticStream  # training samples, from the cell's seed
     make_eval_stream: Callable[[], TokenStream | SyntheticStream]  # a fresh one, from its start
     truth: torch.Tensor | None = None  # the true features of synthetic data
+    skip: int = 0  # leading positions the dictionaries neither see nor are scored on
 
     @torch.no_grad()
     def activations(self, batch: torch.Tensor, layer: int) -> torch.Tensor:
-        """The hook's activations for a batch of samples: (batch, pos, d_in) for token rows,
-        the batch itself for synthetic data."""
+        """The hook's activations for a batch of samples: (batch, pos - skip, d_in) for token
+        rows, the batch itself for synthetic data."""
         return batch if self.model is None else clean_pass(self.model, batch, layer,
-                                                           full=False).resid
+                                                           full=False, skip=self.skip).resid
 
 
 def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) -> Source:
@@ -61,7 +62,8 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
         check_sizes(c, model.cfg.d_model)
     return Source(model, model.cfg.d_model, model.cfg.n_layers,
                   TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split),
-                  lambda: eval_stream(cfg.data, model.tokenizer, cfg.seed))
+                  lambda: eval_stream(cfg.data, model.tokenizer, cfg.seed),
+                  skip=cfg.data.skip_positions)
 
 
 def eval_batches(source: Source, cfg: CellConfig, device: torch.device) -> list[torch.Tensor]:
@@ -87,7 +89,7 @@ def evaluate_dictionaries(source: Source, saes: list[Dictionary], layer: int,
             values.update(truth_metrics(s.dict_elements.detach(), source.truth))
     else:
         with autocast:
-            out = evaluate_pack(source.model, saes, layer, batches)
+            out = evaluate_pack(source.model, saes, layer, batches, source.skip)
     for s in saes:
         s.train()
     return out

@@ -22,7 +22,7 @@ from e2e.model.split import (
 
 __all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
            "autocast_for", "check_architecture", "clean_pass", "load_model", "patched_pass",
-           "resid_pre", "resolve_device", "run_from", "verify_split"]
+           "resid_pre", "resolve_device", "run_from", "uses_rms_norm", "verify_split"]
 
 # Hugging Face architectures whose split forward equals the hooked full forward, tested on
 # random tiny configs (and SmolLM2-135M for Llama) in tests/test_split.py.
@@ -42,6 +42,16 @@ def check_architecture(architectures: list[str] | None, name: str) -> None:
         raise ConfigError(
             f"model {name!r} is a {arch}, whose split forward this project has not verified "
             f"against its full forward; verified: {', '.join(VERIFIED_ARCHITECTURES)}")
+
+
+def uses_rms_norm(name_or_path: str) -> bool:
+    """Whether the model normalises with RMSNorm (its HF config has `rms_norm_eps`: Llama,
+    Mistral, Gemma 2, Qwen) rather than LayerNorm (GPT-2, GPT-NeoX); the config is read from
+    the folder or the local HF cache."""
+    from transformers import AutoConfig
+
+    return hasattr(AutoConfig.from_pretrained(name_or_path, local_files_only=True),
+                   "rms_norm_eps")
 
 
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):

@@ -10,6 +10,11 @@ so the prefix is computed once for any number of SAEs at `layer` and the suffix 
 model with the residual written at `blocks.L.hook_resid_pre` by a hook (tests/test_split.py,
 every architecture in `VERIFIED_ARCHITECTURES`). `verify_split` checks that equality on a
 cell's first batch.
+
+Skipped positions (`data.skip_positions`, docs/real-lm.md): the first `skip` positions of
+every row keep their clean residual (the SAE is not applied there) and every tensor a
+`CleanPass` or `patched_pass` hands out starts at position `skip`, so training, evaluation and
+every metric see only the positions the SAE acts on.
 """
 
 from __future__ import annotations
@@ -33,26 +38,31 @@ def resid_pre(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
 
 @dataclass
 class CleanPass:
-    """What the frozen model computes without an SAE, shared by every SAE at `layer`."""
+    """What the frozen model computes without an SAE, shared by every SAE at `layer`; every
+    tensor from position `skip` on."""
 
-    resid: torch.Tensor  # (batch, pos, d_model) at blocks.layer.hook_resid_pre
-    logits: torch.Tensor | None  # (batch, pos, d_vocab), None when only the prefix ran
+    resid: torch.Tensor  # (batch, pos - skip, d_model) at blocks.layer.hook_resid_pre
+    logits: torch.Tensor | None  # (batch, pos - skip, d_vocab), None when only the prefix ran
     later_resids: list[torch.Tensor]  # resid_pre of blocks layer+1 .. n_layers-1
     target: CleanTarget | None  # softmax of `logits` for the KL, None with the logits
     layer: int = 0
     # Per block from `layer` on: the arguments the model's own loop passed it after the
     # hidden states (positional, keyword); None when only the prefix ran.
     calls: list[tuple[tuple, dict]] | None = field(default=None, repr=False)
+    skip: int = 0
+    head: torch.Tensor | None = field(default=None, repr=False)  # resid at positions < skip
 
 
 @torch.no_grad()
-def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool) -> CleanPass:
+def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0
+               ) -> CleanPass:
     """Runs the clean model; `full=False` stops after the prefix (local training).
 
     `full=True` is one forward of the whole model (no KV cache), recording each block's
-    input and call arguments from `layer` on."""
+    input and call arguments from `layer` on. `skip`: leading positions left out."""
     if not full:
-        return CleanPass(resid_pre(model, tokens, layer), None, [], None, layer)
+        r = resid_pre(model, tokens, layer)
+        return CleanPass(r[:, skip:], None, [], None, layer, skip=skip, head=r[:, :skip])
     inputs: list[torch.Tensor] = []
     calls: list[tuple[tuple, dict]] = []
 
@@ -68,26 +78,29 @@ def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool) -> CleanPass
     finally:
         for h in handles:
             h.remove()
-    return CleanPass(inputs[0], logits, inputs[1:], clean_target(logits), layer, calls)
+    logits = logits[:, skip:]
+    return CleanPass(inputs[0][:, skip:], logits, [r[:, skip:] for r in inputs[1:]],
+                     clean_target(logits), layer, calls, skip, inputs[0][:, :skip])
 
 
 def run_from(model, resid: torch.Tensor, clean: CleanPass) -> tuple[torch.Tensor,
                                                                     list[torch.Tensor]]:
-    """Blocks `clean.layer`.. on `resid` with the calls recorded by `clean`; returns the
-    logits (batch, pos, d_vocab) and the resid_pre of every later block."""
+    """Blocks `clean.layer`.. on `resid` (positions `clean.skip`.., after the clean ones
+    before them) with the calls recorded by `clean`; returns the logits (batch, pos - skip,
+    d_vocab) and the resid_pre of every later block, from position `skip` on."""
     later: list[torch.Tensor] = []
-    h = resid
+    h = torch.cat([clean.head.to(resid.dtype), resid], 1) if clean.skip else resid
     for i, (block, (args, kwargs)) in enumerate(zip(model.blocks[clean.layer:], clean.calls,
                                                      strict=True)):
         if i > 0:
-            later.append(h)
+            later.append(h[:, clean.skip:])
         out = block(h, *args, **kwargs)
         h = out[0] if isinstance(out, tuple) else out
     logits = model.unembed(model.ln_final(h))
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
     if cap > 0:  # Gemma 2's final soft-cap, which HF's LM head applies after the unembedding
         logits = cap * torch.tanh(logits / cap)
-    return logits, later
+    return logits[:, clean.skip:], later
 
 
 def patched_pass(model, clean: CleanPass, sae_out: torch.Tensor

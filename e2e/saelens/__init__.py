@@ -23,22 +23,30 @@ KINDS: tuple[type[Dictionary], ...] = (SAE, JumpReLUSAE, KSVDDictionary)
 ARCHITECTURES = {name: cls for cls in KINDS for name in cls.architectures}
 
 
-# The processing `e2e.model.load_model` applies (TransformerBridge's compatibility mode: TL's
-# HookedTransformer.from_pretrained defaults), under SAELens's name for it: activations of a
-# model loaded otherwise (raw HF weights: about twice the norm) are not what the SAE saw.
-MODEL_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
-                    "fold_value_biases": True}
+def model_processing(name_or_path: str) -> dict[str, bool]:
+    """The processing `e2e.model.load_model` applies (TransformerBridge's compatibility mode:
+    TL's HookedTransformer.from_pretrained defaults), under SAELens's names: activations of a
+    model loaded otherwise (raw HF weights: about twice the norm for GPT-2) are not what the
+    SAE saw. RMSNorm models (Llama, Mistral, Gemma 2, Qwen) get no centring of the writing
+    weights: their resid_pre is HF's hidden state (tests/test_split.py)."""
+    from e2e.model import uses_rms_norm
+
+    return {"fold_ln": True, "center_writing_weights": not uses_rms_norm(name_or_path),
+            "center_unembed": True, "fold_value_biases": True}
 
 
 def cell_meta(cfg: CellConfig, seed: int) -> dict[str, Any]:
     """What a reader of a cell's dictionary needs to know about where it was trained: the
     model and its processing, the hook, the context (no BOS prepended: `prepend_bos`, written
-    by `save_saelens`), the dataset."""
+    by `save_saelens`; the leading positions it never acted on: `skip_positions`), the
+    dataset."""
     model = cfg.source == "model"
     return {"model_name": cfg.model.name_or_path if model else "synthetic",
-            "model_from_pretrained_kwargs": MODEL_PROCESSING if model else {},
+            "model_from_pretrained_kwargs": (model_processing(cfg.model.name_or_path)
+                                             if model else {}),
             "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
             "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
+            "skip_positions": cfg.data.skip_positions if model else 0,
             "setting": cfg.loss.setting, "seed": seed}
 
 

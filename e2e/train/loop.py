@@ -138,7 +138,8 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
             clean = CleanPass(batch, None, [], None)
         else:
             with autocast:
-                clean = clean_pass(model, batch, layer, full=full)
+                clean = clean_pass(model, batch, layer, full=full,
+                                   skip=members[0].cfg.data.skip_positions)
         for m in members:
             m.micro_step(model, clean, step, len(micro_batches), log, autocast)
     for m in members:
