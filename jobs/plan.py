@@ -30,7 +30,7 @@ from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
 from jobs.grids import grid_named
-from jobs.sources import check_sources, model_shape
+from jobs.sources import check_sources, check_tokenizers, model_shape
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -221,6 +221,7 @@ def make_plan(tokens: list[str]) -> Plan:
     if grid.pretrain is None and needs_model:
         cfgs, stages = apply_source(cfgs, root, opts.source, opts.stage, notes)
     shape = _check_shapes(grid, cfgs, source_cfgs, needs_model)
+    notes += check_tokenizers(cfgs, grid_pretrain_dir(root, grid) if grid.pretrain else None)
     depth = shape[0] if shape else None
     shas: dict[tuple[str, str], str] = {}  # one hash per parent (a paper SAE's: 280 MB)
     cfgs = [_with_parent(c, root / grid.name, shape[1] if shape else None, shas) for c in cfgs]

@@ -70,3 +70,39 @@ def model_shape(name_or_path: str) -> tuple[int, int, int | None] | None:
     n_ctx = next((d[k] for k in ("n_positions", "max_position_embeddings", "n_ctx")
                   if isinstance(d.get(k), int)), None)
     return None if depth is None or width is None else (depth, width, n_ctx)
+
+
+def check_tokenizers(cfgs: list[CellConfig], own_lm: Path | None) -> list[str]:
+    """ConfigError in one line when a cell's token rows were made by another tokenizer than its
+    model's (`e2e.data.tokenizer_id`); notes for what cannot be compared from here. `own_lm`:
+    the grid's own LM folder (`_pretrain-<hash>`, perhaps not built yet), whose rows only its
+    own model reads."""
+    from e2e.data.tokenizer_id import (
+        check_same_tokenizer,
+        model_tokenizer_record,
+        rows_record,
+    )
+
+    notes = []
+    pairs = {(c.model.name_or_path, c.data) for c in cfgs
+             if c.source == "model" and c.data.column == "input_ids"}
+    for model, data in sorted(pairs, key=str):
+        if own_lm is not None and data.dataset == str(own_lm / "data"):
+            if model != str(own_lm / "model"):
+                raise ConfigError(
+                    f"model.name_or_path={model} would read this grid's own token rows, made "
+                    f"by the tokenizer of its own LM ({own_lm / 'model'}): give data.dataset= "
+                    "rows made by the model's tokenizer, or a text dataset (data.column=<its "
+                    "text column>)")
+            continue
+        rows = rows_record(data)
+        if rows is None:
+            notes.append(f"data.dataset={data.dataset} records no tokenizer: nothing checks "
+                         f"that its ids are {model}'s")
+            continue
+        tok = model_tokenizer_record(model)
+        if tok is None:
+            notes.append(f"the tokenizer of {model} is not here: each cell compares it with "
+                         f"the rows' ({rows['name']}) when it starts")
+        check_same_tokenizer(rows, tok, model, data.dataset)
+    return notes

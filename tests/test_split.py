@@ -287,7 +287,9 @@ def test_skipped_positions_keep_their_clean_residual_and_leave_every_metric(toke
 
 def test_saelens_cfg_records_the_processing_the_bridge_applied(smollm2_dir, smoke_cells):
     """RMSNorm (SmolLM2): no centring of the writing weights, as the bridge did (its resid_pre
-    is HF's hidden state); GPT-2: centring. And the positions left out."""
+    is HF's hidden state: the same SAE spliced into the plain HF model gives the same metrics,
+    test_smollm2_eval_equals_a_hooked_hf_forward_sharing_no_code); GPT-2: centring
+    (tests/test_lm.py). And the positions left out."""
     from dataclasses import replace
 
     from e2e.saelens import cell_meta

@@ -20,6 +20,7 @@ import torch
 
 from e2e.config import CellConfig, check_context, check_layer, check_sizes
 from e2e.data.synthetic import SyntheticStream, truth_metrics
+from e2e.data.tokenizer_id import check_same_tokenizer, rows_record, tokenizer_record
 from e2e.data.tokens import TokenStream, eval_stream
 from e2e.dictionary import Dictionary
 from e2e.io import atomic_path
@@ -56,6 +57,9 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
                       lambda: SyntheticStream(cfg.synthetic, cfg.seed + cfg.data.eval_seed_offset),
                       stream.truth)
     model = load_model(cfg.model, device)
+    check_same_tokenizer(rows_record(cfg.data),
+                         tokenizer_record(model.tokenizer, cfg.model.name_or_path),
+                         cfg.model.name_or_path, cfg.data.dataset)
     for c in cfgs:
         check_layer(c, model.cfg.n_layers)
         check_context(c, model.cfg.n_ctx)

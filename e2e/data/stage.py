@@ -31,6 +31,7 @@ import torch
 
 from e2e.config import CellConfig, ModelConfig
 from e2e.data.staged import MANIFEST, ROWS_FILE, sha256, verify
+from e2e.data.tokenizer_id import rows_record, tokenizer_record, write_record
 from e2e.data.tokens import TokenStream, eval_stream
 from e2e.io import atomic_path, atomic_write_text
 
@@ -88,6 +89,11 @@ def stage(cfg: CellConfig, n_train_rows: int, n_eval_rows: int, out_dir: Path | 
         rows[split] = _stage_rows(cfg, split, n, tokenizer, out / "rows", progress)
     atomic_write_text(out / "rows" / ROWS_FILE, json.dumps(
         {"context_length": cfg.data.context_length, "splits": rows}, indent=2))
+    # the rows' tokenizer: the source's record for ids, the model's own for text it tokenized
+    made_by = (rows_record(cfg.data) if cfg.data.column == "input_ids"
+               else tokenizer_record(tokenizer, cfg.model.name_or_path))
+    if made_by is not None:
+        write_record(out / "rows", made_by)
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in
                    (MANIFEST, "DONE") and not p.name.startswith("."))
     manifest = {

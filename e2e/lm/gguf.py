@@ -116,6 +116,7 @@ def build_gguf_lm(cfg: GGUFLMConfig, out_dir: Path | str, progress: bool = True)
     """Builds model/ and data/ in `out_dir` (see the module docstring); cached by DONE."""
     import datasets
 
+    from e2e.data.tokenizer_id import tokenizer_record, write_record
     from e2e.lm.corpus import build_corpus
 
     out = Path(out_dir)
@@ -138,6 +139,7 @@ def build_gguf_lm(cfg: GGUFLMConfig, out_dir: Path | str, progress: bool = True)
         return {"input_ids": [x + [sep] for x in ids]}
 
     corpus.map(enc, batched=True, remove_columns=["text"]).save_to_disk(str(out / "data"))
+    write_record(out / "data", tokenizer_record(tokenizer, str(out / "model")))
     val_ce = validation_ce(model, out / "data", tokenizer, cfg)
     summary = {"config": cfg.key(), "gguf_sha256": _sha256(gguf),
                "dequantisation": f"{gguf.name}: Q4_1 -> float32 by gguf "

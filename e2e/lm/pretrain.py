@@ -105,6 +105,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     import datasets
     from tqdm import tqdm
 
+    from e2e.data.tokenizer_id import tokenizer_record, write_record
     from e2e.data.tokens import TokenStream
     from e2e.lm.corpus import build_corpus
 
@@ -117,6 +118,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     corpus = datasets.load_from_disk(str(build_corpus(out / "corpus", cfg.corpus_max_chars)))
     tokenizer = train_tokenizer(corpus["train"]["text"], cfg.vocab_size)
     tokenize_corpus(corpus, tokenizer).save_to_disk(str(out / "data"))
+    write_record(out / "data", tokenizer_record(tokenizer, str(out / "model")))
     model = init_model(cfg, tokenizer)
 
     data_cfg = DataConfig(dataset=str(out / "data"), column="input_ids",
