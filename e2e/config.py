@@ -89,11 +89,20 @@ class LossConfig:
     # reconstruction terms stay in an MSE-trained parent's units and its λ carries over to an
     # end-to-end fine-tune (Karvonen 2025, arXiv 2503.17272; docs/finetune.md).
     balance_kl: bool = False
+    # Karvonen's rule as his code has it (e2e.train.karvonen): the KL term times
+    # (MSE / (KL + 1e-8)).detach() of every batch, instead of a scale fixed at the start.
+    balance_kl_every_step: bool = False
+    # Karvonen's L0 controller for ReLU SAEs: λ x0.999 after a step below the starting L0,
+    # x1.001 above (e2e.train.karvonen).
+    track_l0: bool = False
 
     def __post_init__(self) -> None:
         require(self.setting in SETTINGS, "loss.setting", f"one of {SETTINGS}", self.setting)
         require(self.sparsity_coeff >= 0, "loss.sparsity_coeff", ">= 0", self.sparsity_coeff)
         require(self.sparsity_p > 0, "loss.sparsity_p", "> 0", self.sparsity_p)
+        require(not self.balance_kl_every_step or self.setting in ("e2e", "e2e_ds"),
+                "loss.balance_kl_every_step", "false for a setting without a KL term",
+                self.balance_kl_every_step)
         for name in ("kl_coeff", "local_mse_coeff", "downstream_coeff"):
             v = getattr(self, name)
             require(v is None or v >= 0, f"loss.{name}", "None or >= 0", v)

@@ -6,9 +6,13 @@ per (recipe, fraction). A child is an ordinary cell (`init.from_cell` names its 
 same model, layer, data, seed and λ, its own loss and budget. Recipes:
 - `e2e`: the paper's KL (+ λ·sparsity);
 - `e2e_mse`: Karvonen's mix, KL/2 + MSE/2 (arXiv 2503.17272);
-- `e2e_ds`: the paper's KL + downstream MSE.
-Each balances its KL to the parent's MSE at the start (`loss.balance_kl`), so the parent's λ
-keeps its meaning (unbalanced, the KL is 20-30x smaller than the MSE on the small grids).
+- `e2e_ds`: the paper's KL + downstream MSE;
+- `karvonen`: Karvonen's recipe as his code defines it: 0.5 (alpha_kl KL + MSE) with alpha_kl =
+  MSE/KL recomputed every step, and for ReLU SAEs λ tracking the parent's L0
+  (`e2e.train.karvonen`).
+The first three balance their KL to the parent's MSE once, at the start (`loss.balance_kl`), so
+the parent's λ keeps its meaning (unbalanced, the KL is 20-30x smaller than the MSE on the small
+grids).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ RECIPES: dict[str, dict] = {
     "e2e_mse": {"loss.setting": "e2e", "loss.kl_coeff": 0.5, "loss.local_mse_coeff": 0.5,
                 "loss.balance_kl": True},
     "e2e_ds": {"loss.setting": "e2e_ds", "loss.balance_kl": True},
+    "karvonen": {"loss.setting": "e2e", "loss.kl_coeff": 0.5, "loss.local_mse_coeff": 0.5,
+                 "loss.balance_kl_every_step": True, "loss.track_l0": True},
 }
 
 
@@ -76,8 +82,11 @@ def child(parent: CellConfig, parent_id: str, recipe: str, fraction: float, ft: 
         raise ConfigError(f"finetune.fractions: {fraction:g} of a parent's {o.n_steps} steps "
                           "is less than one step")
     n = steps * o.samples_per_step
+    fields = dict(RECIPES[recipe])
+    if parent.sae.activation != "relu":  # the L0 controller acts on λ, which only ReLU has
+        fields.pop("loss.track_l0", None)
     return with_overrides(parent, {
-        **RECIPES[recipe], "init.from_cell": parent_id, "optim.n_samples": n,
+        **fields, "init.from_cell": parent_id, "optim.n_samples": n,
         "optim.warmup_samples": round(ft.warmup * steps) * o.samples_per_step,
         "optim.lr": min(0.99, o.lr * ft.lr_factor),
         # about four evaluations over the fine-tune, besides the one at its start
@@ -89,7 +98,8 @@ def recipe_of(cfg: CellConfig) -> str:
     plain = replace(cfg, loss=LossConfig(sparsity_coeff=cfg.loss.sparsity_coeff,
                                          sparsity_p=cfg.loss.sparsity_p))
     for name, fields in RECIPES.items():
-        if with_overrides(plain, fields) == cfg:
+        if with_overrides(plain, fields) == cfg or with_overrides(
+                plain, {**fields, "loss.track_l0": False}) == cfg:
             return name
     return cfg.loss.setting
 

@@ -268,3 +268,64 @@ def test_the_plain_sbatch_path_writes_aligned_manifests_and_aftercorr_commands(t
     assert ("--dependency=aftercorr:$arr --kill-on-invalid-dep=yes" in r.stdout
             and "manifest-ft0.5.txt); all=\"$all:$ft\"" in r.stdout
             and "--dependency=afterany:$arr$all" in r.stdout), r.stdout
+
+
+def _karvonen(cfg, parent_id, **optim):
+    from e2e.typed import with_overrides
+    from jobs.finetune import RECIPES
+
+    child = with_overrides(cfg, {**RECIPES["karvonen"], "init.from_cell": parent_id})
+    return replace(child, optim=replace(cfg.optim, **{"n_samples": 16, "warmup_samples": 0,
+                                                      **optim}))
+
+
+def test_karvonen_loss_is_recomputed_every_step_and_lambda_tracks_l0(parent, tmp_path):
+    """Every logged step: loss = 0.5 (alpha KL + MSE) + λ_t S with alpha = MSE / (KL + 1e-8)
+    of that step's batch (not a scale fixed at the start); λ_t = λ 0.999^a 1.001^b after a
+    steps below the parent's L0 and b above."""
+    import shutil
+
+    cfg, grid_dir = parent
+    shutil.copytree(grid_dir / "P", tmp_path / "P")
+    child = _karvonen(cfg, "P")
+    child = replace(child, eval=replace(child.eval, log_every_steps=1))
+    assert train(child, tmp_path / "K", progress=False) == "done"
+    m = read_metrics(cell_paths(tmp_path / "K").metrics)
+    t, target = m["train"], m["eval_history"]["l0"][0]
+    assert target == read_metrics(cell_paths(tmp_path / "P").metrics)["eval"]["l0"]
+    lam = cfg.loss.sparsity_coeff
+    alphas = []
+    for i in range(len(t["loss"])):
+        alpha = t["local_mse"][i] / (t["kl_orig_sae"][i] + 1e-8)
+        alphas.append(alpha)
+        assert t["kl_alpha"][i] == pytest.approx(alpha, rel=1e-4)
+        lam_i = lam if i == 0 else t["sparsity_coeff"][i - 1]  # λ used in step i
+        want = 0.5 * (alpha * t["kl_orig_sae"][i] + t["local_mse"][i]) + lam_i * t["sparsity"][i]
+        assert t["loss"][i] == pytest.approx(want, rel=1e-4), i
+        factor = 0.999 if t["l0"][i] < target else 1.001
+        assert t["sparsity_coeff"][i] == pytest.approx(lam_i * factor, rel=1e-6), i  # float32
+    assert max(alphas) > min(alphas) * 1.001  # recomputed, not fixed
+
+
+def test_karvonen_child_resumes_bit_identical_and_topk_has_no_controller(parent, tmp_path):
+    import shutil
+
+    from test_train import _assert_identical
+
+    from jobs.finetune import Finetune, child, recipe_of
+
+    cfg, grid_dir = parent
+    shutil.copytree(grid_dir / "P", tmp_path / "P")
+    k = _karvonen(cfg, "P", n_samples=48, warmup_samples=8)
+    k = replace(k, eval=replace(cfg.eval, checkpoint_every_steps=2, every_samples=16))
+    assert train(k, tmp_path / "straight", progress=False) == "done"
+    polls = iter(range(100))
+    assert train(k, tmp_path / "resumed", progress=False,
+                 should_stop=lambda it=polls: next(it) == 4) == "interrupted"
+    assert train(k, tmp_path / "resumed", progress=False) == "done"
+    _assert_identical(tmp_path / "straight", tmp_path / "resumed")
+    topk = replace(cfg, sae=replace(cfg.sae, activation="topk", k=4),
+                   loss=replace(cfg.loss, sparsity_coeff=0.0))
+    kid = child(topk, "P", "karvonen", 0.5, Finetune(settings=("karvonen",)))
+    assert not kid.loss.track_l0 and kid.loss.balance_kl_every_step
+    assert recipe_of(kid) == "karvonen"

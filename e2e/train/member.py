@@ -30,6 +30,7 @@ from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
 from e2e.store import append_row, write_metrics
 from e2e.train.cost import PARTS, train_flops
+from e2e.train.karvonen import L0Controller, rebalance_kl
 from e2e.train.mfr import mean_pairwise_similarity, penalty, warmup_weight
 from e2e.train.warm import parent_states
 
@@ -56,6 +57,7 @@ class Member:
         self.coeffs = self.base_coeffs = loss_coeffs(cfg.loss, cfg.layer, n_layers)
         self.needs_suffix = self.coeffs.kl > 0 or self.coeffs.downstream > 0
         self.kl_scale: float | None = None  # loss.balance_kl: MSE/KL at step 0
+        self.l0ctl = L0Controller(device) if cfg.loss.track_l0 else None
         self.parent_sha256 = ""
         n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
         self.saes = []
@@ -126,6 +128,8 @@ class Member:
             self.bad_step = torch.where(bad & (self.bad_step < 0), step, self.bad_step)
             (loss / accum).backward()
             alive.update(c)
+            if self.l0ctl:
+                self.l0ctl.observe(l0(c), 1 / (accum * n))
             if self.deads:
                 self.deads[i].update(c)
             if log:  # logged values are means over the SAEs
@@ -136,22 +140,26 @@ class Member:
         """(loss, unweighted terms, codes) of SAE `i` on one micro-batch: the setting's loss
         with the architecture's sparsity term, plus each nested reconstruction's terms
         (Matryoshka's prefixes, under `prefix<m>/`) and AuxK's (`auxk`)."""
-        cfg = self.cfg
+        cfg, coeffs = self.cfg, self.coeffs
+        if self.l0ctl:
+            coeffs = replace(coeffs, sparsity=coeffs.sparsity * self.l0ctl.mult)
         coded = sae.train_forward(clean.resid)
         logits_sae, later_sae = (patched_pass(model, clean, coded.x_hat)
                                  if self.needs_suffix else (None, None))
-        loss, terms = setting_loss(self.coeffs, p=cfg.loss.sparsity_p, x=clean.resid,
+        loss, terms = setting_loss(coeffs, p=cfg.loss.sparsity_p, x=clean.resid,
                                    x_hat=coded.x_hat, c=coded.c, logits_orig=clean.target,
                                    logits_sae=logits_sae, resids_orig=clean.later_resids,
                                    resids_sae=later_sae,
                                    sparsity=sae.sparsity_loss(coded, cfg.loss.sparsity_p))
+        if cfg.loss.balance_kl_every_step:
+            loss = rebalance_kl(loss, terms, coeffs.kl)
         for name, inner in sae.nested_reconstructions(coded).items():
             logits_in, later_in = (patched_pass(model, clean, inner)
                                    if self.needs_suffix else (None, None))
             if self.needs_suffix:  # one more patched pass of the suffix (`cost`)
                 self.tokens["suffix_patched"] += inner.shape[:-1].numel()
             loss, terms = reconstruction_loss(
-                self.coeffs, loss, terms, x=clean.resid, x_hat=inner,
+                coeffs, loss, terms, x=clean.resid, x_hat=inner,
                 logits_orig=clean.target, logits_sae=logits_in,
                 resids_orig=clean.later_resids, resids_sae=later_in,
                 prefix=f"{name}/")
@@ -182,6 +190,8 @@ class Member:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
+        if self.l0ctl:
+            self.l0ctl.step()
         step = self.step
         self.step += 1
         self.samples_seen += o.samples_per_step
@@ -190,6 +200,8 @@ class Member:
             self.grad_norm_count += 1
         if log:
             values = {k: float(v) for k, v in self._terms.items()}
+            if self.l0ctl:
+                values["sparsity_coeff"] = self.cfg.loss.sparsity_coeff * float(self.l0ctl.mult)
             values.update(grad_norm=float(grad_norm), lr=lr, alive_dict_elements=self.alive,
                           tokens_seen=self.samples_seen * self.cfg.tokens_per_sample)
             append_row(self.train_log, step, values)
@@ -217,11 +229,14 @@ class Member:
     def needs_start_eval(self) -> bool:
         """An evaluation before the first step: a warm start's curve begins at its parent's
         value, and `loss.balance_kl` measures its scale there."""
-        return self.step == 0 and (self.cfg.init.warm or self.cfg.loss.balance_kl)
+        return self.step == 0 and (self.cfg.init.warm or self.cfg.loss.balance_kl
+                                   or self.cfg.loss.track_l0)
 
     def set_kl_scale(self, start_eval: dict[str, float]) -> None:
         """loss.balance_kl: the KL term times MSE/KL of the starting dictionary at the hook
         (eval batches), so it starts equal to the MSE (Karvonen 2025)."""
+        if self.l0ctl:
+            self.l0ctl.target = start_eval["l0"]
         if self.cfg.loss.balance_kl:
             mse = start_eval[f"mse/{self.cfg.hook_name}"]
             self._scale_kl(mse / max(start_eval["kl_orig_sae"], 1e-12))
@@ -259,6 +274,7 @@ class Member:
             "grad_norm": [self.grad_norm_sum.cpu(), self.grad_norm_count],
             "train_log": self.train_log, "eval_log": self.eval_log,
             "tokens": self.tokens, "kl_scale": self.kl_scale,
+            **({"l0ctl": self.l0ctl.state_dict()} if self.l0ctl else {}),
             "parent_sha256": self.parent_sha256,
             **({"dead": [d.state_dict() for d in self.deads]} if self.deads else {}),
         }
@@ -281,6 +297,8 @@ class Member:
         self.tokens = s.get("tokens", dict.fromkeys(PARTS, 0))  # older checkpoints: none
         if s.get("kl_scale") is not None:
             self._scale_kl(s["kl_scale"])
+        if self.l0ctl:
+            self.l0ctl.load_state_dict(s["l0ctl"])
         if s.get("parent_sha256", "") != self.parent_sha256:
             raise ConfigError(f"{self.paths.root}: its parent's weights changed since it "
                               f"started (sha256 {s.get('parent_sha256', '')[:12]} then, "
