@@ -253,15 +253,13 @@ def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
             models[cfg.model.name_or_path] = load_model(cfg.model, "cpu")
         model = models[cfg.model.name_or_path]
         sae, _ = load_saelens(cell_paths(grid_dir / x.point.cell_id).sae)
-        evs = eval_stream(cfg.data, model.tokenizer, cfg.seed)
-        n_rows = max(1, opts.multidim_tokens // cfg.data.context_length)
-        tokens = evs.next_batch(n_rows)
+        tokens = eval_stream(cfg.data, model.tokenizer, cfg.seed).next_batch(
+            max(1, opts.multidim_tokens // cfg.data.context_length))
         with torch.no_grad():
             codes = sae.encode(resid_pre(model, tokens, cfg.layer))
             codes[:, :cfg.data.skip_positions] = 0  # positions the SAE never acts on
-            codes = codes.reshape(-1, sae.n_dict)
         flat = tokens.reshape(-1).tolist()
-        results = _clusters(x, codes[:, x.alive_index], flat, opts, h5)
+        results = _clusters(x, codes.reshape(-1, sae.n_dict)[:, x.alive_index], flat, opts, h5)
         scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]
         results.sort(key=lambda r: -r[0])
         clusters[x.point.cell_id] = [

