@@ -42,7 +42,8 @@ def headline(points: list[Point], cells: list[CellResult]) -> list[str]:
         e2e = tables.base_curve(curve, "e2e")  # of the same architecture
         for base in (tables.base_curve(curve), e2e):
             r = tables.ce_ratio_at_equal_l0(points, layer, curve, base=base)
-            parts.append(f"{r[0]:.0%} of {base}'s (L0 {r[1]:.1f}-{r[2]:.1f})" if r else
+            parts.append(f"{r[0]:.0%} of {base}'s (L0 {r[1]:.1f}-{r[2]:.1f})"
+                         f"{tables.per_seed(points, layer, curve, base)}" if r else
                          f"not comparable with {base} (no shared L0 range)")
         cost = _mean_cost(cells, layer, curve) / _mean_cost(cells, layer, e2e)
         wall = (_mean_cost(cells, layer, curve, "total_time_s")

@@ -188,7 +188,7 @@ def to_point(c: CellResult) -> Point:
                         c.eval["l0"], c.eval.get("alive_dict_elements", float("nan")),
                         c.eval.get("grad_norm", float("nan")), c.eval["ce_loss_increase"],
                         c.train_time_s or 0.0, c.eval.get("l2_ratio/pos0", float("nan")),
-                        c.eval.get("l2_ratio/pos_gt0", float("nan")))
+                        c.eval.get("l2_ratio/pos_gt0", float("nan")), c.cfg.seed)
 
 
 def within_means(results: Path) -> dict[str, float]:

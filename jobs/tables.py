@@ -53,6 +53,7 @@ class Point:
     train_time_s: float
     l2_ratio_pos0: float = float("nan")
     l2_ratio_pos_gt0: float = float("nan")
+    seed: int = 0
 
 
 MISMATCH_FLAG = 0.20  # a pair further apart than this is flagged, not shown as "similar"
@@ -141,6 +142,19 @@ def ce_ratio_at_equal_l0(points: list[Point], layer: int, setting: str, n: int =
     return float(np.exp(np.mean(np.log(other / local)))), float(lo), float(hi)
 
 
+def per_seed(points: list[Point], layer: int, setting: str, base: str = "local") -> str:
+    """" (per seed: s0 82%, s1 91%)": `ce_ratio_at_equal_l0` within each seed that both curves
+    trained, where there are two or more (the headline's spread); "" with one seed."""
+    seeds = sorted({p.seed for p in points if p.layer == layer and p.setting in (setting, base)})
+    if len(seeds) < 2:
+        return ""
+    parts = []
+    for s in seeds:
+        r = ce_ratio_at_equal_l0([p for p in points if p.seed == s], layer, setting, base=base)
+        parts.append(f"s{s} {100 * r[0]:.0f}%" if r else f"s{s} not comparable")
+    return f" (per seed: {', '.join(parts)})"
+
+
 def not_comparable(points: list[Point], layer: int, setting: str, base: str) -> str:
     """Why `ce_ratio_at_equal_l0` (over L0, no interval) gave no ratio, in words: too few runs,
     L0 ranges that share no stretch of positive width (each curve's range), or a CE loss
@@ -212,7 +226,8 @@ def headline(points: list[Point], curves: dict[int, list[str]], intervals: dict 
             else:
                 ratio, lo, hi = r
                 lines.append(f"layer {layer}: at equal L0 ({lo:.1f}-{hi:.1f}), {setting}'s "
-                             f"CE loss increase is {100 * ratio:.0f}% of {base}'s")
+                             f"CE loss increase is {100 * ratio:.0f}% of {base}'s"
+                             + per_seed(points, layer, setting, base))
             for x, want in (intervals or {}).get(layer, {}).items():
                 r = ce_ratio_at_equal_l0(points, layer, setting, x=x, interval=want, base=base)
                 where = f"the paper's interval of {names[x]} {want[0]:g}-{want[1]:g}"

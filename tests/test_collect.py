@@ -253,3 +253,20 @@ def test_a_comparison_that_cannot_be_made_says_why():
     assert tables.ce_ratio_at_equal_l0(others + negative, 6, "e2e") is None
     assert tables.not_comparable(others + negative, 6, "e2e", "local") == (
         "a CE loss increase is not positive over their shared L0 range")
+
+
+def test_the_headline_says_its_spread_over_seeds():
+    """Two seeds: the pooled ratio, then each seed's own (the comparison within one seed's
+    runs); one seed: nothing more."""
+    from jobs.tables import Point, headline
+
+    def pt(setting, l0, ce, seed):
+        return Point(f"{setting}{l0}{seed}", 2, setting, 1.0, l0, 0, 0, ce, 0, seed=seed)
+
+    pts = [pt("local", 10, 1.0, 0), pt("local", 40, 0.5, 0), pt("e2e", 10, 0.8, 0),
+           pt("e2e", 40, 0.4, 0), pt("local", 10, 1.0, 1), pt("local", 40, 0.5, 1),
+           pt("e2e", 10, 0.5, 1), pt("e2e", 40, 0.25, 1)]
+    (line,) = headline(pts, {2: ["local", "e2e"]})
+    assert "(per seed: s0 80%, s1 50%)" in line, line
+    (line,) = headline(pts[:4], {2: ["local", "e2e"]})
+    assert "per seed" not in line and "80% of local's" in line
