@@ -134,3 +134,31 @@ def test_staged_rows_are_the_rows_the_stream_yields(cfg, tmp_path):
     want = torch.cat([src.next_batch(7) for _ in range(10)])
     got = TS(staged_config(cfg, d).data, None, 3, "train")
     assert torch.equal(torch.cat([got.next_batch(5) for _ in range(14)]), want)
+
+
+def test_a_rotary_model_stages_and_trains_identically(cfg, tmp_path):
+    """A Llama (rotary, RMSNorm) with the smoke grid's tokenizer: staged with its rows (and
+    their tokenizer's record), a cell from the stage equals one from the source; the record
+    travels with the rows."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from e2e.config import ModelConfig
+    from e2e.data.tokenizer_id import rows_record, tokenizer_record
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32,
+                                         intermediate_size=64, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64))
+    llama.save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    c = replace(cfg, model=ModelConfig(str(tmp_path / "llama")))
+    d = stage(c, *rows_needed(c), tmp_path / "stage", progress=False)
+    staged = staged_config(c, d)
+    assert rows_record(staged.data) == rows_record(c.data)
+    assert rows_record(staged.data)["fingerprint"] == tokenizer_record(tok, "")["fingerprint"]
+    train(c, tmp_path / "source", progress=False)
+    train(staged, tmp_path / "staged", progress=False)
+    ma, mb = (read_metrics(cell_paths(tmp_path / x).metrics) for x in ("source", "staged"))
+    assert ma["eval"] == mb["eval"] and ma["eval"]["kl_orig_sae"] > 0
