@@ -68,7 +68,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(bool(self.dataset), "data.dataset", "a dataset path or hub id", self.dataset)
         require(0 <= self.skip_positions < self.context_length, "data.skip_positions",
-                ">= 0 and < data.context_length", self.skip_positions)
+                f">= 0 and < data.context_length ({self.context_length})", self.skip_positions)
         require(bool(self.column), "data.column", "a column name", self.column)
         require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", self.shuffle_buffer)
@@ -100,9 +100,11 @@ class LossConfig:
         require(self.setting in SETTINGS, "loss.setting", f"one of {SETTINGS}", self.setting)
         require(self.sparsity_coeff >= 0, "loss.sparsity_coeff", ">= 0", self.sparsity_coeff)
         require(self.sparsity_p > 0, "loss.sparsity_p", "> 0", self.sparsity_p)
-        require(not self.balance_kl_every_step or self.setting in ("e2e", "e2e_ds"),
-                "loss.balance_kl_every_step", "false for a setting without a KL term",
-                self.balance_kl_every_step)
+        require(not self.balance_kl_every_step or (
+            self.setting in ("e2e", "e2e_ds") and (self.local_mse_coeff or 0) > 0
+            and self.kl_coeff != 0), "loss.balance_kl_every_step",
+            "false unless the loss has a KL term and a local MSE term (loss.local_mse_coeff "
+            "> 0: it balances one against the other)", self.balance_kl_every_step)
         for name in ("kl_coeff", "local_mse_coeff", "downstream_coeff"):
             v = getattr(self, name)
             require(v is None or v >= 0, f"loss.{name}", "None or >= 0", v)

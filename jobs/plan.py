@@ -220,8 +220,8 @@ def make_plan(tokens: list[str]) -> Plan:
                           "the shared root: there is nothing to stage")
     if grid.pretrain is None and needs_model:
         cfgs, stages = apply_source(cfgs, root, opts.source, opts.stage, notes)
-    shape = _check_shapes(grid, cfgs, source_cfgs, needs_model)
-    notes += check_tokenizers(cfgs, grid_pretrain_dir(root, grid) if grid.pretrain else None)
+    shape = _check_shapes(grid, cfgs, source_cfgs, needs_model, root)
+    notes += check_tokenizers(source_cfgs, grid_pretrain_dir(root, grid) if grid.pretrain else None)
     depth = shape[0] if shape else None
     shas: dict[tuple[str, str], str] = {}  # one hash per parent (a paper SAE's: 280 MB)
     cfgs = [_with_parent(c, root / grid.name, shape[1] if shape else None, shas) for c in cfgs]
@@ -291,10 +291,11 @@ def _with_parent(cfg: CellConfig, grid_dir: Path, d_in: int | None,
 
 
 def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConfig],
-                  needs_model: bool) -> tuple[int, int, int | None] | None:
+                  needs_model: bool, root: Path) -> tuple[int, int, int | None] | None:
     """Layers, context and sizes against the model's (blocks, width, positions) where they are
     known offline (a pre-trained grid, a stage, the HF cache); returns that shape, or None."""
-    shape = (known_shape(grid, cfgs[0], source_cfgs[0])
+    own = str(grid_pretrain_dir(root, grid) / "model") if grid.pretrain else None
+    shape = (known_shape(grid, cfgs[0], source_cfgs[0], own)
              if needs_model or grid.pretrain is not None else None)
     model_cfgs = [c for c in cfgs if c.source == "model"] if shape is not None else []
     for cfg in model_cfgs:  # every layer first: the message names what the grid gets wrong

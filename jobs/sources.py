@@ -57,21 +57,25 @@ def model_shape(name_or_path: str) -> tuple[int, int, int | None] | None:
     """(blocks, residual width, positions) of a local model folder or a hub model in the HF
     cache; None if they cannot be known from here without downloading. ConfigError for an
     architecture whose split forward is not verified (`e2e.model.VERIFIED_ARCHITECTURES`)."""
+    if Path(name_or_path).is_absolute() and not Path(name_or_path).is_dir():
+        raise ConfigError(f"model.name_or_path={name_or_path} is invalid: no such folder")
     d = model_config(name_or_path)
     return None if d is None else shape_from_config(d, name_or_path)
 
 
-def known_shape(grid, cfg: CellConfig, source_cfg: CellConfig
+def known_shape(grid, cfg: CellConfig, source_cfg: CellConfig, own_model: str | None
                 ) -> tuple[int, int, int | None] | None:
-    """(blocks, width, positions) of the cells' model where known offline: the grid's own LM,
-    the model's folder or HF cache (the stage's, else the original's), else the grid's
-    `model_sizes` for the grid's own model; None otherwise."""
-    if grid.pretrain is not None:
+    """(blocks, width, positions) of the cells' model where known offline: the grid's own LM
+    (`own_model`, built by its pre-training job), the model's folder or HF cache (the stage's,
+    else the original's), else the grid's `model_sizes` for the grid's own model; None
+    otherwise. ConfigError for an unverified architecture or a missing folder."""
+    name, src = cfg.model.name_or_path, source_cfg.model.name_or_path
+    if grid.pretrain is not None and src == own_model:
         return grid.pretrain.n_layers, grid.pretrain.d_model, grid.pretrain.n_ctx
-    name = cfg.model.name_or_path
-    return (model_shape(name) or model_shape(source_cfg.model.name_or_path)
-            or (shape_from_config(grid.model_sizes, name)
-                if grid.model_sizes and cfg.model == grid.base.model else None))
+    staged = model_shape(name) if name != src and Path(name).is_dir() else None
+    return (staged or model_shape(src)
+            or (shape_from_config(grid.model_sizes, src)
+                if grid.model_sizes and source_cfg.model == grid.base.model else None))
 
 
 def shape_from_config(d: dict, name_or_path: str) -> tuple[int, int, int | None] | None:

@@ -39,9 +39,11 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"local processes, {o.array_parallelism or 1} at a time (on SLURM each "
                      f"task would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
     if plan.grid.gpu_hours:
-        known = [plan.grid.cell_gpu_hours(c.cfg) for c in plan.todo]
-        hours = sum(h for h in known if h is not None)
-        lines.append(f"estimated {hours:,.0f} GPU-hours for the {len(plan.todo)} cells to run "
+        known = [h for h in (plan.grid.cell_gpu_hours(c.cfg) for c in plan.todo)
+                 if h is not None]
+        some = "" if len(known) == len(plan.todo) else f"{len(known)} of "
+        lines.append(f"estimated {sum(known):,.0f} GPU-hours for {some}the {len(plan.todo)} "
+                     f"cells to run{' (the others: no estimate)' if some else ''} "
                      f"({plan.grid.gpu_hours_source}; packs share the clean pass)")
     lines += _memory_lines(plan)
     if plan.needs_pretrain:
@@ -86,7 +88,7 @@ def _memory_lines(plan: Plan) -> list[str]:
             peak[cfg.loss.setting] = max(peak.get(cfg.loss.setting, 0.0), gib)
     if not peak:
         return []
-    return ["estimated GPU memory per cell at most: " + ", ".join(
+    return ["estimated GPU memory of a cell alone at most (a pack holds more): " + ", ".join(
         f"{s} {g:,.0f} GiB" for s, g in peak.items()) + " (jobs/cell_memory.py: a model "
         "calibrated on one H200 measurement of a GPT-2 e2e cell)"]
 

@@ -329,3 +329,15 @@ def test_karvonen_child_resumes_bit_identical_and_topk_has_no_controller(parent,
     kid = child(topk, "P", "karvonen", 0.5, Finetune(settings=("karvonen",)))
     assert not kid.loss.track_l0 and kid.loss.balance_kl_every_step
     assert recipe_of(kid) == "karvonen"
+
+
+def test_the_per_step_balance_needs_both_terms():
+    """It balances KL against the hook's MSE: a loss without either is refused in one line
+    (it raised KeyError on the first step)."""
+    from e2e.config import LossConfig
+
+    for bad in ({"setting": "e2e"}, {"setting": "local", "local_mse_coeff": 1.0},
+                {"setting": "e2e", "local_mse_coeff": 0.5, "kl_coeff": 0.0}):
+        with pytest.raises(ConfigError, match="loss.balance_kl_every_step"):
+            LossConfig(balance_kl_every_step=True, **bad)
+    LossConfig(setting="e2e", balance_kl_every_step=True, local_mse_coeff=0.5, kl_coeff=0.5)

@@ -302,3 +302,34 @@ def test_saelens_cfg_records_the_processing_the_bridge_applied(smollm2_dir, smok
     gpt2 = cell_meta(smoke_cells[0], 0)
     assert gpt2["model_from_pretrained_kwargs"]["center_writing_weights"] is True
     assert gpt2["skip_positions"] == 0
+
+
+def test_an_overriding_model_is_checked_on_every_path(tmp_path):
+    """The architecture refusal and the layer check also for a grid that builds its own LM
+    (smoke, demo) when model.name_or_path replaces it, and with stage=true (the plan checks
+    the original sources); a missing folder is named."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gptj = tmp_path / "gptj"
+    gptj.mkdir()
+    (gptj / "config.json").write_text(json.dumps({
+        "architectures": ["GPTJForCausalLM"], "model_type": "gptj", "n_layer": 4,
+        "n_embd": 64, "n_positions": 128}))
+    repo = Path(__file__).resolve().parent.parent
+    root = tmp_path / "root"
+
+    def submit(*args):
+        r = subprocess.run([sys.executable, "jobs/submit.py", f"root={root}", "dry_run=true",
+                            *args], cwd=repo, env=dict(os.environ), capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        return r.stderr
+
+    assert "GPTJForCausalLM" in submit("grid=smoke", f"model.name_or_path={gptj}")
+    assert "no such folder" in submit("grid=demo", f"model.name_or_path={tmp_path}/nope")
+    assert "layer=30 is invalid" in submit("grid=pythia-410m", "layers=[30]", "stage=true")
+    assert not root.exists()

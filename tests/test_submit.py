@@ -227,7 +227,7 @@ def test_a_current_model_grid_dry_run_prints_gpu_hours_and_memory_per_cell(tmp_p
     r = _submit("grid=pythia-410m", "dry_run=true", f"root={tmp_path}")
     assert r.returncode == 0, r.stderr
     assert "estimated 762 GPU-hours for the 24 cells" in r.stdout
-    assert "estimated GPU memory per cell at most: local 10 GiB, e2e 56 GiB" in r.stdout
+    assert "at most (a pack holds more): local 10 GiB, e2e 56 GiB" in r.stdout
     r = _submit("grid=pythia-410m", "dry_run=true", "layers=[24]", f"root={tmp_path}")
     assert "layer=24 is invalid: the model has 24 layers" in r.stderr
     gpt2 = cell_memory_gib(replace(CellConfig(), layer=6), PAPER_TABLES.model_sizes)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 
 
-def rebalance_kl(loss: torch.Tensor, terms: dict[str, torch.Tensor], kl_coeff: float
-                 ) -> torch.Tensor:
-    """`loss` with its KL term `kl_coeff * KL` replaced by `kl_coeff * alpha_kl * KL`; adds
-    `kl_alpha` to `terms`."""
-    kl, mse = terms["kl_orig_sae"], terms["local_mse"]
+def rebalance_kl(loss: torch.Tensor, terms: dict[str, torch.Tensor], kl_coeff: float,
+                 prefix: str = "") -> torch.Tensor:
+    """`loss` with its KL term `kl_coeff * KL` replaced by `kl_coeff * alpha_kl * KL` (the
+    terms under `prefix`: a nested reconstruction's); adds `<prefix>kl_alpha` to `terms`."""
+    kl, mse = terms[prefix + "kl_orig_sae"], terms[prefix + "local_mse"]
     alpha = (mse / (kl + 1e-8)).detach()
-    terms["kl_alpha"] = alpha
+    terms[prefix + "kl_alpha"] = alpha
     return loss + kl_coeff * (alpha - 1) * kl
 
 

@@ -163,6 +163,8 @@ class Member:
                 logits_orig=clean.target, logits_sae=logits_in,
                 resids_orig=clean.later_resids, resids_sae=later_in,
                 prefix=f"{name}/")
+            if cfg.loss.balance_kl_every_step:
+                loss = rebalance_kl(loss, terms, coeffs.kl, f"{name}/")
         if self.deads:
             terms["auxk"] = auxk_loss(clean.resid, coded.x_hat, coded.pre, self.deads[i].dead,
                                       sae.dict_elements, self.k_aux)
