@@ -89,11 +89,9 @@ class LossConfig:
     # reconstruction terms stay in an MSE-trained parent's units and its λ carries over to an
     # end-to-end fine-tune (Karvonen 2025, arXiv 2503.17272; docs/finetune.md).
     balance_kl: bool = False
-    # Karvonen's rule as his code has it (e2e.train.karvonen): the KL term times
-    # (MSE / (KL + 1e-8)).detach() of every batch, instead of a scale fixed at the start.
+    # Karvonen's code (e2e.train.karvonen): the KL term times (MSE / (KL + 1e-8)).detach() of
+    # every batch; and for ReLU SAEs λ x0.999 / x1.001 while L0 is below / above its start.
     balance_kl_every_step: bool = False
-    # Karvonen's L0 controller for ReLU SAEs: λ x0.999 after a step below the starting L0,
-    # x1.001 above (e2e.train.karvonen).
     track_l0: bool = False
 
     def __post_init__(self) -> None:
