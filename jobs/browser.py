@@ -197,7 +197,8 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     pos = np.concatenate([top, ivl], 1)
     elem = np.broadcast_to(d.pages[:, None], pos.shape)
     ok = pos >= 0
-    win = features.window_codes(_skipping(d.sae.encode, acts.shape[1], d.cfg.data.skip_positions),
+    win = features.window_codes(_skipping(d.sae.encode, acts.shape[1],
+                                          d.cell.cfg.data.skip_positions),
                                 acts, elem[ok], pos[ok], s.half_window)
     levels = np.full(pos.shape, "", dtype=object)
     levels[ok] = _levels(win, st.max[elem[ok]])
