@@ -140,3 +140,25 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
     finally:
         driver.quit()
     assert (ARTIFACTS / "browser-feature-smoke.png").stat().st_size > 10_000
+
+
+def test_skipped_positions_have_no_codes_in_the_scan_or_the_windows():
+    """data.skip_positions=1: position 0 of every row codes nothing in the page statistics
+    and in the context windows (the dictionary never acted there)."""
+    import numpy as np
+    import torch
+
+    from e2e.analysis import features
+    from jobs.browser import _skipping
+
+    def encode(a):  # every element fires everywhere
+        return a[:, :2].abs() + 1
+
+    acts = torch.randn(3, 8, 4)
+    enc = _skipping(encode, 8, 1)
+    c = enc(acts.reshape(-1, 4)).reshape(3, 8, -1)
+    assert (c[:, 0] == 0).all() and (c[:, 1:] > 0).all()
+    st = features.scan(enc, acts, 2, k=4, bins=4, intervals=2, per_interval=1)
+    assert (st.top_pos % 8 != 0).all()
+    win = features.window_codes(enc, acts, np.array([0, 1]), np.array([1, 9]), 1)
+    assert win[0, 0] == 0 and win[1, 0] == 0 and (win[:, 1:] > 0).all()
