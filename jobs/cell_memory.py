@@ -16,16 +16,17 @@ scaled by `OVERHEAD`, fitted to the one measurement there is: an e2e cell at the
 from __future__ import annotations
 
 from e2e.config import CellConfig, n_dict_for
+from jobs.sources import config_int
 
 OVERHEAD = 23 / 16.2  # allocator, temporaries and workspace beyond the saved tensors
 
 
 def cell_memory_gib(cfg: CellConfig, hf: dict) -> float | None:
     """Estimated peak GiB of one cell on a GPU; None where the HF config lacks a size."""
-    d, depth, vocab = (_first(hf, k) for k in (("hidden_size", "n_embd", "d_model"),
+    d, depth, vocab = (config_int(hf, k) for k in (("hidden_size", "n_embd", "d_model"),
                                               ("num_hidden_layers", "n_layer"),
                                               ("vocab_size",)))
-    heads = _first(hf, ("num_attention_heads", "n_head"))
+    heads = config_int(hf, ("num_attention_heads", "n_head"))
     params = _params(hf, d, depth, vocab)
     if None in (d, depth, vocab, heads, params):
         return None
@@ -42,17 +43,13 @@ def cell_memory_gib(cfg: CellConfig, hf: dict) -> float | None:
     return OVERHEAD * 4 * floats / 2**30
 
 
-def _first(hf: dict, keys: tuple[str, ...]) -> int | None:
-    return next((hf[k] for k in keys if isinstance(hf.get(k), int)), None)
-
-
 def _params(hf: dict, d: int | None, depth: int | None, vocab: int | None) -> int | None:
     """Parameters: embeddings (untied unembedding counted twice) and 12 · d² per block (4 d²
     attention with grouped KV heads counted as full, 8 d² MLP at 4 d; a wider or gated MLP
     counts its own size)."""
     if None in (d, depth, vocab):
         return None
-    mlp = _first(hf, ("intermediate_size", "n_inner")) or 4 * d
+    mlp = config_int(hf, ("intermediate_size", "n_inner")) or 4 * d
     gated = 3 if "rms_norm_eps" in hf else 2  # Llama-family MLPs have gate, up and down
     tied = hf.get("tie_word_embeddings", True)
     return vocab * d * (1 if tied else 2) + depth * (4 * d * d + gated * d * mlp)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from e2e.config import SETTINGS, CellConfig, ConfigError, ModelConfig
+from e2e.config import SETTINGS, CellConfig, ConfigError, DataConfig, ModelConfig
 from e2e.lm.gguf import GGUFLMConfig
 from e2e.lm.pretrain import PretrainConfig
 from e2e.train.loop import pack_key
@@ -88,6 +88,9 @@ class Grid:
         factor = self.gpu_hours_factor.get((cfg.sae.activation, cfg.loss.setting), 1.0)
         return None if hours is None else hours * factor
 
+
+# The token rows of a grid's own LM (`Grid.pretrain`); `expand` fills in the folder.
+OWN_LM_DATA = DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation")
 
 # The paper's Table 6 (one A100), hours per cell.
 PAPER_HOURS = {(2, "local"): 3.75, (2, "e2e"): 12.4, (2, "e2e_ds"): 12.5,

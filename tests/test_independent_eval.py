@@ -14,6 +14,16 @@ from e2e.store import read_metrics
 from e2e.train import train
 
 
+def _ce_ce_kl(lo, ls, targets):
+    """The paper's formulas written out: next-token CE of the clean and the spliced logits
+    (batch, pos, vocab) against `targets` (batch, pos - 1), and KL(p_clean ‖ p_sae) per
+    token."""
+    t = targets.reshape(-1)
+    ce = [F.cross_entropy(x[:, :-1].reshape(-1, x.shape[-1]), t) for x in (lo, ls)]
+    lp, lq = lo.log_softmax(-1), ls.log_softmax(-1)
+    return ce[0], ce[1], (lp.exp() * (lp - lq)).sum(-1).mean()
+
+
 def test_eval_of_a_trained_cell_equals_an_independent_hook_splice(smoke_cells, tmp_path):
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -40,11 +50,9 @@ def test_eval_of_a_trained_cell_equals_an_independent_hook_splice(smoke_cells, t
         for tokens in batches:
             lo = model(tokens)
             ls = model.run_with_hooks(tokens, fwd_hooks=[(sae_cfg["hook_name"], splice)])
-            target = tokens[:, 1:].reshape(-1)
-            ce_orig.append(F.cross_entropy(lo[:, :-1].reshape(-1, lo.shape[-1]), target))
-            ce_sae.append(F.cross_entropy(ls[:, :-1].reshape(-1, ls.shape[-1]), target))
-            lp, lq = lo.log_softmax(-1), ls.log_softmax(-1)
-            kl.append((lp.exp() * (lp - lq)).sum(-1).mean())
+            for out, v in zip((ce_orig, ce_sae, kl), _ce_ce_kl(lo, ls, tokens[:, 1:]),
+                              strict=True):
+                out.append(v)
     mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
     ev = read_metrics(p.metrics)["eval"]
     assert ev["ce_loss_orig"] == pytest.approx(mean(ce_orig), abs=1e-5)
@@ -98,11 +106,9 @@ def test_a_smollm2_cell_equals_a_hooked_plain_hf_forward(smollm2_dir, tmp_path):
             handle = hf.model.layers[6].register_forward_pre_hook(splice, with_kwargs=True)
             ls = hf(tokens).logits[:, 1:]
             handle.remove()
-            target = tokens[:, 2:].reshape(-1)
-            ce_orig.append(F.cross_entropy(lo[:, :-1].reshape(-1, lo.shape[-1]), target))
-            ce_sae.append(F.cross_entropy(ls[:, :-1].reshape(-1, ls.shape[-1]), target))
-            lp, lq = lo.log_softmax(-1), ls.log_softmax(-1)
-            kl.append((lp.exp() * (lp - lq)).sum(-1).mean())
+            for out, v in zip((ce_orig, ce_sae, kl), _ce_ce_kl(lo, ls, tokens[:, 2:]),
+                              strict=True):
+                out.append(v)
     mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
     ev = read_metrics(p.metrics)["eval"]
     assert ev["ce_loss_increase"] == pytest.approx(mean(ce_sae) - mean(ce_orig), rel=2e-3)
