@@ -31,13 +31,16 @@ import torch
 
 from e2e.analysis import features
 from e2e.analysis.cosine import top_cosines
+from e2e.autointerp import records
 from e2e.io import atomic_write_text, cell_paths
 from e2e.store import read_metrics
+from jobs import autointerp_report
 from jobs.analysis_cost import BROWSER_FULL_MAX, BROWSER_NEAREST, BROWSER_SAMPLE, BROWSER_TOKENS
 
 ASSETS = Path(__file__).resolve().parent / "browser_assets"
 LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # a token's shade: its code / the feature's max
 SHARD = 64  # features per data file
+RECORD_FEATURES = 512  # features per dictionary whose records the auto-interp step may read
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def build(grid_dir: Path, cells: list, full_ids: set[str], clusters: dict,
 
 def _build(grid_dir: Path, tmp: Path, cells: list, full_ids: set[str], clusters: dict,
            s: Settings, device: str) -> tuple[int, list[dict]]:
-    writer = _Writer(tmp / "data")
+    writer = Writer(tmp / "data")
     groups: dict[str, list] = {}
     for c in cells:
         if c.status == "done" and c.cfg.source == "model":
@@ -124,6 +127,7 @@ def _build(grid_dir: Path, tmp: Path, cells: list, full_ids: set[str], clusters:
                        models)
         rows += [_row(d, f"g{g}") for d in dicts]
         n_pages += sum(len(d.pages) for d in dicts)
+    autointerp_report.browser_data(grid_dir / "results", writer.put)  # after a rebuild too
     writer.put("index", "index", {"grid": grid_dir.name, "cells": rows,
                                   "headline": _read(grid_dir / "results" / "headline.txt"),
                                   "plots": _plots(grid_dir / "results", tmp)})
@@ -169,8 +173,9 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
         d.pages = pages
         dicts.append(d)
     w_u = model.W_U.detach().float()
+    rec = (grid_dir / "results" / "autointerp" / "records", tokens.flatten().numpy(), vocab)
     for d in dicts:
-        _write_dictionary(writer, gid, d, dicts, acts, w_u, s)
+        _write_dictionary(writer, gid, d, dicts, acts, w_u, s, rec)
         if d.cell.id in clusters:
             writer.put(f"clusters-{d.cell.id}", f"clusters/{d.cell.id}",
                        _clusters(clusters[d.cell.id], tok))
@@ -178,7 +183,7 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
 
 
 def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
-                      s: Settings) -> None:
+                      s: Settings, rec: tuple) -> None:
     st, n = d.stats, d.sae.n_dict
     page_of = np.full(n, -1)
     page_of[d.pages] = np.arange(len(d.pages)) // SHARD
@@ -202,6 +207,9 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
                                 acts, elem[ok], pos[ok], s.half_window)
     levels = np.full(pos.shape, "", dtype=object)
     levels[ok] = _levels(win, st.max[elem[ok]])
+    full = np.full(pos.shape + win.shape[1:], np.nan, dtype=np.float32)
+    full[ok] = win
+    _save_records(rec, d, pos, full, acts, top.shape[1], s)
     dirs = d.sae.dict_elements.detach().float()[:, d.pages]  # the pages' directions
     up, up_v, down, down_v = features.logit_effects(dirs, w_u, s.logits)
     near = []
@@ -233,6 +241,26 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
         part = {int(f): records[int(f)] for f in d.pages[shard:shard + SHARD]}
         key = f"feat/{d.cell.id}/{shard // SHARD}"
         writer.put(f"feat-{d.cell.id}-{shard // SHARD}", key, part)
+
+
+def _save_records(rec: tuple, d: _Dict, pos: np.ndarray, win: np.ndarray, acts, k: int,
+                  s: Settings) -> None:
+    """The auto-interp records (`e2e.autointerp.records`) of at most RECORD_FEATURES pages
+    (seeded): top and interval contexts, and as many silent ones as interval samples."""
+    folder, tokens, vocab = rec
+    rows = np.arange(len(d.pages))
+    if len(rows) > RECORD_FEATURES:
+        rows = np.sort(np.random.default_rng(d.cell.cfg.seed).choice(
+            rows, RECORD_FEATURES, replace=False))
+    enc = _skipping(d.sae.encode, acts.shape[1], d.cell.cfg.data.skip_positions)
+    spos, scodes = records.silent_positions(
+        lambda e, p: features.window_codes(enc, acts, d.pages[rows][e], p, s.half_window),
+        len(rows), acts.shape[0] * acts.shape[1], s.intervals * s.per_interval, d.cell.cfg.seed)
+    kind = np.array([records.TOP] * k + [records.INTERVAL] * (pos.shape[1] - k)
+                    + [records.SILENT] * spos.shape[1], dtype=np.int8)
+    records.save(folder / f"{d.cell.id}.npz", d.pages[rows],
+                 np.concatenate([pos[rows], spos], 1), kind,
+                 np.concatenate([win[rows], scodes], 1), tokens, acts.shape[1], vocab)
 
 
 def _clusters(found: list[dict], tok) -> list[dict]:
@@ -298,7 +326,7 @@ def _plots(results: Path, tmp: Path) -> list[str]:
     return names
 
 
-class _Writer:
+class Writer:
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from e2e.config import SETTINGS, CellConfig
 from e2e.typed import ConfigError, field_types, from_text
+from jobs.autointerp_config import AutoInterp
 from jobs.finetune import Finetune
 
 
@@ -72,6 +73,9 @@ class Axes:
     # `finetune.settings=[e2e,e2e_mse] finetune.fractions=[0.1]`: the fine-tune stage
     # (`jobs.finetune`); None without `finetune.settings`.
     finetune: Finetune | None = None
+    # `autointerp=true autointerp.base_url=... autointerp.model=...`: the auto-interp step
+    # after the analysis (`jobs.autointerp_config`); None without it.
+    autointerp: AutoInterp | None = None
 
 
 RUN_TYPES = typing.get_type_hints(RunOptions)
@@ -79,7 +83,9 @@ AXIS_TYPES = {"layers": tuple[int, ...], "settings": tuple[str, ...],
               "sparsity_coeffs": tuple[float, ...], "seeds": tuple[int, ...],
               "variants": tuple[str, ...],
               **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS},
-              **{f"finetune.{k}": t for k, t in typing.get_type_hints(Finetune).items()}}
+              **{f"finetune.{k}": t for k, t in typing.get_type_hints(Finetune).items()},
+              "autointerp": bool,
+              **{f"autointerp.{k}": t for k, t in typing.get_type_hints(AutoInterp).items()}}
 
 
 def split_tokens(tokens, positional: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
@@ -192,6 +198,12 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
                           "recipes to train: e2e, e2e_mse, e2e_ds)")
     if ft:
         axes["finetune"] = Finetune(**ft)
+    ai = {k.split(".", 1)[1]: axes.pop(k) for k in list(axes) if k.startswith("autointerp.")}
+    on = axes.pop("autointerp", None)
+    if ai and on is False:
+        raise ConfigError("autointerp=false with autointerp.<field>= settings: drop one")
+    if ai or on:
+        axes["autointerp"] = AutoInterp(**ai)
     opts = RunOptions(**run)
     for name, low in (("pack", 0), ("gpus_per_cell", 0), ("cpus_per_cell", 0),
                       ("array_parallelism", 0), ("time", 0), ("mem_gb", 0)):

@@ -3,7 +3,9 @@
 Reads what every cell saved (`jobs.results`) and writes `<root>/<grid>/results/`: summary.csv,
 tables.md, tables.tex, headline.txt, pareto_l0.png, pareto_alive.png (and pareto_l0_<arch>.png,
 pareto_alive_<arch>.png per SAE architecture other than ReLU), ce_vs_compute.png (with a
-fine-tune stage) and results.h5 (with the analysis step's sections once it has run). Cells that
+fine-tune stage) and results.h5 (with the analysis step's sections once it has run), and the
+auto-interp step's scores once it has run (`jobs.autointerp_report`: columns, a section, a
+headline line, autointerp_fig9.png). Cells that
 are running, failed, missing or corrupt are listed with their status and left out of the
 tables, never dropped silently.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from e2e.config import SETTINGS
 from e2e.io import atomic_path, atomic_write_text
-from jobs import cli, convergence, finetune_report, mfr_report, plots, tables
+from jobs import autointerp_report, cli, convergence, finetune_report, mfr_report, plots, tables
 from jobs.grids import GRIDS
 from jobs.results import (
     ANALYSIS_MD,
@@ -30,8 +32,9 @@ from jobs.results import (
 )
 
 
-def _write_csv(path: Path, cells: list[CellResult]) -> None:
-    _write_dict_csv(path, [c.row for c in cells])
+def _write_csv(path: Path, cells: list[CellResult], ai: dict) -> None:
+    _write_dict_csv(path, [{**c.row, **autointerp_report.columns(ai.get(c.id))}
+                           for c in cells])
 
 
 def _write_dict_csv(path: Path, rows: list[dict]) -> None:
@@ -42,7 +45,7 @@ def _write_dict_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _write_h5(path: Path, cells: list[CellResult]) -> None:
+def _write_h5(path: Path, cells: list[CellResult], ai: dict) -> None:
     import h5py
 
     with atomic_path(path) as tmp:
@@ -55,6 +58,8 @@ def _write_h5(path: Path, cells: list[CellResult]) -> None:
                     g.attrs["config"] = c.cfg.to_json()
                 for k, v in c.eval.items():
                     g.create_dataset(k, data=v)
+                if c.id in ai:
+                    autointerp_report.write_h5(g, ai[c.id])
 
 
 def trained_curves(cells: list[CellResult]) -> dict[int, list[str]]:
@@ -81,8 +86,9 @@ def collect(root: Path | str, grid: str) -> Path:
     within = within_means(out)
     for c in cells:
         c.within_max_cos_mean = within.get(c.id, "")
-    _write_csv(out / "summary.csv", cells)
-    _write_h5(out / "results.h5", cells)
+    ai = autointerp_report.read(out)  # the auto-interp step's scores, once it has run
+    _write_csv(out / "summary.csv", cells, ai)
+    _write_h5(out / "results.h5", cells, ai)
     # The Pareto tables compare single SAEs over λ (each architecture against its own local:
     # `batchtopk/e2e` against `batchtopk/local`); MFR cells and TopK cells also have their own
     # table.
@@ -97,6 +103,7 @@ def collect(root: Path | str, grid: str) -> Path:
         headline += [tables.KSVD_NOTE] if any(p.setting == "ksvd" for p in points) else []
     headline += finetune_report.headline(points, cells)
     headline += mfr_report.headline(mfr_rows)
+    headline += autointerp_report.headline(points, ai)
     changes = {c.id: c.change for c in done}
     flag = convergence.headline_line(changes)
     headline += [flag] if flag else []
@@ -114,6 +121,8 @@ def collect(root: Path | str, grid: str) -> Path:
         md += "\n" + finetune_report.markdown(cells)
     if changes:
         md += "\n" + convergence.markdown(changes)
+    if ai:
+        md += "\n" + autointerp_report.markdown(points, ai)
     atomic_write_text(out / "tables.md", md)
     atomic_write_text(out / "tables.tex", tex)
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
@@ -122,6 +131,8 @@ def collect(root: Path | str, grid: str) -> Path:
         for family, family_points in tables.families(points).items():
             plots.pareto(family_points, out, suffix=f"_{family.replace('+', '-')}")
         finetune_report.compute_figure(points, cells, out)
+        if ai:
+            autointerp_report.figure(points, ai, out)
     return out
 
 

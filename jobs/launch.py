@@ -1,5 +1,5 @@
 """Runs a checked plan through submitit: pre-training, one array of cells, the collector, then
-the analysis step.
+the analysis step (and the auto-interp step after it, when asked for).
 
 SLURM: submissions chained by dependencies (the array `afterok` pre-training, the collector
 `afterany` the array, the analysis `afterany` the collector), so the tables are built even when
@@ -21,6 +21,7 @@ import submitit
 
 from jobs import cli
 from jobs.analyze import analyze
+from jobs.autointerp_config import n_dictionaries
 from jobs.cell import CellJob, match_threads_to_allocation
 from jobs.collect import collect
 from jobs.grid import make_packs
@@ -46,6 +47,14 @@ def run_analyze(grid: str, root: str, cpus: int = 0) -> str:
     say (a local run: the CPUs its SLURM job would have, not every core)."""
     match_threads_to_allocation(cpus)
     return str(analyze(Path(root), grid))
+
+
+def run_autointerp(grid: str, root: str) -> str:
+    """The auto-interp step with the grid's autointerp.json (then the collector again)."""
+    from jobs.autointerp import autointerp, options
+    from jobs.results import existing_grid_dir
+
+    return str(autointerp(root, grid, options(existing_grid_dir(root, grid), {})))
 
 
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
@@ -85,7 +94,10 @@ def launch(plan) -> None:
 def _launch_local(plan, root: str, grid: str) -> None:
     if (not plan.todo_packs and not plan.needs_pretrain and not _local_child_packs(plan)
             and (plan.grid_dir / "results").exists()):
-        print("nothing to do: every cell is done")
+        print("every cell is done" + ("; the auto-interp step scores what it has not"
+                                      if plan.autointerp else ": nothing to do"))
+        if plan.autointerp:
+            run_autointerp(grid, root)
         _report(plan.grid_dir / "results")
         return
     _interrupt_on_sigterm()
@@ -134,6 +146,12 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
                           f"{job.paths.stderr})", flush=True)
     _follow(submit(run_collect, grid, root), progress, next(tasks))
     results = _follow(submit(run_analyze, grid, root, plan.cpus), progress, next(tasks))
+    if plan.autointerp:
+        try:
+            results = _follow(submit(run_autointerp, grid, root), progress, next(tasks))
+        except Exception:  # the tables and browser are written; say so and go on
+            failed.append("auto-interp")
+            print("auto-interp: FAILED (the end of its log is above)", flush=True)
     progress.close()
     _report(Path(results))
     if failed:
@@ -241,10 +259,16 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     ana = _executor(plan, "slurm", f"{grid}-analyze", plan.analysis_gpus,
                     f"afterany:{col_job.job_id}",
                     plan.analysis_time_min)
-    ana_job = ana.submit(run_analyze, grid, root)
+    last = ana_job = ana.submit(run_analyze, grid, root)
     print(f"analysis job {ana_job.job_id} (afterany:{col_job.job_id})")
+    if plan.autointerp:
+        ai = plan.autointerp
+        last = _executor(plan, "slurm", f"{grid}-autointerp", ai.serve_gpus if ai.serve else 0,
+                         f"afterany:{ana_job.job_id}", ai.minutes(n_dictionaries(plan))
+                         ).submit(run_autointerp, grid, root)
+        print(f"auto-interp job {last.job_id} (afterany:{ana_job.job_id})")
     if plan.opts.wait:
-        _report(Path(ana_job.result()))
+        _report(Path(last.result()))
     else:
         print(f"results will be in {plan.grid_dir / 'results'} (squeue to follow; wait=true "
               "to block until the analysis has run)")
@@ -259,11 +283,14 @@ def _report(results: Path) -> None:
         cost = json.loads((results / "browser.json").read_text())
         print(f"features: {results / 'browser' / 'index.html'} (open it in a browser: "
               f"{cost['pages']} feature pages, {cost['bytes'] / 1e6:.0f} MB, no server)")
+    if (results / "autointerp_fig9.png").exists():
+        print(f"auto-interp: {results / 'autointerp_fig9.png'}, tables.md's section, "
+              "summary.csv's autointerp_* columns")
 
 
 @dataclass(frozen=True)
 class Options:
-    step: Literal["pretrain", "collect", "analyze"]
+    step: Literal["pretrain", "collect", "analyze", "autointerp"]
     grid: str
     root: str = "runs"
 
@@ -275,7 +302,8 @@ def main(*tokens: str) -> None:
     if o.step == "pretrain" and grid.pretrain is None:
         raise cli.ConfigError(f"grid={o.grid} has no pre-training (it reads its model and "
                               "data from the hub or a stage)")
-    steps = {"pretrain": run_pretrain, "collect": run_collect, "analyze": run_analyze}
+    steps = {"pretrain": run_pretrain, "collect": run_collect, "analyze": run_analyze,
+             "autointerp": run_autointerp}
     print(steps[o.step](o.grid, o.root))
 
 

@@ -26,6 +26,7 @@ from e2e.train.warm import parent_dir, parent_mismatch, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers
 from jobs.analysis_cost import analysis_minutes, browser_estimate
+from jobs.autointerp_config import AutoInterp, check_endpoint
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
@@ -58,8 +59,7 @@ class Stage:
 
 
 def stages_for(cfgs: list[CellConfig], root: Path) -> tuple[list[Stage], list[Stage]]:
-    """The stage each cell reads (in order; one object for cells that read the same rows) and
-    the distinct stages."""
+    """The stage each cell reads (in order; one object per rows read), and the distinct ones."""
     by_key: dict[str, Stage] = {}
     per_cell = []
     for cfg in cfgs:
@@ -134,6 +134,7 @@ class Plan:
     child_of: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> parent, fraction
     # The model's (blocks, width) where known offline, else None (`_check_shapes`).
     model_shape: tuple[int, int] | None = None
+    autointerp: AutoInterp | None = None  # the auto-interp step after the analysis, if any
 
     def child_tasks(self, parent_packs: list[list[Cell]]) -> list[tuple[float, list[list[Cell]]]]:
         """Per fraction, the children still to train of the parents in each of `parent_packs`
@@ -245,12 +246,13 @@ def make_plan(tokens: list[str]) -> Plan:
     if depth is None and needs_model:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
                           "in the HF cache): layers are checked when each cell starts")
-    if not needs_model:
-        pass
-    elif not opts.dry_run and grid.pretrain is None:
+    plan.autointerp = axes.autointerp
+    if axes.autointerp and axes.autointerp.base_url and not opts.dry_run:
+        check_endpoint(axes.autointerp)  # one line before anything is written or sent
+    if needs_model and not opts.dry_run and grid.pretrain is None:
         # fails with a clear message before anything is submitted (staging reads the originals)
         check_sources(source_cfgs[0] if opts.stage else cells[0].cfg)
-    elif grid.pretrain is None:
+    elif needs_model and grid.pretrain is None:
         plan.notes.append("model and dataset reachability is checked at submission, not in "
                           "a dry run")
     return plan
@@ -329,8 +331,7 @@ def _place(opts: RunOptions, grid: Grid, cells: list[Cell], cfgs: list[CellConfi
 
 
 def _slurm_reachable() -> bool:
-    """sbatch on PATH and a controller that answers (an installed but unconfigured client
-    would otherwise fail only at submission)."""
+    """sbatch on PATH and a controller that answers (not just an unconfigured client)."""
     if not shutil.which("sbatch"):
         return False
     r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30)

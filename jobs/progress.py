@@ -17,7 +17,7 @@ _BAR = re.compile(r"(\d+)/(\d+) \[")
 # Minutes per task when a grid measured none: only the relative sizes matter until one ends.
 _DEFAULT_MINUTES = {"pretrain": 5.0, "sae": 5.0, "ksvd": 2.0, "collect": 0.2, "analyze": 1.0}
 _NAMES = {"pretrain": "pre-training", "sae": "SAE cells", "ksvd": "ksvd cells",
-          "collect": "collector", "analyze": "analysis"}
+          "collect": "collector", "analyze": "analysis", "autointerp": "auto-interp"}
 
 
 @dataclass
@@ -59,6 +59,10 @@ class Progress:
         for f, packs in plan.child_tasks(plan.packs):  # fine-tune packs: a fraction of a pack
             tasks += [Task("sae", len(p), 60 * m["sae"] * f) for p in packs if p]
         tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, 60 * m["analyze"])]
+        if plan.autointerp:
+            from jobs.autointerp_config import n_dictionaries
+
+            tasks.append(Task("autointerp", 0, 60 * plan.autointerp.minutes(n_dictionaries(plan))))
         return cls(plan.grid.name, tasks)
 
     def start(self, task: Task) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from e2e.io import atomic_write_text, cell_paths
 from jobs import cli
+from jobs.autointerp_config import FILE as AUTOINTERP_FILE
+from jobs.autointerp_config import n_dictionaries
 from jobs.grids import pretrain_dir
 from jobs.launch import launch
 from jobs.plan import Plan, make_plan, run_stages
@@ -67,8 +69,29 @@ def format_plan(plan: Plan) -> str:
                  f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "
                  f"multi-dimensional features, and the feature browser: at most {pages:,} "
                  f"feature pages, about {size / 1e6:,.0f} MB, {seconds / 60:,.0f} min)")
+    lines += _autointerp_lines(plan)
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _autointerp_lines(plan: Plan) -> list[str]:
+    """The auto-interp step: where it asks, and how much (an upper bound)."""
+    ai = plan.autointerp
+    if ai is None:
+        return []
+    dicts = n_dictionaries(plan)
+    requests, tokens = ai.estimate(dicts)
+    cost = f", about ${tokens * ai.price_per_mtok / 1e6:,.2f} at ${ai.price_per_mtok:g} per " \
+        "million tokens" if ai.price_per_mtok else ""
+    where = (f"a server the job starts on its own {ai.serve_gpus} GPU(s): "
+             f"{ai.serve_command.format(model=ai.serve, port='<port>')}" if ai.serve
+             else ai.base_url)
+    return [f"then: auto-interp job (after the analysis): {ai.n_features} live features per "
+            f"dictionary x {dicts} dictionaries, explained by {ai.explainer} and scored "
+            f"({', '.join(ai.scorers)}) by {ai.scorer} at {where}: at most {requests:,} "
+            f"requests, about {tokens / 1e6:,.1f}M tokens{cost}; answers cached under "
+            f"{Path(plan.opts.root).resolve() / '_autointerp_cache'} (a rerun sends only "
+            "what is not cached)"]
 
 
 def _memory_lines(plan: Plan) -> list[str]:
@@ -133,6 +156,8 @@ def write_configs(plan: Plan) -> None:
         if not paths.config.exists():
             atomic_write_text(paths.config, c.cfg.to_json())
     _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
+    if plan.autointerp:
+        atomic_write_text(plan.grid_dir / AUTOINTERP_FILE, plan.autointerp.to_json())
     for f, packs in plan.child_tasks(plan.packs):
         if packs:  # a fraction whose children are all done has no array
             _write_manifest(plan.grid_dir / f"manifest-ft{f:g}.txt", packs)
@@ -178,8 +203,15 @@ def plain_sbatch_commands(plan: Plan) -> str:
     lines.append(f"col=$(sbatch --parsable --dependency=afterany:{after} "
                  f"--job-name={grid}-collect --wrap {wrap('collect')})")
     gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
-    lines.append(f"sbatch --dependency=afterany:$col --job-name={grid}-analyze {gres}"
-                 f"--time={plan.analysis_time_min} --wrap {wrap('analyze')}")
+    lines.append(f"{'ana=$(' if plan.autointerp else ''}sbatch "
+                 f"{'--parsable ' if plan.autointerp else ''}--dependency=afterany:$col "
+                 f"--job-name={grid}-analyze {gres}--time={plan.analysis_time_min} --wrap "
+                 f"{wrap('analyze')}{')' if plan.autointerp else ''}")
+    if plan.autointerp:
+        ai = plan.autointerp
+        gres = f"--gres=gpu:{ai.serve_gpus} " if ai.serve else ""
+        lines.append(f"sbatch --dependency=afterany:$ana --job-name={grid}-autointerp {gres}"
+                     f"--time={ai.minutes(n_dictionaries(plan))} --wrap {wrap('autointerp')}")
     return "\n".join(lines)
 
 

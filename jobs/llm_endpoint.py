@@ -1,0 +1,98 @@
+"""An OpenAI-compatible chat endpoint with a response cache on the shared root.
+
+Any server that speaks OpenAI's `/v1/chat/completions` will do: OpenAI, OpenRouter, vLLM,
+llama.cpp's server. The HTTP side is the `openai` client's: timeouts, and retries with
+exponential backoff on connection errors, 408, 409, 429 and 5xx (`max_retries`). The API key is
+read from the environment variable the config names, never written anywhere.
+
+Every answer is cached as one file under `cache_dir`, named by the SHA-256 of (model, messages,
+JSON mode, max_tokens) and written atomically, so a killed or requeued job resumes without
+asking again and a rerun of a finished grid sends nothing. Sampling is greedy (temperature 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e.io import atomic_write_text
+from e2e.typed import ConfigError
+
+
+@dataclass
+class Endpoint:
+    base_url: str
+    model: str
+    cache_dir: Path
+    api_key_env: str = ""
+    timeout_s: float = 120.0
+    retries: int = 5
+    sent: int = 0  # requests answered by the server in this process
+    cached: int = 0  # answers read from the cache
+    failed: int = 0  # requests that got no answer after the retries
+    tokens: int = 0  # prompt + completion tokens the server reported
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        import openai
+
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        if self.api_key_env and not key:
+            raise ConfigError(f"autointerp.api_key_env={self.api_key_env}: that environment "
+                              "variable is not set")
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "none",
+                                     timeout=self.timeout_s, max_retries=self.retries)
+
+    def check(self, timeout_s: float = 10.0) -> None:
+        """One line (ConfigError) unless the server lists its models within `timeout_s`."""
+        import openai
+
+        try:
+            self._client.with_options(timeout=timeout_s, max_retries=1).models.list()
+        except openai.APIError as e:
+            raise ConfigError(f"autointerp: no OpenAI-compatible endpoint answers at "
+                              f"{self.base_url} ({type(e).__name__}: {e}); nothing was sent"
+                              ) from None
+
+    def key(self, messages: list[dict], json_mode: bool, max_tokens: int) -> str:
+        text = json.dumps([self.model, messages, json_mode, max_tokens], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def chat(self, messages: list[dict], json: bool = False, max_tokens: int = 256
+             ) -> str | None:
+        """The answer's text (from the cache when asked before); None when the server gave
+        none after the retries (not cached: a rerun asks again)."""
+        import openai
+
+        k = self.key(messages, json, max_tokens)
+        path = self.cache_dir / k[:2] / f"{k}.json"
+        if path.exists():
+            with self._lock:
+                self.cached += 1
+            return _json.loads(path.read_text())["text"]
+        extra = {"response_format": {"type": "json_object"}} if json else {}
+        try:
+            r = self._client.chat.completions.create(
+                model=self.model, messages=messages, temperature=0, max_tokens=max_tokens,
+                **extra)
+        except openai.APIError as e:
+            with self._lock:
+                self.failed += 1
+            print(f"autointerp: request failed after retries: {type(e).__name__}: {e}",
+                  flush=True)
+            return None
+        text = r.choices[0].message.content or ""
+        used = r.usage.total_tokens if r.usage else 0
+        atomic_write_text(path, _json.dumps({"model": self.model, "text": text,
+                                             "tokens": used}))
+        with self._lock:
+            self.sent += 1
+            self.tokens += used
+        return text
+
+
+_json = json  # `chat`'s argument `json` shadows the module inside it
