@@ -23,10 +23,20 @@ install: .venv/.installed
 	.venv-saelens/bin/python -m pip install -q -r tests/saelens-requirements.txt
 	touch $@
 
+# llama.cpp's OpenAI-compatible server, in its own environment: the auto-interp tests serve
+# SmolLM2-135M with it (tests/conftest.py). Built from source (~3.5 min on 2 cores); not for
+# this CPU's AMX: llama.cpp's native build repacks Q4_1 weights for AMX and crashes.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+.venv-llm/.installed: tests/llm-requirements.txt
+	test -x .venv-llm/bin/python || python3 -m venv .venv-llm
+	CMAKE_ARGS="$(LLAMA_CMAKE)" .venv-llm/bin/python -m pip install -q -r tests/llm-requirements.txt
+	touch $@
+
 demo: install
 	$(PY) jobs/submit.py grid=demo wait=true
 
-test: install .venv-saelens/.installed
+test: install .venv-saelens/.installed .venv-llm/.installed
 	$(PY) -m ruff check e2e jobs tests benchmarks
 	$(PY) -m pytest -q tests
 

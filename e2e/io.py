@@ -16,10 +16,13 @@ from e2e.typed import changed
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, keep_previous: bool = False) -> Iterator[Path]:
     """Yields a temporary sibling of `path`; on success fsyncs it and renames it into place.
 
     A reader (or a resumed run) sees either the old file or the new one, never half of one.
+    With `keep_previous`, the file it replaces becomes `previous(path)` first (a checkpoint
+    damaged later, by a full disk or a lost NFS write, then has a good one before it). A
+    temporary left by a killed writer is removed by the next holder of the cell's lock.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +31,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous(path))
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -36,6 +41,37 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.close(dir_fd)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def previous(path: Path) -> Path:
+    """`checkpoint.pt` -> `checkpoint.prev.pt`: the file `atomic_path(keep_previous)` kept."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, with no intact one before it."""
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """torch.load of a checkpoint; a damaged one (truncated, corrupt) falls back to the one
+    before it (`previous`), saying so in one line, else CheckpointError naming the file and
+    the remedy. The previous one is a consistent, earlier state: resuming from it repeats the
+    steps since, to the same result."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except Exception as e:  # noqa: BLE001 - whatever the damage, the same two ways out
+        why = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    prev = previous(path)
+    try:
+        state = torch.load(prev, weights_only=True, map_location=device)
+    except Exception:  # noqa: BLE001
+        raise CheckpointError(f"{path} is damaged ({why}) and no intact checkpoint precedes "
+                              "it: delete it to start this cell over") from None
+    print(f"{path} is damaged ({why}); resuming from {prev.name}, the checkpoint before it",
+          flush=True)
+    return state
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -93,6 +129,8 @@ def cell_lock(root: Path) -> Iterator[None]:
                                 "refusing to train it twice") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        for tmp in root.rglob(".*.tmp"):  # a killed writer's: no other writer holds the lock
+            tmp.unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)

@@ -65,7 +65,8 @@ class AliveTracker:
     """Counts dictionary elements that fired at least once in windows of `window_tokens`.
 
     `alive` reports the last completed window (the paper's tables), or the current partial one
-    before the first window completes.
+    before the first window completes; nan before any token (unknown, not 0: a warm start
+    from a SAELens folder evaluated at step 0; a child of a cell carries its parent's state).
     """
 
     def __init__(self, n_dict: int, window_tokens: int, device: str | torch.device = "cpu"):
@@ -92,7 +93,9 @@ class AliveTracker:
             self.tokens = 0
 
     @property
-    def alive(self) -> int:
+    def alive(self) -> float:
+        if self.last_alive is None and self.tokens == 0:
+            return float("nan")
         return self.last_alive if self.last_alive is not None else int(self.fired.sum())
 
     def state_dict(self) -> dict:

@@ -11,11 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
-
-from e2e.autointerp import prompts
-from e2e.autointerp.records import SILENT, TOP, Record
-from e2e.autointerp.score import SCORERS, Budget
+from e2e.autointerp import SCORERS
 from e2e.typed import ConfigError
 
 SECONDS_PER_REQUEST = 3.0  # llama.cpp serving SmolLM2-135M on this machine's 2 cores: 1-5 s
@@ -72,7 +68,10 @@ class AutoInterp:
         return self.scorer_model or self.explainer
 
     @property
-    def budget(self) -> Budget:
+    def budget(self):
+        """The `e2e.autointerp.score.Budget` of these options."""
+        from e2e.autointerp.score import Budget
+
         return Budget(self.explain, self.test, self.shown, self.simulate, self.scorers)
 
     def to_json(self) -> str:
@@ -95,6 +94,11 @@ class AutoInterp:
         """(requests, tokens) for `dictionaries` dictionaries of at least n_features live
         features each: every prompt at its full size (records of RECORD_TOKENS tokens of
         about 4 characters) plus its longest answer; an upper bound for fewer live features."""
+        import numpy as np
+
+        from e2e.autointerp import prompts
+        from e2e.autointerp.records import SILENT, TOP, Record
+
         b = self.budget
         rec = Record([" tok"] * RECORD_TOKENS, np.ones(RECORD_TOKENS), TOP)
         silent = Record(rec.tokens, rec.acts * 0, SILENT)

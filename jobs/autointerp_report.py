@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from e2e.autointerp.score import SCORERS
+from e2e.autointerp import SCORERS
 from e2e.io import atomic_path
 from jobs import tables
 from jobs.tables import SETTING_COLORS, Point

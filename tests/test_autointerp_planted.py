@@ -93,7 +93,7 @@ def test_planted_features_score_higher_against_a_real_server(planted, llm_server
     from e2e.autointerp.score import Budget, interpret
     from jobs.llm_endpoint import Endpoint
 
-    ep = Endpoint(llm_server, "smollm2-135m", tmp_path / "cache")
+    ep = Endpoint(llm_server.url, "smollm2-135m", tmp_path / "cache")
     budget = Budget(explain=10, test=5, shown=5, scorers=("detection",))
     got = {f: interpret(planted[f], ep.chat, ep.chat, budget, seed=f) for f in range(40)}
     def names(f: int, word: str) -> bool:

@@ -40,8 +40,9 @@ def test_step0_eval_of_a_warm_start_equals_its_parents_final_eval(parent):
         cell_paths(grid_dir / "C").metrics)
     hist = c["eval_history"]
     assert hist["step"][0] == 0
-    keys = [k for k in p["eval"] if k not in ("alive_dict_elements", "grad_norm")]
-    assert "ce_loss_increase" in keys and "l0" in keys
+    keys = [k for k in p["eval"] if k != "grad_norm"]
+    # alive too: the child's alive window goes on from its parent's (it was 0 at step 0)
+    assert {"ce_loss_increase", "l0", "alive_dict_elements"} <= set(keys)
     for k in keys:
         assert hist[k][0] == p["eval"][k], k  # exactly: the same weights on the same tokens
     # the recorded parent, scale and cost
@@ -341,3 +342,17 @@ def test_the_per_step_balance_needs_both_terms():
         with pytest.raises(ConfigError, match="loss.balance_kl_every_step"):
             LossConfig(balance_kl_every_step=True, **bad)
     LossConfig(setting="e2e", balance_kl_every_step=True, local_mse_coeff=0.5, kl_coeff=0.5)
+
+
+def test_a_child_of_a_folder_records_its_first_alive_count_as_unknown(parent, tmp_path):
+    """A SAELens folder carries no alive window: the child's step-0 alive count is nan (it
+    was 0, so curves dropped to zero and climbed back), then its own."""
+    import math
+
+    cfg, grid_dir = parent
+    sae_dir = cell_paths(grid_dir / "P").sae
+    child = replace(_child(cfg, ""), init=InitConfig(from_path=str(sae_dir)))
+    assert train(child, tmp_path / "C", progress=False) == "done"
+    alive = read_metrics(cell_paths(tmp_path / "C").metrics)["eval_history"][
+        "alive_dict_elements"]
+    assert math.isnan(alive[0]) and alive[-1] > 0

@@ -19,7 +19,7 @@ LAYERS = [
     ["e2e.losses", "e2e.dictionary", "e2e.model", "e2e.sae", "e2e.arch", "e2e.metrics",
      "e2e.ksvd",
      "e2e.ksvd.pursuit", "e2e.ksvd.update", "e2e.ksvd.dictionary", "e2e.data",
-     "e2e.analysis", "e2e.lm"],
+     "e2e.analysis", "e2e.lm", "e2e.autointerp"],
     # what every kind of cell shares: dictionaries on disk, the source and its evaluation
     ["e2e.saelens", "e2e.data.source"],
     # the fitting routines
@@ -28,9 +28,10 @@ LAYERS = [
     ["jobs.cli", "jobs.tables", "jobs.analysis_cost", "jobs.browser", "jobs.convergence",
      "jobs.mfr_report", "jobs.containers", "jobs.sources", "jobs.finetune", "jobs.grid",
      "jobs.grids", "jobs.grids_real", "jobs.cell_memory", "jobs.results", "jobs.plots",
-     "jobs.finetune_report", "jobs.progress"],
+     "jobs.finetune_report", "jobs.progress", "jobs.autointerp_config", "jobs.llm_endpoint",
+     "jobs.llm_serve", "jobs.autointerp_report"],
     # jobs: steps
-    ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.analyze"],
+    ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.analyze", "jobs.autointerp"],
     ["jobs.launch"],
     # command lines on top
     ["jobs.submit", "jobs.stage"],

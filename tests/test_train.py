@@ -307,3 +307,36 @@ def test_alive_mask_marks_exactly_the_elements_that_fire_on_the_alive_pass_token
             fired |= (c > 0).reshape(-1, sae.n_dict).any(0)
     mask = read_metrics(cell_paths(tmp_path).metrics)["alive_mask"][0]
     assert np.array_equal(mask, fired.numpy()) and 0 < mask.sum() < sae.n_dict + 1
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_it(smoke_cells, tmp_path, capsys):
+    """A truncated checkpoint.pt (a full disk, a lost NFS write) was `OSError: [Errno 22]`
+    and a FAILED cell; now the cell resumes from checkpoint.prev.pt, to the same result."""
+    (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == "local"]
+    train(cfg, tmp_path / "straight", progress=False)
+    cell = cell_paths(tmp_path / "damaged")
+    for stop_at in (4, 7):  # two checkpoints: the second keeps the first as .prev
+        polls = iter(range(1000))
+        train(cfg, cell.root, progress=False, should_stop=lambda n=stop_at, it=polls: next(it) == n)
+    prev = cell.checkpoint.with_name("checkpoint.prev.pt")
+    assert prev.exists()
+    cell.checkpoint.write_bytes(cell.checkpoint.read_bytes()[:1000])  # truncated
+    (cell.root / f".metrics.h5.{os.getpid() + 1}.tmp").write_bytes(b"half")  # a killed write
+    assert train(cfg, cell.root, progress=False) == "done"
+    assert "checkpoint.pt is damaged" in capsys.readouterr().out
+    _assert_identical(tmp_path / "straight", cell.root)
+    assert not list(cell.root.rglob(".*.tmp"))  # the killed writer's leftover is gone
+
+
+def test_a_damaged_checkpoint_with_none_before_it_is_one_line(smoke_cells, tmp_path):
+    from e2e.io import CheckpointError
+
+    (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == "local"]
+    cell = cell_paths(tmp_path / "c")
+    polls = iter(range(1000))
+    train(cfg, cell.root, progress=False, should_stop=lambda it=polls: next(it) == 4)
+    cell.checkpoint.write_bytes(b"")
+    cell.checkpoint.with_name("checkpoint.prev.pt").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt is damaged .* delete it to start "
+                                              r"this cell over$"):
+        train(cfg, cell.root, progress=False)

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from e2e.autointerp import prompts
+from e2e.autointerp import SCORERS, prompts
 from e2e.autointerp.records import INTERVAL, SILENT, TOP, Record
 
 Chat = Callable[..., "str | None"]
-SCORERS = ("detection", "fuzzing", "simulation")
 
 
 @dataclass(frozen=True)

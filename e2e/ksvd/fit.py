@@ -37,7 +37,7 @@ from e2e.data.source import (
     evaluate_dictionaries,
     open_source,
 )
-from e2e.io import atomic_path, atomic_write_text, cell_paths
+from e2e.io import atomic_path, atomic_write_text, cell_paths, load_checkpoint
 from e2e.metrics import AliveTracker
 from e2e.model import autocast_for, resolve_device
 from e2e.rng import generator
@@ -160,7 +160,7 @@ def _batch(acts: np.ndarray, cfg: CellConfig, b: int, n_batches: int,
 def _load_or_init(cfg: CellConfig, checkpoint: Path, acts: np.ndarray, k: int,
                   device: torch.device, cache_time: float) -> dict:
     if checkpoint.exists():
-        s = torch.load(checkpoint, weights_only=True, map_location=device)
+        s = load_checkpoint(checkpoint, device)
         s["cache_time_s"] += cache_time
         return s
     mean = torch.zeros(acts.shape[1], dtype=torch.float64)
@@ -198,7 +198,7 @@ def _save(paths, cfg: CellConfig, state: dict, alive: AliveTracker, total: int,
           final: dict | None = None, mask: torch.Tensor | None = None) -> None:
     """Checkpoint, then metrics.h5 (the final eval and alive mask once there are)."""
     state["alive"] = alive.state_dict()
-    with atomic_path(paths.checkpoint) as tmp:
+    with atomic_path(paths.checkpoint, keep_previous=True) as tmp:
         torch.save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()}, tmp)
     write_metrics(paths.metrics, config_json=cfg.to_json(), train=state["train_log"],
                   eval_history=state["eval_log"], final_eval=final,

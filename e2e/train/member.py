@@ -21,7 +21,7 @@ import torch
 from e2e.arch.auxk import DeadTracker, auxk_loss
 from e2e.arch.build import auxk_k, build_sae
 from e2e.config import SIMILARITIES, CellConfig, ConfigError, OptimConfig, n_dict_for
-from e2e.io import atomic_path, atomic_write_text, cell_paths
+from e2e.io import atomic_path, atomic_write_text, cell_paths, load_checkpoint
 from e2e.losses import loss_coeffs, reconstruction_loss, setting_loss
 from e2e.metrics import AliveTracker, l0
 from e2e.model import CleanPass, patched_pass
@@ -67,10 +67,10 @@ class Member:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + SEED_STRIDE * i)
                 self.saes.append(build_sae(cfg.sae, d_in, n_dict).to(device))
-        data = None
+        data, parent_alive = None, None
         if cfg.init.warm:
-            states, self.parent_sha256, data = parent_states(cfg, self.paths.root.parent, d_in,
-                                                             device)
+            states, self.parent_sha256, data, parent_alive = parent_states(
+                cfg, self.paths.root.parent, d_in, device)
             for sae, state in zip(self.saes, states, strict=True):
                 sae.load_state_dict(state)
         # One Adam over every SAE's parameters is N independent Adams (it is per-parameter);
@@ -80,6 +80,10 @@ class Member:
                                                        lambda s: lr_factor(s, cfg.optim))
         self.alives = [AliveTracker(n_dict, cfg.eval.alive_window_tokens, device)
                        for _ in self.saes]
+        for alive, state in zip(self.alives, parent_alive or [None] * len(self.alives),
+                                strict=True):
+            if state:  # a child's alive window goes on from its parent's
+                alive.load_state_dict(state)
         # AuxK's dead latents, per SAE (only with sae.auxk_coeff > 0)
         self.deads = [DeadTracker(n_dict, cfg.sae.auxk_dead_tokens, device)
                       for _ in self.saes] if cfg.sae.auxk_coeff else []
@@ -308,13 +312,12 @@ class Member:
 
     def resume(self) -> None:
         if self.paths.checkpoint.exists():
-            self.load_state_dict(torch.load(self.paths.checkpoint, weights_only=True,
-                                            map_location=self.device))
+            self.load_state_dict(load_checkpoint(self.paths.checkpoint, self.device))
 
     def save(self, data_state: dict, final_eval: dict[str, float] | None = None) -> None:
         """Checkpoint, then metrics.h5 (with the final eval scalars once there are some)."""
         self.check_finite()  # a NaN never reaches a checkpoint
-        with atomic_path(self.paths.checkpoint) as tmp:
+        with atomic_path(self.paths.checkpoint, keep_previous=True) as tmp:
             torch.save(self.state_dict(data_state), tmp)
         gn = float(self.grad_norm_sum) / max(1, self.grad_norm_count)
         final = None if final_eval is None else {**final_eval, "grad_norm": gn}

@@ -20,7 +20,7 @@ import torch
 
 from e2e.arch.config import SAVED_AS
 from e2e.config import CellConfig, ConfigError, n_dict_for
-from e2e.io import cell_paths
+from e2e.io import cell_paths, load_checkpoint
 from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens
 from e2e.saelens.foreign import flat_fields
 
@@ -89,11 +89,12 @@ def _shape_fields(cfg: CellConfig) -> dict[str, Any]:
 
 
 def parent_states(cfg: CellConfig, grid_dir: Path | str, d_in: int, device: torch.device
-                  ) -> tuple[list[dict[str, torch.Tensor]], str, dict | None]:
+                  ) -> tuple[list[dict[str, torch.Tensor]], str, dict | None, list | None]:
     """The state dict of each of the child's SAEs (its parent's, in order), the parent's
-    sha256, and where the parent's data stream ended (a parent cell; None for a folder), so
-    the child goes on with fresh samples. ConfigError when the parent cannot start this
-    child, or changed since the submission that recorded `init.sha256`."""
+    sha256, where the parent's data stream ended (a parent cell; None for a folder), so the
+    child goes on with fresh samples, and the parent's alive trackers (a cell; None for a
+    folder), so the child's first alive count is its parent's. ConfigError when the parent
+    cannot start this child, or changed since the submission that recorded `init.sha256`."""
     parent = parent_dir(cfg, grid_dir)
     why = parent_mismatch(cfg, parent, d_in)
     if why:
@@ -103,7 +104,7 @@ def parent_states(cfg: CellConfig, grid_dir: Path | str, d_in: int, device: torc
         raise ConfigError(f"{parent}: its weights changed since submission (sha256 {sha[:12]}, "
                           f"config {cfg.init.sha256[:12]}); resubmit to start from them")
     if cfg.init.from_cell:
-        ckpt = torch.load(cell_paths(parent).checkpoint, weights_only=True, map_location=device)
-        return ckpt["saes"], sha, ckpt["data"]
+        ckpt = load_checkpoint(cell_paths(parent).checkpoint, device)
+        return ckpt["saes"], sha, ckpt["data"], ckpt.get("alive")
     sae, _ = load_saelens(parent)
-    return [{k: v.to(device) for k, v in sae.state_dict().items()}], sha, None
+    return [{k: v.to(device) for k, v in sae.state_dict().items()}], sha, None, None

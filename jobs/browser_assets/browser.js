@@ -64,8 +64,18 @@ function bars(counts, lo, hi, label) {
   return g;
 }
 
+// The auto-interp step's scores (jobs/autointerp_report.py): per dictionary, and per feature
+// of a scored dictionary; {} and null where it has not run.
+const aiSummary = () => BROWSER.load("autointerp", "autointerp");
+const aiFeatures = async cell => (await aiSummary())[cell] ?
+  BROWSER.load(`autointerp/${cell}`, `autointerp-${cell}`) : null;
+const aiFirst = scores => { const k = Object.keys(scores || {})[0]; return k ? scores[k][0] : null; };
+const aiText = scores => Object.entries(scores || {}).map(([k, [m, lo, hi]]) =>
+  `${k} ${fmt(m)} [${fmt(lo)}, ${fmt(hi)}]`).join(" · ");
+
 async function indexPage() {
   const d = await BROWSER.load("index", "index");
+  const ai = await aiSummary();
   document.title = `${d.grid}: feature browser`;
   const m = main();
   m.append($("h1", { text: `Grid ${d.grid}` }));
@@ -78,6 +88,7 @@ async function indexPage() {
     ["setting", c => c.setting], ["layer", c => c.layer], ["λ", c => c.lam], ["seed", c => c.seed],
     ["L0", c => c.l0], ["CE loss increase", c => c.ce_loss_increase], ["alive", c => c.alive],
     ["elements", c => c.n_dict], ["feature pages", c => c.pages],
+    ["auto-interp", c => ai[c.id] ? aiFirst(ai[c.id].scores) : null],
     ["clusters", c => clusterLinks(c), c => (c.clusters || []).length]], 1000));
 }
 
@@ -125,6 +136,7 @@ async function dictionaryPage() {
   const d = await BROWSER.load(`cell/${cell}`, `cell-${cell}`);
   const vocab = await BROWSER.load(`vocab/${d.group}`, `vocab-${d.group}`);
   const toks = await BROWSER.load(`tokens/${d.group}`, `tokens-${d.group}`);
+  const ai = (await aiSummary())[cell], aif = await aiFeatures(cell);
   document.title = `${cell}: features`;
   const m = main();
   m.append($("p", {}, $("a", { href: "index.html#", text: "← grid" })),
@@ -133,6 +145,8 @@ async function dictionaryPage() {
       `CE loss increase ${fmt(d.ce_loss_increase)}, ${d.firing} of ${d.n_dict} elements fire on ` +
       `${d.n_tokens} held-out tokens; ${d.pages} feature pages` }));
   if ((d.clusters || []).length) m.append($("p", {}, "multi-dimensional clusters: ", clusterLinks(d)));
+  if (ai) m.append($("p", { class: "autointerp", text: `auto-interp (${Object.keys(aif).length} ` +
+    `features; explainer ${ai.explainer}, scorer ${ai.scorer}): ${aiText(ai.scores)}` }));
   const logd = d.density.filter(x => x > 0).map(Math.log10);
   const lo = Math.min(...logd, -6), hi = Math.max(...logd, 0), counts = new Array(40).fill(0);
   logd.forEach(x => counts[Math.min(39, Math.floor((x - lo) / (hi - lo) * 40))]++);
@@ -140,6 +154,7 @@ async function dictionaryPage() {
     bars(counts, lo, hi, `log10 density (${d.n_dict - logd.length} never fire)`));
   const rows = d.density.map((x, f) => ({ f, density: x, max: d.max[f], mean: d.mean[f],
     alive: d.alive ? d.alive[f] : null, shard: d.shard[f],
+    score: aif && aif[f] ? aif[f][Object.keys(ai.scores)[0]] : null,
     token: d.top_pos[f] >= 0 ? vocab[toks.ids[d.top_pos[f]]] : "" }));
   const q = { min: -Infinity, max: Infinity, text: "" };
   const filter = r => r.density >= q.min && r.density <= q.max &&
@@ -148,7 +163,8 @@ async function dictionaryPage() {
     ["feature", r => r.shard >= 0 ? $("a", { href: featureLink(cell, r.f), text: r.f }) : $("span", { text: r.f }), r => r.f],
     ["density", r => r.density], ["max activation", r => r.max], ["mean activation", r => r.mean],
     ["alive (training)", r => r.alive === null ? "–" : r.alive ? "yes" : "no", r => r.alive],
-    ["top token", r => $("code", { text: show(r.token) }), r => r.token]], 100, filter);
+    ["top token", r => $("code", { text: show(r.token) }), r => r.token],
+    ["auto-interp", r => r.score]], 100, filter);
   const num = (ph, k) => $("input", { type: "number", step: "any", placeholder: ph, "data-filter": k,
     oninput: e => { q[k] = e.target.value === "" ? (k === "min" ? -Infinity : Infinity) : +e.target.value; t.render(); } });
   m.append($("h2", { text: "Features" }), $("div", { class: "filters" },
@@ -191,7 +207,13 @@ async function featurePage() {
     BROWSER.load(`feat/${cell}/${d.shard[fi]}`, `feat-${cell}-${d.shard[fi]}`),
     BROWSER.load(`vocab/${d.group}`, `vocab-${d.group}`),
     BROWSER.load(`tokens/${d.group}`, `tokens-${d.group}`)]);
-  const r = part[fi];
+  const r = part[fi], aif = await aiFeatures(cell);
+  if (aif && aif[fi]) {
+    const x = aif[fi], scores = Object.keys(x).filter(k => !k.endsWith("_failed") && k !== "explanation");
+    m.append($("div", { class: "autointerp" }, $("b", { text: "Auto-interp explanation: " }),
+      $("span", { class: "explanation", text: x.explanation || "–" }),
+      $("div", { text: scores.map(k => `${k} ${fmt(x[k])}`).join(" · ") })));
+  }
   m.append($("p", { class: "stats", text: `density ${fmt(d.density[fi])} (${r.count} of ${d.n_tokens} ` +
     `tokens) · mean ${fmt(r.mean)} · max ${fmt(r.max)}` }));
   const left = $("div", { class: "col" }), right = $("div", { class: "col" });
