@@ -22,7 +22,7 @@ from e2e.config import (
 from e2e.data.stage import rows_needed, stage, stage_key, staged_config
 from e2e.data.staged import StageError, verify
 from e2e.io import cell_paths, check_folder_config
-from e2e.train.warm import parent_dir, parent_mismatch, weights_sha256
+from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers
 from jobs.analysis_cost import analysis_minutes, browser_estimate
@@ -226,6 +226,7 @@ def make_plan(tokens: list[str]) -> Plan:
     depth = shape[0] if shape else None
     shas: dict[tuple[str, str], str] = {}  # one hash per parent (a paper SAE's: 280 MB)
     cfgs = [_with_parent(c, root / grid.name, shape[1] if shape else None, shas) for c in cfgs]
+    notes += sorted({n for c in cfgs for n in parent_notes(c)})
     cells = _cells(cfgs, root / grid.name)
     plan = _place(opts, grid, cells, cfgs, stages, notes, root)
     plan.model_shape = shape[:2] if shape else None
@@ -310,7 +311,6 @@ def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConf
 
 def _place(opts: RunOptions, grid: Grid, cells: list[Cell], cfgs: list[CellConfig], stages,
            notes: list[str], root: Path) -> Plan:
-    """Executor, container, packs and resources of the plan."""
     pack_size = opts.pack or grid.pack
     executor = opts.executor
     if executor == "auto":

@@ -356,3 +356,54 @@ def test_a_child_of_a_folder_records_its_first_alive_count_as_unknown(parent, tm
     alive = read_metrics(cell_paths(tmp_path / "C").metrics)["eval_history"][
         "alive_dict_elements"]
     assert math.isnan(alive[0]) and alive[-1] > 0
+
+
+def _foreign(parent, tmp_path, edit, tensors=None):
+    """The parent's sae/ folder with its cfg.json edited (and tensors added)."""
+    from safetensors.torch import load_file, save_file
+
+    cfg, grid_dir = parent
+    src = cell_paths(grid_dir / "P").sae
+    out = tmp_path / "foreign"
+    out.mkdir()
+    meta = json.loads((src / "cfg.json").read_text())
+    (out / "cfg.json").write_text(json.dumps(edit(meta)))
+    w = load_file(str(src / "sae_weights.safetensors"))
+    save_file({**w, **(tensors or {})}, str(out / "sae_weights.safetensors"))
+    return out
+
+
+def _drop(meta, *keys):
+    return {k: v for k, v in meta.items() if k not in keys}
+
+
+@pytest.mark.parametrize("edit, tensors, message", [
+    # a JumpReLU SAE whose cfg.json lost its architecture: it loaded as ReLU, threshold dropped
+    (lambda m: _drop(m, "architecture"), {"threshold": torch.ones(128)},
+     "the weights hold 'threshold', which a 'standard' SAE does not use (a JumpReLU SAE's"),
+    # SAELens's older boolean spelling: it passed the plan and failed once queued
+    (lambda m: {**m, "normalize_activations": True}, None, "normalize_activations True"),
+    (lambda m: {**m, "model_name": "pythia-70m"}, None, "model_name: parent 'pythia-70m'"),
+    (lambda m: {**m, "model_from_pretrained_kwargs": {"fold_ln": False}}, None,
+     "model_from_pretrained_kwargs.fold_ln: parent False, child True"),
+])
+def test_a_foreign_parent_is_refused_at_the_plan_naming_why(parent, smoke_root, tmp_path, edit,
+                                                            tensors, message):
+    folder = _foreign(parent, tmp_path, edit, tensors)
+    with pytest.raises(ConfigError) as e:
+        _plan("grid=smoke", f"root={smoke_root}", "executor=local", "settings=[e2e]",
+              f"init.from_path={folder}")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_old_and_other_context_parents_are_read_as_saelens_reads_them(parent, smoke_root,
+                                                                      tmp_path):
+    """A pre-SAELens-6 folder (`hook_point`) is accepted; a parent trained on other contexts
+    or with a BOS is accepted with a line in the plan."""
+    folder = _foreign(parent, tmp_path, lambda m: {
+        **_drop(m, "hook_name", "hook_layer"), "hook_point": m["hook_name"],
+        "hook_point_layer": m["hook_layer"], "context_size": 128, "prepend_bos": True})
+    plan = _plan("grid=smoke", f"root={smoke_root}", "executor=local", "settings=[e2e]",
+                 f"init.from_path={folder}")
+    notes = "\n".join(plan.notes)
+    assert "contexts of 128 tokens; its child on 32" in notes and "prepend_bos" in notes

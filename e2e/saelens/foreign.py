@@ -38,6 +38,9 @@ def flat_fields(cfg: dict[str, Any]) -> dict[str, Any]:
     `metadata`; a topk SAE written before SAELens 6 is `standard` with `activation_fn(_str)`
     "topk" and `activation_fn_kwargs.k` (read as SAELens reads it: architecture topk, k)."""
     out = {"architecture": "standard", **(cfg.get("metadata") or {}), **cfg}
+    for old, new in (("hook_point", "hook_name"), ("hook_point_layer", "hook_layer")):
+        if old in out and new not in out:  # before SAELens 6 (it renames them on loading)
+            out[new] = out[old]
     if out.get("activation_fn", out.get("activation_fn_str")) == "topk":
         # SAELens converts only with activation_fn_kwargs.k (a top-level k: it runs ReLU)
         out.update(architecture="topk", k=(out.get("activation_fn_kwargs") or {}).get("k"))
@@ -83,9 +86,18 @@ def as_computed(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
 
 
 def _check_shapes(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor the architecture reads, of its shape; every tensor in the folder read by
+    it (a JumpReLU `threshold` beside a cfg.json with no `architecture` was dropped, and the
+    SAE ran as ReLU)."""
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
     want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
             **({"threshold": (d_sae,)} if cfg["architecture"] == "jumprelu" else {})}
+    unused = sorted(set(tensors) - set(want) - {"scaling_factor"})  # checked: all ones
+    if unused:
+        hint = (" (a JumpReLU SAE's: set \"architecture\": \"jumprelu\" in cfg.json)"
+                if "threshold" in unused else "")
+        raise ValueError(f"the weights hold {unused[0]!r}, which a {cfg['architecture']!r} SAE "
+                         f"does not use{hint}")
     for name, shape in want.items():
         if name not in tensors:
             raise ValueError(f"the weights have no {name}")

@@ -21,7 +21,7 @@ import torch
 from e2e.arch.config import SAVED_AS
 from e2e.config import CellConfig, ConfigError, n_dict_for
 from e2e.io import cell_paths, load_checkpoint
-from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens
+from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens, model_processing
 from e2e.saelens.foreign import flat_fields
 
 
@@ -75,9 +75,61 @@ def parent_mismatch(cfg: CellConfig, parent: Path, d_in: int | None = None) -> s
         want.update(d_in=d_in, d_sae=n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio))
     have = {k: meta.get(k, "standard" if k == "architecture" else None) for k in want}
     diff = [f"{k}: parent {have[k]!r}, child {want[k]!r}" for k in want if have[k] != want[k]]
+    diff += _context_diff(cfg, meta)
     if cfg.mfr.n_saes > 1:
         diff.append(f"mfr.n_saes: parent 1, child {cfg.mfr.n_saes}")
-    return f"{what} differs from the child in {'; '.join(diff)}" if diff else None
+    if diff:
+        return f"{what} differs from the child in {'; '.join(diff)}"
+    try:  # every check the cell makes when it loads the folder, made here too
+        load_saelens(parent)
+    except ValueError as e:
+        return f"{what}: {e}"
+    return None
+
+
+def _context_diff(cfg: CellConfig, meta: dict[str, Any]) -> list[str]:
+    """What makes a folder's inputs other than the child's: another model, or another
+    processing of it (SAELens's `model_from_pretrained_kwargs`; absent: TransformerLens's
+    defaults, which are ours)."""
+    out = []
+    if cfg.source == "model" and meta.get("model_name") is not None and _official(
+            meta["model_name"]) != _official(cfg.model.name_or_path):
+        out.append(f"model_name: parent {meta['model_name']!r}, child "
+                   f"{cfg.model.name_or_path!r}")
+    kwargs = meta.get("model_from_pretrained_kwargs") or {}
+    mine = model_processing(cfg.model.name_or_path) if cfg.source == "model" else {}
+    out += [f"model_from_pretrained_kwargs.{k}: parent {kwargs[k]!r}, child {v!r}"
+            for k, v in mine.items() if k in kwargs and kwargs[k] != v]
+    return out
+
+
+def _official(name: str) -> str:
+    """TransformerLens's official name of a model alias (gpt2-small -> gpt2); else the name."""
+    from transformer_lens.supported_models import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        return name
+
+
+def parent_notes(cfg: CellConfig) -> list[str]:
+    """What only differs in data between a folder parent and its child: its context size, a
+    BOS it prepended (the child trains on neither): one line each, for the plan."""
+    if not cfg.init.from_path:
+        return []
+    try:
+        meta = flat_fields(json.loads((Path(cfg.init.from_path) / CFG_FILE).read_text()))
+    except (OSError, json.JSONDecodeError):
+        return []
+    out = []
+    if meta.get("context_size") not in (None, cfg.data.context_length):
+        out.append(f"init.from_path={cfg.init.from_path} was trained on contexts of "
+                   f"{meta['context_size']} tokens; its child on {cfg.data.context_length}")
+    if meta.get("prepend_bos"):
+        out.append(f"init.from_path={cfg.init.from_path} was trained with a BOS token "
+                   "prepended (prepend_bos); its child's rows have none")
+    return out
 
 
 def _shape_fields(cfg: CellConfig) -> dict[str, Any]:
