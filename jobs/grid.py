@@ -170,6 +170,34 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
     return cells
 
 
+def k_axis(grid: Grid, axes, overrides: dict[str, Any]):
+    """(grid, axes) with one rule on every grid: the λ axis follows the architecture. An
+    override to the TopK family (`sae.activation=batchtopk`) on a grid of ReLU SAEs makes λ
+    the k of every cell: the λ values given (`sparsity_coeffs=`, `lambdas.<setting>=`), else
+    `sae.k=` as the one value; with neither, ConfigError saying what to type (the grid's own λ
+    values are sparsity coefficients, not k). Moves the `sae.*` overrides into the grid's
+    base (removing them from `overrides`)."""
+    unscaled = replace(grid.base, loss=replace(grid.base.loss, sparsity_coeff=0.0))
+    sae = with_overrides(unscaled, {"sae.k": 1, **{k: v for k, v in overrides.items()
+                                                   if k.startswith("sae.")}}).sae
+    if grid.variants or grid.base.sae.uses_k or not sae.uses_k:
+        return grid, axes
+    missing = [] if axes.sparsity_coeffs else [
+        s for s in axes.settings or grid.settings if s != "ksvd" and s not in (axes.lambdas or {})]
+    if missing and "sae.k" not in overrides:
+        raise ConfigError(
+            f"sae.activation={sae.activation} on grid={grid.name}: its λ axis is k, and the "
+            f"grid's λ values are sparsity coefficients of a ReLU SAE; give k for "
+            f"{', '.join(missing)}: sae.k=32 (one k), sparsity_coeffs=[16,32,64] (every "
+            f"setting) or lambdas.{missing[0]}=[16,32,64]")
+    if missing:
+        axes = replace(axes, lambdas={**(axes.lambdas or {}),
+                                      **{s: (overrides["sae.k"],) for s in missing}})
+    for k in [k for k in overrides if k.startswith("sae.")]:
+        del overrides[k]  # in the base now: the SAE cells have them, a ksvd cell needs none
+    return replace(grid, base=replace(unscaled, sae=sae)), axes
+
+
 def _chosen(grid: Grid, names: tuple[str, ...] | None) -> tuple[Variant, ...]:
     """The grid's variants named in `names` (all of them for None), in the grid's order;
     ConfigError for a name it lacks, or for names on a grid without variants."""
@@ -196,6 +224,8 @@ def _cell(base: CellConfig, layer: int, setting: str, lam: float) -> CellConfig:
     if setting != "ksvd":
         return replace(base, layer=layer, loss=replace(base.loss, setting=setting,
                                                        sparsity_coeff=float(lam)))
+    if base.sae.uses_k:  # a grid turned TopK (`k_axis`): its ksvd cells have no encoder
+        base = replace(base, sae=replace(base.sae, activation="relu", k=0))
     if lam != int(lam):
         raise ConfigError(f"λ={lam:g} for ksvd is invalid: its λ axis is the L0 budget "
                           "ksvd.max_nnz, a whole number >= 1 (lambdas.ksvd=[4,8,16])")

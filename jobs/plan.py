@@ -29,7 +29,7 @@ from jobs.analysis_cost import analysis_minutes, browser_estimate
 from jobs.autointerp_config import AutoInterp, check_endpoint
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
-from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, make_packs
+from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, k_axis, make_packs
 from jobs.grids import grid_named
 from jobs.sources import check_sources, check_tokenizers, known_shape
 
@@ -206,7 +206,7 @@ def make_plan(tokens: list[str]) -> Plan:
         raise ConfigError(f"root={opts.root} is invalid: {existing} is a file, not a folder")
     # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
     cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
-                              for c in _expand(grid, root, axes)))
+                              for c in _expand(*k_axis(grid, axes, cfg_overrides), root)))
     if not cfgs:
         raise ConfigError("the grid with these overrides has no cells")
     notes: list[str] = []
@@ -338,7 +338,7 @@ def _slurm_reachable() -> bool:
     return r.returncode == 0
 
 
-def _expand(grid: Grid, root: Path, axes: Axes) -> list[CellConfig]:
+def _expand(grid: Grid, axes: Axes, root: Path) -> list[CellConfig]:
     settings = axes.settings or grid.settings
     unused = sorted(set(axes.lambdas or {}) - set(settings))
     if unused:

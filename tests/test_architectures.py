@@ -339,3 +339,23 @@ def test_mfr_trains_several_saes_of_an_architecture_each_with_its_own_state(smok
     (a, _), (b, _) = (load_saelens(cell_paths(tmp_path).root / n) for n in ("sae", "sae_1"))
     ta, tb = a.threshold.detach(), b.threshold.detach()
     assert float(ta[0]) > 0 and float(ta[0]) != float(tb[0])
+
+
+def test_switching_a_grid_to_the_topk_family_makes_its_lambda_axis_k(tmp_path):
+    """`grid=smoke sae.activation=batchtopk sae.k=8` failed on the grid's sparsity λ (1.0);
+    one rule now: the λ axis follows the architecture, or the message says what to type."""
+    from e2e.config import ConfigError
+    from jobs.plan import make_plan
+
+    plan = make_plan(["grid=smoke", f"root={tmp_path}", "sae.activation=batchtopk", "sae.k=8"])
+    sae = [c.cfg for c in plan.cells if c.cfg.loss.setting != "ksvd"]
+    assert len(sae) == 3 and all(c.sae.activation == "batchtopk" and c.sae.k == 8
+                                 and c.loss.sparsity_coeff == 0 for c in sae)
+    ksvd = [c.cfg for c in plan.cells if c.cfg.loss.setting == "ksvd"]
+    assert [c.ksvd.max_nnz for c in ksvd] == [4] and ksvd[0].sae.activation == "relu"
+    plan = make_plan(["grid=smoke", f"root={tmp_path}", "sae.activation=topk",
+                      "lambdas.e2e=[4,16]", "sae.k=32", "settings=[local,e2e]"])
+    assert sorted((c.cfg.loss.setting, c.cfg.sae.k) for c in plan.cells) == [
+        ("e2e", 4), ("e2e", 16), ("local", 32)]
+    with pytest.raises(ConfigError, match=r"give k for local, e2e, e2e_ds: sae.k=32 \(one k\)"):
+        make_plan(["grid=smoke", f"root={tmp_path}", "sae.activation=batchtopk"])
