@@ -111,3 +111,26 @@ def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,
     size += sum(x[1] for x in dicts) * BROWSER_ROW_BYTES
     seconds = flops / (GPU_FLOPS if gpu else 1 / CODES_S_PER_FLOP) + pages * BROWSER_PAGE_S
     return pages, size, seconds
+
+
+SCAN_CHUNKS = 4.5  # the browser scan's peak in (CHUNK_TOKENS, n) floats (bench_scan_memory.py)
+
+
+def analysis_mem_gb(dicts: list[tuple[int, int, int]], d_in: int, depth: int) -> int:
+    """Host memory (--mem, GiB) of the analysis job for dictionaries (layer, n_dict, _): 2 GiB
+    for Python and torch, the model's weights (12 d_in² per block, the embeddings not counted:
+    at least 1 GiB), one layer's eval activations (BROWSER_TOKENS x d_in), every dictionary
+    of the fullest layer loaded at once (encoder and decoder, 2 n d_in) and the scan's peak of
+    the largest (SCAN_CHUNKS chunks of CHUNK_TOKENS x n), all in float32, doubled for what
+    is not modelled (the browser's pages, the clusters' points)."""
+    from e2e.analysis.features import CHUNK_TOKENS
+
+    if not dicts:
+        return 4
+    per_layer: dict[int, int] = {}
+    for layer, n, _ in dicts:
+        per_layer[layer] = per_layer.get(layer, 0) + 2 * n * d_in
+    floats = (BROWSER_TOKENS * d_in + max(per_layer.values())
+              + SCAN_CHUNKS * CHUNK_TOKENS * max(n for _, n, _ in dicts))
+    model = max(1.0, 12 * d_in * d_in * depth * 4 / 2**30)
+    return math.ceil(2 * (2 + model + floats * 4 / 2**30))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from e2e.arch.config import K_ACTIVATIONS
 from e2e.config import SETTINGS, CellConfig, ConfigError, DataConfig, ModelConfig
 from e2e.lm.gguf import GGUFLMConfig
 from e2e.lm.pretrain import PretrainConfig
@@ -177,11 +178,12 @@ def k_axis(grid: Grid, axes, overrides: dict[str, Any]):
     `sae.k=` as the one value; with neither, ConfigError saying what to type (the grid's own λ
     values are sparsity coefficients, not k). Moves the `sae.*` overrides into the grid's
     base (removing them from `overrides`)."""
+    act = overrides.get("sae.activation", grid.base.sae.activation)
+    if grid.variants or grid.base.sae.uses_k or act not in K_ACTIVATIONS:
+        return grid, axes
     unscaled = replace(grid.base, loss=replace(grid.base.loss, sparsity_coeff=0.0))
     sae = with_overrides(unscaled, {"sae.k": 1, **{k: v for k, v in overrides.items()
                                                    if k.startswith("sae.")}}).sae
-    if grid.variants or grid.base.sae.uses_k or not sae.uses_k:
-        return grid, axes
     missing = [] if axes.sparsity_coeffs else [
         s for s in axes.settings or grid.settings if s != "ksvd" and s not in (axes.lambdas or {})]
     if missing and "sae.k" not in overrides:

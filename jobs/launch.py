@@ -58,7 +58,7 @@ def run_autointerp(grid: str, root: str) -> str:
 
 
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
-              time_min: int | None = None, extra: dict | None = None):
+              time_min: int | None = None, extra: dict | None = None, mem_gb: int = 0):
     folder = plan.grid_dir / "_submitit" / "%j"
     o = plan.opts
     if cluster == "local":
@@ -77,8 +77,8 @@ def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None =
         params["gres"] = f"gpu:{gpus}"
     if o.partition:
         params["partition"] = o.partition
-    if o.mem_gb:
-        params["mem"] = f"{o.mem_gb}G"
+    if mem_gb or o.mem_gb:
+        params["mem"] = f"{mem_gb or o.mem_gb}G"
     ex.update_parameters(**params)
     return ex
 
@@ -257,8 +257,8 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     col_job = col.submit(run_collect, grid, root)
     print(f"collector job {col_job.job_id} ({after or 'no dependency'})")
     ana = _executor(plan, "slurm", f"{grid}-analyze", plan.analysis_gpus,
-                    f"afterany:{col_job.job_id}",
-                    plan.analysis_time_min)
+                    f"afterany:{col_job.job_id}", plan.analysis_time_min,
+                    mem_gb=plan.analysis_mem_gb)
     last = ana_job = ana.submit(run_analyze, grid, root)
     print(f"analysis job {ana_job.job_id} (afterany:{col_job.job_id})")
     if plan.autointerp:

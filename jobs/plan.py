@@ -19,90 +19,20 @@ from e2e.config import (
     n_dict_for,
     normalized,
 )
-from e2e.data.stage import rows_needed, stage, stage_key, staged_config
-from e2e.data.staged import StageError, verify
 from e2e.io import cell_paths, check_folder_config
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers
-from jobs.analysis_cost import analysis_minutes, browser_estimate
+from jobs.analysis_cost import analysis_mem_gb, analysis_minutes, browser_estimate
 from jobs.autointerp_config import AutoInterp, check_endpoint
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, k_axis, make_packs
 from jobs.grids import grid_named
 from jobs.sources import check_sources, check_tokenizers, known_shape
+from jobs.stages import Stage, apply_source
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Stage:
-    dir: Path
-    cfg: CellConfig  # one of the cells reading it, with the original sources
-    n_train_rows: int
-    n_eval_rows: int
-
-    @property
-    def status(self) -> str:
-        if (self.dir / "DONE").exists():
-            return "staged"
-        return "partial (resumes)" if self.dir.exists() else "to stage"
-
-    def describe(self) -> str:
-        ctx = self.cfg.data.context_length
-        rows = self.n_train_rows + self.n_eval_rows
-        return (f"{self.dir}: {self.cfg.model.name_or_path} + {self.n_train_rows:,} train and "
-                f"{self.n_eval_rows:,} eval rows of {ctx} tokens from {self.cfg.data.dataset} "
-                f"(seed {self.cfg.seed}): {rows * ctx:,} tokens, "
-                f"{rows * ctx * 4 / 1e9:.2f} GB + the model; {self.status}")
-
-
-def stages_for(cfgs: list[CellConfig], root: Path) -> tuple[list[Stage], list[Stage]]:
-    """The stage each cell reads (in order; one object per rows read), and the distinct ones."""
-    by_key: dict[str, Stage] = {}
-    per_cell = []
-    for cfg in cfgs:
-        n_train, n_eval = rows_needed(cfg)
-        key = stage_key(cfg, n_train, n_eval)
-        per_cell.append(by_key.setdefault(key, Stage(root / "_sources" / key, cfg, n_train,
-                                                      n_eval)))
-    return per_cell, list(by_key.values())
-
-
-def apply_source(cfgs: list[CellConfig], root: Path, source: str, will_stage: bool,
-                 notes: list[str]) -> tuple[list[CellConfig], list[Stage]]:
-    """The cell configs reading the stage (or the original sources), and the stages involved.
-
-    Raises ConfigError when `source=staged` and a stage is missing, partial or corrupt.
-    """
-    per_cell, unique = stages_for(cfgs, root)
-    if source == "hub" and not will_stage:
-        return cfgs, []
-    complete = all(s.status == "staged" for s in unique)
-    if not will_stage and not complete:
-        if source == "staged":
-            missing = "; ".join(s.describe() for s in unique if s.status != "staged")
-            raise ConfigError(f"source=staged but not staged: {missing}. Stage from a machine "
-                              "with internet: python jobs/stage.py <the same arguments>")
-        notes.append("sources not staged: every compute node reads the hub (offline nodes: "
-                     "python jobs/stage.py <the same arguments> first, or stage=true)")
-        return cfgs, unique
-    if complete and not will_stage:
-        for s in unique:
-            try:
-                verify(s.dir)
-            except StageError as e:
-                raise ConfigError(str(e)) from None
-    return [staged_config(c, s.dir) for c, s in zip(cfgs, per_cell, strict=True)], unique
-
-
-def run_stages(stages: list[Stage]) -> None:
-    for s in stages:
-        print(f"staging {s.describe()}", flush=True)
-        stage(s.cfg, s.n_train_rows, s.n_eval_rows, s.dir)
-        verify(s.dir)
-        print(f"staged: {s.dir}", flush=True)
 
 
 @dataclass
@@ -173,20 +103,26 @@ class Plan:
 
     @property
     def analysis_gpus(self) -> int:
-        """The analysis job's GPUs: one, for the feature browser's encodings, when cells have
-        one (DB-KSVD's matching pursuit at 46,080 atoms would take hours per pass on CPUs);
-        none in a local run (its processes run on this machine's CPUs)."""
+        """One GPU for the analysis job's encodings when cells have one (DB-KSVD's pursuit at
+        46,080 atoms takes hours per pass on CPUs); none locally (this machine's CPUs)."""
         return 1 if self.opts.gpus_per_cell > 0 and self.executor == "slurm" else 0
 
     @property
     def browser_estimate(self) -> tuple[int, float, float]:
-        """(feature pages at most, bytes, seconds) of the feature browser
-        (`jobs.analysis_cost.browser_estimate`)."""
+        """(feature pages at most, bytes, seconds): `jobs.analysis_cost.browser_estimate`."""
+        return browser_estimate(*self._dicts, self.analysis_gpus > 0)
+
+    @property
+    def analysis_mem_gb(self) -> int:
+        return self.opts.mem_gb or analysis_mem_gb(*self._dicts)
+
+    @property
+    def _dicts(self) -> tuple[list[tuple[int, int, int]], int, int]:
+        """(layer, n_dict, ksvd budget or 0) of every dictionary on a model, width, depth."""
         depth, width = self.model_shape or (12, 768)
-        cfgs = [c.cfg for c in self.cells if c.cfg.source == "model"]
-        dicts = [(c.layer, n_dict_for(width, c.sae.dict_size_to_input_ratio),
-                  int(c.lam) if c.loss.setting == "ksvd" else 0) for c in cfgs]
-        return browser_estimate(dicts, width, depth, self.analysis_gpus > 0)
+        return [(c.cfg.layer, n_dict_for(width, c.cfg.sae.dict_size_to_input_ratio),
+                 int(c.cfg.lam) if c.cfg.loss.setting == "ksvd" else 0)
+                for c in self.cells if c.cfg.source == "model"], width, depth
 
     @property
     def needs_pretrain(self) -> bool:

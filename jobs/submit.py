@@ -19,7 +19,8 @@ from jobs.autointerp_config import FILE as AUTOINTERP_FILE
 from jobs.autointerp_config import n_dictionaries
 from jobs.grids import pretrain_dir
 from jobs.launch import launch
-from jobs.plan import Plan, make_plan, run_stages
+from jobs.plan import Plan, make_plan
+from jobs.stages import run_stages
 
 
 def format_plan(plan: Plan) -> str:
@@ -66,8 +67,8 @@ def format_plan(plan: Plan) -> str:
     device = f"{plan.analysis_gpus} GPU, " if plan.analysis_gpus else "CPU only, "
     lines.append(f"then: collector job (after {arrays} outcome), then the "
                  f"analysis job (after the collector; {device}{plan.cpus} CPUs, "
-                 f"--time={plan.analysis_time_min}: geometry, downstream reconstruction, "
-                 f"multi-dimensional features, and the feature browser: at most {pages:,} "
+                 f"--time={plan.analysis_time_min} --mem={plan.analysis_mem_gb}G: geometry, "
+                 f"downstream reconstruction, multi-dimensional features, and the feature browser: at most {pages:,} "
                  f"feature pages, about {size / 1e6:,.0f} MB, {seconds / 60:,.0f} min)")
     lines += _autointerp_lines(plan)
     lines += [f"note: {n}" for n in plan.notes]
@@ -205,7 +206,8 @@ def plain_sbatch_commands(plan: Plan) -> str:
     gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
     lines.append(f"{'ana=$(' if plan.autointerp else ''}sbatch "
                  f"{'--parsable ' if plan.autointerp else ''}--dependency=afterany:$col "
-                 f"--job-name={grid}-analyze {gres}--time={plan.analysis_time_min} --wrap "
+                 f"--job-name={grid}-analyze {gres}--time={plan.analysis_time_min} "
+                 f"--mem={plan.analysis_mem_gb}G --wrap "
                  f"{wrap('analyze')}{')' if plan.autointerp else ''}")
     if plan.autointerp:
         ai = plan.autointerp

@@ -91,3 +91,37 @@ def test_logit_effects_equal_a_from_scratch_product():
         np.testing.assert_array_equal(down[i], order[:4])
         np.testing.assert_allclose(up_v[i], np.array(eff)[order[::-1][:4]], rtol=1e-5)
         np.testing.assert_allclose(down_v[i], np.array(eff)[order[:4]], rtol=1e-5)
+
+
+def test_the_scans_peak_is_a_small_multiple_of_one_chunk():
+    """It was 10.3 (t, n) float chunks (+1,322 MiB at n 16,384); the analysis job now asks
+    for memory from a model that takes 4.5 (`jobs.analysis_cost.SCAN_CHUNKS`)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "benchmarks/bench_scan_memory.py", "8192"], cwd=repo,
+                       capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert r.returncode == 0, r.stderr
+    multiple = float(re.search(r"= ([\d.]+) x one", r.stdout).group(1))
+    assert multiple < 6, r.stdout
+
+
+def test_the_plan_asks_for_the_analysis_jobs_memory(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jobs.analysis_cost import analysis_mem_gb
+
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
+                        "submit=false", "executor=slurm"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "-analyze" in x)
+    assert "--mem=7G" in line
+    # the paper's layer: 30 dictionaries of 46,080 elements, the scan, GPT-2's weights
+    assert analysis_mem_gb([(6, 46_080, 0)] * 30, 768, 12) == 26

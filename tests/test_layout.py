@@ -29,7 +29,7 @@ LAYERS = [
      "jobs.mfr_report", "jobs.containers", "jobs.sources", "jobs.finetune", "jobs.grid",
      "jobs.grids", "jobs.grids_real", "jobs.cell_memory", "jobs.results", "jobs.plots",
      "jobs.finetune_report", "jobs.progress", "jobs.autointerp_config", "jobs.llm_endpoint",
-     "jobs.llm_serve", "jobs.autointerp_report"],
+     "jobs.llm_serve", "jobs.autointerp_report", "jobs.stages"],
     # jobs: steps
     ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.analyze", "jobs.autointerp"],
     ["jobs.launch"],

@@ -88,10 +88,13 @@ def _first_pass(encode, acts: torch.Tensor, n: int, k: int):
         c = encode(a).float()  # (t, n)
         fires = c != 0
         count += fires.sum(0)
-        total += c.double().sum(0)
-        lo = torch.minimum(lo, torch.where(fires, c, float("inf")).min(0).values)
-        kk = min(k, c.shape[0])
-        t = torch.where(fires, c, -float("inf")).topk(kk, dim=0)
+        total += c.sum(0, dtype=torch.float64)
+        buf = torch.where(fires, c, float("inf"))  # the one (t, n) temporary, reused
+        lo = torch.minimum(lo, buf.amin(0))
+        buf.copy_(c).masked_fill_(~fires, -float("inf"))
+        del c, fires
+        t = buf.topk(min(k, buf.shape[0]), dim=0)
+        del buf
         top_v, top_p = merge_topk(top_v, top_p, t.values.T, t.indices.T + off, k)
     top_p = torch.where(torch.isfinite(top_v), top_p, -1)
     hi = torch.where(count > 0, top_v[:, 0], 0.0)
@@ -128,14 +131,19 @@ def scan(encode, acts: torch.Tensor, n: int, k: int = 20, bins: int = 32,
         b -= (v < edges[f, b]).long()  # numpy's corrections at the edges
         b += ((v >= edges[f, b + 1]) & (b != bins - 1)).long()
         hist += torch.bincount(f * bins + b, minlength=n * bins)
-        # intervals of (0, max]: a uniformly random sample of each by random priorities
-        q = (c / hi.clamp_min(1e-30) * intervals).ceil().long() - 1  # (t, n)
+        del r, f, v, b
+        # intervals of (0, max]: a uniformly random sample of each by random priorities;
+        # q = ceil(c / max * intervals) in place (1..intervals where c > 0), and one buffer
+        # for the masked priorities: the peak is about 4 (t, n) floats (bench_scan_memory.py)
         pri = torch.rand(c.shape, generator=gen, device=dev)
+        q = c.div_(hi.clamp_min(1e-30)).mul_(intervals).ceil_()  # c is no longer needed
+        m = torch.empty_like(pri)
         for j in range(intervals):
-            m = torch.where((c > 0) & (q == j), pri, -1.0)
+            m.copy_(pri).masked_fill_(q != j + 1, -1.0)
             t = m.topk(min(per_interval, m.shape[0]), dim=0)
             s_pri, s_pos = _merge_rows(s_pri, s_pos, t.values.T, t.indices.T + off,
                                        cols * intervals + j, per_interval)
+        del q, m, pri
     s_pos = torch.where(s_pri >= 0, s_pos, -1).reshape(n, intervals, -1)
     mean = torch.where(count > 0, total / count.clamp_min(1), float("nan"))
     return FeatureStats(
