@@ -68,8 +68,8 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"then: collector job (after {arrays} outcome), then the "
                  f"analysis job (after the collector; {device}{plan.cpus} CPUs, "
                  f"--time={plan.analysis_time_min} --mem={plan.analysis_mem_gb}G: geometry, "
-                 f"downstream reconstruction, multi-dimensional features, and the feature browser: at most {pages:,} "
-                 f"feature pages, about {size / 1e6:,.0f} MB, {seconds / 60:,.0f} min)")
+                 f"downstream reconstruction, multi-dimensional features, and the feature "
+                 f"browser: at most {pages:,} feature pages, about {size / 1e6:,.0f} MB, {seconds / 60:,.0f} min)")
     lines += _autointerp_lines(plan)
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
