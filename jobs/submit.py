@@ -69,7 +69,8 @@ def format_plan(plan: Plan) -> str:
                  f"analysis job (after the collector; {device}{plan.cpus} CPUs, "
                  f"--time={plan.analysis_time_min} --mem={plan.analysis_mem_gb}G: geometry, "
                  f"downstream reconstruction, multi-dimensional features, and the feature "
-                 f"browser: at most {pages:,} feature pages, about {size / 1e6:,.0f} MB, {seconds / 60:,.0f} min)")
+                 f"browser: at most {pages:,} feature pages, about {size / 1e6:,.0f} MB, "
+                 f"{seconds / 60:,.0f} min)")
     lines += _autointerp_lines(plan)
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
