@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import sys
 import time
 import typing
@@ -66,10 +67,15 @@ def autointerp(root: Path | str, grid: str, ai: AutoInterp) -> Path:
     todo = [p for p in files if _key(ai, p) != _old_key(results, p.stem)]
     print(f"auto-interp: {len(files)} dictionaries with records, {len(todo)} to score",
           flush=True)
+    if not files and done:
+        folder = f"results/{autointerp_report.FOLDER}/records/"
+        print(f"auto-interp: no records: the analysis saves them ({folder}); run it again: "
+              f"python jobs/analyze.py grid={grid} root={root}", flush=True)
     if todo:
         with served(ai) as base_url:
             explainer, scorer = _endpoints(ai, base_url, Path(root).resolve() / CACHE)
-            explainer.check()  # one line before anything is sent
+            for e in {id(explainer): explainer, id(scorer): scorer}.values():
+                e.check()  # one line before anything is sent
             t0 = time.perf_counter()
             for i, path in enumerate(todo):
                 _score(ai, path, results, explainer, scorer)
@@ -79,12 +85,28 @@ def autointerp(root: Path | str, grid: str, ai: AutoInterp) -> Path:
                       f"{sum(e.cached for e in both)} answered from the cache, "
                       f"{sum(e.failed for e in both)} failed", file=sys.stderr, flush=True)
     collect(root, grid)
-    data = results / "browser" / "data"
-    if data.is_dir():
-        from jobs.browser import Writer
-
-        autointerp_report.browser_data(results, Writer(data).put)
+    _browser(results)
     return results
+
+
+def _browser(results: Path) -> None:
+    """The scores in the feature browser, and its index's headline and plots as they are now
+    (the analysis built it before the scores existed)."""
+    from jobs.browser import Writer
+
+    folder = results / "browser"
+    data = folder / "data"
+    if not data.is_dir():
+        return
+    autointerp_report.browser_data(results, Writer(data).put)
+    text = (data / "index.js").read_text()
+    index = json.loads(text[text.index(",") + 1:text.rindex(")")])
+    index["headline"] = (results / "headline.txt").read_text()
+    fig = results / autointerp_report.FIGURE
+    if fig.exists():
+        shutil.copy(fig, folder / fig.name)
+        index["plots"] = sorted(set(index["plots"]) | {fig.name})
+    Writer(data).put("index", "index", index)
 
 
 def _endpoints(ai: AutoInterp, base_url: str, cache: Path) -> tuple[Endpoint, Endpoint]:
@@ -125,7 +147,12 @@ def _score(ai: AutoInterp, path: Path, results: Path, explainer: Endpoint,
         got = dict(zip(feats, ex.map(one, feats), strict=True))
     scores = {s: mean_ci([got[f][s] for f in feats], ai.seed) for s in ai.scorers}
     failed = {s: sum(got[f][f"{s}_failed"] for f in feats) for s in ai.scorers}
-    entry = {"key": _key(ai, path), "explainer": ai.explainer, "scorer": ai.scorer,
+    unanswered = sum(got[f]["requests_failed"] for f in feats)
+    if unanswered:  # scored with what came; the next run asks the rest (the cache: no more)
+        print(f"auto-interp: {path.stem}: {unanswered} requests got no answer; run the step "
+              "again to complete it", flush=True)
+    entry = {"key": None if unanswered else _key(ai, path), "unanswered": unanswered,
+             "explainer": ai.explainer, "scorer": ai.scorer,
              "budget": dataclasses.asdict(ai.budget), "n_live_recorded": len(live),
              "features": {str(f): _finite(got[f]) for f in feats},
              "scores": {s: [_none(v) for v in m] for s, m in scores.items()},

@@ -15,6 +15,7 @@ from e2e.autointerp import SCORERS
 from e2e.typed import ConfigError
 
 SECONDS_PER_REQUEST = 3.0  # llama.cpp serving SmolLM2-135M on this machine's 2 cores: 1-5 s
+RECORD_FEATURES = 512  # features per dictionary whose records the analysis saves (seeded)
 FILE = "autointerp.json"  # the grid's options, written at submission, read by the step
 RECORD_TOKENS = 17  # tokens per record: the browser's window, 8 on each side
 
@@ -56,8 +57,26 @@ class AutoInterp:
             if getattr(self, name) < 1:
                 raise ConfigError(f"autointerp.{name}={getattr(self, name)} is invalid: must "
                                   "be >= 1")
-        if self.serve and "{port}" not in self.serve_command:
-            raise ConfigError("autointerp.serve_command must hold {port} (and {model})")
+        for name, low in (("seed", 0), ("time", 0), ("retries", 0), ("price_per_mtok", 0),
+                          ("serve_gpus", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"autointerp.{name}={getattr(self, name)} is invalid: must "
+                                  f"be >= {low}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"autointerp.timeout_s={self.timeout_s} is invalid: must be > 0")
+        if len(set(self.scorers)) != len(self.scorers):
+            raise ConfigError(f"autointerp.scorers={list(self.scorers)} repeats a scorer")
+        if self.serve:
+            if "{port}" not in self.serve_command:
+                raise ConfigError("autointerp.serve_command must hold {port} (and {model})")
+            try:
+                self.serve_command.format(model=self.serve, port=0)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"autointerp.serve_command={self.serve_command!r}: only "
+                                  f"{{model}} and {{port}} are filled in ({e!r})") from None
+            if self.scorer_model not in ("", self.serve) or self.model not in ("", self.serve):
+                raise ConfigError("autointerp.serve= serves one model: leave autointerp.model "
+                                  "and autointerp.scorer_model empty (or equal to it)")
 
     @property
     def explainer(self) -> str:
@@ -115,7 +134,7 @@ class AutoInterp:
                                 4 * b.shown + 8)
         if "simulation" in b.scorers:
             per += b.simulate * size(prompts.simulate(expl, silent.tokens), 12 * RECORD_TOKENS)
-        n_feat = dictionaries * self.n_features
+        n_feat = dictionaries * min(self.n_features, RECORD_FEATURES)
         return n_feat * b.requests(), n_feat * per
 
 

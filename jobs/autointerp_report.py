@@ -3,8 +3,10 @@ the paper's Fig. 9, a headline line and the feature browser's data.
 
 The step (`jobs.autointerp`) writes one `results/autointerp/<cell>.json` per dictionary:
 {"explainer", "scorer", "budget", "features": {id: {"explanation", <scorer>: score, ...}},
-"scores": {<scorer>: [mean, lo, hi]} (bootstrap 95% interval), "failed": {<scorer>: prompts},
-"sent", "cached"}. The collector reads them on every run, so a rerun keeps them.
+"scores": {<scorer>: [mean, lo, hi]} (bootstrap 95% interval; None where nothing was scored),
+"failed": {<scorer>: prompts without a usable answer}, "unanswered": requests, "key": what the
+scores depend on, None until every request was answered}. The collector reads them on every
+run, so a rerun keeps them.
 """
 
 from __future__ import annotations

@@ -36,11 +36,11 @@ from e2e.io import atomic_write_text, cell_paths
 from e2e.store import read_metrics
 from jobs import autointerp_report
 from jobs.analysis_cost import BROWSER_FULL_MAX, BROWSER_NEAREST, BROWSER_SAMPLE, BROWSER_TOKENS
+from jobs.autointerp_config import RECORD_FEATURES
 
 ASSETS = Path(__file__).resolve().parent / "browser_assets"
 LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # a token's shade: its code / the feature's max
 SHARD = 64  # features per data file
-RECORD_FEATURES = 512  # features per dictionary whose records the auto-interp step may read
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,17 @@ def run_analyze(grid: str, root: str, cpus: int = 0) -> str:
     return str(analyze(Path(root), grid))
 
 
-def run_autointerp(grid: str, root: str) -> str:
-    """The auto-interp step with the grid's autointerp.json (then the collector again)."""
+def run_autointerp(grid: str, root: str, options_json: str = "") -> str:
+    """The auto-interp step (then the collector again) with the options it was submitted with
+    (a job waiting in the queue keeps them when the grid is submitted again), else the
+    grid's autointerp.json (the plain-sbatch step)."""
     from jobs.autointerp import autointerp, options
+    from jobs.autointerp_config import AutoInterp
     from jobs.results import existing_grid_dir
 
-    return str(autointerp(root, grid, options(existing_grid_dir(root, grid), {})))
+    ai = (AutoInterp.from_json(options_json) if options_json
+          else options(existing_grid_dir(root, grid), {}))
+    return str(autointerp(root, grid, ai))
 
 
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
@@ -97,7 +102,7 @@ def _launch_local(plan, root: str, grid: str) -> None:
         print("every cell is done" + ("; the auto-interp step scores what it has not"
                                       if plan.autointerp else ": nothing to do"))
         if plan.autointerp:
-            run_autointerp(grid, root)
+            run_autointerp(grid, root, plan.autointerp.to_json())
         _report(plan.grid_dir / "results")
         return
     _interrupt_on_sigterm()
@@ -148,7 +153,8 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
     results = _follow(submit(run_analyze, grid, root, plan.cpus), progress, next(tasks))
     if plan.autointerp:
         try:
-            results = _follow(submit(run_autointerp, grid, root), progress, next(tasks))
+            results = _follow(submit(run_autointerp, grid, root, plan.autointerp.to_json()),
+                              progress, next(tasks))
         except Exception:  # the tables and browser are written; say so and go on
             failed.append("auto-interp")
             print("auto-interp: FAILED (the end of its log is above)", flush=True)
@@ -265,7 +271,7 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
         ai = plan.autointerp
         last = _executor(plan, "slurm", f"{grid}-autointerp", ai.serve_gpus if ai.serve else 0,
                          f"afterany:{ana_job.job_id}", ai.minutes(n_dictionaries(plan))
-                         ).submit(run_autointerp, grid, root)
+                         ).submit(run_autointerp, grid, root, ai.to_json())
         print(f"auto-interp job {last.job_id} (afterany:{ana_job.job_id})")
     if plan.opts.wait:
         _report(Path(last.result()))

@@ -47,16 +47,28 @@ class Endpoint:
         self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "none",
                                      timeout=self.timeout_s, max_retries=self.retries)
 
-    def check(self, timeout_s: float = 10.0) -> None:
-        """One line (ConfigError) unless the server lists its models within `timeout_s`."""
+    def check(self, timeout_s: float = 10.0) -> list[str]:
+        """The models the server lists; one line (ConfigError) unless it answers within
+        `timeout_s` (a refused key is one line too). A model it does not list is a line of
+        output, not a refusal: llama.cpp's server answers to any name."""
         import openai
 
         try:
-            self._client.with_options(timeout=timeout_s, max_retries=1).models.list()
+            ids = [m.id for m in
+                   self._client.with_options(timeout=timeout_s, max_retries=1).models.list()]
+        except openai.AuthenticationError as e:
+            raise ConfigError(f"autointerp: {self.base_url} refuses the key from "
+                              f"${self.api_key_env or '(none)'} ({e.status_code}); nothing "
+                              "was sent") from None
         except openai.APIError as e:
             raise ConfigError(f"autointerp: no OpenAI-compatible endpoint answers at "
                               f"{self.base_url} ({type(e).__name__}: {e}); nothing was sent"
                               ) from None
+        if self.model not in ids:
+            print(f"autointerp: {self.base_url} does not list {self.model!r} among its models "
+                  f"{ids[:5]}; if it refuses the name, every request fails (counted)",
+                  flush=True)
+        return ids
 
     def key(self, messages: list[dict], json_mode: bool, max_tokens: int) -> str:
         text = json.dumps([self.model, messages, json_mode, max_tokens], sort_keys=True)
@@ -70,22 +82,26 @@ class Endpoint:
 
         k = self.key(messages, json, max_tokens)
         path = self.cache_dir / k[:2] / f"{k}.json"
-        if path.exists():
+        try:
+            text = _json.loads(path.read_text())["text"]
+        except (OSError, ValueError, KeyError):  # not asked yet, or a damaged file: ask
+            pass
+        else:
             with self._lock:
                 self.cached += 1
-            return _json.loads(path.read_text())["text"]
+            return text
         extra = {"response_format": {"type": "json_object"}} if json else {}
         try:
             r = self._client.chat.completions.create(
                 model=self.model, messages=messages, temperature=0, max_tokens=max_tokens,
                 **extra)
-        except openai.APIError as e:
+            text = r.choices[0].message.content or ""
+        except (openai.APIError, IndexError, AttributeError) as e:  # no answer, or no choice
             with self._lock:
                 self.failed += 1
             print(f"autointerp: request failed after retries: {type(e).__name__}: {e}",
                   flush=True)
             return None
-        text = r.choices[0].message.content or ""
         used = r.usage.total_tokens if r.usage else 0
         atomic_write_text(path, _json.dumps({"model": self.model, "text": text,
                                              "tokens": used}))

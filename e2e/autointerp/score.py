@@ -11,10 +11,14 @@ never the ones explained), asks `scorer`:
   each record; the Pearson correlation between predicted and true codes over all of them.
   Departures from the paper's library: it simulates the same top 20 records it explained, we
   simulate held-out ones, half activating and half silent (Bills et al.'s "top and random"
-  mix); a constant prediction scores 0 (no information), where a correlation is undefined.
+  mix); a constant prediction scores 0 (no information), where a correlation is undefined;
+  an answer that does not repeat the tokens leaves its record out (theirs predicts 0 there).
 A chat is `chat(messages, json=False, max_tokens=...) -> str | None` (None: no answer after
-the client's retries); a failed classifier prompt leaves its examples out (Delphi), and the
-score is nan when no prompt of a kind got a usable answer.
+the client's retries, counted in `requests_failed`: the step scores such a feature again on
+its next run). A prompt without a usable answer leaves its examples out (Delphi) and is
+counted in `<scorer>_failed`; a score is nan when nothing of its kind was usable, or when its
+examples lack a class (a feature that fires in every context has no silent one: balanced
+accuracy would cap at 0.5). A feature with no explanation is not scored.
 """
 
 from __future__ import annotations
@@ -56,8 +60,12 @@ def interpret(records: list[Record], explainer: Chat, scorer: Chat, budget: Budg
     active = [r for r in records if r.kind == INTERVAL] or top  # a rare feature: reuse top
     silent = [r for r in records if r.kind == SILENT]
     answer = explainer(prompts.explain(top), max_tokens=budget.explain_tokens)
-    out: dict = {"explanation": prompts.parse_explanation(answer or "")}
+    out: dict = {"explanation": prompts.parse_explanation(answer or ""),
+                 "requests_failed": int(answer is None)}
+    if not out["explanation"]:
+        return {**out, **{s: float("nan") for s in budget.scorers}}
     rng = random.Random(seed)
+    scorer = _counting(scorer, out)
     for kind in ("detection", "fuzzing"):
         if kind in budget.scorers:
             pairs = _samples(kind, active[:budget.test], silent[:budget.test], rng)
@@ -69,6 +77,16 @@ def interpret(records: list[Record], explainer: Chat, scorer: Chat, budget: Budg
         out["simulation"], out["simulation_failed"] = _simulate(out["explanation"], recs,
                                                                 scorer, budget)
     return out
+
+
+def _counting(chat: Chat, out: dict) -> Chat:
+    """`chat`, adding its unanswered requests to out["requests_failed"]."""
+    def counted(*args, **kw):
+        answer = chat(*args, **kw)
+        out["requests_failed"] += answer is None
+        return answer
+
+    return counted
 
 
 def _samples(kind: str, active: list[Record], silent: list[Record], rng: random.Random
@@ -111,21 +129,22 @@ def _simulate(explanation: str, records: list[Record], chat: Chat, budget: Budge
         answer = chat(prompts.simulate(explanation, r.tokens), json=True,
                       max_tokens=budget.simulate_tokens)
         got = prompts.parse_simulation(answer or "", len(r.tokens))
-        failed += got is None
+        if got is None:
+            failed += 1
+            continue
         true += r.acts.tolist()
-        pred += got if got is not None else [0.0] * len(r.tokens)
-    return correlation(true, pred), failed
+        pred += got
+    return (correlation(true, pred) if true else float("nan")), failed
 
 
 def balanced_accuracy(truth: list[bool], pred: list[bool]) -> float:
-    """(TP / P + TN / N) / 2, Delphi's `accuracy`; nan with no predictions."""
-    if not truth:
-        return float("nan")
+    """(TP / P + TN / N) / 2, Delphi's `accuracy`; nan without both classes (Delphi takes a
+    missing class's rate as 0, which caps a perfect score at 0.5)."""
     t, p = np.asarray(truth, bool), np.asarray(pred, bool)
     pos, neg = t.sum(), (~t).sum()
-    tpr = (t & p).sum() / pos if pos else 0.0
-    tnr = (~t & ~p).sum() / neg if neg else 0.0
-    return float((tpr + tnr) / 2)
+    if not (pos and neg):
+        return float("nan")
+    return float(((t & p).sum() / pos + (~t & ~p).sum() / neg) / 2)
 
 
 def correlation(true: list[float], pred: list[float]) -> float:
