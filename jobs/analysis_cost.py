@@ -77,17 +77,17 @@ def dictionary_seconds(n_dict: int, d_in: int, depth: int) -> float:
     return cluster_seconds(n_dict) + mixture + codes
 
 
-def analysis_minutes(n_dicts: list[int], d_in: int, depth: int, n_layers: int,
-                     cpus: int, browser_s: float = 0.0) -> int:
-    """The analysis job's limit in minutes: geometry of every cell (dictionary sizes `n_dicts`,
-    width `d_in`) and the multi-dimensional step of up to 4 dictionaries at each of `n_layers`
-    hook layers (the largest size; a model of `depth` blocks), on `cpus` threads, and the
-    feature browser's `browser_s` seconds; twice the model plus 10 minutes, at most a day."""
+def analysis_seconds(n_dicts: list[int], d_in: int, depth: int, n_layers: int,
+                     cpus: int, browser_s: float = 0.0) -> float:
+    """The analysis step's modelled seconds: geometry of every cell (dictionary sizes
+    `n_dicts`, width `d_in`) and the multi-dimensional step of up to 4 dictionaries at each of
+    `n_layers` hook layers (the largest size; a model of `depth` blocks), on `cpus` threads,
+    and the feature browser's `browser_s` seconds."""
     geometry = sum(GEOMETRY_S * n * n * d_in for n in n_dicts)
     largest = max(n_dicts, default=0)
     multidim = 4 * n_layers * dictionary_seconds(largest, d_in, depth) if n_dicts else 0
-    seconds = (geometry + multidim) / math.sqrt(max(1, cpus) / 2) + browser_s
-    return min(24 * 60, 10 + math.ceil(2 * seconds / 60))
+    return (geometry + multidim) / math.sqrt(max(1, cpus) / 2) + browser_s
+
 
 
 def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,15 +34,24 @@ import numpy as np
 import torch
 
 from e2e.analysis import geometry
+from e2e.config import n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.store import read_metrics
 from e2e.typed import ConfigError, require
 from jobs import cli, plots, tables
-from jobs.analysis_cost import MIXTURE_STEPS, MULTIDIM_TOKENS
+from jobs.analysis_cost import (
+    GEOMETRY_S,
+    MIXTURE_STEPS,
+    MULTIDIM_TOKENS,
+    browser_estimate,
+    dictionary_seconds,
+)
 from jobs.browser import Settings as BrowserSettings
 from jobs.browser import build_logged
 from jobs.collect import collect
 from jobs.mfr_report import is_mfr_cell
+from jobs.multidim_step import multidim_sections
+from jobs.progress import modelled_bar
 from jobs.results import (
     ANALYSIS_H5,
     ANALYSIS_MD,
@@ -136,12 +144,16 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
               for x in dicts if x.directions.shape[1] > 1}
     h5: dict[str, np.ndarray] = {}
     layers = sorted({p.layer for p in points})
+    cost = _Cost(dicts, layers)
+    bar = modelled_bar("analysis", cost.total(dicts, points, layers, opts))
     sections = [_within_section(dicts, within, h5), _cross_seed_section(dicts, h5)]
     trio_sections, down = _trio_sections(dicts, points, layers, within, h5)
     sections += trio_sections
+    bar.update(round(cost.geometry))
     clusters: dict[str, list[dict]] = {}  # cell id -> its clusters, for the browser
     if opts.multidim:
-        sections += _multidim(grid_dir, out, dicts, points, layers, opts, h5, clusters)
+        sections += multidim_sections(grid_dir, out, dicts, points, layers, opts, h5, clusters,
+                                      lambda n: bar.update(round(cost.multidim(n))))
     elapsed = time.perf_counter() - t0
     md = "".join(tables.markdown_table(*s) for s in sections)
     md += f"_analysis of {len(dicts)} dictionaries in {elapsed:.1f} s_\n"
@@ -152,15 +164,44 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
         plots.geometry_figures(out, dicts, within, down)
     collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
     if opts.browser:
-        _browser(grid_dir, points, layers, clusters, opts)
+        share = cost.browser / max(1, len(dicts))
+        _browser(grid_dir, points, layers, clusters, opts, lambda: bar.update(round(share)))
+    bar.close()
     return out
 
 
-def _browser(grid_dir: Path, points, layers, clusters: dict, opts: Options) -> None:
-    """The feature browser, after the tables (its index shows them)."""
+class _Cost:
+    """The parts of `jobs.analysis_cost`'s model, in seconds, for the progress bar: the
+    geometry, each multi-dimensional dictionary, the browser (the model up to the deepest
+    hook; the analysed dictionaries)."""
+
+    def __init__(self, dicts: list[Saved], layers: list[int]):
+        self.d_in = dicts[0].directions.shape[0] if dicts else 1
+        self.depth = max(layers, default=0) + 1
+        self.per_thread = 1 / np.sqrt(max(1, torch.get_num_threads()) / 2)
+        self.geometry = sum(GEOMETRY_S * x.directions.shape[1] ** 2 * self.d_in
+                            for x in dicts) * self.per_thread
+        self.browser = browser_estimate(
+            [(x.point.layer, n_dict_for(self.d_in, x.cfg.sae.dict_size_to_input_ratio), 0)
+             for x in dicts], self.d_in, self.depth, torch.cuda.is_available())[2]
+
+    def multidim(self, n_dict: int) -> float:
+        return dictionary_seconds(n_dict, self.d_in, self.depth) * self.per_thread
+
+    def total(self, dicts, points, layers, opts) -> float:
+        trio = [n_dict_for(self.d_in, x.cfg.sae.dict_size_to_input_ratio) for la in layers
+                for p, _ in tables.paired(points, la, "ce") for x in dicts
+                if x.point.cell_id == p.cell_id] if opts.multidim else []
+        return (self.geometry + sum(self.multidim(n) for n in trio)
+                + (self.browser if opts.browser else 0))
+
+
+def _browser(grid_dir: Path, points, layers, clusters: dict, opts: Options, tick) -> None:
+    """The feature browser, after the tables (its index shows them); `tick()` after each
+    dictionary."""
     trio = {p.cell_id for layer in layers for p, _ in tables.paired(points, layer, "ce")}
     build_logged(grid_dir, read_grid(grid_dir), trio, clusters, BrowserSettings(
-        opts.browser_tokens, opts.browser_full_max, opts.browser_sample))
+        opts.browser_tokens, opts.browser_full_max, opts.browser_sample, on_dictionary=tick))
 
 
 def _within_section(dicts: list[Saved], within: dict[str, np.ndarray], h5: dict) -> tuple:
@@ -233,91 +274,6 @@ def _trio_sections(dicts: list[Saved], points, layers, within: dict[str, np.ndar
             ("Downstream reconstruction (Table 2 runs)",
              ("SAE layer", "setting", "λ", "model layer (resid_pre)", "MSE",
               "explained variance"), down or [("-",) * 6], "")], down
-
-
-def _multidim(grid_dir: Path, out: Path, dicts: list[Saved], points, layers,
-              opts: Options, h5: dict, clusters: dict) -> list[tuple]:
-    """Multi-dimensional features of the Table 2 trio of each layer: clusters, their points
-    Σ a_i d_i on eval tokens, PCA and the mixture / separability indices."""
-    from e2e.data.tokens import eval_stream
-    from e2e.model import load_model, resid_pre
-    from e2e.saelens import load_saelens
-
-    chosen = [d for layer in layers for p, _ in tables.paired(points, layer, "ce")
-              for d in dicts if d.point.cell_id == p.cell_id]
-    rows, scatter, tops = [], [], []
-    models: dict[str, object] = {}
-    for x in chosen:
-        cfg = x.cfg
-        if cfg.model.name_or_path not in models:
-            models[cfg.model.name_or_path] = load_model(cfg.model, "cpu")
-        model = models[cfg.model.name_or_path]
-        sae, _ = load_saelens(cell_paths(grid_dir / x.point.cell_id).sae)
-        tokens = eval_stream(cfg.data, model.tokenizer, cfg.seed).next_batch(
-            max(1, opts.multidim_tokens // cfg.data.context_length))
-        with torch.no_grad():
-            codes = sae.encode(resid_pre(model, tokens, cfg.layer))
-            codes[:, :cfg.data.skip_positions] = 0  # positions the SAE never acts on
-        flat = tokens.reshape(-1).tolist()
-        results = _clusters(x, codes.reshape(-1, sae.n_dict)[:, x.alive_index], flat, opts, h5)
-        scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]
-        results.sort(key=lambda r: -r[0])
-        clusters[x.point.cell_id] = [
-            {"cluster": r[1], "members": x.alive_index[r[7]].tolist(), "score": r[0],
-             "mixture": r[4]["mixture"], "separability": r[4]["separability"],
-             "projection": r[4]["projection"], "positions": r[8], "ctx": tokens.shape[1],
-             "tokens": flat} for r in results[:opts.top]]
-        for score, cl, size, n, ind, toks, mean_cos, _, _ in results[:opts.top]:
-            common = [t for t, _ in Counter(toks).most_common(5)]
-            words = ", ".join(repr(model.tokenizer.decode([t])) for t in common)
-            rows.append((x.point.layer, x.point.setting, f"{x.point.lam:g}", cl, size, n,
-                         f"{mean_cos:.2f}", f"{ind['mixture']:.3f}",
-                         f"{ind['separability']:.3f}", f"{score:.3f}", words))
-        for r in results[:2]:  # the two best clusters' PC planes
-            tops.append((x, r[1], r[4]["projection"], r[5], model.tokenizer))
-    if scatter or tops:
-        plots.multidim_figures(out, scatter, tops)
-    return [("Multi-dimensional features: top clusters (Table 2 runs)",
-             ("layer", "setting", "λ", "cluster", "elements", "points", "mean cos",
-              "mixture M", "separability S", "(1-M)·S", "frequent tokens"),
-             rows or [("-",) * 11],
-             f"{opts.clustering} clustering of alive directions; points: Σ a_i d_i of the "
-             f"cluster on {opts.multidim_tokens} eval tokens where any element fires; "
-             "indices on consecutive PC pairs (PCA ≤ 5), mean over pairs with M ≥ 0.01")]
-
-
-def _clusters(x: Saved, codes: torch.Tensor, flat_tokens: list[int], opts: Options,
-              h5: dict) -> list[tuple]:
-    """(score, cluster, elements, points, indices, tokens, mean cos, alive-element indices,
-    points' flat token positions) of each cluster (>= 2 elements, >= 20 tokens), by label."""
-    from e2e.analysis import multidim
-
-    if opts.clustering == "graph":
-        labels = multidim.graph_clusters(x.directions, opts.graph_k, opts.graph_cutoff)
-    else:
-        labels = multidim.spectral_clusters(
-            x.directions, opts.n_clusters or max(2, x.directions.shape[1] // 25))
-    found = []  # (cluster, element indices, firing rows, points)
-    for cl in np.unique(labels):
-        idx = np.flatnonzero(labels == cl)
-        if len(idx) < 2:
-            continue
-        fires = (codes[:, idx] != 0).any(1)
-        if int(fires.sum()) < 20:
-            continue
-        pts = (codes[fires][:, idx] @ x.directions[:, idx].T).double().numpy()[:20_000]
-        found.append((int(cl), idx, np.flatnonzero(fires.numpy())[:len(pts)], pts))
-    indices = multidim.clusters_indices([f[3] for f in found], steps=opts.mixture_steps)
-    results = []
-    for (cl, idx, rows, pts), ind in zip(found, indices, strict=True):
-        if np.isnan(ind["score"]):
-            continue
-        d = x.directions[:, idx]
-        mean_cos = float(((d.T @ d).sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
-        results.append((ind["score"], cl, len(idx), len(pts), ind,
-                        [flat_tokens[i] for i in rows], mean_cos, idx, rows))
-        h5[f"multidim/{x.point.cell_id}/cluster{cl}/pairs"] = np.array(ind["pairs"])
-    return results
 
 
 def _write_h5(path: Path, arrays: dict[str, np.ndarray], means: dict[str, float]) -> None:

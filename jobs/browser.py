@@ -1,20 +1,18 @@
 """The feature browser: `<root>/<grid>/results/browser/`, static pages that open from file://
 with no server and no network (the analysis step builds it after the collector).
 
-`index.html` shows the grid's plots and its dictionaries; `index.html#page=dictionary&cell=<id>`
-a dictionary's features in a table that sorts and filters; `#page=feature&cell=<id>&f=<i>` one
-feature's dashboard; `#page=cluster&cell=<id>&c=<k>` a multi-dimensional cluster's PC planes.
-The page and its script are fixed files (`jobs/browser_assets/`); the data are JavaScript files
-that call `BROWSER.put(key, value)`, loaded by <script> tags (a browser refuses `fetch` on
-file://).
+`index.html`: the grid's plots and dictionaries; `#page=dictionary&cell=<id>`: a dictionary's
+features; `#page=feature&cell=<id>&f=<i>`: one feature; `#page=cluster&cell=<id>&c=<k>`.
+Fixed pages (`jobs/browser_assets/`); the data are scripts calling `BROWSER.put(key, value)`,
+loaded by <script> tags (a browser refuses `fetch` on file://).
 
 Computed by `e2e.analysis.features` from what cells saved plus one pass of the frozen model
 over `tokens` held-out eval tokens per (model, layer, data), shared by every dictionary there.
 Which features get a page (`Settings`): every live feature (alive in training, by the cell's
 alive mask, or firing on the scanned tokens) of dictionaries of at most `full_max` elements and
-of each layer's Table 2 trio; a seeded sample of `sample` live features in the other, larger
-dictionaries. Every feature is in its dictionary's table; nearest directions are searched
-among the other dictionaries' live elements.
+of each layer's Table 2 trio; a seeded sample of `sample` live features in the others. Every
+feature is in its dictionary's table; nearest directions are searched among the other
+dictionaries' live elements. The pass also saves the auto-interp records (`_save_records`).
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +54,7 @@ class Settings:
     per_interval: int = 3  # random contexts per slice
     logits: int = 10  # promoted and suppressed tokens
     nearest: int = BROWSER_NEAREST  # nearest directions per other dictionary
+    on_dictionary: Callable[[], None] | None = None  # called after each (the step's progress)
 
 
 @dataclass
@@ -176,6 +176,7 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
     rec = (grid_dir / "results" / "autointerp" / "records", tokens.flatten().numpy(), vocab)
     for d in dicts:
         _write_dictionary(writer, gid, d, dicts, acts, w_u, s, rec)
+        (s.on_dictionary or (lambda: None))()
         if d.cell.id in clusters:
             writer.put(f"clusters-{d.cell.id}", f"clusters/{d.cell.id}",
                        _clusters(clusters[d.cell.id], tok))
@@ -248,10 +249,8 @@ def _save_records(rec: tuple, d: _Dict, pos: np.ndarray, win: np.ndarray, acts, 
     """The auto-interp records (`e2e.autointerp.records`) of at most RECORD_FEATURES pages
     (seeded): top and interval contexts, and as many silent ones as interval samples."""
     folder, tokens, vocab = rec
-    rows = np.arange(len(d.pages))
-    if len(rows) > RECORD_FEATURES:
-        rows = np.sort(np.random.default_rng(d.cell.cfg.seed).choice(
-            rows, RECORD_FEATURES, replace=False))
+    rows = np.sort(np.random.default_rng(d.cell.cfg.seed).choice(
+        len(d.pages), min(len(d.pages), RECORD_FEATURES), replace=False))
     enc = _skipping(d.sae.encode, acts.shape[1], d.cell.cfg.data.skip_positions)
     spos, scodes = records.silent_positions(
         lambda e, p: features.window_codes(enc, acts, d.pages[rows][e], p, s.half_window),

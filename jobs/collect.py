@@ -81,7 +81,7 @@ def collect(root: Path | str, grid: str) -> Path:
     grid_dir = existing_grid_dir(root, grid)
     out = grid_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
-    cells = read_grid(grid_dir)
+    cells = read_grid(grid_dir, progress=True)
     done = [c for c in cells if c.status == "done"]
     within = within_means(out)
     for c in cells:

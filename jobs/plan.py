@@ -5,6 +5,7 @@ where and how they run. Everything is checked here before anything is written or
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from e2e.io import cell_paths, check_folder_config
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers
-from jobs.analysis_cost import analysis_mem_gb, analysis_minutes, browser_estimate
+from jobs.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
 from jobs.autointerp_config import AutoInterp, check_endpoint
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
@@ -91,15 +92,20 @@ class Plan:
         return [p for p in self.packs if any(c.status != "done" for c in p)]
 
     @property
-    def analysis_time_min(self) -> int:
-        """The analysis job's limit, from the cost model of `jobs.analysis_cost` (a model of
-        unknown shape is taken as GPT-2 small's: 12 blocks, width 768)."""
+    def analysis_s(self) -> float:
+        """The analysis step's modelled seconds, `jobs.analysis_cost` (a model of unknown
+        shape is taken as GPT-2 small's: 12 blocks, width 768)."""
         depth, width = self.model_shape or (12, 768)
         sizes = [n_dict_for(width, c.cfg.sae.dict_size_to_input_ratio) for c in self.cells
                  if c.cfg.source == "model"]
         layers = len({c.cfg.layer for c in self.cells if c.cfg.source == "model"})
-        return analysis_minutes(sizes, width, depth, layers, self.cpus,
+        return analysis_seconds(sizes, width, depth, layers, self.cpus,
                                 self.browser_estimate[2])
+
+    @property
+    def analysis_time_min(self) -> int:
+        """The analysis job's limit: twice the model plus 10 minutes, at most a day."""
+        return min(24 * 60, 10 + math.ceil(2 * self.analysis_s / 60))
 
     @property
     def analysis_gpus(self) -> int:

@@ -8,12 +8,22 @@ fraction comes from its own progress bar (tqdm's `n/total`) in its stderr.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
 from dataclasses import dataclass
 
 _BAR = re.compile(r"(\d+)/(\d+) \[")
+
+
+def modelled_bar(desc: str, total_s: float):
+    """A tqdm bar on stderr over a step's modelled seconds (its cost model's): the local
+    status line reads its n/total as the step's fraction (`fraction_done`)."""
+    from tqdm import tqdm
+
+    return tqdm(total=max(1, math.ceil(total_s)), desc=desc, mininterval=1, file=sys.stderr,
+                unit="modelled s", bar_format="{desc}: {n}/{total} [{elapsed}] {unit}")
 # Minutes per task when a grid measured none: only the relative sizes matter until one ends.
 _DEFAULT_MINUTES = {"pretrain": 5.0, "sae": 5.0, "ksvd": 2.0, "collect": 0.2, "analyze": 1.0}
 _NAMES = {"pretrain": "pre-training", "sae": "SAE cells", "ksvd": "ksvd cells",
@@ -58,7 +68,10 @@ class Progress:
             tasks.append(Task(kind, len(pack), 60 * m[kind]))
         for f, packs in plan.child_tasks(plan.packs):  # fine-tune packs: a fraction of a pack
             tasks += [Task("sae", len(p), 60 * m["sae"] * f) for p in packs if p]
-        tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, 60 * m["analyze"])]
+        # the analysis at its cost model's seconds (`jobs.analysis_cost`), a measured grid's
+        # minutes where there are some
+        analyze = 60 * minutes["analyze"] if "analyze" in minutes else plan.analysis_s
+        tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, analyze)]
         if plan.autointerp:
             from jobs.autointerp_config import n_dictionaries
 

@@ -8,6 +8,7 @@ the collector can include them without importing the analysis.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,10 +172,15 @@ def existing_grid_dir(root: Path | str, grid: str) -> Path:
     return d
 
 
-def read_grid(grid_dir: Path) -> list[CellResult]:
-    dirs = sorted(d for d in grid_dir.iterdir()
-                  if d.is_dir() and not d.name.startswith("_") and d.name != "results")
-    cells = [read_cell(d) for d in dirs if (d / "config.json").exists()]
+def read_grid(grid_dir: Path, progress: bool = False) -> list[CellResult]:
+    """Every cell folder of the grid as the collector sees it; `progress`: a bar on stderr
+    (the collector's: a grid of hundreds of cells on a shared filesystem takes a while)."""
+    from tqdm import tqdm
+
+    dirs = sorted(d for d in grid_dir.iterdir() if d.is_dir() and not d.name.startswith("_")
+                  and d.name != "results" and (d / "config.json").exists())
+    cells = [read_cell(d) for d in tqdm(dirs, desc="collector", disable=not progress,
+                                         file=sys.stderr, mininterval=1)]
     by_id = {c.id: c for c in cells}
     for c in cells:
         if c.cfg is not None and c.cfg.init.from_cell:

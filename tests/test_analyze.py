@@ -53,6 +53,7 @@ def test_analysis_of_a_grid_writes_geometry_downstream_and_survives_a_half_finis
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     results = tmp_path / "smoke" / "results"
+    _assert_progress_moves(tmp_path / "smoke" / "_submitit")
     md = (results / "tables.md").read_text()
     for section in ("Geometry: within-SAE max cosine", "Geometry: cross-seed",
                     "Geometry: cross-type", "within-SAE mean differences",
@@ -89,7 +90,7 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
     """Issue 20, item 6: the analysis job's limit comes from a model of its work (at paper
     scale the spectral clustering of 46,080 directions dominates), not 30 + 2 min per cell;
     a local run's analysis runs the threads its SLURM job would get, not one per core."""
-    from jobs.analysis_cost import GEOMETRY_S, analysis_minutes, cluster_seconds
+    from jobs.analysis_cost import GEOMETRY_S, analysis_seconds, cluster_seconds
     from jobs.cell import match_threads_to_allocation
     from jobs.plan import make_plan
 
@@ -98,8 +99,9 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
     layers = {c.cfg.layer for c in plan.cells}
     sizes = [46_080] * len(plan.cells)
     pages, size, browser_s = plan.browser_estimate
-    assert plan.analysis_time_min == analysis_minutes(sizes, 768, 12, len(layers), plan.cpus,
-                                                      browser_s)
+    model_s = analysis_seconds(sizes, 768, 12, len(layers), plan.cpus, browser_s)
+    assert plan.analysis_s == model_s  # the local status line's estimate
+    assert plan.analysis_time_min == min(24 * 60, 10 + int(np.ceil(2 * model_s / 60)))
     # the feature browser: each layer's 4 largest dictionaries in full, 1,024 pages of the rest
     assert pages == 4 * len(layers) * 46_080 + (len(sizes) - 4 * len(layers)) * 1_024
     # each page lists its 3 nearest directions in every other dictionary of its layer
@@ -112,10 +114,27 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
     # the model, by hand, for one tiny dictionary on 2 threads
     want = (GEOMETRY_S * 1024 ** 2 * 128 + 4 * (cluster_seconds(1024)
             + 98e-9 * 2000 * 20_000 * 128 / 6 + 20_000 * 24 * 128 ** 2 * 4 / 30e9))
-    assert analysis_minutes([1024], 128, 4, 1, 2) == 10 + int(np.ceil(2 * want / 60))
+    assert analysis_seconds([1024], 128, 4, 1, 2) == pytest.approx(want)
     before = torch.get_num_threads()
     try:
         match_threads_to_allocation(1)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _assert_progress_moves(submitit: Path):
+    """Issue 32, item 8: the analysis job's bar (in modelled seconds of `jobs.analysis_cost`)
+    moves within the step, several times, through the geometry, each multi-dimensional
+    dictionary and the browser's dictionaries (it sat at 0% for minutes); the collector's
+    over the cells it reads. The local status line reads the last n/total of a job's log."""
+    import re
+
+    from jobs.progress import fraction_done
+
+    logs = {p: p.read_text(errors="replace") for p in submitit.rglob("*_log.err")}
+    ana = next(t for t in logs.values() if "analysis: " in t)
+    steps = [int(n) for n, _ in re.findall(r"analysis: (\d+)/(\d+) \[", ana)]
+    assert len(set(steps)) >= 3 and steps == sorted(steps), steps
+    assert fraction_done(ana) > 0.9
+    assert any(re.search(r"collector: .*\d+/\d+ \[", t) for t in logs.values())

@@ -31,7 +31,8 @@ LAYERS = [
      "jobs.finetune_report", "jobs.progress", "jobs.autointerp_config", "jobs.llm_endpoint",
      "jobs.llm_serve", "jobs.autointerp_report", "jobs.stages"],
     # jobs: steps
-    ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.analyze", "jobs.autointerp"],
+    ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.multidim_step", "jobs.analyze",
+     "jobs.autointerp"],
     ["jobs.launch"],
     # command lines on top
     ["jobs.submit", "jobs.stage"],

@@ -78,7 +78,7 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
     assert "estimated 599 GPU-hours for the 83 cells" in out
     # sized by jobs.analysis_cost: ≈ 1 h of clustering per 46,080-element trio dictionary,
     # and the feature browser on a GPU (its matching pursuit at 46,080 atoms)
-    assert ("analysis job (after the collector; 1 GPU, 4 CPUs, --time=1324: geometry, "
+    assert ("analysis job (after the collector; 1 GPU, 4 CPUs, --time=1324 --mem=26G: geometry, "
             "downstream reconstruction, multi-dimensional features, and the feature browser: "
             "at most 625,664 feature pages, about 2,941 MB, 78 min)") in out
     for layer in (2, 6, 10):
