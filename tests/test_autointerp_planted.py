@@ -88,13 +88,14 @@ def test_planted_records_are_what_was_planted(planted):
 
 
 def test_planted_features_score_higher_against_a_real_server(planted, llm_server, tmp_path):
-    """20 planted and 20 random features explained by SmolLM2-135M and scored (detection) by
-    it: the planted explanations name their token, and score higher."""
+    """20 planted and 20 random features explained by SmolLM2-135M: the planted explanations
+    name their token, the random features' do not. (Its scores are at chance, measured in
+    docs/autointerp.md; the scoring is pinned by the keyword judge below.)"""
     from e2e.autointerp.score import Budget, interpret
     from jobs.llm_endpoint import Endpoint
 
     ep = Endpoint(llm_server.url, "smollm2-135m", tmp_path / "cache")
-    budget = Budget(explain=10, test=5, shown=5, scorers=("detection",))
+    budget = Budget(explain=10, scorers=())
     got = {f: interpret(planted[f], ep.chat, ep.chat, budget, seed=f) for f in range(40)}
     def names(f: int, word: str) -> bool:
         return f'"{word.strip().lower()}"' in got[f]["explanation"].lower()
@@ -102,10 +103,8 @@ def test_planted_features_score_higher_against_a_real_server(planted, llm_server
     # a random feature is the matched control of the planted one with the same index
     named = sum(names(f, PLANTED[f]) for f in range(20))
     control = sum(names(f + 20, PLANTED[f]) for f in range(20))
-    det = [np.nanmean([got[f]["detection"] for f in r]) for r in (range(20), range(20, 40))]
     print(f"explanations naming the planted token in quotes: planted {named}/20, matched "
-          f"random controls {control}/20; detection (balanced accuracy): planted {det[0]:.3f}, "
-          f"random {det[1]:.3f}; {ep.sent} requests")
+          f"random controls {control}/20; {ep.sent} requests")
     assert named >= 8 and named - control >= 6
 
 

@@ -64,7 +64,7 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
         # the cell is locked, so any such file is stale
         for stale in paths.root.glob(f".{CACHE_FILE}.*.tmp"):
             stale.unlink()
-        _cache_activations(cfg, source, cache, device, autocast)
+        _cache_activations(cfg, source, cache, device, autocast, progress)
     cache_time = time.perf_counter() - t0
     acts = np.load(cache, mmap_mode="r")
     n_batches = math.ceil(kc.n_tokens / kc.batch_size)
@@ -126,11 +126,14 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
 
 @torch.no_grad()
 def _cache_activations(cfg: CellConfig, source: Source, cache: Path, device: torch.device,
-                       autocast) -> None:
-    """The first `ksvd.n_tokens` activations of the training stream, row by row."""
+                       autocast, progress: bool = False) -> None:
+    """The first `ksvd.n_tokens` activations of the training stream, row by row (a bar of its
+    own: at the paper's size this pass through the model takes minutes before the fit)."""
     n, d = cfg.ksvd.n_tokens, source.d_in
     per_batch = cfg.eval.batch_size  # sequences per forward pass
-    with atomic_path(cache) as tmp:
+    bar = tqdm(total=n, disable=not progress, mininterval=2, desc="caching activations",
+               unit="tok")
+    with atomic_path(cache) as tmp, bar:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
         filled = 0
         while filled < n:
@@ -141,6 +144,7 @@ def _cache_activations(cfg: CellConfig, source: Source, cache: Path, device: tor
             take = min(len(rows), n - filled)
             arr[filled:filled + take] = rows[:take]
             filled += take
+            bar.update(take)
         arr.flush()
         del arr
 
