@@ -181,3 +181,37 @@ def test_the_dry_run_and_the_generated_jobs_say_what_the_step_asks(tmp_path):
     saved = json.loads((tmp_path / "smoke" / "autointerp.json").read_text())
     assert saved["serve"] == "Qwen/Qwen2.5-7B-Instruct" and saved["api_key_env"] == "E2E_TEST_KEY"
     assert "sk-x9" not in json.dumps(saved) + r.stdout + r.stderr  # the key itself: nowhere
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian's chromium and chromium-driver (tests/setup-chromium.sh)")
+def test_the_scores_in_the_browser(scored):
+    """A scored feature's page shows its explanation and scores; the tables have a score
+    column; the index shows Fig. 9 and the new headline; no console error, no network."""
+    from selenium.webdriver.common.by import By
+
+    from benchmarks.bench_browser import chromium, console_errors, open_page, requests
+
+    root, _, _ = scored
+    folder = root / "smoke" / "results" / "browser"
+    base = folder.as_uri()
+    entry = next(json.loads(p.read_text()) | {"cell": p.stem}
+                 for p in sorted((root / "smoke" / "results" / "autointerp").glob("*.json")))
+    cell, (f, got) = entry["cell"], next(iter(entry["features"].items()))
+    driver = chromium()
+    try:
+        open_page(driver, f"{base}/index.html", "tbody tr")
+        heads = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "th")]
+        assert "auto-interp" in heads
+        assert "autointerp_fig9.png" in driver.page_source
+        assert "auto-interp detection" in driver.find_element(By.CSS_SELECTOR, "pre").text
+        open_page(driver, f"{base}/index.html#page=dictionary&cell={cell}", "tbody tr")
+        assert "auto-interp" in driver.find_element(By.CSS_SELECTOR, "p.autointerp").text
+        open_page(driver, f"{base}/index.html#page=feature&cell={cell}&f={f}",
+                  "div.autointerp")
+        assert driver.find_element(By.CSS_SELECTOR, ".explanation").text == \
+            got["explanation"].strip()
+        assert console_errors(driver) == []
+        assert all(u.startswith(base) for u in requests(driver))
+    finally:
+        driver.quit()
