@@ -407,3 +407,14 @@ def test_old_and_other_context_parents_are_read_as_saelens_reads_them(parent, sm
                  f"init.from_path={folder}")
     notes = "\n".join(plan.notes)
     assert "contexts of 128 tokens; its child on 32" in notes and "prepend_bos" in notes
+
+
+def test_a_staged_model_folder_is_the_model_it_copied(tmp_path):
+    """A staged run reads `<root>/_sources/<key>/model`: a folder parent of the same model
+    (by its manifest, or a TransformerLens alias) is not 'another model'."""
+    from e2e.train.warm import _official
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "manifest.json").write_text(json.dumps({"sources": {"model": "gpt2"}}))
+    assert _official(str(tmp_path / "model")) == _official("gpt2-small") == "gpt2"
+    assert _official("/some/own/model") == "/some/own/model"

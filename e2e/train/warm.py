@@ -97,15 +97,22 @@ def _context_diff(cfg: CellConfig, meta: dict[str, Any]) -> list[str]:
         out.append(f"model_name: parent {meta['model_name']!r}, child "
                    f"{cfg.model.name_or_path!r}")
     kwargs = meta.get("model_from_pretrained_kwargs") or {}
-    mine = model_processing(cfg.model.name_or_path) if cfg.source == "model" else {}
+    mine = model_processing(cfg.model.name_or_path) if cfg.source == "model" and kwargs else {}
     out += [f"model_from_pretrained_kwargs.{k}: parent {kwargs[k]!r}, child {v!r}"
             for k, v in mine.items() if k in kwargs and kwargs[k] != v]
     return out
 
 
 def _official(name: str) -> str:
-    """TransformerLens's official name of a model alias (gpt2-small -> gpt2); else the name."""
+    """The model a name stands for: a stage's model folder (`jobs/stage.py`) is the model it
+    copied (its manifest), a TransformerLens alias its official name (gpt2-small -> gpt2)."""
     from transformer_lens.supported_models import get_official_model_name
+
+    from e2e.data.staged import MANIFEST
+
+    manifest = Path(name).parent / MANIFEST
+    if Path(name).is_dir() and manifest.exists():
+        name = json.loads(manifest.read_text())["sources"]["model"]
 
     try:
         return get_official_model_name(name)
