@@ -144,15 +144,17 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
               for x in dicts if x.directions.shape[1] > 1}
     h5: dict[str, np.ndarray] = {}
     layers = sorted({p.layer for p in points})
+    trio = [x for la in layers for p, _ in tables.paired(points, la, "ce") for x in dicts
+            if x.point.cell_id == p.cell_id]  # each layer's Table 2 runs
     cost = _Cost(dicts, layers)
-    bar = modelled_bar("analysis", cost.total(dicts, points, layers, opts))
+    bar = modelled_bar("analysis", cost.total(trio, opts))
     sections = [_within_section(dicts, within, h5), _cross_seed_section(dicts, h5)]
     trio_sections, down = _trio_sections(dicts, points, layers, within, h5)
     sections += trio_sections
     bar.update(round(cost.geometry))
     clusters: dict[str, list[dict]] = {}  # cell id -> its clusters, for the browser
     if opts.multidim:
-        sections += multidim_sections(grid_dir, out, dicts, points, layers, opts, h5, clusters,
+        sections += multidim_sections(grid_dir, out, trio, opts, h5, clusters,
                                       lambda n: bar.update(round(cost.multidim(n))))
     elapsed = time.perf_counter() - t0
     md = "".join(tables.markdown_table(*s) for s in sections)
@@ -165,7 +167,8 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
     if opts.browser:
         share = cost.browser / max(1, len(dicts))
-        _browser(grid_dir, points, layers, clusters, opts, lambda: bar.update(round(share)))
+        _browser(grid_dir, {x.point.cell_id for x in trio}, clusters, opts,
+                 lambda: bar.update(round(share)))
     bar.close()
     return out
 
@@ -188,18 +191,15 @@ class _Cost:
     def multidim(self, n_dict: int) -> float:
         return dictionary_seconds(n_dict, self.d_in, self.depth) * self.per_thread
 
-    def total(self, dicts, points, layers, opts) -> float:
-        trio = [n_dict_for(self.d_in, x.cfg.sae.dict_size_to_input_ratio) for la in layers
-                for p, _ in tables.paired(points, la, "ce") for x in dicts
-                if x.point.cell_id == p.cell_id] if opts.multidim else []
-        return (self.geometry + sum(self.multidim(n) for n in trio)
-                + (self.browser if opts.browser else 0))
+    def total(self, trio: list[Saved], opts) -> float:
+        multidim = sum(self.multidim(n_dict_for(self.d_in, x.cfg.sae.dict_size_to_input_ratio))
+                       for x in trio) if opts.multidim else 0
+        return self.geometry + multidim + (self.browser if opts.browser else 0)
 
 
-def _browser(grid_dir: Path, points, layers, clusters: dict, opts: Options, tick) -> None:
-    """The feature browser, after the tables (its index shows them); `tick()` after each
-    dictionary."""
-    trio = {p.cell_id for layer in layers for p, _ in tables.paired(points, layer, "ce")}
+def _browser(grid_dir: Path, trio: set[str], clusters: dict, opts: Options, tick) -> None:
+    """The feature browser, after the tables (its index shows them); every feature of the
+    `trio` cells gets a page; `tick()` after each dictionary."""
     build_logged(grid_dir, read_grid(grid_dir), trio, clusters, BrowserSettings(
         opts.browser_tokens, opts.browser_full_max, opts.browser_sample, on_dictionary=tick))
 

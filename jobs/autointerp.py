@@ -37,13 +37,11 @@ from e2e.autointerp.score import interpret, mean_ci
 from e2e.io import atomic_write_text
 from e2e.typed import ConfigError, from_text
 from jobs import autointerp_report, cli
-from jobs.autointerp_config import FILE, AutoInterp
+from jobs.autointerp_config import CACHE, FILE, AutoInterp
 from jobs.collect import collect
 from jobs.llm_endpoint import Endpoint
 from jobs.llm_serve import served
 from jobs.results import existing_grid_dir, read_grid
-
-CACHE = "_autointerp_cache"
 
 
 def options(grid_dir: Path, overrides: dict) -> AutoInterp:
@@ -62,28 +60,27 @@ def autointerp(root: Path | str, grid: str, ai: AutoInterp) -> Path:
     grid_dir = existing_grid_dir(root, grid)
     results = grid_dir / "results"
     done = {c.id for c in read_grid(grid_dir) if c.status == "done"}
-    files = [p for p in sorted((results / autointerp_report.FOLDER / "records").glob("*.npz"))
-             if p.stem in done]
+    records_dir = autointerp_report.records_dir(results)
+    files = [p for p in sorted(records_dir.glob("*.npz")) if p.stem in done]
     todo = [p for p in files if _key(ai, p) != _old_key(results, p.stem)]
     print(f"auto-interp: {len(files)} dictionaries with records, {len(todo)} to score",
           flush=True)
     if not files and done:
-        folder = f"results/{autointerp_report.FOLDER}/records/"
-        print(f"auto-interp: no records: the analysis saves them ({folder}); run it again: "
-              f"python jobs/analyze.py grid={grid} root={root}", flush=True)
+        print(f"auto-interp: no records: the analysis saves them ({records_dir}); run it "
+              f"again: python jobs/analyze.py grid={grid} root={root}", flush=True)
     if todo:
         with served(ai) as base_url:
             explainer, scorer = _endpoints(ai, base_url, Path(root).resolve() / CACHE)
-            for e in {id(explainer): explainer, id(scorer): scorer}.values():
+            distinct = [explainer] + ([scorer] if scorer is not explainer else [])
+            for e in distinct:
                 e.check()  # one line before anything is sent
             t0 = time.perf_counter()
             for i, path in enumerate(todo):
                 _score(ai, path, results, explainer, scorer)
-                both = {id(explainer): explainer, id(scorer): scorer}.values()
                 print(f"auto-interp {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] "
-                      f"{path.stem}: {sum(e.sent for e in both)} requests sent, "
-                      f"{sum(e.cached for e in both)} answered from the cache, "
-                      f"{sum(e.failed for e in both)} failed", file=sys.stderr, flush=True)
+                      f"{path.stem}: {sum(e.sent for e in distinct)} requests sent, "
+                      f"{sum(e.cached for e in distinct)} answered from the cache, "
+                      f"{sum(e.failed for e in distinct)} failed", file=sys.stderr, flush=True)
     collect(root, grid)
     _browser(results)
     return results

@@ -17,6 +17,7 @@ from e2e.typed import ConfigError
 SECONDS_PER_REQUEST = 3.0  # llama.cpp serving SmolLM2-135M on this machine's 2 cores: 1-5 s
 RECORD_FEATURES = 512  # features per dictionary whose records the analysis saves (seeded)
 FILE = "autointerp.json"  # the grid's options, written at submission, read by the step
+CACHE = "_autointerp_cache"  # under the root: every answer, one file each (`jobs.llm_endpoint`)
 RECORD_TOKENS = 17  # tokens per record: the browser's window, 8 on each side
 
 
@@ -83,6 +84,11 @@ class AutoInterp:
         return self.model or self.serve
 
     @property
+    def gpus(self) -> int:
+        """The job's GPUs: the served model's (none to ask an external endpoint)."""
+        return self.serve_gpus if self.serve else 0
+
+    @property
     def scorer(self) -> str:
         return self.scorer_model or self.explainer
 
@@ -117,6 +123,7 @@ class AutoInterp:
 
         from e2e.autointerp import prompts
         from e2e.autointerp.records import SILENT, TOP, Record
+        from e2e.autointerp.score import classify_tokens
 
         b = self.budget
         rec = Record([" tok"] * RECORD_TOKENS, np.ones(RECORD_TOKENS), TOP)
@@ -129,9 +136,9 @@ class AutoInterp:
         per = size(prompts.explain([rec] * b.explain), b.explain_tokens)
         for kind in ("detection", "fuzzing"):
             if kind in b.scorers:
-                n = -(-2 * b.test // b.shown)
-                per += n * size(prompts.classify(kind, expl, [prompts.highlight(rec)] * b.shown),
-                                4 * b.shown + 8)
+                per += b.classify_prompts * size(
+                    prompts.classify(kind, expl, [prompts.highlight(rec)] * b.shown),
+                    classify_tokens(b.shown))
         if "simulation" in b.scorers:
             per += b.simulate * size(prompts.simulate(expl, silent.tokens), 12 * RECORD_TOKENS)
         n_feat = dictionaries * min(self.n_features, RECORD_FEATURES)

@@ -24,6 +24,11 @@ FOLDER = "autointerp"
 FIGURE = "autointerp_fig9.png"
 
 
+def records_dir(results: Path) -> Path:
+    """Where the analysis's browser pass saves the records (`e2e.autointerp.records`)."""
+    return results / FOLDER / "records"
+
+
 def read(results: Path) -> dict[str, dict]:
     """cell id -> its scores file, for every dictionary scored."""
     folder = results / FOLDER

@@ -173,7 +173,7 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
         d.pages = pages
         dicts.append(d)
     w_u = model.W_U.detach().float()
-    rec = (grid_dir / "results" / "autointerp" / "records", tokens.flatten().numpy(), vocab)
+    rec = (autointerp_report.records_dir(grid_dir / "results"), tokens.flatten().numpy(), vocab)
     for d in dicts:
         _write_dictionary(writer, gid, d, dicts, acts, w_u, s, rec)
         (s.on_dictionary or (lambda: None))()

@@ -21,7 +21,6 @@ import submitit
 
 from jobs import cli
 from jobs.analyze import analyze
-from jobs.autointerp_config import n_dictionaries
 from jobs.cell import CellJob, match_threads_to_allocation
 from jobs.collect import collect
 from jobs.grid import make_packs
@@ -269,8 +268,8 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
     print(f"analysis job {ana_job.job_id} (afterany:{col_job.job_id})")
     if plan.autointerp:
         ai = plan.autointerp
-        last = _executor(plan, "slurm", f"{grid}-autointerp", ai.serve_gpus if ai.serve else 0,
-                         f"afterany:{ana_job.job_id}", ai.minutes(n_dictionaries(plan))
+        last = _executor(plan, "slurm", f"{grid}-autointerp", ai.gpus,
+                         f"afterany:{ana_job.job_id}", plan.autointerp_minutes
                          ).submit(run_autointerp, grid, root, ai.to_json())
         print(f"auto-interp job {last.job_id} (afterany:{ana_job.job_id})")
     if plan.opts.wait:

@@ -10,20 +10,18 @@ import numpy as np
 import torch
 
 from e2e.io import cell_paths
-from jobs import plots, tables
+from jobs import plots
 
 
-def multidim_sections(grid_dir: Path, out: Path, dicts: list, points, layers, opts, h5: dict,
-                      clusters: dict, tick=lambda _: None) -> list[tuple]:
-    """Multi-dimensional features of the Table 2 trio of each layer: clusters, their points
-    Σ a_i d_i on eval tokens, PCA and the mixture / separability indices; `tick(n_dict)`
-    after each dictionary (the analysis's progress)."""
+def multidim_sections(grid_dir: Path, out: Path, chosen: list, opts, h5: dict, clusters: dict,
+                      tick=lambda _: None) -> list[tuple]:
+    """Multi-dimensional features of the `chosen` dictionaries (`jobs.analyze.Saved`: the
+    Table 2 trio of each layer): clusters, their points Σ a_i d_i on eval tokens, PCA and the
+    mixture / separability indices; `tick(n_dict)` after each dictionary (the progress)."""
     from e2e.data.tokens import eval_stream
     from e2e.model import load_model, resid_pre
     from e2e.saelens import load_saelens
 
-    chosen = [d for layer in layers for p, _ in tables.paired(points, layer, "ce")
-              for d in dicts if d.point.cell_id == p.cell_id]
     rows, scatter, tops = [], [], []
     models: dict[str, object] = {}
     for x in chosen:

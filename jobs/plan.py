@@ -25,7 +25,7 @@ from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sh
 from e2e.typed import with_overrides
 from jobs import containers
 from jobs.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
-from jobs.autointerp_config import AutoInterp, check_endpoint
+from jobs.autointerp_config import AutoInterp, check_endpoint, n_dictionaries
 from jobs.cli import Axes, RunOptions, parse_overrides
 from jobs.finetune import Finetune, aligned_packs, children
 from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, k_axis, make_packs
@@ -106,6 +106,11 @@ class Plan:
     def analysis_time_min(self) -> int:
         """The analysis job's limit: twice the model plus 10 minutes, at most a day."""
         return min(24 * 60, 10 + math.ceil(2 * self.analysis_s / 60))
+
+    @property
+    def autointerp_minutes(self) -> int:
+        """The auto-interp job's limit (`AutoInterp.minutes`) for the plan's dictionaries."""
+        return self.autointerp.minutes(n_dictionaries(self))
 
     @property
     def analysis_gpus(self) -> int:

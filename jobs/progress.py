@@ -73,9 +73,7 @@ class Progress:
         analyze = 60 * minutes["analyze"] if "analyze" in minutes else plan.analysis_s
         tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, analyze)]
         if plan.autointerp:
-            from jobs.autointerp_config import n_dictionaries
-
-            tasks.append(Task("autointerp", 0, 60 * plan.autointerp.minutes(n_dictionaries(plan))))
+            tasks.append(Task("autointerp", 0, 60 * plan.autointerp_minutes))
         return cls(plan.grid.name, tasks)
 
     def start(self, task: Task) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from e2e.io import atomic_write_text, cell_paths
 from jobs import cli
+from jobs.autointerp_config import CACHE as AUTOINTERP_CACHE
 from jobs.autointerp_config import FILE as AUTOINTERP_FILE
 from jobs.autointerp_config import n_dictionaries
 from jobs.grids import pretrain_dir
@@ -92,7 +93,7 @@ def _autointerp_lines(plan: Plan) -> list[str]:
             f"dictionary x {dicts} dictionaries, explained by {ai.explainer} and scored "
             f"({', '.join(ai.scorers)}) by {ai.scorer} at {where}: at most {requests:,} "
             f"requests, about {tokens / 1e6:,.1f}M tokens{cost}; answers cached under "
-            f"{Path(plan.opts.root).resolve() / '_autointerp_cache'} (a rerun sends only "
+            f"{Path(plan.opts.root).resolve() / AUTOINTERP_CACHE} (a rerun sends only "
             "what is not cached)"]
 
 
@@ -211,10 +212,9 @@ def plain_sbatch_commands(plan: Plan) -> str:
                  f"--mem={plan.analysis_mem_gb}G --wrap "
                  f"{wrap('analyze')}{')' if plan.autointerp else ''}")
     if plan.autointerp:
-        ai = plan.autointerp
-        gres = f"--gres=gpu:{ai.serve_gpus} " if ai.serve else ""
+        gres = f"--gres=gpu:{plan.autointerp.gpus} " if plan.autointerp.gpus else ""
         lines.append(f"sbatch --dependency=afterany:$ana --job-name={grid}-autointerp {gres}"
-                     f"--time={ai.minutes(n_dictionaries(plan))} --wrap {wrap('autointerp')}")
+                     f"--time={plan.autointerp_minutes} --wrap {wrap('autointerp')}")
     return "\n".join(lines)
 
 

@@ -46,11 +46,21 @@ class Budget:
     explain_tokens: int = 120  # answer lengths (max_tokens)
     simulate_tokens: int = 1000
 
+    @property
+    def classify_prompts(self) -> int:
+        """Prompts per classifier and feature: its activating and silent records, `shown` at
+        a time."""
+        return math.ceil(2 * self.test / self.shown)
+
     def requests(self) -> int:
         """Prompts per feature."""
-        n = 1 + sum(math.ceil(2 * self.test / self.shown) for s in self.scorers
-                    if s in ("detection", "fuzzing"))
+        n = 1 + sum(self.classify_prompts for s in self.scorers if s in ("detection", "fuzzing"))
         return n + (self.simulate if "simulation" in self.scorers else 0)
+
+
+def classify_tokens(n: int) -> int:
+    """The answer's max_tokens for a classifier prompt of n examples: a list of n 0/1s."""
+    return 4 * n + 8
 
 
 def interpret(records: list[Record], explainer: Chat, scorer: Chat, budget: Budget,
@@ -112,7 +122,7 @@ def _classify(kind: str, explanation: str, pairs: list[tuple[str, bool]], chat: 
     for i in range(0, len(pairs), shown):
         batch = pairs[i:i + shown]
         answer = chat(prompts.classify(kind, explanation, [t for t, _ in batch]),
-                      max_tokens=4 * len(batch) + 8)
+                      max_tokens=classify_tokens(len(batch)))
         got = prompts.parse_list(answer or "", len(batch))
         if got is None:
             failed += 1

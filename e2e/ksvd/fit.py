@@ -59,11 +59,7 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
     k, kc = n_dict_for(source.d_in, cfg.sae.dict_size_to_input_ratio), cfg.ksvd
     cache = paths.root / CACHE_FILE
     t0 = time.perf_counter()
-    if not cache.exists():
-        # a process killed while caching leaves its temporary file (GBs at GPT-2's size);
-        # the cell is locked, so any such file is stale
-        for stale in paths.root.glob(f".{CACHE_FILE}.*.tmp"):
-            stale.unlink()
+    if not cache.exists():  # (a killed caching's temporary file: gone with the cell lock)
         _cache_activations(cfg, source, cache, device, autocast, progress)
     cache_time = time.perf_counter() - t0
     acts = np.load(cache, mmap_mode="r")
