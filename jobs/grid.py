@@ -171,16 +171,16 @@ def expand(grid: Grid, root: Path, layers: tuple[int, ...] | None = None,
     return cells
 
 
-def k_axis(grid: Grid, axes, overrides: dict[str, Any]):
+def k_axis(grid: Grid, axes, overrides: dict[str, Any]) -> tuple[Grid, Any, dict[str, Any]]:
     """(grid, axes) with one rule on every grid: the λ axis follows the architecture. An
     override to the TopK family (`sae.activation=batchtopk`) on a grid of ReLU SAEs makes λ
     the k of every cell: the λ values given (`sparsity_coeffs=`, `lambdas.<setting>=`), else
     `sae.k=` as the one value; with neither, ConfigError saying what to type (the grid's own λ
-    values are sparsity coefficients, not k). Moves the `sae.*` overrides into the grid's
-    base (removing them from `overrides`)."""
+    values are sparsity coefficients, not k). Returns (grid, axes, overrides): the `sae.*`
+    overrides move into the grid's base (the SAE cells have them, a ksvd cell needs none)."""
     act = overrides.get("sae.activation", grid.base.sae.activation)
     if grid.variants or grid.base.sae.uses_k or act not in K_ACTIVATIONS:
-        return grid, axes
+        return grid, axes, overrides
     unscaled = replace(grid.base, loss=replace(grid.base.loss, sparsity_coeff=0.0))
     sae = with_overrides(unscaled, {"sae.k": 1, **{k: v for k, v in overrides.items()
                                                    if k.startswith("sae.")}}).sae
@@ -195,9 +195,8 @@ def k_axis(grid: Grid, axes, overrides: dict[str, Any]):
     if missing:
         axes = replace(axes, lambdas={**(axes.lambdas or {}),
                                       **{s: (overrides["sae.k"],) for s in missing}})
-    for k in [k for k in overrides if k.startswith("sae.")]:
-        del overrides[k]  # in the base now: the SAE cells have them, a ksvd cell needs none
-    return replace(grid, base=replace(unscaled, sae=sae)), axes
+    rest = {k: v for k, v in overrides.items() if not k.startswith("sae.")}
+    return replace(grid, base=replace(unscaled, sae=sae)), axes, rest
 
 
 def _chosen(grid: Grid, names: tuple[str, ...] | None) -> tuple[Variant, ...]:

@@ -152,8 +152,9 @@ def make_plan(tokens: list[str]) -> Plan:
     if not existing.is_dir():
         raise ConfigError(f"root={opts.root} is invalid: {existing} is a file, not a folder")
     # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
+    k_grid, axes, cfg_overrides = k_axis(grid, axes, cfg_overrides)
     cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
-                              for c in _expand(*k_axis(grid, axes, cfg_overrides), root)))
+                              for c in _expand(k_grid, axes, root)))
     if not cfgs:
         raise ConfigError("the grid with these overrides has no cells")
     notes: list[str] = []
