@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import statistics
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def main(*tokens: str) -> None:
         d = torch.nn.functional.normalize(t["W_dec"].float(), dim=1).T
         for m in budgets:
             model = KSVDDictionary(d, t["b_dec"], max_nnz=m)
-            ev = evaluate_dictionaries(source, [model], c.cfg.layer, batches, nullcontext())[0]
+            ev = evaluate_dictionaries(source, [model], c.cfg.layer, batches)[0]
             rows.append({"cell_id": c.id, "setting": c.cfg.loss.setting, "lam": c.cfg.lam,
                          "budget": m, "l0": ev["l0"], "ce_loss_increase": ev["ce_loss_increase"],
                          "own_l0": c.eval["l0"], "own_ce_loss_increase":

@@ -200,14 +200,17 @@ class CellConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     init: InitConfig = field(default_factory=InitConfig)
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # The training step's matmuls: "bfloat16" autocast (fp32 weights, optimizer, loss, KL and
+    # every metric), "float32", or "auto": bfloat16 where the chip runs it natively (a CUDA GPU
+    # with bf16, a CPU with AVX512-BF16 or AMX), float32 elsewhere (docs/performance.md).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         require(self.layer >= 0, "layer", ">= 0", self.layer)
         require(self.seed >= 0, "seed", ">= 0", self.seed)
-        require(self.dtype in ("float32", "bfloat16"), "dtype", "float32 or bfloat16",
-                self.dtype)
+        require(self.dtype in ("auto", "float32", "bfloat16"), "dtype",
+                "auto, float32 or bfloat16", self.dtype)
         require(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda",
                 self.device)
         require(self.source in ("model", "synthetic"), "source", "model or synthetic",

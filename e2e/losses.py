@@ -24,54 +24,102 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred, target)
 
 
+# Tokens in one chunk of the fused KL: on a CPU at most 256 and at most 2**23 logits (32 MiB in
+# fp32: glibc serves smaller blocks from its heap again, larger ones are fresh pages to fault
+# in); a GPU takes 1,024 (a few tensors of 1,024 x vocab live: 0.2 GB each for GPT-2's).
+def kl_chunk_tokens(device: torch.device, vocab: int) -> int:
+    return 1024 if device.type == "cuda" else max(16, min(256, 2**23 // vocab))
+
+
 @dataclass(frozen=True)
 class CleanTarget:
-    """The clean next-token distribution, computed once per batch and shared by every SAE."""
+    """The clean side of the KL in its smallest exact form: the clean model's final normalised
+    residual (tokens, d_model) and the frozen unembedding, from which each chunk of clean
+    logits is recomputed (d_model numbers a token instead of vocab)."""
 
-    p_orig: torch.Tensor  # (tokens, vocab) fp32 probabilities
-    neg_entropy: torch.Tensor  # scalar: sum over tokens of sum_v p log p
+    x: torch.Tensor  # (tokens, d_model): the unembedding's input on the clean pass
+    weight: torch.Tensor  # (vocab, d_model)
+    bias: torch.Tensor | None  # (vocab,)
+    soft_cap: float = 0.0  # logits -> cap * tanh(logits / cap) when > 0 (Gemma 2)
 
     @property
     def n_tokens(self) -> int:
-        return self.p_orig.shape[0]
+        return self.x.shape[0]
 
 
-@torch.no_grad()
-def clean_target(logits_orig: torch.Tensor) -> CleanTarget:
-    log_p = F.log_softmax(logits_orig.reshape(-1, logits_orig.shape[-1]).float(), dim=-1)
+def _kl_chunk(z_q: torch.Tensor, z_p: torch.Tensor, cap: float, grad: bool):
+    """sum over a chunk's tokens of KL(softmax(z_p) || softmax(z_q)), in fp32, and its gradient
+    with respect to the raw logits z_q (in z_q's dtype; None unless `grad`), for raw logits
+    (tokens, vocab) that the soft cap (cap > 0) maps to cap * tanh(z / cap)."""
+    z_q, z_p = z_q.float(), z_p.float()
+    if cap > 0:
+        z_q, z_p = cap * torch.tanh(z_q / cap), cap * torch.tanh(z_p / cap)
+    log_q, log_p = F.log_softmax(z_q, dim=-1), F.log_softmax(z_p, dim=-1)
     p = log_p.exp()
-    return CleanTarget(p, torch.vdot(p.reshape(-1), log_p.reshape(-1)))
+    kl = (p * (log_p - log_q)).sum()
+    if not grad:
+        return kl, None
+    g = log_q.exp() - p
+    if cap > 0:  # d/dz of cap * tanh(z / cap) = 1 - (capped z / cap)^2
+        g = g * (1 - (z_q / cap).square())
+    return kl, g
 
 
-class _KLOrigSAE(torch.autograd.Function):
-    """KL(p_orig || p_sae) = [sum p log p - sum p log q] / n, with its gradient (q - p) / n.
+# Compiled (inductor), the chunk's softmaxes, KL and gradient are two passes over its logits
+# instead of about ten: 7x faster on 2 CPU cores (benchmarks/bench_kl.py). Compiled on first
+# use; TORCH_COMPILE_DISABLE=1 (PyTorch's own switch) runs it eagerly.
+_kl_chunk_compiled = torch.compile(_kl_chunk, dynamic=False)
 
-    One pass over the logits each way instead of kl_div's exp, sub, mul and their backward:
-    the same quantity, about half the time on the vocab-sized tensors that dominate e2e steps.
-    """
+
+class _UnembedKL(torch.autograd.Function):
+    """sum over tokens of KL(softmax(x_clean W^T + b) || softmax(x_sae W^T + b)), in chunks of
+    tokens. Its gradient, (q - p) W per token (times the soft cap's derivative), is computed
+    in the forward pass, chunk by chunk (as Liger Kernel's fused linear losses do): no
+    (tokens, vocab) tensor outlives its chunk, and the backward is one multiplication."""
 
     @staticmethod
-    def forward(ctx, logits_sae, p_orig, neg_entropy):
-        log_q = F.log_softmax(logits_sae, dim=-1)
-        ctx.save_for_backward(log_q, p_orig)
-        return (neg_entropy - torch.vdot(p_orig.reshape(-1), log_q.reshape(-1))) / log_q.shape[0]
+    def forward(ctx, x_sae, x_clean, weight, bias, cap, chunk):
+        dtype = (torch.get_autocast_dtype(x_sae.device.type)
+                 if torch.is_autocast_enabled(x_sae.device.type) else weight.dtype)
+        w = weight.to(dtype)  # under autocast the matmuls run in its dtype, the softmax in fp32
+        b = None if bias is None else bias.to(dtype)
+        grad = torch.empty_like(x_sae) if ctx.needs_input_grad[0] else None
+        total = x_sae.new_zeros((), dtype=torch.float32)
+        with torch.autocast(x_sae.device.type, enabled=False):
+            for s in range(0, x_sae.shape[0], chunk):
+                z_q = F.linear(x_sae[s:s + chunk].to(dtype), w, b)
+                z_p = F.linear(x_clean[s:s + chunk].to(dtype), w, b)
+                kl, g = _kl_chunk_compiled(z_q, z_p, cap, grad is not None)
+                total += kl
+                if grad is not None:
+                    grad[s:s + chunk] = (g.to(dtype) @ w).to(grad.dtype)
+        ctx.grad = grad
+        return total
 
     @staticmethod
-    def backward(ctx, grad):
-        log_q, p_orig = ctx.saved_tensors
-        return (log_q.exp() - p_orig) * (grad / log_q.shape[0]), None, None
+    def backward(ctx, grad_total):
+        return ctx.grad * grad_total, None, None, None, None, None
 
 
-def kl_orig_sae(orig: CleanTarget | torch.Tensor, logits_sae: torch.Tensor) -> torch.Tensor:
-    """KL(p_orig || p_sae) of next-token distributions, summed over vocab, mean over tokens.
+def kl_orig_sae(orig: CleanTarget | torch.Tensor, sae: torch.Tensor) -> torch.Tensor:
+    """KL(p_orig || p_sae) of next-token distributions, summed over vocab, mean over tokens
+    (Braun et al. 2024, Sec. 2, Eq. 3).
 
-    `orig` is the clean logits or their `clean_target` (computed once per batch for a pack).
+    With logits (..., vocab) on both sides, the plain formula. With a `CleanTarget`, `sae` is
+    the SAE-patched model's final normalised residual (..., d_model) and the unembedding is
+    fused into the KL (`_UnembedKL`): the training step's form, same value and gradient
+    (tests/test_losses.py), no (tokens, vocab) tensor kept.
     """
-    target = orig if isinstance(orig, CleanTarget) else clean_target(orig)
-    logits = logits_sae.reshape(-1, logits_sae.shape[-1]).float()
-    if logits.shape[0] != target.n_tokens:
-        raise ValueError(f"{logits.shape[0]} SAE tokens against {target.n_tokens} clean ones")
-    return _KLOrigSAE.apply(logits, target.p_orig, target.neg_entropy)
+    if not isinstance(orig, CleanTarget):
+        log_p = F.log_softmax(orig.reshape(-1, orig.shape[-1]).float(), dim=-1)
+        log_q = F.log_softmax(sae.reshape(-1, sae.shape[-1]).float(), dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    x = sae.reshape(-1, sae.shape[-1])
+    if x.shape[0] != orig.n_tokens:
+        raise ValueError(f"{x.shape[0]} SAE tokens against {orig.n_tokens} clean ones")
+    chunk = kl_chunk_tokens(x.device, orig.weight.shape[0])
+    return _UnembedKL.apply(x, orig.x, orig.weight, orig.bias, orig.soft_cap,
+                            chunk) / orig.n_tokens
 
 
 def downstream_mse(resids_sae: list[torch.Tensor], resids_orig: list[torch.Tensor],

@@ -154,7 +154,7 @@ def _batch_metrics(model, sae: SAE, layer: int, tokens: torch.Tensor, clean
     m = {
         "ce_loss_orig": ce_loss(clean.logits, tokens),
         "ce_loss_sae": ce_loss(logits_sae, tokens),
-        "kl_orig_sae": kl_orig_sae(clean.target, logits_sae),
+        "kl_orig_sae": kl_orig_sae(clean.logits, logits_sae),
         "top1_agreement": (clean.logits.argmax(-1) == logits_sae.argmax(-1)).float().mean(),
         "l0": l0(c),
         # Shrinkage (the paper's Table 5): mean ||x_hat|| / ||x||, position 0 apart (its norm

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
+import e2e.losses
 from e2e.config import LossConfig
 from e2e.losses import (
-    clean_target,
+    CleanTarget,
     downstream_mse,
     kl_orig_sae,
     loss_coeffs,
@@ -42,17 +43,51 @@ def test_kl_is_mean_over_tokens_of_sum_over_vocab():
     assert kl_orig_sae(lo, ls).item() == pytest.approx(per_token.mean().item(), rel=1e-5)
 
 
-def test_kl_from_shared_clean_target_has_the_plain_formulas_value_and_gradient():
+@pytest.mark.parametrize("cap", [0.0, 3.0])
+@pytest.mark.parametrize("chunk", [256, 7])  # one chunk; chunks of 7 tokens, the last ragged
+def test_fused_unembedding_kl_has_the_from_scratch_value_and_gradient(monkeypatch, cap, chunk):
+    """The training step's KL (unembedding fused in, chunked, gradient in the forward) against
+    the textbook formula in float64 through autograd, with and without Gemma 2's soft cap."""
+    monkeypatch.setattr(e2e.losses, "kl_chunk_tokens", lambda device, vocab: chunk)
     torch.manual_seed(0)
-    lo = torch.randn(3, 4, 7, dtype=torch.float64).float()
-    ls = torch.randn(3, 4, 7, requires_grad=True)
-    plain = (lo.softmax(-1) * (lo.log_softmax(-1) - ls.log_softmax(-1))).sum(-1).mean()
-    (g_plain,) = torch.autograd.grad(plain, ls)
-    fused = kl_orig_sae(clean_target(lo), ls)
-    (g_fused,) = torch.autograd.grad(fused, ls)
+    n, d, vocab = 2 * 15, 6, 11
+    w, b = torch.randn(vocab, d), torch.randn(vocab)
+    x_clean = torch.randn(n, d)
+    x_sae = (x_clean + 0.5 * torch.randn(n, d)).reshape(2, 15, d).requires_grad_()
+
+    def logits(x):
+        z = x.double() @ w.double().T + b.double()
+        return cap * torch.tanh(z / cap) if cap else z
+
+    lp, lq = logits(x_clean).log_softmax(-1), logits(x_sae.reshape(n, d)).log_softmax(-1)
+    plain = (lp.exp() * (lp - lq)).sum(-1).mean()
+    (g_plain,) = torch.autograd.grad(3 * plain, x_sae)
+    fused = kl_orig_sae(CleanTarget(x_clean, w, b, cap), x_sae)
+    (g_fused,) = torch.autograd.grad(3 * fused, x_sae)
     assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
-    assert torch.allclose(g_fused, g_plain, atol=1e-7)
-    assert kl_orig_sae(clean_target(lo), lo).item() == pytest.approx(0, abs=1e-6)
+    assert torch.allclose(g_fused, g_plain, rtol=1e-4, atol=1e-7)
+    assert kl_orig_sae(CleanTarget(x_clean, w, None), x_clean).item() == pytest.approx(
+        0, abs=1e-6)
+    with torch.no_grad():  # the evaluation's form: same value, no gradient computed
+        assert kl_orig_sae(CleanTarget(x_clean, w, b, cap), x_sae).item() == pytest.approx(
+            plain.item(), rel=1e-5)
+
+
+def test_fused_kl_under_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(0)
+    n, d, vocab = 64, 32, 500
+    w, b = torch.randn(vocab, d) / d**0.5, torch.randn(vocab)
+    x_clean = torch.randn(n, d)
+    x_sae = (x_clean + 0.3 * torch.randn(n, d)).requires_grad_()
+    target = CleanTarget(x_clean, w, b)
+    ref = kl_orig_sae(target, x_sae)
+    (g_ref,) = torch.autograd.grad(ref, x_sae)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = kl_orig_sae(target, x_sae)
+    (g_low,) = torch.autograd.grad(low, x_sae)
+    assert low.dtype == torch.float32 and g_low.dtype == torch.float32
+    assert low.item() == pytest.approx(ref.item(), rel=0.05)
+    assert float((g_low - g_ref).norm() / g_ref.norm()) < 0.05
 
 
 def test_downstream_weights_total_over_positions():

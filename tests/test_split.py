@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from e2e.config import ConfigError, ModelConfig
+from e2e.losses import kl_orig_sae
 from e2e.model import (
     VERIFIED_ARCHITECTURES,
     SplitForwardError,
@@ -112,6 +113,26 @@ def test_split_forward_equals_the_hooked_full_forward(arch, tokenizer, tmp_path)
             assert torch.allclose(g, p.grad, rtol=1e-4,
                                   atol=1e-6 * float(p.grad.abs().max())), arch
         assert verify_split(model, tokens, layer) <= 1e-5 * scale
+
+        # The training step's form: the clean pass stops before the unembedding and the KL
+        # unembeds the patched final residual itself (`CleanTarget`), against the KL of the
+        # hooked full forward's logits, value and gradient.
+        sae.zero_grad()
+        want = model.run_with_hooks(tokens, use_cache=False,
+                                    fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", write)])
+        kl_want = kl_orig_sae(full, want)
+        kl_want.backward()
+        grads = [p.grad.clone() for p in sae.parameters()]
+        sae.zero_grad()
+        train = clean_pass(model, tokens, layer, full=True, logits=False)
+        assert train.logits is None and torch.equal(train.resid, clean.resid)
+        final, _ = patched_pass(model, train, sae(train.resid)[0])
+        kl = kl_orig_sae(train.target, final)
+        kl.backward()
+        assert kl.item() == pytest.approx(kl_want.item(), rel=1e-4, abs=1e-7), arch
+        for g, p in zip(grads, sae.parameters(), strict=True):
+            assert torch.allclose(g, p.grad, rtol=1e-3,
+                                  atol=1e-5 * float(p.grad.abs().max())), arch
 
 
 def test_blocks_alone_are_not_the_model_and_verify_split_says_so(tokenizer, tmp_path,

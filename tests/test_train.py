@@ -275,15 +275,21 @@ def test_sigkilled_pack_resumes_every_member_bit_identical(smoke_cells, tmp_path
         assert np.isfinite(read_metrics(cell_paths(d).metrics)["eval"]["ce_loss_increase"])
 
 
-def test_bfloat16_autocast_tracks_float32_over_a_short_run(smoke_cells, tmp_path):
-    """bf16 matmuls with fp32 weights, loss and KL: within 2% of fp32 (measured: 0.25%)."""
-    (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == "e2e"]
-    train(cfg, tmp_path / "fp32", progress=False)
+@pytest.mark.parametrize("setting", ["local", "e2e"])
+def test_bfloat16_autocast_tracks_float32_over_a_short_run(smoke_cells, tmp_path, setting):
+    """bf16 matmuls with fp32 weights, loss, KL and metrics: every logged loss within 0.5% of
+    fp32's (the bar for making it the default where the chip has bf16)."""
+    (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == setting]
+    train(replace(cfg, dtype="float32"), tmp_path / "fp32", progress=False)
     train(replace(cfg, dtype="bfloat16"), tmp_path / "bf16", progress=False)
     (_, a), (_, b) = _outputs(tmp_path / "fp32"), _outputs(tmp_path / "bf16")
-    assert np.allclose(a["train"]["loss"], b["train"]["loss"], rtol=0.02)
+    rel = np.abs(np.asarray(b["train"]["loss"]) / np.asarray(a["train"]["loss"]) - 1)
+    print(f"{setting}: bf16 loss / fp32 loss - 1: max {rel.max():.4f} over {rel.size} steps")
+    assert rel.max() < 0.005
     for k in ("kl_orig_sae", "l0", "ce_loss_sae"):
         assert b["eval"][k] == pytest.approx(a["eval"][k], rel=0.02), k
+    assert read_metrics(cell_paths(tmp_path / "bf16").metrics)["attrs"]["train_dtype"] == (
+        "bfloat16")
     p = cell_paths(tmp_path / "bf16")
     w = load_file(str(p.sae / "sae_weights.safetensors"))
     assert all(t.dtype == torch.float32 for t in w.values())  # fp32 master weights

@@ -25,7 +25,7 @@ from e2e.data.tokens import TokenStream, eval_stream
 from e2e.dictionary import Dictionary
 from e2e.io import atomic_path
 from e2e.metrics import evaluate_pack, evaluate_synthetic
-from e2e.model import autocast_for, clean_pass, load_model, verify_split
+from e2e.model import clean_pass, load_model, verify_split
 
 
 @dataclass
@@ -76,15 +76,15 @@ def eval_batches(source: Source, cfg: CellConfig, device: torch.device) -> list[
     evs = source.make_eval_stream()
     batches = [evs.next_batch(cfg.eval.batch_size).to(device) for _ in range(cfg.eval.n_batches)]
     if source.model is not None:
-        with autocast_for(cfg, device):
-            verify_split(source.model, batches[0], cfg.layer)
+        verify_split(source.model, batches[0], cfg.layer)
     return batches
 
 
 @torch.no_grad()
 def evaluate_dictionaries(source: Source, saes: list[Dictionary], layer: int,
-                          batches: list[torch.Tensor], autocast) -> list[dict[str, float]]:
-    """Every metric of each dictionary (an SAE or a fitted one) spliced in at `layer`."""
+                          batches: list[torch.Tensor]) -> list[dict[str, float]]:
+    """Every metric of each dictionary (an SAE or a fitted one) spliced in at `layer`, in fp32
+    whatever the cell's training dtype."""
     for s in saes:
         s.eval()
     if source.model is None:
@@ -92,27 +92,25 @@ def evaluate_dictionaries(source: Source, saes: list[Dictionary], layer: int,
         for values, s in zip(out, saes, strict=True):
             values.update(truth_metrics(s.dict_elements.detach(), source.truth))
     else:
-        with autocast:
-            out = evaluate_pack(source.model, saes, layer, batches, source.skip)
+        out = evaluate_pack(source.model, saes, layer, batches, source.skip)
     for s in saes:
         s.train()
     return out
 
 
 @torch.no_grad()
-def alive_masks(source: Source, saes: list[Dictionary], cfg: CellConfig, device: torch.device,
-                autocast) -> list[torch.Tensor]:
+def alive_masks(source: Source, saes: list[Dictionary], cfg: CellConfig, device: torch.device
+                ) -> list[torch.Tensor]:
     """Per dictionary, which elements fire (non-zero code) on `eval.alive_pass_tokens` tokens
-    of the eval stream, from its start: (n_dict,) bool each."""
+    of the eval stream, from its start: (n_dict,) bool each; in fp32, as every metric."""
     masks = [torch.zeros(s.n_dict, dtype=torch.bool, device=device) for s in saes]
     evs = source.make_eval_stream()
     for _ in range(cfg.alive_pass_batches):
         batch = evs.next_batch(cfg.eval.batch_size).to(device)
-        with autocast:
-            resid = source.activations(batch, cfg.layer)
-            for mask, sae in zip(masks, saes, strict=True):
-                c = sae.encode(resid)
-                mask |= (c.reshape(-1, c.shape[-1]) != 0).any(0)
+        resid = source.activations(batch, cfg.layer)
+        for mask, sae in zip(masks, saes, strict=True):
+            c = sae.encode(resid)
+            mask |= (c.reshape(-1, c.shape[-1]) != 0).any(0)
     return masks
 
 

@@ -98,8 +98,8 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
         if run is not None:
             run.log(values, step=b)
         if state["batch"] % n_batches == 0:  # end of a pass: the full evaluation
-            metrics = evaluate_dictionaries(source, [model_of(state["D"])], cfg.layer, evals,
-                                            autocast)[0]
+            metrics = evaluate_dictionaries(source, [model_of(state["D"])], cfg.layer,
+                                            evals)[0]
             append_row(state["eval_log"], state["batch"], {**metrics,
                                                         "alive_dict_elements": alive.alive})
         _save(paths, cfg, state, alive, total)
@@ -108,7 +108,7 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
     bar.close()
     final = {k: v[-1] for k, v in state["eval_log"].items() if k != "step"}
     model = model_of(state["D"])
-    mask = alive_masks(source, [model], cfg, device, autocast)[0]
+    mask = alive_masks(source, [model], cfg, device)[0]
     _save(paths, cfg, state, alive, total, final, mask)
     save_saelens(model, paths.sae, cell_meta(cfg, cfg.seed))
     if run is not None:

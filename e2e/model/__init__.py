@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -17,12 +18,16 @@ from e2e.model.split import (
     patched_pass,
     resid_pre,
     run_from,
+    run_to_final,
+    unembed,
+    unembedding,
     verify_split,
 )
 
 __all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
            "autocast_for", "check_architecture", "clean_pass", "load_model", "patched_pass",
-           "resid_pre", "resolve_device", "run_from", "uses_rms_norm", "verify_split"]
+           "native_bf16", "resid_pre", "resolve_device", "run_from", "run_to_final", "unembed", "unembedding",
+           "train_dtype", "uses_rms_norm", "verify_split"]
 
 # Hugging Face architectures whose split forward equals the hooked full forward, tested on
 # random tiny configs (and SmolLM2-135M for Llama) in tests/test_split.py.
@@ -94,7 +99,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the chip runs bf16 matmuls natively: a CUDA GPU with bf16 (Ampere on), or a CPU
+    whose flags (Linux's /proc/cpuinfo) have AVX512-BF16 or AMX-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def train_dtype(cfg: CellConfig, device: torch.device) -> str:
+    """The cell's training dtype, "auto" resolved for `device`."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if native_bf16(device) else "float32"
+
+
 def autocast_for(cfg: CellConfig, device: torch.device):
-    """bf16 autocast (fp32 weights) when the cell asks for it, else nothing."""
+    """bf16 autocast (fp32 weights) when the cell trains in bf16 (`train_dtype`), else
+    nothing."""
     return (torch.autocast(device.type, dtype=torch.bfloat16)
-            if cfg.dtype == "bfloat16" else nullcontext())
+            if train_dtype(cfg, device) == "bfloat16" else nullcontext())

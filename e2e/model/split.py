@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from e2e.losses import CleanTarget, clean_target
+from e2e.losses import CleanTarget
 
 
 class SplitForwardError(RuntimeError):
@@ -42,9 +42,9 @@ class CleanPass:
     tensor from position `skip` on."""
 
     resid: torch.Tensor  # (batch, pos - skip, d_model) at blocks.layer.hook_resid_pre
-    logits: torch.Tensor | None  # (batch, pos - skip, d_vocab), None when only the prefix ran
+    logits: torch.Tensor | None  # (batch, pos - skip, d_vocab); None unless asked for
     later_resids: list[torch.Tensor]  # resid_pre of blocks layer+1 .. n_layers-1
-    target: CleanTarget | None  # softmax of `logits` for the KL, None with the logits
+    target: CleanTarget | None  # the KL's clean side (training); None with the logits
     layer: int = 0
     # Per block from `layer` on: the arguments the model's own loop passed it after the
     # hidden states (positional, keyword); None when only the prefix ran.
@@ -53,41 +53,77 @@ class CleanPass:
     head: torch.Tensor | None = field(default=None, repr=False)  # resid at positions < skip
 
 
+class _Stop(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised by the hook on the unembedding: the clean pass of a training step ends there."""
+
+
+def unembedding(model) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """The frozen (weight (vocab, d_model), bias or None, logit soft cap or 0) that map the
+    final normalised residual to logits; `verify_split` checks they are the model's own."""
+    head = model.unembed.original_component
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    return head.weight, head.bias, max(cap, 0.0)
+
+
+def unembed(model, x: torch.Tensor) -> torch.Tensor:
+    """Logits (..., vocab) of the final normalised residual x (..., d_model)."""
+    weight, bias, cap = unembedding(model)
+    logits = torch.nn.functional.linear(x, weight, bias)
+    # Gemma 2's final soft-cap, which HF's LM head applies after the unembedding
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 @torch.no_grad()
-def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0
-               ) -> CleanPass:
+def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0,
+               logits: bool = True) -> CleanPass:
     """Runs the clean model; `full=False` stops after the prefix (local training).
 
     `full=True` is one forward of the whole model (no KV cache), recording each block's
-    input and call arguments from `layer` on. `skip`: leading positions left out."""
+    input and call arguments from `layer` on. With `logits=False` (a training step) it stops
+    before the unembedding and keeps the KL's `target` instead of the logits. `skip`: leading
+    positions left out."""
     if not full:
         r = resid_pre(model, tokens, layer)
         return CleanPass(r[:, skip:], None, [], None, layer, skip=skip, head=r[:, :skip])
     inputs: list[torch.Tensor] = []
     calls: list[tuple[tuple, dict]] = []
+    final: list[torch.Tensor] = []
 
     def record(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         inputs.append(hidden)
         calls.append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
 
+    def stop(_module, args):
+        final.append(args[0])
+        raise _Stop
+
     handles = [b.register_forward_pre_hook(record, with_kwargs=True)
                for b in model.blocks[layer:]]
+    if not logits:
+        handles.append(model.unembed.register_forward_pre_hook(stop))
     try:
-        logits = model(tokens, use_cache=False)
+        out = model(tokens, use_cache=False)
+    except _Stop:
+        out = None
     finally:
         for h in handles:
             h.remove()
-    logits = logits[:, skip:]
-    return CleanPass(inputs[0][:, skip:], logits, [r[:, skip:] for r in inputs[1:]],
-                     clean_target(logits), layer, calls, skip, inputs[0][:, :skip])
+    resid, later = inputs[0][:, skip:], [r[:, skip:] for r in inputs[1:]]
+    head = inputs[0][:, :skip]
+    if logits:
+        return CleanPass(resid, out[:, skip:], later, None, layer, calls, skip, head)
+    x = final[0][:, skip:]
+    target = CleanTarget(x.reshape(-1, x.shape[-1]), *unembedding(model))
+    return CleanPass(resid, None, later, target, layer, calls, skip, head)
 
 
-def run_from(model, resid: torch.Tensor, clean: CleanPass) -> tuple[torch.Tensor,
-                                                                    list[torch.Tensor]]:
+def run_to_final(model, resid: torch.Tensor, clean: CleanPass
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Blocks `clean.layer`.. on `resid` (positions `clean.skip`.., after the clean ones
-    before them) with the calls recorded by `clean`; returns the logits (batch, pos - skip,
-    d_vocab) and the resid_pre of every later block, from position `skip` on."""
+    before them) with the calls recorded by `clean`, then the final norm; returns the final
+    normalised residual (batch, pos - skip, d_model) and the resid_pre of every later block,
+    from position `skip` on."""
     later: list[torch.Tensor] = []
     h = torch.cat([clean.head.to(resid.dtype), resid], 1) if clean.skip else resid
     for i, (block, (args, kwargs)) in enumerate(zip(model.blocks[clean.layer:], clean.calls,
@@ -96,18 +132,24 @@ def run_from(model, resid: torch.Tensor, clean: CleanPass) -> tuple[torch.Tensor
             later.append(h[:, clean.skip:])
         out = block(h, *args, **kwargs)
         h = out[0] if isinstance(out, tuple) else out
-    logits = model.unembed(model.ln_final(h))
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:  # Gemma 2's final soft-cap, which HF's LM head applies after the unembedding
-        logits = cap * torch.tanh(logits / cap)
-    return logits[:, clean.skip:], later
+    return model.ln_final(h)[:, clean.skip:], later
+
+
+def run_from(model, resid: torch.Tensor, clean: CleanPass) -> tuple[torch.Tensor,
+                                                                    list[torch.Tensor]]:
+    """`run_to_final`, then the unembedding: the logits (batch, pos - skip, d_vocab) and the
+    resid_pre of every later block."""
+    final, later = run_to_final(model, resid, clean)
+    return unembed(model, final), later
 
 
 def patched_pass(model, clean: CleanPass, sae_out: torch.Tensor
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The model with `sae_out` replacing resid_pre at `clean.layer`; gradients reach the SAE
-    only. Returns the logits and the resid_pre of every later block."""
-    return run_from(model, sae_out, clean)
+    only. Returns the logits and the resid_pre of every later block; for a training step's
+    clean pass (which holds a KL `target`), the final normalised residual instead of the
+    logits, which the KL unembeds itself (`e2e.losses.kl_orig_sae`)."""
+    return (run_to_final if clean.target is not None else run_from)(model, sae_out, clean)
 
 
 @torch.no_grad()

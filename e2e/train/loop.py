@@ -138,7 +138,7 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
             clean = CleanPass(batch, None, [], None)
         else:
             with autocast:
-                clean = clean_pass(model, batch, layer, full=full,
+                clean = clean_pass(model, batch, layer, full=full, logits=False,
                                    skip=members[0].cfg.data.skip_positions)
         for m in members:
             m.micro_step(model, clean, step, len(micro_batches), log, autocast)
@@ -184,7 +184,7 @@ class _PackRun:
     def run_eval(self, ms: list[Member]) -> list[list[dict[str, float]]]:
         """Per member, the eval of each of its SAEs."""
         flat = evaluate_dictionaries(self.source, [s for m in ms for s in m.saes],
-                                     self.cfg.layer, self.evals, self.autocast)
+                                     self.cfg.layer, self.evals)
         out, i = [], 0
         for m in ms:
             out.append(flat[i:i + len(m.saes)])
@@ -241,7 +241,7 @@ class _PackRun:
         if not done:
             return
         masks = alive_masks(self.source, [s for m in done for s in m.saes], self.cfg,
-                            self.device, self.autocast)
+                            self.device)
         for m in done:
             m.alive_mask = torch.stack([masks.pop(0) for _ in m.saes])
         data = self.source.stream.state_dict()

@@ -24,7 +24,7 @@ from e2e.config import SIMILARITIES, CellConfig, ConfigError, OptimConfig, n_dic
 from e2e.io import atomic_path, atomic_write_text, cell_paths, load_checkpoint
 from e2e.losses import loss_coeffs, reconstruction_loss, setting_loss
 from e2e.metrics import AliveTracker, l0
-from e2e.model import CleanPass, patched_pass
+from e2e.model import CleanPass, patched_pass, train_dtype
 from e2e.optim import make_adam, warmup_cosine
 from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
@@ -330,6 +330,7 @@ class Member:
                              "samples_seen": self.samples_seen, "flops": self.flops,
                              **{f"tokens_{k}": v for k, v in self.tokens.items()},
                              "kl_scale": -1.0 if self.kl_scale is None else self.kl_scale,
+                             "train_dtype": train_dtype(self.cfg, self.device),
                              "parent_sha256": self.parent_sha256})
 
     def finish(self, data_state: dict, final_eval: dict[str, float]) -> None:
