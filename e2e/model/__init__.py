@@ -26,8 +26,8 @@ from e2e.model.split import (
 
 __all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
            "autocast_for", "check_architecture", "clean_pass", "load_model", "patched_pass",
-           "native_bf16", "resid_pre", "resolve_device", "run_from", "run_to_final", "unembed", "unembedding",
-           "train_dtype", "uses_rms_norm", "verify_split"]
+           "native_bf16", "resid_pre", "resolve_device", "run_from", "run_to_final", "unembed",
+           "unembedding", "train_dtype", "uses_rms_norm", "verify_split"]
 
 # Hugging Face architectures whose split forward equals the hooked full forward, tested on
 # random tiny configs (and SmolLM2-135M for Llama) in tests/test_split.py.
