@@ -2,14 +2,16 @@
 
     python benchmarks/bench_settings.py [--n_layers 4 --d_model 128 --vocab 4096 --ctx 128
                                          --batch 8 --ratio 8 --layer 2 --steps 10 --device cpu
-                                         --pack 1 --dtype float32]
+                                         --pack 1 --dtype auto --warmup 2
+                                         --settings local,e2e,e2e_ds]
 
 A random GPT-2-shaped model of the given shape is built in-process (no downloads). The step is
 the trainer's own (`e2e.train.pack_step`): with `--pack k`, k cells of the setting (different λ)
 share one clean pass, and tokens/s is per cell (k x tokens / time). Each setting runs in its own
 process, so peak memory is that setting's: the CUDA allocator's peak on GPU, the process's peak
 RSS on CPU (model and libraries included). GFLOP/s counts the step's matmul FLOPs
-(torch.utils.flop_counter) against a dense fp32 matmul timed in the same process.
+(torch.utils.flop_counter) against a dense matmul of the step's dtype timed in the same process.
+`--dtype auto` is what a cell with the default `dtype=auto` trains in on this machine.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
-from e2e.model import load_model
+from e2e.model import load_model, train_dtype
 from e2e.train import pack_step
 from e2e.train.member import Member
 
@@ -49,9 +51,10 @@ def peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def dense_gflops(device: str, n: int = 1024) -> float:
-    """This machine's fp32 matmul rate: the ceiling the step's matmuls are measured against."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def dense_gflops(device: str, dtype: str, n: int = 1024) -> float:
+    """This machine's matmul rate in `dtype`: the ceiling the step's matmuls are measured
+    against."""
+    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
     for _ in range(3):
         a @ b
     reps = 20 if device == "cpu" else 200
@@ -86,7 +89,7 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float]:
     def step():  # the trainer's own step: the same passes, the same loss, the same optimizer
         pack_step(model, members, tokens, step=1, log=False, autocast=autocast)
 
-    for _ in range(2):  # warm-up
+    for _ in range(args.warmup):  # warm-up (and the KL's compilation)
         step()
     with FlopCounterMode(display=False) as counter:
         step()
@@ -109,28 +112,34 @@ def main() -> None:
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--ratio", type=float, default=8.0)
     p.add_argument("--pack", type=int, default=1, help="cells sharing one clean pass")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--settings", default="local,e2e,e2e_ds", help="comma-separated")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", choices=("local", "e2e", "e2e_ds"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.dtype == "auto":
+        args.dtype = train_dtype(CellConfig(), torch.device(args.device))
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model(args, Path(tmp) / "model")
             tps, mem, gflops = bench(model, args, args.only, Path(tmp))
         print(f"{tps} {mem} {gflops}")
         return
-    peak = dense_gflops(args.device)
+    peak = dense_gflops(args.device, args.dtype)
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, vocab {args.vocab}; SAE at "
           f"layer {args.layer}, ratio {args.ratio:g}; batch {args.batch} x ctx {args.ctx}; "
           f"pack {args.pack}; {args.dtype}; {args.steps} steps on {args.device} "
-          f"({torch.get_num_threads()} threads); dense fp32 matmul {peak:.0f} GFLOP/s")
+          f"({torch.get_num_threads()} threads); dense {args.dtype} matmul {peak:.0f} GFLOP/s")
     local_tps = None
-    for setting in ("local", "e2e", "e2e_ds"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", setting],
+    for setting in args.settings.split(","):
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--dtype", args.dtype,
+                              "--only", setting],
                              capture_output=True, text=True, check=True).stdout
         tps, mem, gflops = map(float, out.split()[-3:])
-        local_tps = local_tps or tps
-        rel = f"   {local_tps / tps:.2f}x local's time per token" if setting != "local" else ""
+        local_tps = local_tps or (tps if setting == "local" else None)
+        rel = (f"   {local_tps / tps:.2f}x local's time per token"
+               if setting != "local" and local_tps else "")
         print(f"{setting:7} {tps:10.0f} tokens/s   peak memory {mem:8.1f} MiB   matmuls "
               f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak:.0f}% of dense){rel}", flush=True)
 

@@ -2,10 +2,11 @@
 
     python benchmarks/gpu_check.py [size=gpt2|cpu] [steps=10] [out=<dir>]
 
-1. Each setting (local, e2e, e2e_ds) in fp32 (TF32 matmuls) and bf16 autocast: tokens/s, peak
-   memory, achieved TFLOP/s of the step's matmuls against a dense matmul of the same dtype
-   timed in the same run, and the hours a paper cell (409.6M tokens, layer 6) would take at
-   that rate, beside the paper's Table 6 (one A100).
+1. Each setting (local, e2e, e2e_ds) in fp32 (TF32 matmuls) and bf16 autocast, with the KL's
+   compiled core and without (`torch.compile` off: "eager"): tokens/s, peak memory, achieved
+   TFLOP/s of the step's matmuls against a dense matmul of the same dtype timed in the same
+   run, and the hours a paper cell (409.6M tokens, layer 6) would take at that rate, beside
+   the paper's Table 6 (one A100).
 2. Resume after a kill: a real cell (`python -m jobs.cell`) SIGKILLed after its first
    checkpoint, resumed, and compared with the same cell run straight through.
 3. One ksvd cell (DB-KSVD on the GPU: caching, pursuit, update, scoring).
@@ -76,24 +77,30 @@ def dense_tflops(device: str, dtype: torch.dtype, n: int) -> float:
 
 
 def settings_report(shape: dict, device: str, steps: int, tmp: Path) -> list[dict]:
+    import torch._dynamo
+
     rows = []
     n = 8192 if device == "cuda" else 512
     for dtype in ("float32", "bfloat16"):
-        args = SimpleNamespace(**shape, steps=steps, pack=1, dtype=dtype, device=device)
+        args = SimpleNamespace(**shape, steps=steps, pack=1, dtype=dtype, device=device,
+                               warmup=2)
         model = build_model(args, tmp / f"model-{dtype}")
         peak = dense_tflops(device, torch.float32 if dtype == "float32" else torch.bfloat16, n)
-        for setting in ("local", "e2e", "e2e_ds"):
-            if device == "cuda":
-                torch.cuda.empty_cache()
-            tps, mem, gflops = bench(model, args, setting, tmp / f"{dtype}-{setting}")
-            hours = PAPER_TOKENS / tps / 3600
-            rows.append(dict(dtype=dtype, setting=setting, tokens_per_s=tps, peak_mib=mem,
-                             tflops=gflops / 1e3, dense_tflops=peak, paper_cell_hours=hours))
-            paper = (f"  paper cell {hours:6.2f} h (Table 6, one A100: "
-                     f"{TABLE6_LAYER6_H[setting]} h)" if shape == SHAPES["gpt2"] else "")
-            print(f"{dtype:8} {setting:6} {tps:10.0f} tokens/s  peak {mem:9.0f} MiB  "
-                  f"{gflops / 1e3:8.3f} TFLOP/s ({100 * gflops / 1e3 / peak:3.0f}% of a dense "
-                  f"{dtype} matmul's {peak:.3g}){paper}", flush=True)
+        for mode in ("compiled", "eager"):
+            for setting in ("local", "e2e", "e2e_ds"):
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                with torch._dynamo.config.patch(disable=mode == "eager"):
+                    tps, mem, gflops = bench(model, args, setting, tmp / f"{dtype}-{setting}")
+                hours = PAPER_TOKENS / tps / 3600
+                rows.append(dict(dtype=dtype, mode=mode, setting=setting, tokens_per_s=tps,
+                                 peak_mib=mem, tflops=gflops / 1e3, dense_tflops=peak,
+                                 paper_cell_hours=hours))
+                paper = (f"  paper cell {hours:6.2f} h (Table 6, one A100: "
+                         f"{TABLE6_LAYER6_H[setting]} h)" if shape == SHAPES["gpt2"] else "")
+                print(f"{dtype:8} {mode:8} {setting:6} {tps:10.0f} tokens/s  peak {mem:9.0f} "
+                      f"MiB  {gflops / 1e3:8.3f} TFLOP/s ({100 * gflops / 1e3 / peak:3.0f}% of "
+                      f"a dense {dtype} matmul's {peak:.3g}){paper}", flush=True)
         del model
     return rows
 

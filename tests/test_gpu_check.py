@@ -12,7 +12,7 @@ def test_the_gpu_check_runs_every_part_on_a_small_shape(tmp_path):
                         f"out={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    for line in ("float32  local", "bfloat16 e2e_ds", "(bit-identical)", "ksvd cell: K 256",
-                 "metrics 0 (equal)"):
+    for line in ("float32  compiled local", "bfloat16 eager    e2e_ds", "(bit-identical)",
+                 "ksvd cell: K 256", "metrics 0 (equal)"):
         assert line in r.stdout, r.stdout
     assert (tmp_path / "gpu_check.json").exists()
