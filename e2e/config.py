@@ -200,10 +200,7 @@ class CellConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     init: InitConfig = field(default_factory=InitConfig)
     seed: int = 0
-    # The training step's matmuls: "bfloat16" autocast (fp32 weights, optimizer, loss, KL and
-    # every metric), "float32", or "auto": bfloat16 where the chip runs it natively (a CUDA GPU
-    # with bf16, a CPU with AVX512-BF16 or AMX), float32 elsewhere (docs/performance.md).
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: e2e.model.train_dtype
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
