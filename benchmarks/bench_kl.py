@@ -55,18 +55,17 @@ def run_one(args, variant: str) -> None:
         (grad,) = torch.autograd.grad(kl, x_sae)
         return kl, grad
 
-    kl, grad = step()  # warm-up (and compilation)
     if dev == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = _peak_mib(dev)
+    base = _peak_mib(dev)  # the inputs (and, on CPU, the process before any step)
+    kl, grad = step()  # warm-up (and compilation)
     t0 = time.perf_counter()
     for _ in range(args.reps):
         step()
     if dev == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / args.reps
-    extra = _peak_mib(dev) - (0 if dev == "cuda" else base)
+    extra = _peak_mib(dev) - base
     torch.save({"kl": kl.detach().cpu(), "grad": grad.cpu()}, f"{args.tmp}/{variant}.pt")
     print(f"{dt * 1e3} {extra}")
 
