@@ -6,6 +6,7 @@ Each term is a small function of tensors; `setting_loss` weights and sums them a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +67,23 @@ def _kl_chunk(z_q: torch.Tensor, z_p: torch.Tensor, cap: float, grad: bool):
 
 
 # Compiled (inductor), the chunk's softmaxes, KL and gradient are two passes over its logits
-# instead of about ten: 7x faster on 2 CPU cores (benchmarks/bench_kl.py). Compiled on first
-# use; TORCH_COMPILE_DISABLE=1 (PyTorch's own switch) runs it eagerly.
-_kl_chunk_compiled = torch.compile(_kl_chunk, dynamic=False)
+# instead of about ten: 7x faster on 2 CPU cores (docs/performance.md). Compiled on first use;
+# TORCH_COMPILE_DISABLE=1 (PyTorch's own switch) runs it eagerly, as does a process where
+# compiling fails (a container without a C++ compiler), after one warning.
+_kl_core = torch.compile(_kl_chunk, dynamic=False)
+
+
+def _kl_chunk_compiled(*args):
+    global _kl_core
+    try:
+        return _kl_core(*args)
+    except Exception as e:
+        if _kl_core is _kl_chunk:
+            raise
+        warnings.warn(f"the KL's compiled core failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200]}); running it eagerly", stacklevel=2)
+        _kl_core = _kl_chunk
+        return _kl_chunk(*args)
 
 
 class _UnembedKL(torch.autograd.Function):

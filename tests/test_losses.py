@@ -73,6 +73,22 @@ def test_fused_unembedding_kl_has_the_from_scratch_value_and_gradient(monkeypatc
             plain.item(), rel=1e-5)
 
 
+def test_fused_kl_runs_eagerly_where_compiling_fails(monkeypatch):
+    """A container without a C++ compiler: one warning, then the same function eagerly."""
+    def broken(*args):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    monkeypatch.setattr(e2e.losses, "_kl_core", broken)
+    torch.manual_seed(0)
+    w, x = torch.randn(11, 6), torch.randn(5, 6)
+    y = (x + 0.5).requires_grad_()
+    with pytest.warns(UserWarning, match="running it eagerly"):
+        kl = kl_orig_sae(CleanTarget(x, w, None), y)
+    lp, lq = (x @ w.T).log_softmax(-1), (y @ w.T).log_softmax(-1)
+    assert kl.item() == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), rel=1e-5)
+    assert e2e.losses._kl_core is e2e.losses._kl_chunk
+
+
 def test_fused_kl_under_bf16_autocast_is_close_to_fp32():
     torch.manual_seed(0)
     n, d, vocab = 64, 32, 500
