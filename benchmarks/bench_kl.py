@@ -20,7 +20,6 @@ import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 from e2e.losses import CleanTarget, kl_orig_sae
 
@@ -32,11 +31,10 @@ def _peak_mib(device: str) -> float:
 
 
 def _plain(x_sae, x_clean, w):
-    """The step before: clean logits and softmax kept, patched logits through autograd."""
+    """The step before: both sides' logits materialised, autograd through the unembedding."""
     with torch.no_grad():
-        log_p = F.log_softmax((x_clean @ w.T).float(), dim=-1)
-    log_q = F.log_softmax((x_sae @ w.T).float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        logits_clean = x_clean @ w.T
+    return kl_orig_sae(logits_clean, x_sae @ w.T)
 
 
 def run_one(args, variant: str) -> None:

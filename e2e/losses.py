@@ -48,13 +48,17 @@ class CleanTarget:
         return self.x.shape[0]
 
 
+def soft_cap(z: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's final logit soft cap, cap * tanh(z / cap), which HF's LM head applies after
+    the unembedding; the identity when cap <= 0."""
+    return cap * torch.tanh(z / cap) if cap > 0 else z
+
+
 def _kl_chunk(z_q: torch.Tensor, z_p: torch.Tensor, cap: float, grad: bool):
     """sum over a chunk's tokens of KL(softmax(z_p) || softmax(z_q)), in fp32, and its gradient
     with respect to the raw logits z_q (in z_q's dtype; None unless `grad`), for raw logits
     (tokens, vocab) that the soft cap (cap > 0) maps to cap * tanh(z / cap)."""
-    z_q, z_p = z_q.float(), z_p.float()
-    if cap > 0:
-        z_q, z_p = cap * torch.tanh(z_q / cap), cap * torch.tanh(z_p / cap)
+    z_q, z_p = soft_cap(z_q.float(), cap), soft_cap(z_p.float(), cap)
     log_q, log_p = F.log_softmax(z_q, dim=-1), F.log_softmax(z_p, dim=-1)
     p = log_p.exp()
     kl = (p * (log_p - log_q)).sum()

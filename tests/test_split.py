@@ -222,6 +222,13 @@ def test_smollm2_split_forward_is_its_own_forward(smollm2_dir):
         want = model.run_with_hooks(tokens, use_cache=False, fwd_hooks=[
             ("blocks.12.hook_resid_pre", lambda r, hook: r * 0.9)])
     assert (logits - want).abs().max() <= 1e-4 * want.abs().max()
+    # the training step's form: clean pass to the unembedding's input, the KL unembedding
+    # the patched final residual itself
+    train = clean_pass(model, tokens, 12, full=True, logits=False)
+    with torch.no_grad():
+        final, _ = patched_pass(model, train, train.resid * 0.9)
+        kl = kl_orig_sae(train.target, final)
+    assert kl.item() == pytest.approx(kl_orig_sae(clean.logits, want).item(), rel=1e-4)
 
 
 def test_smollm2_eval_equals_a_hooked_hf_forward_sharing_no_code(smollm2_dir):

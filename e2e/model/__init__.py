@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from contextlib import nullcontext
@@ -104,6 +105,11 @@ def native_bf16(device: torch.device) -> bool:
     whose flags (Linux's /proc/cpuinfo) have AVX512-BF16 or AMX-BF16."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    return _cpu_bf16()
+
+
+@functools.cache
+def _cpu_bf16() -> bool:  # read once a process: every checkpoint records the resolved dtype
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from e2e.losses import CleanTarget
+from e2e.losses import CleanTarget, soft_cap
 
 
 class SplitForwardError(RuntimeError):
@@ -68,9 +68,7 @@ def unembedding(model) -> tuple[torch.Tensor, torch.Tensor | None, float]:
 def unembed(model, x: torch.Tensor) -> torch.Tensor:
     """Logits (..., vocab) of the final normalised residual x (..., d_model)."""
     weight, bias, cap = unembedding(model)
-    logits = torch.nn.functional.linear(x, weight, bias)
-    # Gemma 2's final soft-cap, which HF's LM head applies after the unembedding
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+    return soft_cap(torch.nn.functional.linear(x, weight, bias), cap)
 
 
 @torch.no_grad()
