@@ -21,7 +21,8 @@ from contextlib import nullcontext
 
 import torch
 
-from e2e.losses import CleanTarget, kl_orig_sae
+from e2e.kernels import CleanTarget
+from e2e.losses import kl_orig_sae
 
 
 def _peak_mib(device: str) -> float:

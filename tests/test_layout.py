@@ -16,8 +16,8 @@ LAYERS = [
     ["e2e.typed", "e2e.io", "e2e.rng", "e2e.optim", "e2e.config_methods",
      "e2e.arch.config", "e2e.config", "e2e.store"],
     # the math of one dictionary and the model around it; data; analyses; the small LM
-    ["e2e.losses", "e2e.dictionary", "e2e.model", "e2e.sae", "e2e.arch", "e2e.metrics",
-     "e2e.ksvd",
+    ["e2e.kernels", "e2e.losses", "e2e.dictionary", "e2e.model", "e2e.sae", "e2e.arch",
+     "e2e.metrics", "e2e.ksvd",
      "e2e.ksvd.pursuit", "e2e.ksvd.update", "e2e.ksvd.dictionary", "e2e.data",
      "e2e.analysis", "e2e.lm", "e2e.autointerp"],
     # what every kind of cell shares: dictionaries on disk, the source and its evaluation

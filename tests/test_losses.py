@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-import e2e.losses
+import e2e.kernels.kl
 from e2e.config import LossConfig
+from e2e.kernels import CleanTarget
 from e2e.losses import (
-    CleanTarget,
     downstream_mse,
     kl_orig_sae,
     loss_coeffs,
@@ -48,7 +48,7 @@ def test_kl_is_mean_over_tokens_of_sum_over_vocab():
 def test_fused_unembedding_kl_has_the_from_scratch_value_and_gradient(monkeypatch, cap, chunk):
     """The training step's KL (unembedding fused in, chunked, gradient in the forward) against
     the textbook formula in float64 through autograd, with and without Gemma 2's soft cap."""
-    monkeypatch.setattr(e2e.losses, "kl_chunk_tokens", lambda device, vocab: chunk)
+    monkeypatch.setattr(e2e.kernels.kl, "kl_chunk_tokens", lambda device, vocab: chunk)
     torch.manual_seed(0)
     n, d, vocab = 2 * 15, 6, 11
     w, b = torch.randn(vocab, d), torch.randn(vocab)
@@ -78,7 +78,7 @@ def test_fused_kl_runs_eagerly_where_compiling_fails(monkeypatch):
     def broken(*args):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
 
-    monkeypatch.setattr(e2e.losses, "_kl_core", broken)
+    monkeypatch.setattr(e2e.kernels.kl._kl_core, "fn", broken)
     torch.manual_seed(0)
     w, x = torch.randn(11, 6), torch.randn(5, 6)
     y = (x + 0.5).requires_grad_()
@@ -86,7 +86,7 @@ def test_fused_kl_runs_eagerly_where_compiling_fails(monkeypatch):
         kl = kl_orig_sae(CleanTarget(x, w, None), y)
     lp, lq = (x @ w.T).log_softmax(-1), (y @ w.T).log_softmax(-1)
     assert kl.item() == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), rel=1e-5)
-    assert e2e.losses._kl_core is e2e.losses._kl_chunk
+    assert e2e.kernels.kl._kl_core.fn is e2e.kernels.kl._kl_chunk
 
 
 def test_fused_kl_under_bf16_autocast_is_close_to_fp32():

@@ -54,6 +54,9 @@ def test_alive_reports_last_complete_window():
     assert t.alive == 3
     t.update(torch.tensor([[[1.0, 0, 0, 0]]]))  # new partial window does not replace it
     assert t.alive == 3
+    signed = AliveTracker(n_dict=3, window_tokens=2)  # a signed code fires too (DB-KSVD's)
+    signed.update(torch.tensor([[-0.5, 0, 0], [0, 0, 2.0]]))
+    assert signed.alive == 2
 
 
 def test_l2_ratio_of_an_identity_sae_is_one_and_of_a_halving_sae_one_half():

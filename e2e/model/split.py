@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from e2e.losses import CleanTarget, soft_cap
+from e2e.kernels import CleanTarget, soft_cap
 
 
 class SplitForwardError(RuntimeError):

@@ -1,0 +1,6 @@
+"""Fused and compiled pieces of a training step, below the losses that use them."""
+
+from e2e.kernels.compiled import Compiled
+from e2e.kernels.kl import CleanTarget, kl_chunk_tokens, soft_cap, unembed_kl_sum
+
+__all__ = ["CleanTarget", "Compiled", "kl_chunk_tokens", "soft_cap", "unembed_kl_sum"]

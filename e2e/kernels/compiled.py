@@ -1,0 +1,28 @@
+"""`Compiled`: a function compiled by inductor where it can be, eager where it cannot."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+
+class Compiled:
+    """`fn` compiled by inductor on its first call, for the elementwise passes it fuses (a CPU's
+    or a GPU's); TORCH_COMPILE_DISABLE=1 (PyTorch's own switch) runs it eagerly, as does a
+    process where compiling fails (a container without a C++ compiler), after one warning."""
+
+    def __init__(self, fn, dynamic: bool | None = None):
+        self.eager = fn
+        self.fn = torch.compile(fn, dynamic=dynamic)
+
+    def __call__(self, *args):
+        try:
+            return self.fn(*args)
+        except Exception as e:
+            if self.fn is self.eager:
+                raise
+            warnings.warn(f"compiling {self.eager.__name__} failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); running it eagerly", stacklevel=2)
+            self.fn = self.eager
+            return self.eager(*args)
