@@ -55,3 +55,22 @@ def test_residual_is_transformerlens_processed(smoke_model):
     with torch.no_grad():
         r = resid_pre(smoke_model, tokens, 2)
     assert r.mean(-1).abs().max() < 1e-5
+
+
+def test_gpt2_gelu_is_one_kernel_and_equal_to_gelu_new_up_to_rounding(smoke_cells):
+    """load_model swaps HF's NewGELUActivation (gelu_new, seven operations) for GELUTanh
+    (PyTorch's tanh-approximate GELU, one kernel): the logits move by rounding only."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from e2e.model import load_model
+
+    model = load_model(smoke_cells[0].model)
+    acts = [m for m in model.modules() if isinstance(m, GELUTanh | NewGELUActivation)]
+    assert acts and all(type(m) is GELUTanh for m in acts)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 32))
+    with torch.no_grad():
+        fast = model(tokens)
+        for block in model.blocks:
+            block.mlp.original_component.act = NewGELUActivation()
+        slow = model(tokens)
+    assert 0 < (fast - slow).abs().max() <= 1e-5 * slow.abs().max()
