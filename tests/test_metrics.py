@@ -81,3 +81,31 @@ def test_l2_ratio_of_an_identity_sae_is_one_and_of_a_halving_sae_one_half():
     r = l2_ratios(torch.cat([x[:, :1], 0.5 * x[:, 1:]], 1), x)
     assert float(r["l2_ratio/pos0"]) == pytest.approx(1.0)
     assert float(r["l2_ratio/pos_gt0"]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("cap", [0.0, 3.0])
+def test_logit_metrics_in_chunks_equal_the_full_logits_definitions(monkeypatch, cap):
+    """The eval's CE, KL and top-1 agreement, unembedded a chunk of tokens at a time (ragged
+    chunks here), against ce_loss and the plain KL on the full logits."""
+    import e2e.metrics
+    from e2e.kernels import CleanTarget
+    from e2e.losses import kl_orig_sae
+    from e2e.metrics import logit_metrics
+
+    monkeypatch.setattr(e2e.metrics, "kl_chunk_tokens", lambda device, vocab: 7)
+    torch.manual_seed(0)
+    b, t, d, vocab = 3, 10, 8, 50
+    w, bias = torch.randn(vocab, d), torch.randn(vocab)
+    x_clean, x_sae = torch.randn(b, t, d), torch.randn(b, t, d)
+    tokens = torch.randint(0, vocab, (b, t))
+    target = CleanTarget(x_clean.reshape(-1, d), w, bias, cap)
+    z_p, z_q = target.logits(x_clean), target.logits(x_sae)
+    if cap:
+        assert z_p.abs().max() < cap
+    got = logit_metrics(target, x_sae, tokens)
+    want = {"ce_loss_orig": ce_loss(z_p, tokens), "ce_loss_sae": ce_loss(z_q, tokens),
+            "kl_orig_sae": kl_orig_sae(z_p, z_q),
+            "top1_agreement": (z_p.argmax(-1) == z_q.argmax(-1)).float().mean()}
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].item() == pytest.approx(want[k].item(), rel=1e-6), k

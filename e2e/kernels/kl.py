@@ -34,6 +34,11 @@ class CleanTarget:
     def n_tokens(self) -> int:
         return self.x.shape[0]
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits (..., vocab) of final normalised residuals x (..., d_model) under this
+        unembedding, soft cap included."""
+        return soft_cap(F.linear(x, self.weight, self.bias), self.soft_cap)
+
 
 def soft_cap(z: torch.Tensor, cap: float) -> torch.Tensor:
     """Gemma 2's final logit soft cap, cap * tanh(z / cap), which HF's LM head applies after
