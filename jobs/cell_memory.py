@@ -2,20 +2,25 @@
 a cluster grid on a current model says what each cell needs before it is queued).
 
 A step holds: the frozen model's weights (fp32); the SAE's weights, gradients and Adam moments;
-for a setting with a KL term, the logit-sized tensors of the clean and patched passes (clean
-logits and their softmax target, patched logits, their log-softmax and its gradient: 5 of
-batch · context · vocab floats); and for the backward through the suffix, what autograd saves
+for a setting with a KL term, the logit-sized tensors of one chunk of the fused KL (both sides'
+logits, softmaxes and the gradient: 5 of chunk · vocab floats, a chunk 1,024 tokens on a GPU,
+`e2e.kernels.kl`); and for the backward through the suffix, what autograd saves
 per token and per suffix block: the attention scores and probabilities (2 · heads · context
 floats) and ≈ 18 · d_model floats of residuals, norms, projections and the MLP's 4 · d_model
 hidden pre- and post-activation. Local cells hold the prefix's output only. The sum is
 scaled by `OVERHEAD`, fitted to the one measurement there is: an e2e cell at the GPT-2 shape
 (layer 6, batch 8 × 1,024, 46,080 elements) peaked at 23 GiB on an H200 (`make gpu-check`,
-2026-11-30, docs/performance.md), where the sum gives 16.2 GiB. Not measured on another model.
+2026-11-30, docs/performance.md), where the sum gives 16.2 GiB — before the KL was fused: then
+all 5 · batch · context · vocab floats were live (7.7 of the 16.2 GiB). Not re-measured on a
+GPU since, nor measured on another model.
 """
 
 from __future__ import annotations
 
+import torch
+
 from e2e.config import CellConfig, n_dict_for
+from e2e.kernels import kl_chunk_tokens
 from jobs.sources import config_int
 
 OVERHEAD = 23 / 16.2  # allocator, temporaries and workspace beyond the saved tensors
@@ -35,7 +40,7 @@ def cell_memory_gib(cfg: CellConfig, hf: dict) -> float | None:
     floats = params + 8 * d * n_dict  # model weights; SAE: weights, its gradient and Adam
     if cfg.loss.setting in ("e2e", "e2e_ds"):
         suffix = depth - cfg.layer
-        floats += 5 * tokens * vocab
+        floats += 5 * min(tokens, kl_chunk_tokens(torch.device("cuda"), vocab)) * vocab
         floats += tokens * suffix * (2 * heads * cfg.data.context_length + 18 * d)
     else:
         floats += 4 * tokens * d  # the activations at the hook, codes and reconstruction
