@@ -8,11 +8,14 @@ import torch
 
 
 class Compiled:
-    """`fn` compiled by inductor on its first call, for the elementwise passes it fuses (a CPU's
-    or a GPU's); TORCH_COMPILE_DISABLE=1 (PyTorch's own switch) runs it eagerly, as does a
-    process where compiling fails (a container without a C++ compiler), after one warning."""
+    """`fn` compiled by inductor, for the elementwise passes it fuses (a CPU's or a GPU's), on
+    its first call with each shape unless `dynamic`: a shape keeps its own kernel whatever
+    other shapes the process saw (a dynamic kernel compiled later could sum in another order,
+    and a resumed cell must be bit-identical). TORCH_COMPILE_DISABLE=1 (PyTorch's own switch)
+    runs it eagerly, as does a process where compiling fails (a container without a C++
+    compiler), after one warning."""
 
-    def __init__(self, fn, dynamic: bool | None = None):
+    def __init__(self, fn, dynamic: bool = False):
         self.eager = fn
         self.fn = torch.compile(fn, dynamic=dynamic)
 

@@ -63,9 +63,8 @@ def _kl_chunk(z_q: torch.Tensor, z_p: torch.Tensor, cap: float, grad: bool):
 
 
 # Compiled, the chunk's softmaxes, KL and gradient are two passes over its logits instead of
-# about ten: 7x faster on 2 CPU cores (docs/performance.md). Static shapes: every chunk but a
-# ragged last one has the same.
-_kl_core = Compiled(_kl_chunk, dynamic=False)
+# about ten: 7x faster on 2 CPU cores (docs/performance.md).
+_kl_core = Compiled(_kl_chunk)
 
 
 class _UnembedKL(torch.autograd.Function):
