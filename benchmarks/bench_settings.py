@@ -99,10 +99,12 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float]:
         step()
     sync(args.device)
     dt = time.perf_counter() - t0
-    # Counted after the timed steps: once called under the counter's dispatch mode, the KL's
-    # compiled core ran eagerly for the rest of the process (the timed steps did, before).
+    # Counted after the timed steps: once called under the counter's dispatch mode, a compiled
+    # function runs eagerly for the rest of the process (the timed steps did, before), until
+    # dynamo is reset (gpu_check times every setting in one process).
     with FlopCounterMode(display=False) as counter:
         step()
+    torch._dynamo.reset()
     tps = args.pack * args.steps * args.batch * args.ctx / dt
     return tps, peak_mb(args.device), counter.get_total_flops() * args.steps / dt / 1e9
 
