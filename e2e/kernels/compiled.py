@@ -21,7 +21,12 @@ class Compiled:
 
     def __call__(self, *args):
         try:
-            return self.fn(*args)
+            # No limit on the shapes compiled: past dynamo's default of 8 a process runs new
+            # shapes eagerly, and a cell resumed in a fresh process (compiled) would not be
+            # bit-identical to one that ran on in a process that had seen many shapes.
+            with torch._dynamo.config.patch(recompile_limit=10**6,
+                                            accumulated_recompile_limit=10**6):
+                return self.fn(*args)
         except Exception as e:
             if self.fn is self.eager:
                 raise
