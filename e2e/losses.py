@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from e2e.config import LossConfig
-from e2e.kernels import CleanTarget, Compiled, unembed_kl_sum
+from e2e.kernels import CleanTarget, Compiled, kl_sum, unembed_kl_sum
 
 
 def _lp_norm(c: torch.Tensor, p: float, d_in: int) -> torch.Tensor:
@@ -47,7 +47,7 @@ def kl_orig_sae(orig: CleanTarget | torch.Tensor, sae: torch.Tensor) -> torch.Te
     if not isinstance(orig, CleanTarget):
         log_p = F.log_softmax(orig.reshape(-1, orig.shape[-1]).float(), dim=-1)
         log_q = F.log_softmax(sae.reshape(-1, sae.shape[-1]).float(), dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        return kl_sum(log_p, log_q) / log_p.shape[0]
     return unembed_kl_sum(orig, sae.reshape(-1, sae.shape[-1])) / orig.n_tokens
 
 

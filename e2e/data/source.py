@@ -24,7 +24,7 @@ from e2e.data.tokenizer_id import check_same_tokenizer, rows_record, tokenizer_r
 from e2e.data.tokens import TokenStream, eval_stream
 from e2e.dictionary import Dictionary
 from e2e.io import atomic_path
-from e2e.metrics import evaluate_pack, evaluate_synthetic
+from e2e.metrics import evaluate_pack, evaluate_synthetic, fired
 from e2e.model import clean_pass, load_model, verify_split
 
 
@@ -112,7 +112,7 @@ def alive_masks(source: Source, saes: list[Dictionary], cfg: CellConfig, device:
         resid = source.activations(batch, cfg.layer)
         for mask, sae in zip(masks, saes, strict=True):
             c = sae.encode(resid)
-            mask |= (c.reshape(-1, c.shape[-1]) != 0).any(0)
+            mask |= fired(c)
     return masks
 
 

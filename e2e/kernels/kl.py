@@ -37,7 +37,7 @@ class CleanTarget:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The logits (..., vocab) of final normalised residuals x (..., d_model) under this
         unembedding, soft cap included."""
-        return soft_cap(F.linear(x, self.weight, self.bias), self.soft_cap)
+        return unembed_logits(x, self.weight, self.bias, self.soft_cap)
 
 
 def soft_cap(z: torch.Tensor, cap: float) -> torch.Tensor:
@@ -46,17 +46,29 @@ def soft_cap(z: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(z / cap) if cap > 0 else z
 
 
+def unembed_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   cap: float) -> torch.Tensor:
+    """Logits (..., vocab) of final normalised residuals x (..., d_model): x W^T + b, then the
+    soft cap."""
+    return soft_cap(F.linear(x, weight, bias), cap)
+
+
+def kl_sum(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """sum over tokens and vocab of p (log p - log q): KL(p || q) summed over the tokens of
+    log-probabilities (tokens, vocab)."""
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
 def _kl_chunk(z_q: torch.Tensor, z_p: torch.Tensor, cap: float, grad: bool):
     """sum over a chunk's tokens of KL(softmax(z_p) || softmax(z_q)), in fp32, and its gradient
     with respect to the raw logits z_q (in z_q's dtype; None unless `grad`), for raw logits
     (tokens, vocab) that the soft cap (cap > 0) maps to cap * tanh(z / cap)."""
     z_q, z_p = soft_cap(z_q.float(), cap), soft_cap(z_p.float(), cap)
     log_q, log_p = F.log_softmax(z_q, dim=-1), F.log_softmax(z_p, dim=-1)
-    p = log_p.exp()
-    kl = (p * (log_p - log_q)).sum()
+    kl = kl_sum(log_p, log_q)
     if not grad:
         return kl, None
-    g = log_q.exp() - p
+    g = log_q.exp() - log_p.exp()
     if cap > 0:  # d/dz of cap * tanh(z / cap) = 1 - (capped z / cap)^2
         g = g * (1 - (z_q / cap).square())
     return kl, g

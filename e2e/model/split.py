@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from e2e.kernels import CleanTarget, soft_cap
+from e2e.kernels import CleanTarget, unembed_logits
 
 
 class SplitForwardError(RuntimeError):
@@ -67,8 +67,7 @@ def unembedding(model) -> tuple[torch.Tensor, torch.Tensor | None, float]:
 
 def unembed(model, x: torch.Tensor) -> torch.Tensor:
     """Logits (..., vocab) of the final normalised residual x (..., d_model)."""
-    weight, bias, cap = unembedding(model)
-    return soft_cap(torch.nn.functional.linear(x, weight, bias), cap)
+    return unembed_logits(x, *unembedding(model))
 
 
 @torch.no_grad()
