@@ -26,9 +26,8 @@ from e2e.typed import ConfigError, build, require
 
 __all__ = ["CellConfig", "ConfigError", "DataConfig", "EvalConfig", "InitConfig", "KSVDConfig",
            "LossConfig", "MFRConfig", "ModelConfig", "OptimConfig", "SAEConfig", "SETTINGS",
-           "SAE_SETTINGS",
-           "SIMILARITIES", "SyntheticConfig", "WandbConfig", "check_context", "check_layer",
-           "check_sizes", "n_dict_for", "normalized"]
+           "SAE_SETTINGS", "SIMILARITIES", "SyntheticConfig", "WandbConfig", "check_context",
+           "check_layer", "check_sizes", "n_dict_for", "normalized"]
 
 # "ksvd": no SAE training; a dictionary fitted to the hook's activations by DB-KSVD (`ksvd`).
 Setting = Literal["local", "e2e", "e2e_ds", "ksvd"]
@@ -40,9 +39,13 @@ SAE_SETTINGS = ("local", "e2e", "e2e_ds")  # trained by gradient descent on a lo
 class ModelConfig:
     # "gpt2" (Hugging Face hub or cache) or a local directory in the Hugging Face layout.
     name_or_path: str = "gpt2"
+    # Training steps' frozen blocks compiled (`e2e.model.traced`); auto: for >= 2**24 tokens.
+    compile: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         require(bool(self.name_or_path), "model.name_or_path", "a model name or path", "")
+        require(self.compile in ("auto", "on", "off"), "model.compile", "auto, on, off",
+                self.compile)
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,7 @@ class DataConfig:
     # tokenized on the fly with the model's tokenizer and an EOS appended to every document.
     column: str = "input_ids"
     context_length: int = 1024
-    # Streamed datasets only: the paper's shuffle buffer.
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 1000  # streamed datasets only: the paper's shuffle buffer
     # Held-out eval split; None keeps the paper's choice: the train split shuffled with seed + 42.
     eval_split: str | None = None
     eval_seed_offset: int = 42
@@ -104,8 +106,7 @@ class LossConfig:
             "false unless the loss has a KL term and a local MSE term (loss.local_mse_coeff "
             "> 0: it balances one against the other)", self.balance_kl_every_step)
         for name in ("kl_coeff", "local_mse_coeff", "downstream_coeff"):
-            v = getattr(self, name)
-            require(v is None or v >= 0, f"loss.{name}", "None or >= 0", v)
+            require((v := getattr(self, name)) is None or v >= 0, f"loss.{name}", "None or >= 0", v)
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("every_samples", "n_samples", "batch_size", "alive_window_tokens",
-                     "alive_pass_tokens",
-                     "log_every_steps", "checkpoint_every_steps"):
+                     "alive_pass_tokens", "log_every_steps", "checkpoint_every_steps"):
             require(getattr(self, name) >= 1, f"eval.{name}", ">= 1", getattr(self, name))
         require(self.grad_norm_after_samples >= 0, "eval.grad_norm_after_samples", ">= 0",
                 self.grad_norm_after_samples)
@@ -176,8 +176,8 @@ class WandbConfig:
     project: str = "e2e-sae-hpc"
 
     def __post_init__(self) -> None:
-        modes = ("disabled", "offline", "online")
-        require(self.mode in modes, "wandb.mode", f"one of {modes}", self.mode)
+        require(self.mode in ("disabled", "offline", "online"), "wandb.mode",
+                "one of ('disabled', 'offline', 'online')", self.mode)
 
 
 @dataclass(frozen=True)

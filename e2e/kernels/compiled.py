@@ -30,7 +30,8 @@ class Compiled:
         except Exception as e:
             if self.fn is self.eager:
                 raise
-            warnings.warn(f"compiling {self.eager.__name__} failed ({type(e).__name__}: "
+            name = getattr(self.eager, "__name__", type(self.eager).__name__)
+            warnings.warn(f"compiling {name} failed ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}); running it eagerly", stacklevel=2)
             self.fn = self.eager
             return self.eager(*args)

@@ -24,11 +24,13 @@ from e2e.model.split import (
     unembedding,
     verify_split,
 )
+from e2e.model.traced import Traced, traced
 
 __all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
            "autocast_for", "check_architecture", "clean_pass", "load_model", "patched_pass",
-           "native_bf16", "resid_pre", "resolve_device", "run_from", "run_to_final", "unembed",
-           "unembedding", "train_dtype", "uses_rms_norm", "verify_split"]
+           "native_bf16", "passes_compiled", "resid_pre", "resolve_device", "run_from",
+           "run_to_final", "Traced", "traced", "unembed", "unembedding", "train_dtype",
+           "uses_rms_norm", "verify_split"]
 
 # Hugging Face architectures whose split forward equals the hooked full forward, tested on
 # random tiny configs (and SmolLM2-135M for Llama) in tests/test_split.py.
@@ -144,3 +146,12 @@ def autocast_for(cfg: CellConfig, device: torch.device):
     nothing."""
     return (torch.autocast(device.type, dtype=torch.bfloat16)
             if train_dtype(cfg, device) == "bfloat16" else nullcontext())
+
+
+def passes_compiled(cfg: CellConfig) -> bool:
+    """Whether the cell's training steps run the frozen blocks as compiled graphs
+    (`e2e.model.traced`): `model.compile`, auto meaning a cell of at least 2**24 training
+    tokens (compiling takes seconds a block; the paper's cells train on 409.6M tokens)."""
+    if cfg.model.compile != "auto":
+        return cfg.model.compile == "on"
+    return cfg.optim.n_samples * cfg.data.context_length >= 2**24

@@ -19,6 +19,7 @@ every metric see only the positions the SAE acts on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,9 @@ class CleanPass:
     calls: list[tuple[tuple, dict]] | None = field(default=None, repr=False)
     skip: int = 0
     head: torch.Tensor | None = field(default=None, repr=False)  # resid at positions < skip
+    # (resid, head) -> [final normalised residual, later resids]: `run_to_final` compiled for
+    # this batch's shape (`e2e.model.traced`); None: the blocks run eagerly.
+    suffix: Callable | None = field(default=None, repr=False)
 
 
 class _Stop(Exception):  # noqa: N818 (control flow, not an error)
@@ -121,15 +125,24 @@ def run_to_final(model, resid: torch.Tensor, clean: CleanPass
     before them) with the calls recorded by `clean`, then the final norm; returns the final
     normalised residual (batch, pos - skip, d_model) and the resid_pre of every later block,
     from position `skip` on."""
-    later: list[torch.Tensor] = []
+    if clean.suffix is not None:  # the compiled graph of these blocks (`e2e.model.traced`)
+        final, *later = clean.suffix(resid, clean.head)
+        return final, later
     h = torch.cat([clean.head.to(resid.dtype), resid], 1) if clean.skip else resid
-    for i, (block, (args, kwargs)) in enumerate(zip(model.blocks[clean.layer:], clean.calls,
-                                                     strict=True)):
-        if i > 0:
-            later.append(h[:, clean.skip:])
-        out = block(h, *args, **kwargs)
-        h = out[0] if isinstance(out, tuple) else out
-    return model.ln_final(h)[:, clean.skip:], later
+    inputs = run_blocks(model, h, clean.layer, clean.calls)
+    return model.ln_final(inputs[-1])[:, clean.skip:], [r[:, clean.skip:] for r in inputs[1:-1]]
+
+
+def run_blocks(model, h: torch.Tensor, first: int, calls: list[tuple[tuple, dict]]
+               ) -> list[torch.Tensor]:
+    """Blocks `first`, `first + 1`, .. (one per entry of `calls`, each with its recorded
+    arguments) on the residual h (batch, pos, d_model); returns every block's input, then the
+    last block's output."""
+    inputs = [h]
+    for block, (args, kwargs) in zip(model.blocks[first:], calls, strict=False):
+        out = block(inputs[-1], *args, **kwargs)
+        inputs.append(out[0] if isinstance(out, tuple) else out)
+    return inputs
 
 
 def run_from(model, resid: torch.Tensor, clean: CleanPass) -> tuple[torch.Tensor,

@@ -32,7 +32,14 @@ from e2e.data.source import (
 )
 from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
 from e2e.ksvd.fit import fit as fit_ksvd
-from e2e.model import CleanPass, autocast_for, clean_pass, resolve_device
+from e2e.model import (
+    CleanPass,
+    autocast_for,
+    clean_pass,
+    passes_compiled,
+    resolve_device,
+    traced,
+)
 from e2e.store import wandb_run
 from e2e.train.cost import part_params
 from e2e.train.member import Member, NonFiniteLossError, lr_factor
@@ -130,7 +137,7 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
     """One optimizer step of every member on the same micro-batches; the clean model runs
     once per micro-batch for all of them, only as far as some member needs. Without a model
     (`model=None`, synthetic data) the micro-batches are the activations themselves."""
-    layer = members[0].cfg.layer
+    cfg = members[0].cfg
     autocast = autocast or nullcontext()
     full = any(m.needs_suffix for m in members)
     for batch in micro_batches:
@@ -138,8 +145,11 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
             clean = CleanPass(batch, None, [], None)
         else:
             with autocast:
-                clean = clean_pass(model, batch, layer, full=full, logits=False,
-                                   skip=members[0].cfg.data.skip_positions)
+                clean = (traced(model).clean_pass(batch, cfg.layer, full,
+                                                  cfg.data.skip_positions)
+                         if passes_compiled(cfg) else
+                         clean_pass(model, batch, cfg.layer, full=full, logits=False,
+                                    skip=cfg.data.skip_positions))
         for m in members:
             m.micro_step(model, clean, step, len(micro_batches), log, autocast)
     for m in members:
