@@ -2,7 +2,7 @@
 
     python benchmarks/bench_settings.py [--n_layers 4 --d_model 128 --vocab 4096 --ctx 128
                                          --batch 8 --ratio 8 --layer 2 --steps 10 --device cpu
-                                         --pack 1 --dtype auto --warmup 2
+                                         --pack 1 --dtype auto --compile auto --warmup 2
                                          --settings local,e2e,e2e_ds]
 
 A random GPT-2-shaped model of the given shape is built in-process (no downloads). The step is
@@ -11,7 +11,9 @@ share one clean pass, and tokens/s is per cell (k x tokens / time). Each setting
 process, so peak memory is that setting's: the CUDA allocator's peak on GPU, the process's peak
 RSS on CPU (model and libraries included). GFLOP/s counts the step's matmul FLOPs
 (torch.utils.flop_counter) against a dense matmul of the step's dtype timed in the same process.
-`--dtype auto` is what a cell with the default `dtype=auto` trains in on this machine.
+`--dtype auto` is what a cell with the default `dtype=auto` trains in on this machine;
+`--compile` is the cell's `model.compile` (auto: on, as for a paper-sized cell; the warm-up
+steps compile).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float]:
 
     d, n = model.cfg.d_model, model.cfg.n_layers
     members = [Member(CellConfig(layer=args.layer, dtype=args.dtype, sae=SAEConfig(args.ratio),
+                                 model=ModelConfig(compile=args.compile),
                                  loss=LossConfig(setting=setting, sparsity_coeff=1.0 + i)),
                       tmp / f"m{i}", d, n, torch.device(args.device))
                for i in range(args.pack)]
@@ -117,6 +120,8 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=8.0)
     p.add_argument("--pack", type=int, default=1, help="cells sharing one clean pass")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="the cells' model.compile")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--settings", default="local,e2e,e2e_ds", help="comma-separated")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -133,8 +138,9 @@ def main() -> None:
     peak = dense_gflops(args.device, args.dtype)
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, vocab {args.vocab}; SAE at "
           f"layer {args.layer}, ratio {args.ratio:g}; batch {args.batch} x ctx {args.ctx}; "
-          f"pack {args.pack}; {args.dtype}; {args.steps} steps on {args.device} "
-          f"({torch.get_num_threads()} threads); dense {args.dtype} matmul {peak:.0f} GFLOP/s")
+          f"pack {args.pack}; {args.dtype}; compile {args.compile}; {args.steps} steps on "
+          f"{args.device} ({torch.get_num_threads()} threads); dense {args.dtype} matmul "
+          f"{peak:.0f} GFLOP/s")
     local_tps = None
     for setting in args.settings.split(","):
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--dtype", args.dtype,

@@ -2,8 +2,9 @@
 
     python benchmarks/gpu_check.py [size=gpt2|cpu] [steps=10] [out=<dir>]
 
-1. Each setting (local, e2e, e2e_ds) in fp32 (TF32 matmuls) and bf16 autocast, with the KL's
-   compiled core and without (`torch.compile` off: "eager"): tokens/s, peak memory, achieved
+1. Each setting (local, e2e, e2e_ds) in fp32 (TF32 matmuls) and bf16 autocast, compiled (the
+   model's passes, `model.compile=on`, and the KL's core) and not ("eager": the bridge's own
+   blocks, `torch.compile` off): tokens/s, peak memory, achieved
    TFLOP/s of the step's matmuls against a dense matmul of the same dtype timed in the same
    run, and the hours a paper cell (409.6M tokens, layer 6) would take at that rate, beside
    the paper's Table 6 (one A100).
@@ -90,6 +91,7 @@ def settings_report(shape: dict, device: str, steps: int, tmp: Path) -> list[dic
             for setting in ("local", "e2e", "e2e_ds"):
                 if device == "cuda":
                     torch.cuda.empty_cache()
+                args.compile = "on" if mode == "compiled" else "off"
                 with torch._dynamo.config.patch(disable=mode == "eager"):
                     tps, mem, gflops = bench(model, args, setting, tmp / f"{dtype}-{setting}")
                 hours = PAPER_TOKENS / tps / 3600

@@ -295,6 +295,28 @@ def test_bfloat16_autocast_tracks_float32_over_a_short_run(smoke_cells, tmp_path
     assert all(t.dtype == torch.float32 for t in w.values())  # fp32 master weights
 
 
+def test_compiled_passes_track_eager_fp32_and_resume_bit_identical(smoke_cells, tmp_path,
+                                                                   recwarn):
+    """`model.compile=on` (a paper-sized cell's default) in the default dtype: every logged
+    loss within 0.5% of the eager fp32 path's; interrupted and resumed (the resumed run
+    traces and compiles its passes again), bit-identical to its own straight run."""
+    (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == "e2e_ds"]
+    on = replace(cfg, model=replace(cfg.model, compile="on"))
+    train(replace(cfg, dtype="float32"), tmp_path / "eager", progress=False)
+    train(on, tmp_path / "straight", progress=False)
+    (_, a), (_, b) = _outputs(tmp_path / "eager"), _outputs(tmp_path / "straight")
+    rel = np.abs(np.asarray(b["train"]["loss"]) / np.asarray(a["train"]["loss"]) - 1)
+    print(f"compiled {on.dtype} loss / eager fp32 loss - 1: max {rel.max():.4f} over "
+          f"{rel.size} steps")
+    assert rel.max() < 0.005
+    polls = iter(range(1000))
+    assert train(on, tmp_path / "resumed", progress=False,
+                 should_stop=lambda: next(polls) == 5) == "interrupted"
+    assert train(on, tmp_path / "resumed", progress=False) == "done"
+    _assert_identical(tmp_path / "straight", tmp_path / "resumed")
+    assert not [w for w in recwarn if "eagerly" in str(w.message)]  # it did compile
+
+
 def test_alive_mask_marks_exactly_the_elements_that_fire_on_the_alive_pass_tokens(
         smoke_cells, smoke_model, tmp_path):
     from e2e.data.tokens import eval_stream

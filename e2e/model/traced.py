@@ -126,8 +126,10 @@ class Traced:
             if full:
                 pairs += [(got[-1][:, skip:].reshape(eager.target.x.shape), eager.target.x)]
                 final, later = run_to_final(self.model, eager.resid, eager)
-                fin_c, *later_c = _call(suffix, eager.resid, eager.head)
-                pairs += [(fin_c, final), *zip(later_c, later, strict=True)]
+        if full:  # with grad, as in training: no-grad would compile the suffix a second time
+            resid = eager.resid.clone().requires_grad_()
+            got = [t.detach() for t in _call(suffix, resid, eager.head)]
+            pairs += list(zip(got, [final, *later], strict=True))
         for a, b in pairs:
             diff, scale = float((a.float() - b.float()).abs().max()), float(b.float().abs().max())
             if not diff <= TOLERANCE[dtype] * max(scale, 1e-6):
