@@ -24,12 +24,12 @@ from e2e.model.split import (
     unembedding,
     verify_split,
 )
-from e2e.model.traced import Traced, traced
+from e2e.model.traced import Traced, traced_for
 
 __all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
            "autocast_for", "check_architecture", "clean_pass", "load_model", "patched_pass",
            "native_bf16", "passes_compiled", "resid_pre", "resolve_device", "run_from",
-           "run_to_final", "Traced", "traced", "unembed", "unembedding", "train_dtype",
+           "run_to_final", "Traced", "traced_for", "unembed", "unembedding", "train_dtype",
            "uses_rms_norm", "verify_split"]
 
 # Hugging Face architectures whose split forward equals the hooked full forward, tested on

@@ -38,7 +38,7 @@ from e2e.model import (
     clean_pass,
     passes_compiled,
     resolve_device,
-    traced,
+    traced_for,
 )
 from e2e.store import wandb_run
 from e2e.train.cost import part_params
@@ -145,7 +145,7 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
             clean = CleanPass(batch, None, [], None)
         else:
             with autocast:
-                clean = (traced(model).clean_pass(batch, cfg.layer, full,
+                clean = (traced_for(model).clean_pass(batch, cfg.layer, full,
                                                   cfg.data.skip_positions)
                          if passes_compiled(cfg) else
                          clean_pass(model, batch, cfg.layer, full=full, logits=False,
