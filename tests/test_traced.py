@@ -13,7 +13,7 @@ from test_split import _tiny  # tests/ is on the path (pytest's rootdir-relative
 
 from e2e.config import CellConfig, DataConfig, ModelConfig, OptimConfig
 from e2e.losses import kl_orig_sae
-from e2e.model import VERIFIED_ARCHITECTURES, clean_pass, passes_compiled, patched_pass, traced
+from e2e.model import VERIFIED_ARCHITECTURES, clean_pass, passes_compiled, patched_pass, traced_for
 from e2e.sae import SAE
 
 
@@ -42,37 +42,52 @@ def test_compiled_passes_equal_the_eager_ones(arch, tokenizer, tmp_path):
     sae = SAE(model.cfg.d_model, 128)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback to eager fails the test
-        got = traced(model).clean_pass(tokens, 1, full=True, skip=skip)
-    assert got.suffix is not None and not traced(model).failed
+        got = traced_for(model).clean_pass(tokens, 1, full=True, skip=skip)
+    assert got.suffix is not None and not traced_for(model).failed
     want = clean_pass(model, tokens, 1, full=True, skip=skip, logits=False)
     for a, b in [(got.resid, want.resid), (got.target.x, want.target.x),
                  *zip(got.later_resids, want.later_resids, strict=True)]:
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max())), arch
     kl_a, later_a, grads_a = _step(model, got, sae)
+    assert list(got.suffix.graphs) == [torch.float32] and None not in got.suffix.graphs.values()
     kl_b, later_b, grads_b = _step(model, want, sae)
     assert kl_a.item() == pytest.approx(kl_b.item(), rel=1e-4, abs=1e-7), arch
     for a, b in [*zip(later_a, later_b, strict=True), *zip(grads_a, grads_b, strict=True)]:
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max())), arch
     # Another batch of the same shape reuses the graphs: still the eager values.
     other = torch.randint(0, model.cfg.d_vocab, (2, 24))
-    a = traced(model).clean_pass(other, 1, full=True, skip=skip).later_resids[-1]
+    a = traced_for(model).clean_pass(other, 1, full=True, skip=skip).later_resids[-1]
     b = clean_pass(model, other, 1, full=True, skip=skip, logits=False).later_resids[-1]
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max())), arch
     if arch == "GPT2LMHeadModel":  # a local cell's prefix alone: its own graph
-        a = traced(model).clean_pass(other, 2, full=False).resid
+        a = traced_for(model).clean_pass(other, 2, full=False).resid
         b = clean_pass(model, other, 2, full=False).resid
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
 def test_bf16_compiled_passes_stay_within_rounding_of_the_eager_ones(tokenizer, tmp_path):
+    """Under bf16 autocast the SAE's output is bf16 while the clean residual is fp32: the
+    suffix is traced for the dtype it is given (the bridge casts differently), here with a
+    skipped position, whose clean head the eager suffix casts to the SAE output's dtype."""
     model = _tiny("GPT2LMHeadModel", tokenizer, tmp_path)
     tokens = torch.randint(0, model.cfg.d_vocab, (2, 24))
+    torch.manual_seed(1)
+    sae = SAE(model.cfg.d_model, 128)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = traced(model).clean_pass(tokens, 2, full=True)
-        want = clean_pass(model, tokens, 2, full=True, logits=False)
-    assert got.suffix is not None and got.resid.dtype == want.resid.dtype
-    diff = (got.target.x - want.target.x).abs().max() / want.target.x.abs().max()
-    assert 0 < diff < 2e-2  # compiled: fused, so rounded differently, but by bf16's rounding
+        got = traced_for(model).clean_pass(tokens, 2, full=True, skip=1)
+        want = clean_pass(model, tokens, 2, full=True, skip=1, logits=False)
+        assert got.suffix is not None and got.resid.dtype == want.resid.dtype
+        diff = (got.target.x - want.target.x).abs().max() / want.target.x.abs().max()
+        assert 0 < diff < 2e-2  # compiled: fused, so rounded differently, by bf16's rounding
+        x_hat = sae(want.resid)[0]
+        assert x_hat.dtype == torch.bfloat16
+        final, later = patched_pass(model, got, x_hat)
+        final_e, later_e = patched_pass(model, want, x_hat)
+    assert final.dtype == final_e.dtype == torch.bfloat16
+    assert None not in got.suffix.graphs.values()  # it compiled (for bf16 residuals)
+    for a, b in [(final, final_e), *zip(later, later_e, strict=True)]:
+        assert a.dtype == b.dtype
+        assert (a - b).abs().max() <= 2e-2 * b.abs().max()
 
 
 def test_a_pass_that_cannot_be_traced_runs_eagerly_after_one_warning(tokenizer, tmp_path):
@@ -86,15 +101,15 @@ def test_a_pass_that_cannot_be_traced_runs_eagerly_after_one_warning(tokenizer, 
         return (args[0] * 2,) if bool(args[0].sum() > 0) else None
 
     model.blocks[2].register_forward_pre_hook(branch)
-    with pytest.warns(UserWarning, match="compiling the model's passes failed.*running them "
+    with pytest.warns(UserWarning, match="compiling the model's passes failed.*running it "
                                          "eagerly"):
-        got = traced(model).clean_pass(tokens, 1, full=True)
-    assert traced(model).failed and got.suffix is None
+        got = traced_for(model).clean_pass(tokens, 1, full=True)
+    assert traced_for(model).failed and got.suffix is None
     want = clean_pass(model, tokens, 1, full=True, logits=False)
     assert torch.equal(got.target.x, want.target.x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
-        traced(model).clean_pass(tokens, 1, full=True)
+        traced_for(model).clean_pass(tokens, 1, full=True)
 
 
 def test_cells_compile_their_passes_when_long_enough_to_repay_it():

@@ -314,7 +314,8 @@ def test_compiled_passes_track_eager_fp32_and_resume_bit_identical(smoke_cells, 
                  should_stop=lambda: next(polls) == 5) == "interrupted"
     assert train(on, tmp_path / "resumed", progress=False) == "done"
     _assert_identical(tmp_path / "straight", tmp_path / "resumed")
-    assert not [w for w in recwarn if "eagerly" in str(w.message)]  # it did compile
+    eager = [str(w.message) for w in recwarn if "eagerly" in str(w.message)]
+    assert not eager, eager  # it did compile
 
 
 def test_alive_mask_marks_exactly_the_elements_that_fire_on_the_alive_pass_tokens(

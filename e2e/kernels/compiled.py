@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch._inductor.config  # noqa: F401 (patched per call below)
 
 
 class Compiled:
@@ -15,23 +16,28 @@ class Compiled:
     runs it eagerly, as does a process where compiling fails (a container without a C++
     compiler), after one warning."""
 
-    def __init__(self, fn, dynamic: bool = False):
+    def __init__(self, fn, dynamic: bool = False, name: str | None = None):
         self.eager = fn
         self.fn = torch.compile(fn, dynamic=dynamic)
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
 
     def __call__(self, *args):
         try:
             # No limit on the shapes compiled: past dynamo's default of 8 a process runs new
             # shapes eagerly, and a cell resumed in a fresh process (compiled) would not be
-            # bit-identical to one that ran on in a process that had seen many shapes.
+            # bit-identical to one that ran on in a process that had seen many shapes. No
+            # kernel chosen by timing it on the device (a GPU's reductions: configurations
+            # that sum in different orders), so a resumed cell compiles the same kernels.
             with torch._dynamo.config.patch(recompile_limit=10**6,
-                                            accumulated_recompile_limit=10**6):
+                                            accumulated_recompile_limit=10**6), \
+                    torch._inductor.config.patch(deterministic=True):
                 return self.fn(*args)
+        except torch.OutOfMemoryError:
+            raise  # the step's memory, not the compiler: eagerly it would not fit either
         except Exception as e:
             if self.fn is self.eager:
                 raise
-            name = getattr(self.eager, "__name__", type(self.eager).__name__)
-            warnings.warn(f"compiling {name} failed ({type(e).__name__}: "
+            warnings.warn(f"compiling {self.name} failed ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}); running it eagerly", stacklevel=2)
             self.fn = self.eager
             return self.eager(*args)

@@ -139,7 +139,7 @@ def run_blocks(model, h: torch.Tensor, first: int, calls: list[tuple[tuple, dict
     arguments) on the residual h (batch, pos, d_model); returns every block's input, then the
     last block's output."""
     inputs = [h]
-    for block, (args, kwargs) in zip(model.blocks[first:], calls, strict=False):
+    for block, (args, kwargs) in zip(model.blocks[first:first + len(calls)], calls, strict=True):
         out = block(inputs[-1], *args, **kwargs)
         inputs.append(out[0] if isinstance(out, tuple) else out)
     return inputs

@@ -31,6 +31,10 @@ from e2e.model.split import CleanPass, clean_pass, resid_pre, run_blocks, run_to
 # Largest |compiled - eager| over the values' max |.|, per dtype the pass computes in: fp32
 # reorders sums (1e-6 seen); bf16 rounds each fused intermediate once instead of per op.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
+# The suffix's gradient, |compiled - eager| / |eager| (L2): a bf16 backward rounds its
+# residual stream and every product (two bf16 backwards of a small LM's suffix: 5% apart on
+# average, 13% at the worst element); a wrong mask or position is of the gradient's own size.
+GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.25}
 
 
 class TracedPassError(RuntimeError):
@@ -54,8 +58,10 @@ class Traced:
 
     def clean_pass(self, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0
                    ) -> CleanPass:
-        """`e2e.model.clean_pass(model, tokens, layer, full, skip, logits=False)`, its blocks
-        compiled; the result's `suffix` is the compiled patched suffix (`full` only)."""
+        """`e2e.model.clean_pass(model, tokens, layer, full, skip, logits=False)` for token
+        ids (batch, pos), its blocks compiled; with `full`, the result's `suffix` is the
+        compiled patched suffix. The first call of a shape traces, compiles and checks (the
+        eager passes, after one warning, where that fails)."""
         if self.failed:
             return clean_pass(self.model, tokens, layer, full, skip, logits=False)
         dtype = _autocast_dtype(tokens.device)
@@ -63,10 +69,10 @@ class Traced:
         if key not in self.graphs:
             try:
                 self.graphs[key] = self._build(tokens, layer, full, skip, dtype)
+            except torch.OutOfMemoryError:
+                raise  # not a property of the model: the step would fail eagerly too
             except Exception as e:  # noqa: BLE001 (any failure: the eager passes are exact)
-                warnings.warn(f"compiling the model's passes failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); running them eagerly",
-                              stacklevel=2)
+                _warn_eager("the model's passes", e)
                 self.failed = True
                 return clean_pass(self.model, tokens, layer, full, skip, logits=False)
         calls, prefix, suffix = self.graphs[key]
@@ -81,8 +87,8 @@ class Traced:
         return clean
 
     def _build(self, tokens, layer, full, skip, dtype):
-        """(calls from `layer`, compiled prefix, compiled suffix or None) for this shape,
-        each checked against the eager pass on `tokens` and on tokens shifted by one."""
+        """(calls from `layer`, the compiled prefix, the suffix or None) for this shape, the
+        prefix checked against the eager pass on `tokens` and on tokens shifted by one."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
         model, n = self.model, self.model.cfg.n_layers
@@ -97,47 +103,86 @@ class Traced:
                 return [*ins[layer:last], model.ln_final(ins[-1])] if full else [ins[-1]]
 
         with torch.no_grad():
-            graph = Compiled(make_fx(prefix, tracing_mode="real")(h0))
-        suffix = None
-        if full:
-            def run_suffix(resid, head):
-                with torch.autocast(tokens.device.type, dtype=dtype,
-                                    enabled=dtype != torch.float32):
-                    clean = CleanPass(resid, None, [], None, layer, calls[layer:], skip, head)
-                    final, later = run_to_final(model, resid, clean)
-                    return [final, *later]
-
-            with torch.no_grad():
-                r = prefix(h0)[0]
-            # traced with grad on, as the training step calls it
-            graph_s = Compiled(make_fx(run_suffix, tracing_mode="real")(
-                r[:, skip:].clone().requires_grad_(), r[:, :skip].clone()))
-
-            def suffix(resid, head):  # called under the step's autocast: off around it too
-                return _call(graph_s, resid, head)
+            graph = Compiled(make_fx(prefix, tracing_mode="real")(h0), name="the clean pass")
         for toks in (tokens, tokens.roll(1, dims=1)):
-            self._check(toks, layer, full, skip, dtype, graph, suffix)
+            with torch.no_grad(), torch.autocast(toks.device.type, dtype=dtype,
+                                                 enabled=dtype != torch.float32):
+                eager = clean_pass(model, toks, layer, full, skip, logits=False)
+                got = _call(graph, resid_pre(model, toks, 0))
+                want = [eager.resid, *eager.later_resids]
+                if full:
+                    want.append(eager.target.x.reshape(got[-1][:, skip:].shape))
+                _check([(g[:, skip:], w) for g, w in zip(got, want, strict=True)], dtype)
+        suffix = _Suffix(model, calls[layer:], layer, skip, dtype) if full else None
         return calls[layer:], graph, suffix
 
-    def _check(self, tokens, layer, full, skip, dtype, graph, suffix) -> None:
-        """TracedPassError unless the compiled passes match the eager ones on `tokens`."""
-        with torch.no_grad(), torch.autocast(tokens.device.type, dtype=dtype,
-                                             enabled=dtype != torch.float32):
-            eager = clean_pass(self.model, tokens, layer, full, skip, logits=False)
-            got = _call(graph, resid_pre(self.model, tokens, 0))
-            pairs = [(got[0][:, skip:], eager.resid)]
-            if full:
-                pairs += [(got[-1][:, skip:].reshape(eager.target.x.shape), eager.target.x)]
-                final, later = run_to_final(self.model, eager.resid, eager)
-        if full:  # with grad, as in training: no-grad would compile the suffix a second time
-            resid = eager.resid.clone().requires_grad_()
-            got = [t.detach() for t in suffix(resid, eager.head)]
-            pairs += list(zip(got, [final, *later], strict=True))
-        for a, b in pairs:
-            diff, scale = float((a.float() - b.float()).abs().max()), float(b.float().abs().max())
-            if not diff <= TOLERANCE[dtype] * max(scale, 1e-6):
-                raise TracedPassError(f"compiled pass differs from the eager one by {diff:.3g} "
-                                      f"(scale {scale:.3g})")
+
+class _Suffix:
+    """The patched suffix of one (batch shape, layer, skip, autocast dtype) as compiled
+    graphs, one per dtype of the residual it is given (an SAE's output is bf16 under bf16
+    autocast, a sum with an fp32 bias fp32: the bridge's casts differ), each traced on its
+    first input and checked there against the eager suffix, forward and backward; the eager
+    suffix, after one warning, for a dtype where that fails."""
+
+    def __init__(self, model, calls, layer: int, skip: int, dtype: torch.dtype):
+        self.model, self.calls, self.layer, self.skip, self.dtype = model, calls, layer, skip, dtype
+        self.graphs: dict[torch.dtype, object] = {}
+
+    def eager(self, resid: torch.Tensor, head: torch.Tensor) -> list[torch.Tensor]:
+        clean = CleanPass(resid, None, [], None, self.layer, self.calls, self.skip, head)
+        with torch.autocast(resid.device.type, dtype=self.dtype,
+                            enabled=self.dtype != torch.float32):
+            final, later = run_to_final(self.model, resid, clean)
+        return [final, *later]
+
+    def __call__(self, resid: torch.Tensor, head: torch.Tensor) -> list[torch.Tensor]:
+        """[final normalised residual, later resids] of the blocks from `layer` on, run on
+        resid (batch, pos - skip, d_model) after the clean head (batch, skip, d_model)."""
+        if resid.dtype not in self.graphs:
+            try:
+                self.graphs[resid.dtype] = self._build(resid, head)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 (any failure: the eager suffix is exact)
+                _warn_eager(f"the patched suffix on {resid.dtype} residuals", e)
+                self.graphs[resid.dtype] = None
+        graph = self.graphs[resid.dtype]
+        return self.eager(resid, head) if graph is None else _call(graph, resid, head)
+
+    def _build(self, resid, head) -> Compiled:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        # traced with grad on, as the training step calls it
+        x = resid.detach().clone().requires_grad_()
+        graph = Compiled(make_fx(lambda r, h: self.eager(r, h), tracing_mode="real")(x, head),
+                         name="the patched suffix")
+        outs = [_call(graph, x, head), self.eager(x, head)]
+        grads = []
+        for out in outs:  # the gradient of sum(out^2) / 2: each output its own cotangent
+            (g,) = torch.autograd.grad(out, x, [o.detach() for o in out])
+            grads.append(g)
+        _check(list(zip(outs[0], outs[1], strict=True)), self.dtype)
+        err = float((grads[0] - grads[1]).float().norm() / grads[1].float().norm().clamp_min(1e-12))
+        if not err <= GRAD_TOLERANCE[self.dtype]:
+            raise TracedPassError(f"the compiled suffix's gradient differs from the eager one's "
+                                  f"by {err:.3g} of its norm")
+        return graph
+
+
+def _check(pairs: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> None:
+    """TracedPassError unless each (compiled, eager) pair agrees within `TOLERANCE`."""
+    for a, b in pairs:
+        a, b = a.detach().float(), b.detach().float()
+        diff, scale = float((a - b).abs().max()), float(b.abs().max())
+        if not diff <= TOLERANCE[dtype] * max(scale, 1e-6):
+            raise TracedPassError(f"compiled pass differs from the eager one by {diff:.3g} "
+                                  f"(scale {scale:.3g})")
+
+
+def _warn_eager(what: str, e: Exception) -> None:
+    warnings.warn(f"compiling {what} failed ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:200] if str(e) else ''}); running it eagerly",
+                  stacklevel=3)
 
 
 def _call(graph: Compiled, *args: torch.Tensor) -> list[torch.Tensor]:
