@@ -12,11 +12,13 @@ batch of a cell, and its resumed run, uses the same kernels). The blocks' other 
 (masks, position ids, rotary tables: the calls `clean_pass` records) depend on the batch's
 shape only and become constants of the graph; token-dependent tensors are its inputs.
 
-Each graph is checked once against the eager passes on two batches of its shape (the first
-and a shifted copy of it, so that a constant that secretly depended on the tokens shows): the
-largest difference must stay within `TOLERANCE` of the values' scale, the rounding of
-reordered bf16 arithmetic, far below what a wrong mask or position does. A model whose trace
-or check fails runs eagerly, after one warning. Evaluation always runs eagerly.
+The clean pass's graph is checked once against the eager pass on two batches of its shape
+(the first and a shifted copy of it, so that a constant that secretly depended on the tokens
+shows); the suffix has a graph per dtype of the residual it is given, checked on its first
+input, forward and backward. The largest difference must stay within `TOLERANCE` of the
+values' scale (the gradient's within `GRAD_TOLERANCE` of its norm), the rounding of reordered
+bf16 arithmetic, far below what a wrong mask or position does. A pass whose trace or check
+fails runs eagerly, after one warning. Evaluation always runs eagerly.
 """
 
 from __future__ import annotations
@@ -38,12 +40,18 @@ GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.25}
 
 
 class TracedPassError(RuntimeError):
-    """A compiled pass differs from the eager one by more than `TOLERANCE`."""
+    """A compiled pass differs from the eager one by more than `TOLERANCE` (or its gradient
+    by more than `GRAD_TOLERANCE`)."""
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:
     on = torch.is_autocast_enabled(device.type)
     return torch.get_autocast_dtype(device.type) if on else torch.float32
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """The inverse of `_autocast_dtype`: autocast to `dtype`, off for fp32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 class Traced:
@@ -98,15 +106,14 @@ class Traced:
         last = n if full else layer
 
         def prefix(h):  # block inputs from `layer` on (and the final norm's output if full)
-            with torch.autocast(tokens.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            with _autocast(tokens.device, dtype):
                 ins = run_blocks(model, h, 0, calls[:last])
                 return [*ins[layer:last], model.ln_final(ins[-1])] if full else [ins[-1]]
 
         with torch.no_grad():
             graph = Compiled(make_fx(prefix, tracing_mode="real")(h0), name="the clean pass")
         for toks in (tokens, tokens.roll(1, dims=1)):
-            with torch.no_grad(), torch.autocast(toks.device.type, dtype=dtype,
-                                                 enabled=dtype != torch.float32):
+            with torch.no_grad(), _autocast(toks.device, dtype):
                 eager = clean_pass(model, toks, layer, full, skip, logits=False)
                 got = _call(graph, resid_pre(model, toks, 0))
                 want = [eager.resid, *eager.later_resids]
@@ -130,8 +137,7 @@ class _Suffix:
 
     def eager(self, resid: torch.Tensor, head: torch.Tensor) -> list[torch.Tensor]:
         clean = CleanPass(resid, None, [], None, self.layer, self.calls, self.skip, head)
-        with torch.autocast(resid.device.type, dtype=self.dtype,
-                            enabled=self.dtype != torch.float32):
+        with _autocast(resid.device, self.dtype):
             final, later = run_to_final(self.model, resid, clean)
         return [final, *later]
 
