@@ -74,3 +74,11 @@ def test_gpt2_gelu_is_one_kernel_and_equal_to_gelu_new_up_to_rounding(smoke_cell
             block.mlp.original_component.act = NewGELUActivation()
         slow = model(tokens)
     assert 0 < (fast - slow).abs().max() <= 1e-5 * slow.abs().max()
+
+
+def test_no_attention_keeps_its_pattern_after_a_forward(smoke_model):
+    """TransformerLens's attention keeps its last pattern (`_pattern`): every layer's
+    (batch, heads, pos, pos) probabilities, and under grad their graph, held between calls."""
+    smoke_model(torch.zeros(2, 16, dtype=torch.long))
+    kept = [n for n, m in smoke_model.named_modules() if getattr(m, "_pattern", None) is not None]
+    assert hasattr(smoke_model.blocks[0].attn, "_pattern") and kept == []

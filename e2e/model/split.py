@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 
 from e2e.kernels import CleanTarget, unembed_logits
 
@@ -119,28 +120,33 @@ def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int = 
     return CleanPass(resid, None, later, target, layer, calls, skip, head)
 
 
-def run_to_final(model, resid: torch.Tensor, clean: CleanPass
+def run_to_final(model, resid: torch.Tensor, clean: CleanPass, checkpoint: bool = False
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Blocks `clean.layer`.. on `resid` (positions `clean.skip`.., after the clean ones
     before them) with the calls recorded by `clean`, then the final norm; returns the final
     normalised residual (batch, pos - skip, d_model) and the resid_pre of every later block,
-    from position `skip` on."""
-    if clean.suffix is not None:  # the compiled graph of these blocks (`e2e.model.traced`)
+    from position `skip` on. `checkpoint`: eagerly, each block recomputed in the backward
+    instead of keeping its activations (`run_blocks`)."""
+    if clean.suffix is not None and not checkpoint:  # these blocks' graph (`e2e.model.traced`)
         final, *later = clean.suffix(resid, clean.head)
         return final, later
     h = torch.cat([clean.head.to(resid.dtype), resid], 1) if clean.skip else resid
-    inputs = run_blocks(model, h, clean.layer, clean.calls)
+    inputs = run_blocks(model, h, clean.layer, clean.calls, checkpoint)
     return model.ln_final(inputs[-1])[:, clean.skip:], [r[:, clean.skip:] for r in inputs[1:-1]]
 
 
-def run_blocks(model, h: torch.Tensor, first: int, calls: list[tuple[tuple, dict]]
-               ) -> list[torch.Tensor]:
+def run_blocks(model, h: torch.Tensor, first: int, calls: list[tuple[tuple, dict]],
+               checkpoint: bool = False) -> list[torch.Tensor]:
     """Blocks `first`, `first + 1`, .. (one per entry of `calls`, each with its recorded
     arguments) on the residual h (batch, pos, d_model); returns every block's input, then the
-    last block's output."""
+    last block's output. `checkpoint`: each block keeps only its input for the backward and
+    runs again there (`torch.utils.checkpoint`: the same values, a block's activations
+    instead of all of them; the GPT-2 shape's six-block suffix keeps 7 GiB at batch 4)."""
     inputs = [h]
     for block, (args, kwargs) in zip(model.blocks[first:first + len(calls)], calls, strict=True):
-        out = block(inputs[-1], *args, **kwargs)
+        out = (torch.utils.checkpoint.checkpoint(block, inputs[-1], *args, use_reentrant=False,
+                                                 **kwargs)
+               if checkpoint else block(inputs[-1], *args, **kwargs))
         inputs.append(out[0] if isinstance(out, tuple) else out)
     return inputs
 
