@@ -57,9 +57,10 @@ def test_compiled_passes_equal_the_eager_ones(arch, tokenizer, tmp_path):
     saved_a, saved_b = [], []
     _step(model, got, sae, saved_a)
     kl_b, later_b, grads_b = _step(model, want, sae, saved_b)
-    # The compiled suffix recomputes each attention in the backward instead of keeping its
-    # (batch, heads, pos, pos) tensors: of those at most one constant (the zeros the bridge's
-    # NaN scrub selects) stays. The eager suffix keeps several a block.
+    # The compiled suffix recomputes each block's attention in the backward instead of keeping
+    # its (batch, heads, pos, pos) tensors: of those at most one constant (inductor's zeros
+    # for the bridge's NaN scrub, shared by the blocks) stays. The eager suffix keeps several.
+    assert got.suffix.recomputed == model.cfg.n_layers - 1, arch
     def squares(saved):
         return sum(s[-2:] == (24, 24) and s.numel() >= 2 * model.cfg.n_heads * 24**2 for s in saved)
     assert squares(saved_a) <= 1 and squares(saved_b) >= 2 * 3, arch

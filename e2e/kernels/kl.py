@@ -64,16 +64,17 @@ def _kl_chunk(z_q: torch.Tensor, z_p: torch.Tensor, cap: float, grad: bool):
     with respect to the raw logits z_q (in z_q's dtype; None unless `grad`), for raw logits
     (tokens, vocab) that the soft cap (cap > 0) maps to cap * tanh(z / cap).
 
-    Each side's exponentials are taken once: with e = exp(z - max z), s = sum e and
-    lse = max z + log s, KL = sum p (z_p - z_q) - lse_p + lse_q and the gradient is q - p,
-    p = e_p / s_p (`kl_sum` over two log-softmaxes takes them twice: 1.2 against 0.7 ms for
-    256 x 4,096 logits compiled on 2 CPU cores)."""
+    Each side's exponentials are taken once: with y = z - max z, e = exp(y) and s = sum e,
+    KL = sum p (y_p - y_q) - log s_p + log s_q and the gradient is q - p, p = e_p / s_p
+    (`kl_sum` over two log-softmaxes takes them twice: 1.2 against 0.7 ms for 256 x 4,096
+    logits compiled on 2 CPU cores). The maxima cancel inside y_p - y_q, so logits far from
+    0 cost no precision."""
     z_q, z_p = soft_cap(z_q.float(), cap), soft_cap(z_p.float(), cap)
-    m_q, m_p = z_q.amax(-1, keepdim=True), z_p.amax(-1, keepdim=True)
-    e_q, e_p = (z_q - m_q).exp(), (z_p - m_p).exp()
+    y_q, y_p = z_q - z_q.amax(-1, keepdim=True), z_p - z_p.amax(-1, keepdim=True)
+    e_q, e_p = y_q.exp(), y_p.exp()
     s_q, s_p = e_q.sum(-1, keepdim=True), e_p.sum(-1, keepdim=True)
     p = e_p / s_p
-    kl = ((p * (z_p - z_q)).sum(-1, keepdim=True) - m_p - s_p.log() + m_q + s_q.log()).sum()
+    kl = ((p * (y_p - y_q)).sum(-1, keepdim=True) - s_p.log() + s_q.log()).sum()
     if not grad:
         return kl, None
     g = e_q / s_q - p
