@@ -7,9 +7,10 @@
 
 A random GPT-2-shaped model of the given shape is built in-process (no downloads). The step is
 the trainer's own (`e2e.train.pack_step`): with `--pack k`, k cells of the setting (different λ)
-share one clean pass, and tokens/s is per cell (k x tokens / time). Each setting runs in its own
-process, so peak memory is that setting's: the CUDA allocator's peak on GPU, the process's peak
-RSS on CPU (model and libraries included). GFLOP/s counts the step's matmul FLOPs
+share one clean pass, and tokens/s is per cell: k x tokens / the median step's time, the
+statistic the paper's library's bench reports (the mean step's beside it). Each setting runs in
+its own process, so peak memory is that setting's: the CUDA allocator's peak on GPU, the
+process's peak RSS on CPU (model and libraries included). GFLOP/s counts the step's matmul FLOPs
 (torch.utils.flop_counter) against a dense matmul of the step's dtype timed in the same process.
 `--dtype auto` is what a cell with the default `dtype=auto` trains in on this machine;
 `--compile` is the cell's `model.compile` (auto: on, as for a paper-sized cell; the warm-up
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
+from e2e.heap import keep_freed_heap
 from e2e.model import load_model, train_dtype
 from e2e.train import pack_step
 from e2e.train.member import Member
@@ -73,8 +76,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float]:
-    """Per-cell tokens/s, peak MiB and achieved matmul GFLOP/s of `args.pack` cells."""
+def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float, float]:
+    """Per-cell tokens/s at the median step (the statistic the paper's library's bench
+    reports), peak MiB, achieved matmul GFLOP/s at the median step, and tokens/s at the mean
+    step (every step's time, outliers included), of `args.pack` cells."""
     from contextlib import nullcontext
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -89,6 +94,8 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float]:
     autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.dtype == "bfloat16"
                 else nullcontext())
 
+    keep_freed_heap()  # as `e2e.train.train_pack` does for a cell
+
     def step():  # the trainer's own step: the same passes, the same loss, the same optimizer
         pack_step(model, members, tokens, step=1, log=False, autocast=autocast)
 
@@ -97,19 +104,22 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float]:
     sync(args.device)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
+    times = []
+    for _ in range(args.steps):  # each step timed alone: the median, as the reference reports
+        t0 = time.perf_counter()
         step()
-    sync(args.device)
-    dt = time.perf_counter() - t0
+        sync(args.device)
+        times.append(time.perf_counter() - t0)
     # Counted after the timed steps: once called under the counter's dispatch mode, a compiled
     # function runs eagerly for the rest of the process (the timed steps did, before), until
     # dynamo is reset (gpu_check times every setting in one process).
     with FlopCounterMode(display=False) as counter:
         step()
     torch._dynamo.reset()
-    tps = args.pack * args.steps * args.batch * args.ctx / dt
-    return tps, peak_mb(args.device), counter.get_total_flops() * args.steps / dt / 1e9
+    tokens = args.pack * args.batch * args.ctx
+    median, mean = statistics.median(times), statistics.fmean(times)
+    return (tokens / median, peak_mb(args.device), counter.get_total_flops() / median / 1e9,
+            tokens / mean)
 
 
 def main() -> None:
@@ -132,8 +142,8 @@ def main() -> None:
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model(args, Path(tmp) / "model")
-            tps, mem, gflops = bench(model, args, args.only, Path(tmp))
-        print(f"{tps} {mem} {gflops}")
+            tps, mem, gflops, mean_tps = bench(model, args, args.only, Path(tmp))
+        print(f"{tps} {mem} {gflops} {mean_tps}")
         return
     peak = dense_gflops(args.device, args.dtype)
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, vocab {args.vocab}; SAE at "
@@ -146,12 +156,13 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--dtype", args.dtype,
                               "--only", setting],
                              capture_output=True, text=True, check=True).stdout
-        tps, mem, gflops = map(float, out.split()[-3:])
+        tps, mem, gflops, mean_tps = map(float, out.split()[-4:])
         local_tps = local_tps or (tps if setting == "local" else None)
         rel = (f"   {local_tps / tps:.2f}x local's time per token"
                if setting != "local" and local_tps else "")
-        print(f"{setting:7} {tps:10.0f} tokens/s   peak memory {mem:8.1f} MiB   matmuls "
-              f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak:.0f}% of dense){rel}", flush=True)
+        print(f"{setting:7} {tps:10.0f} tokens/s   (mean step: {mean_tps:.0f})   peak memory "
+              f"{mem:8.1f} MiB   matmuls {gflops:6.1f} GFLOP/s ({100 * gflops / peak:.0f}% of "
+              f"dense){rel}", flush=True)
 
 
 if __name__ == "__main__":

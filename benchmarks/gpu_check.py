@@ -93,9 +93,11 @@ def settings_report(shape: dict, device: str, steps: int, tmp: Path) -> list[dic
                     torch.cuda.empty_cache()
                 args.compile = "on" if mode == "compiled" else "off"
                 with torch._dynamo.config.patch(disable=mode == "eager"):
-                    tps, mem, gflops = bench(model, args, setting, tmp / f"{dtype}-{setting}")
+                    tps, mem, gflops, mean_tps = bench(model, args, setting,
+                                                       tmp / f"{dtype}-{setting}")
                 hours = PAPER_TOKENS / tps / 3600
                 rows.append(dict(dtype=dtype, mode=mode, setting=setting, tokens_per_s=tps,
+                                 tokens_per_s_mean_step=mean_tps,
                                  peak_mib=mem, tflops=gflops / 1e3, dense_tflops=peak,
                                  paper_cell_hours=hours))
                 paper = (f"  paper cell {hours:6.2f} h (Table 6, one A100: "

@@ -23,13 +23,13 @@ fails runs eagerly, after one warning. Evaluation always runs eagerly.
 
 from __future__ import annotations
 
-import ctypes
 import warnings
 
 import torch
 import torch.fx
 import torch.utils.checkpoint
 
+from e2e.heap import return_freed_heap
 from e2e.kernels import CleanTarget, Compiled
 from e2e.model.split import CleanPass, clean_pass, resid_pre, run_blocks, run_to_final, unembedding
 
@@ -124,7 +124,7 @@ class Traced:
                     want.append(eager.target.x.reshape(got[-1][:, skip:].shape))
                 _check([(g[:, skip:], w) for g, w in zip(got, want, strict=True)], dtype)
         suffix = _Suffix(model, calls[layer:], layer, skip, dtype) if full else None
-        _return_freed_memory()
+        return_freed_heap()
         return calls[layer:], graph, suffix
 
 
@@ -184,7 +184,7 @@ class _Suffix:
         if not err <= GRAD_TOLERANCE[self.dtype]:
             raise TracedPassError(f"the compiled suffix's gradient differs from the eager one's "
                                   f"by {err:.3g} of its norm")
-        _return_freed_memory()
+        return_freed_heap()
         return graph
 
 
@@ -264,17 +264,6 @@ def _check(pairs: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -
         if not diff <= TOLERANCE[dtype] * max(scale, 1e-6):
             raise TracedPassError(f"compiled pass differs from the eager one by {diff:.3g} "
                                   f"(scale {scale:.3g})")
-
-
-def _return_freed_memory() -> None:
-    """Hands glibc's freed heap pages back to the system (`malloc_trim`; nothing elsewhere).
-    Compiling frees much memory among blocks still in use, which glibc keeps and the steps
-    cannot reuse: a GPT-2 shape e2e cell (batch 4 x 1,024) peaked at 7.1 GiB without this,
-    6.0 with it."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except Exception:  # noqa: BLE001 (not glibc: no malloc_trim, or no CDLL(None) on Windows)
-        pass
 
 
 def _warn_eager(what: str, e: Exception) -> None:

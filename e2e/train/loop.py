@@ -30,6 +30,7 @@ from e2e.data.source import (
     evaluate_dictionaries,
     open_source,
 )
+from e2e.heap import keep_freed_heap
 from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
 from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import (
@@ -107,6 +108,7 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
     if not cfgs or len(cfgs) != len(out_dirs):
         raise ValueError("train_pack needs one output folder per config")
     check_packable(cfgs)
+    keep_freed_heap()  # every step allocates the same tensors again: no page faults for them
     with contextlib.ExitStack() as locks:
         todo = []
         for i, d in enumerate(out_dirs):
