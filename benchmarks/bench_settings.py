@@ -8,7 +8,8 @@
 A random GPT-2-shaped model of the given shape is built in-process (no downloads). The step is
 the trainer's own (`e2e.train.pack_step`): with `--pack k`, k cells of the setting (different λ)
 share one clean pass, and tokens/s is per cell: k x tokens / the median step's time, the
-statistic the paper's library's bench reports (the mean step's beside it). Each setting runs in
+statistic `compare.sh`'s bench of the paper's library reports (the mean step's beside it; on a
+GPU each step is synchronised, which a cell is not, so it reads a little low). Each setting runs in
 its own process, so peak memory is that setting's: the CUDA allocator's peak on GPU, the
 process's peak RSS on CPU (model and libraries included). GFLOP/s counts the step's matmul FLOPs
 (torch.utils.flop_counter) against a dense matmul of the step's dtype timed in the same process.
@@ -77,9 +78,9 @@ def sync(device: str) -> None:
 
 
 def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float, float]:
-    """Per-cell tokens/s at the median step (the statistic the paper's library's bench
-    reports), peak MiB, achieved matmul GFLOP/s at the median step, and tokens/s at the mean
-    step (every step's time, outliers included), of `args.pack` cells."""
+    """Per-cell tokens/s at the median step (the statistic of `compare.sh`'s bench of the
+    paper's library), peak MiB, achieved matmul GFLOP/s at the median step, and tokens/s at
+    the mean step (every step's time, outliers included), of `args.pack` cells."""
     from contextlib import nullcontext
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -116,10 +117,10 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float, fl
     with FlopCounterMode(display=False) as counter:
         step()
     torch._dynamo.reset()
-    tokens = args.pack * args.batch * args.ctx
+    n_tokens = args.pack * args.batch * args.ctx
     median, mean = statistics.median(times), statistics.fmean(times)
-    return (tokens / median, peak_mb(args.device), counter.get_total_flops() / median / 1e9,
-            tokens / mean)
+    return (n_tokens / median, peak_mb(args.device), counter.get_total_flops() / median / 1e9,
+            n_tokens / mean)
 
 
 def main() -> None:
@@ -160,9 +161,9 @@ def main() -> None:
         local_tps = local_tps or (tps if setting == "local" else None)
         rel = (f"   {local_tps / tps:.2f}x local's time per token"
                if setting != "local" and local_tps else "")
-        print(f"{setting:7} {tps:10.0f} tokens/s   (mean step: {mean_tps:.0f})   peak memory "
-              f"{mem:8.1f} MiB   matmuls {gflops:6.1f} GFLOP/s ({100 * gflops / peak:.0f}% of "
-              f"dense){rel}", flush=True)
+        print(f"{setting:7} {tps:10.0f} tokens/s   (mean step: {mean_tps:.0f} tokens/s)   "
+              f"peak memory {mem:8.1f} MiB   matmuls {gflops:6.1f} GFLOP/s "
+              f"({100 * gflops / peak:.0f}% of dense){rel}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
 """glibc's heap in a training process: freed blocks kept for the next step (`keep_freed_heap`)
-and handed back to the system on request (`return_freed_heap`). Elsewhere (musl, macOS,
-Windows, an allocator preloaded in glibc's place) both do nothing."""
+and handed back to the system on request (`return_freed_heap`). Without glibc (musl, macOS,
+Windows) both do nothing; an allocator preloaded in glibc's place ignores them."""
 
 from __future__ import annotations
 
 import ctypes
 
-# mallopt's parameters (glibc's malloc.h)
+# mallopt's parameters (glibc's malloc.h, mallopt(3))
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
-_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: about 2 GiB
+# The largest every glibc accepts (2.36 accepts more). Higher is faster at the GPT-2 shape but
+# fragments the heap: 256 MiB took a GPT-2 shape e2e cell from 6.0 to 9.4 GiB peak RSS.
+_MMAP_THRESHOLD = 32 << 20
+_NEVER = -1  # as M_TRIM_THRESHOLD: the heap is never shrunk by itself (mallopt(3))
 
 
-def _libc():
+def _libc() -> ctypes.CDLL | None:
+    """The C library this process runs on, or None where ctypes cannot name it (Windows)."""
     try:
         return ctypes.CDLL(None)
     except Exception:  # noqa: BLE001 (no CDLL(None) on Windows)
@@ -20,24 +23,25 @@ def _libc():
 
 
 def keep_freed_heap() -> bool:
-    """Serves every allocation up to 32 MiB from the heap and keeps freed heap memory for
-    reuse instead of handing it back to the system after each free; True where set.
+    """Serves every allocation up to 32 MiB from the heap, and keeps freed heap memory for
+    reuse instead of handing it back to the system; for the whole process, from now on. True
+    where glibc accepted both settings (an allocator preloaded in its place ignores them).
 
     A step allocates and frees the same tensors every time. By default glibc maps many of
     them afresh (it raises its mapping threshold only as far as the largest block freed so
-    far) and shrinks the heap whenever 2x that threshold lies free at its top, so the next
-    step pays the page faults and the zeroing of that memory again. On 2 CPU cores
-    (benchmarks/bench_settings.py, the small shape, bf16): the SAE's backward matmul into a
-    fresh (1,024, 2,048) tensor took 2.0 ms against 1.3 ms; local 44k -> 54k tokens/s, e2e
-    17-19k -> 20k. Blocks above 32 MiB are still mapped and unmapped each time (glibc's
-    ceiling). Peak memory is what the step holds at once, as before; the heap no longer
-    shrinks between steps (docs/performance.md)."""
+    far) and shrinks the heap whenever 2x that threshold lies free at its top, so each step
+    paid the page faults and the zeroing of that memory again. On 2 CPU cores, small shape,
+    bf16 (docs/performance.md): the SAE's backward matmul into a fresh (1,024, 2,048) tensor
+    took 2.0 ms against 1.3 ms with its memory reused; local about 44k -> 52k tokens/s, e2e
+    17-19k -> 20k. Blocks above 32 MiB are still mapped each time. Peak RSS is about as
+    before (a GPT-2 shape e2e cell: 5,980 against 5,922 MiB); the heap no longer shrinks
+    between steps."""
     libc = _libc()
-    try:
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-    except AttributeError:  # not glibc, or no libc at all
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
+    mapped = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    trimmed = libc.mallopt(_M_TRIM_THRESHOLD, _NEVER)
+    return bool(mapped and trimmed)
 
 
 def return_freed_heap() -> None:
@@ -45,7 +49,7 @@ def return_freed_heap() -> None:
     much memory among blocks still in use, which glibc keeps and the steps cannot reuse: a
     GPT-2 shape e2e cell (batch 4 x 1,024) peaked at 7.1 GiB without this, 6.0 with it."""
     libc = _libc()
-    try:
-        libc.malloc_trim(0)
-    except AttributeError:  # not glibc, or no libc at all
-        pass
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim(0)

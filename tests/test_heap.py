@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from e2e import heap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,15 +42,41 @@ print(json.dumps(dict(kept=kept, mapped=mapped, shrank=libc.mallinfo2().arena < 
 
 
 def _probe(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=REPO, check=True,
+    # glibc's defaults, whatever this shell set (MALLOC_*_ variables, tunables, a preloaded
+    # allocator)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD"))}
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=REPO, check=True, env=env,
                          capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
 
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc >= 2.33 only")
+@pytest.mark.skipif(not hasattr(heap._libc(), "mallinfo2"), reason="glibc >= 2.33 only")
 def test_keep_freed_heap_serves_a_step_from_the_heap_and_keeps_it():
     default, kept = _probe("default"), _probe("keep")
     assert default["mapped"], "by default glibc maps a fresh 24 MiB block on its own"
     assert kept["kept"] is True
     assert not kept["mapped"], "kept: 24 MiB comes from the heap"
     assert not kept["shrank"], "kept: freeing 72 MiB leaves the heap as large"
+
+
+def test_without_a_c_library_the_heap_is_left_alone(monkeypatch):
+    monkeypatch.setattr(heap, "_libc", lambda: None)
+    assert heap.keep_freed_heap() is False
+    heap.return_freed_heap()  # nothing to do, no error
+
+
+def test_train_pack_keeps_the_freed_heap_before_it_trains(monkeypatch, tmp_path):
+    from e2e.config import CellConfig
+    from e2e.train import loop
+
+    class Called(Exception):
+        pass
+
+    def spy():
+        raise Called
+
+    monkeypatch.setattr(loop, "keep_freed_heap", spy)
+    with pytest.raises(Called):
+        loop.train_pack([CellConfig()], [tmp_path / "cell"])
+    assert not (tmp_path / "cell").exists(), "set before anything is written"

@@ -103,12 +103,13 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
     Members that finished earlier are skipped; members whose checkpoints are at different steps
     (a pack killed mid-checkpoint) resume from the earliest, the others waiting until the pack
     reaches their step, so every member ends exactly as if it had run alone. A member whose
-    loss goes non-finite stops; the others go on, then `MemberFailed` names it.
+    loss goes non-finite stops; the others go on, then `MemberFailed` names it. For the rest
+    of the process, glibc keeps freed heap memory for reuse (`e2e.heap.keep_freed_heap`).
     """
     if not cfgs or len(cfgs) != len(out_dirs):
         raise ValueError("train_pack needs one output folder per config")
     check_packable(cfgs)
-    keep_freed_heap()  # every step allocates the same tensors again: no page faults for them
+    keep_freed_heap()  # each step allocates the same tensors again: no page faults for them
     with contextlib.ExitStack() as locks:
         todo = []
         for i, d in enumerate(out_dirs):
