@@ -95,7 +95,7 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float, fl
     autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.dtype == "bfloat16"
                 else nullcontext())
 
-    keep_freed_heap()  # as `e2e.train.train_pack` does for a cell
+    keep_freed_heap()  # as `e2e.train.train_pack` does before a cell's steps
 
     def step():  # the trainer's own step: the same passes, the same loss, the same optimizer
         pack_step(model, members, tokens, step=1, log=False, autocast=autocast)

@@ -15,13 +15,14 @@ from e2e import heap
 
 REPO = Path(__file__).resolve().parent.parent
 
-# In a fresh process: allocates a 24 MiB tensor three times at once, then frees them; prints
-# whether the first was mapped on its own (glibc's `hblkhd` grew by it) and whether the heap
-# shrank after the frees (its `arena` size).
+# In a fresh process (no torch: nothing else allocating in between): allocates three 24 MiB
+# blocks with glibc's malloc, writes them, frees them newest first; prints whether the first
+# was mapped on its own (glibc's `hblkhd` grew by it) and whether the heap shrank after the
+# frees (its `arena` size). "mmap-only" sets the mapping threshold alone: the control in which
+# glibc's default trimming must shrink the heap.
 PROBE = """
 import ctypes, json, sys
-import torch
-from e2e.heap import keep_freed_heap
+from e2e.heap import _M_MMAP_THRESHOLD, _MMAP_THRESHOLD, keep_freed_heap
 
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -30,13 +31,23 @@ class Info(ctypes.Structure):
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
-kept = keep_freed_heap() if sys.argv[1] == "keep" else None
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+mode = sys.argv[1]
+kept = keep_freed_heap() if mode == "keep" else None
+if mode == "mmap-only":
+    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+n = 24 << 20
 mapped_before = libc.mallinfo2().hblkhd
-blocks = [torch.ones(24 << 20, dtype=torch.uint8)]
-mapped = libc.mallinfo2().hblkhd - mapped_before >= 24 << 20
-blocks += [torch.ones(24 << 20, dtype=torch.uint8) for _ in range(2)]
+blocks = [libc.malloc(n)]
+mapped = libc.mallinfo2().hblkhd - mapped_before >= n
+blocks += [libc.malloc(n), libc.malloc(n)]
+for b in blocks:
+    libc.memset(b, 1, n)
 heap = libc.mallinfo2().arena
-del blocks
+for b in reversed(blocks):
+    libc.free(b)
 print(json.dumps(dict(kept=kept, mapped=mapped, shrank=libc.mallinfo2().arena < heap)))
 """
 
@@ -53,8 +64,9 @@ def _probe(mode: str) -> dict:
 
 @pytest.mark.skipif(not hasattr(heap._libc(), "mallinfo2"), reason="glibc >= 2.33 only")
 def test_keep_freed_heap_serves_a_step_from_the_heap_and_keeps_it():
-    default, kept = _probe("default"), _probe("keep")
+    default, control, kept = _probe("default"), _probe("mmap-only"), _probe("keep")
     assert default["mapped"], "by default glibc maps a fresh 24 MiB block on its own"
+    assert not control["mapped"] and control["shrank"], "the control: trimmed by default"
     assert kept["kept"] is True
     assert not kept["mapped"], "kept: 24 MiB comes from the heap"
     assert not kept["shrank"], "kept: freeing 72 MiB leaves the heap as large"
