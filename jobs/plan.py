@@ -95,10 +95,9 @@ class Plan:
     def analysis_s(self) -> float:
         """The analysis step's modelled seconds, `jobs.analysis_cost` (a model of unknown
         shape is taken as GPT-2 small's: 12 blocks, width 768)."""
-        depth, width = self.model_shape or (12, 768)
-        sizes = [n_dict_for(width, c.cfg.sae.dict_size_to_input_ratio) for c in self.cells
-                 if c.cfg.source == "model"]
-        layers = len({c.cfg.layer for c in self.cells if c.cfg.source == "model"})
+        dicts, width, depth = self._dicts
+        sizes = [n for _, n, _ in dicts]
+        layers = len({layer for layer, _, _ in dicts})
         return analysis_seconds(sizes, width, depth, layers, self.cpus,
                                 self.browser_estimate[2])
 
@@ -129,11 +128,12 @@ class Plan:
 
     @property
     def _dicts(self) -> tuple[list[tuple[int, int, int]], int, int]:
-        """(layer, n_dict, ksvd budget or 0) of every dictionary on a model, width, depth."""
+        """(layer, n_dict, ksvd budget or 0) of every dictionary on a model that the analysis
+        reads (the fine-tune stage's children too), width, depth."""
         depth, width = self.model_shape or (12, 768)
         return [(c.cfg.layer, n_dict_for(width, c.cfg.sae.dict_size_to_input_ratio),
                  int(c.cfg.lam) if c.cfg.loss.setting == "ksvd" else 0)
-                for c in self.cells if c.cfg.source == "model"], width, depth
+                for c in self.cells + self.children if c.cfg.source == "model"], width, depth
 
     @property
     def needs_pretrain(self) -> bool:

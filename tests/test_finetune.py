@@ -157,6 +157,19 @@ def test_the_stage_adds_a_child_per_local_cell_recipe_and_fraction(smoke_root):
         assert all(not p for i, p in enumerate(tasks[f]) if i != pack_of_local)
 
 
+def test_the_analysis_job_is_sized_for_the_childrens_dictionaries_too(smoke_root):
+    """The analysis reads the children's dictionaries beside their parents': its memory, time
+    and feature-browser estimates count them (they did not: the demo's browser wrote 8,766
+    pages where its plan said at most 6,912)."""
+    base = ("grid=smoke", f"root={smoke_root}", "executor=local", "pack=3")
+    alone = _plan(*base)
+    staged = _plan(*base, "finetune.settings=[e2e,e2e_mse]", "finetune.fractions=[0.25,0.5]")
+    assert len(staged.children) == 4 and staged.cells == alone.cells
+    assert len(staged._dicts[0]) == len(alone._dicts[0]) + 4
+    assert staged.browser_estimate[0] > alone.browser_estimate[0]
+    assert staged.analysis_s > alone.analysis_s
+
+
 def test_aligned_packs_keep_parent_task_indices():
     from jobs.finetune import aligned_packs
 
