@@ -3,7 +3,7 @@ uses (`e2e.losses.kl_orig_sae` with a `CleanTarget`: chunks of tokens, gradient 
 compiled softmax core) against the plain one it replaced (logits materialised on both sides,
 clean softmax kept, autograd's backward through the unembedding).
 
-    python benchmarks/bench_kl.py [--tokens 256 --d_model 768 --vocab 50257 --dtype float32
+    python benchmarks/bench_kl.py [--tokens 256 --d_model 768 --vocab 50257 --dtype auto
                                    --reps 5 --device cpu]
 
 Each variant runs in its own process; memory is the peak above the inputs (the CUDA
@@ -17,10 +17,11 @@ import resource
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
+from e2e.chip import autocast_for, train_dtype
+from e2e.config import CellConfig
 from e2e.kernels import CleanTarget
 from e2e.losses import kl_orig_sae
 
@@ -44,8 +45,7 @@ def run_one(args, variant: str) -> None:
     w = torch.randn(args.vocab, args.d_model, device=dev) / args.d_model**0.5
     x_clean = torch.randn(args.tokens, args.d_model, device=dev)
     x_sae = (x_clean + 0.3 * torch.randn_like(x_clean)).requires_grad_()
-    autocast = (torch.autocast(dev, dtype=torch.bfloat16) if args.dtype == "bfloat16"
-                else nullcontext())
+    autocast = autocast_for(args.dtype, torch.device(dev))
 
     def step():
         with autocast:
@@ -73,11 +73,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name, default in (("tokens", 256), ("d_model", 768), ("vocab", 50257), ("reps", 5)):
         p.add_argument(f"--{name}", type=int, default=default)
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto: bf16 where the chip has it natively, as a cell (e2e.chip)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.dtype == "auto":
+        args.dtype = train_dtype(CellConfig(), torch.device(args.device))
     if args.only:
         run_one(args, args.only)
         return

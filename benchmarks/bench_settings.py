@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
+from e2e.chip import dense_gflops, train_dtype
 from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
 from e2e.heap import keep_freed_heap
-from e2e.model import load_model, train_dtype
+from e2e.model import load_model
 from e2e.train import pack_step
 from e2e.train.member import Member
 
@@ -55,21 +56,6 @@ def peak_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def dense_gflops(device: str, dtype: str, n: int = 1024) -> float:
-    """This machine's matmul rate in `dtype`: the ceiling the step's matmuls are measured
-    against."""
-    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    reps = 20 if device == "cpu" else 200
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def sync(device: str) -> None:
@@ -146,7 +132,7 @@ def main() -> None:
             tps, mem, gflops, mean_tps = bench(model, args, args.only, Path(tmp))
         print(f"{tps} {mem} {gflops} {mean_tps}")
         return
-    peak = dense_gflops(args.device, args.dtype)
+    peak = dense_gflops(torch.device(args.device), getattr(torch, args.dtype))
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, vocab {args.vocab}; SAE at "
           f"layer {args.layer}, ratio {args.ratio:g}; batch {args.batch} x ctx {args.ctx}; "
           f"pack {args.pack}; {args.dtype}; compile {args.compile}; {args.steps} steps on "

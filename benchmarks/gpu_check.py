@@ -32,8 +32,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from bench_settings import bench, build_model, sync
+from bench_settings import bench, build_model
 
+from e2e.chip import dense_gflops
 from e2e.config import (
     CellConfig,
     DataConfig,
@@ -65,18 +66,6 @@ class Options:
     parts: tuple[str, ...] = ("settings", "resume", "ksvd", "finetune")
 
 
-def dense_tflops(device: str, dtype: torch.dtype, n: int) -> float:
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps, t0 = 10, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
-
-
 def settings_report(shape: dict, device: str, steps: int, tmp: Path) -> list[dict]:
     import torch._dynamo
 
@@ -86,7 +75,7 @@ def settings_report(shape: dict, device: str, steps: int, tmp: Path) -> list[dic
         args = SimpleNamespace(**shape, steps=steps, pack=1, dtype=dtype, device=device,
                                warmup=2)
         model = build_model(args, tmp / f"model-{dtype}")
-        peak = dense_tflops(device, torch.float32 if dtype == "float32" else torch.bfloat16, n)
+        peak = dense_gflops(torch.device(device), getattr(torch, dtype), n) / 1e3
         for mode in ("compiled", "eager"):
             for setting in ("local", "e2e", "e2e_ds"):
                 if device == "cuda":
@@ -151,7 +140,7 @@ def _cell(shape: dict, root: Path, device: str) -> CellConfig:
                         alive_pass_tokens=2 * batch * ctx),
         ksvd=KSVDConfig(n_tokens=8 * batch * ctx, batch_size=4 * batch * ctx, n_passes=1,
                         atom_chunk=256, max_nnz=16),
-        device=device, dtype="bfloat16" if device == "cuda" else "float32")
+        device=device, dtype="auto")  # bf16 where the chip has it (e2e.chip)
 
 
 def resume_report(cfg: CellConfig, root: Path) -> dict:

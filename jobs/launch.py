@@ -25,7 +25,7 @@ from jobs.cell import CellJob, match_threads_to_allocation
 from jobs.collect import collect
 from jobs.grid import make_packs
 from jobs.grids import GRIDS, grid_named, pretrain_dir
-from jobs.progress import Progress, fraction_done
+from jobs.progress import Progress, fraction_done, machine_speed
 
 
 def run_pretrain(grid: str, root: str) -> dict:
@@ -130,7 +130,10 @@ def _launch_local(plan, root: str, grid: str) -> None:
 
 
 def _run_local(plan, root: str, grid: str, submit) -> None:
-    progress = Progress.for_plan(plan, plan.grid.local_minutes)
+    speed, line = machine_speed(plan.grid, plan.cells[0].cfg)
+    if line:
+        print(line, flush=True)
+    progress = Progress.for_plan(plan, plan.grid.local_minutes, speed)
     tasks = iter(progress.tasks)
     if plan.needs_pretrain:
         _follow(submit(run_pretrain, grid, root), progress, next(tasks))

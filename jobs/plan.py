@@ -11,6 +11,9 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
+from e2e.chip import EMULATED_BF16, native_bf16
 from e2e.config import (
     CellConfig,
     ConfigError,
@@ -147,6 +150,14 @@ def make_plan(tokens: list[str]) -> Plan:
     """Parses and validates everything; reads the output root but writes nothing."""
     opts, axes, cfg_overrides = parse_overrides(tokens)
     grid = grid_named(opts.grid)
+    notes: list[str] = []
+    if grid.without_bf16 and not native_bf16(torch.device("cpu")):
+        notes.append(f"grid={grid.name} on a CPU without native bf16 (it dispatches "
+                     f"{torch.backends.cpu.get_cpu_capability()} kernels): grid="
+                     f"{grid.without_bf16} instead, the same comparison sized for float32 "
+                     "(docs/demo.md)")
+        grid = grid_named(grid.without_bf16)
+        opts = replace(opts, grid=grid.name)
     root = Path(opts.root).resolve()
     existing = next(p for p in (root, *root.parents) if p.exists())
     if not existing.is_dir():
@@ -157,7 +168,6 @@ def make_plan(tokens: list[str]) -> Plan:
                               for c in _expand(k_grid, axes, root)))
     if not cfgs:
         raise ConfigError("the grid with these overrides has no cells")
-    notes: list[str] = []
     source_cfgs, stages = cfgs, []
     # Generated activations (source=synthetic) need no model, data, stage or layer check.
     needs_model = any(c.source == "model" for c in cfgs)
@@ -195,6 +205,7 @@ def make_plan(tokens: list[str]) -> Plan:
     if depth is None and needs_model:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
                           "in the HF cache): layers are checked when each cell starts")
+    plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
     if axes.autointerp and axes.autointerp.base_url and not opts.dry_run:
         check_endpoint(axes.autointerp)  # one line before anything is written or sent
@@ -205,6 +216,20 @@ def make_plan(tokens: list[str]) -> Plan:
         plan.notes.append("model and dataset reachability is checked at submission, not in "
                           "a dry run")
     return plan
+
+
+def emulated_bf16(cfgs: list[CellConfig], executor: str) -> list[str]:
+    """One line where cells ask for bf16 on a CPU that would emulate it: each step several
+    times slower than float32 (warned, not refused: a user may want the same dtype on every
+    machine). Cells that run here (local) or name `device=cpu` are the ones that count."""
+    here = [c for c in cfgs if c.dtype == "bfloat16" and (
+        c.device == "cpu" or (executor == "local" and c.device == "auto"
+                              and not torch.cuda.is_available()))]
+    if not here or native_bf16(torch.device("cpu")):
+        return []
+    return [f"dtype=bfloat16 on a CPU without native bf16 (this one dispatches "
+            f"{torch.backends.cpu.get_cpu_capability()} kernels): {EMULATED_BF16}; "
+            "dtype=auto trains in float32 here"]
 
 
 def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:

@@ -1,9 +1,13 @@
 """One status line for a local run: the stage running, cells done / total, and the time left.
 
 The time left is the running task's remainder plus the tasks still to come, each at the minutes
-the grid measured for its kind of task on a 2-core machine (`Grid.local_minutes`), scaled by
-how fast the finished tasks of this run went against the same measurements. The running task's
-fraction comes from its own progress bar (tqdm's `n/total`) in its stderr.
+the grid measured for its kind of task on a 2-core machine (`Grid.local_minutes`). Training
+tasks (cells, a small LM's pre-training) are scaled first by this chip's matmul rate against
+the measuring machine's (`machine_speed`), then by how fast this run's finished training tasks
+went; the steps around them (building a model from a GGUF, collector, analysis) by how fast
+their own finished ones went: a slow chip moves the first several times more than the second
+(docs/demo.md). The running task's fraction comes from its own progress bar (tqdm's
+`n/total`) in its stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+
+from e2e.lm.gguf import GGUFLMConfig
 
 _BAR = re.compile(r"(\d+)/(\d+) \[")
 
@@ -26,17 +32,24 @@ def modelled_bar(desc: str, total_s: float):
                 unit="modelled s", bar_format="{desc}: {n}/{total} [{elapsed}] {unit}")
 # Minutes per task when a grid measured none: only the relative sizes matter until one ends.
 _DEFAULT_MINUTES = {"pretrain": 5.0, "sae": 5.0, "ksvd": 2.0, "collect": 0.2, "analyze": 1.0}
-_NAMES = {"pretrain": "pre-training", "sae": "SAE cells", "ksvd": "ksvd cells",
-          "collect": "collector", "analyze": "analysis", "autointerp": "auto-interp"}
+_NAMES = {"pretrain": "pre-training", "build": "building the model", "sae": "SAE cells",
+          "ksvd": "ksvd cells", "collect": "collector", "analyze": "analysis",
+          "autointerp": "auto-interp"}
 
 
 @dataclass
 class Task:
-    kind: str  # pretrain | sae | ksvd | collect | analyze
+    kind: str  # pretrain | build | sae | ksvd | collect | analyze | autointerp
     cells: int  # cells it finishes (0 for the steps around them)
     expected_s: float
     spent_s: float | None = None  # once finished
     failed: bool = False
+
+    @property
+    def trains(self) -> bool:
+        """Whether the task's time is the chip's matmuls (cells, and a small LM's training):
+        what a chip's speed moves, not the steps around them (`Progress.seconds_left`)."""
+        return self.kind in ("pretrain", "sae", "ksvd")
 
 
 def fraction_done(stderr_text: str) -> float:
@@ -60,20 +73,29 @@ class Progress:
         self.started = 0.0
 
     @classmethod
-    def for_plan(cls, plan, minutes: dict[str, float]) -> Progress:
+    def for_plan(cls, plan, minutes: dict[str, float], speed: float = 1.0) -> Progress:
+        """The plan's tasks at the grid's measured `minutes` times `speed` (this machine's
+        time against the measuring machine's: `machine_speed`) until some have finished."""
         m = {**_DEFAULT_MINUTES, **minutes}
-        tasks = [Task("pretrain", 0, 60 * m["pretrain"])] if plan.needs_pretrain else []
+        # a real LM's build from a GGUF reads and dequantises: no training to scale
+        build = "build" if isinstance(plan.grid.pretrain, GGUFLMConfig) else "pretrain"
+        tasks = [Task(build, 0, 60 * m["pretrain"])] if plan.needs_pretrain else []
         for pack in plan.todo_packs:
             kind = pack[0].cfg.kind
             tasks.append(Task(kind, len(pack), 60 * m[kind]))
-        for f, packs in plan.child_tasks(plan.packs):  # fine-tune packs: a fraction of a pack
-            tasks += [Task("sae", len(p), 60 * m["sae"] * f) for p in packs if p]
+        # fine-tune packs: "finetune" is a pack's minutes at fraction 1 (an e2e step costs
+        # several local ones); a grid that measured none: a fraction of a cell pack's
+        per_fraction = m.get("finetune", m["sae"])
+        for f, packs in plan.child_tasks(plan.packs):
+            tasks += [Task("sae", len(p), 60 * per_fraction * f) for p in packs if p]
         # the analysis at its cost model's seconds (`jobs.analysis_cost`), a measured grid's
         # minutes where there are some
         analyze = 60 * minutes["analyze"] if "analyze" in minutes else plan.analysis_s
         tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, analyze)]
         if plan.autointerp:
             tasks.append(Task("autointerp", 0, 60 * plan.autointerp_minutes))
+        for t in tasks:
+            t.expected_s *= speed if t.trains else 1.0
         return cls(plan.grid.name, tasks)
 
     def start(self, task: Task) -> None:
@@ -84,16 +106,22 @@ class Progress:
         task.spent_s = time.perf_counter() - self.started
         self.current = None
 
+    def speed(self, trains: bool) -> float:
+        """This run against the expected times, from its finished tasks of the same group
+        (training tasks, or the steps around them: a chip's speed moves the first much more
+        than the second), 1 before one has finished."""
+        done = [t for t in self.tasks if t.spent_s is not None and t.trains == trains]
+        expected = sum(t.expected_s for t in done)
+        return sum(t.spent_s for t in done) / expected if expected else 1.0
+
     def seconds_left(self, fraction: float) -> float:
-        done = [t for t in self.tasks if t.spent_s is not None]
-        speed = (sum(t.spent_s for t in done) / sum(t.expected_s for t in done)
-                 if done else 1.0)  # this machine against the grid's measurements
-        left = sum(t.expected_s for t in self.tasks if t.spent_s is None
-                   and t is not self.current) * speed
+        speed = {True: self.speed(True), False: self.speed(False)}
+        left = sum(t.expected_s * speed[t.trains] for t in self.tasks
+                   if t.spent_s is None and t is not self.current)
         if self.current is not None:
             elapsed = time.perf_counter() - self.started
             own = (elapsed / fraction - elapsed if fraction > 0.05
-                   else self.current.expected_s * speed - elapsed)
+                   else self.current.expected_s * speed[self.current.trains] - elapsed)
             left += max(0.0, own)
         return left
 
@@ -124,3 +152,24 @@ class Progress:
         if self.tty:
             self.out.write("\n")
             self.out.flush()
+
+
+def machine_speed(grid, cfg) -> tuple[float, str]:
+    """(factor, line): how much longer than `grid.local_minutes` this machine should take,
+    the rate of a dense matmul where they were measured (`grid.local_gflops`) over this CPU's
+    in the dtype `cfg` trains in here (`e2e.chip`: fp32 on a chip without native bf16); the
+    line says so for the run's output. (1, "") for a grid that measured no rate, or on a GPU.
+    A short calibration (~0.5 s): the demo's steps are matmuls, so a chip's rate moves their
+    time (docs/demo.md)."""
+    import torch
+
+    from e2e.chip import dense_gflops, train_dtype
+
+    if not grid.local_gflops or (cfg.device != "cpu" and torch.cuda.is_available()):
+        return 1.0, ""
+    dtype = train_dtype(cfg, torch.device("cpu"))
+    here = dense_gflops(torch.device("cpu"), getattr(torch, dtype))
+    factor = min(20.0, max(0.2, grid.local_gflops / here))
+    return factor, (f"this CPU: a {dtype} matmul at {here:.0f} GFLOP/s, against "
+                    f"{grid.local_gflops:.0f} where grid={grid.name}'s times were measured: "
+                    f"estimates x{factor:.2f}")

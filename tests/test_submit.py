@@ -234,3 +234,31 @@ def test_a_current_model_grid_dry_run_prints_gpu_hours_and_memory_per_cell(tmp_p
     gpt2 = cell_memory_gib(replace(CellConfig(), layer=6), PAPER_TABLES.model_sizes)
     assert gpt2 == pytest.approx(13.5, rel=0.01)  # 23 measured before the KL was fused
     assert not list(tmp_path.iterdir())
+
+
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # the other CPU kind
+
+
+def test_no_grid_pins_a_dtype_and_emulated_bf16_is_said_in_the_plan(tmp_path):
+    """Every grid leaves dtype to auto (bf16 where the chip has it, else fp32); on a CPU that
+    would emulate bf16 (the AVX2 kind, emulated here), grid=demo plans its fp32-sized twin and
+    a user's dtype=bfloat16 gets one line with the measured factor, then runs as asked."""
+    from jobs.grids import GRIDS
+
+    for grid in GRIDS.values():
+        assert grid.base.dtype == "auto", grid.name
+        assert getattr(grid.pretrain, "dtype", "auto") in ("auto", "float32"), grid.name
+    root = tmp_path / "root"
+    r = _submit("grid=demo", f"root={root}", "dry_run=true", env_extra=AVX2)
+    assert r.returncode == 0, r.stderr
+    assert "grid=demo-fp32 instead" in r.stdout and "grid demo-fp32: 2 cells" in r.stdout
+    assert "dtype=bfloat16" not in r.stdout
+    r = _submit("grid=smoke", f"root={root}", "dry_run=true", "dtype=bfloat16",
+                env_extra=AVX2)
+    assert r.returncode == 0, r.stderr
+    (line,) = [ln for ln in r.stdout.splitlines() if "dtype=bfloat16" in ln]
+    assert "emulated" in line and "(3.2x)" in line and "AVX2 kernels" in line, line
+    if "avx512_bf16" in Path("/proc/cpuinfo").read_text():  # this chip: neither line
+        r = _submit("grid=demo", f"root={root}", "dry_run=true", "dtype=bfloat16")
+        assert "grid demo: 3 cells" in r.stdout and "emulated" not in r.stdout, r.stdout
+    assert not root.exists()

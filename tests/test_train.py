@@ -369,3 +369,43 @@ def test_a_damaged_checkpoint_with_none_before_it_is_one_line(smoke_cells, tmp_p
     with pytest.raises(CheckpointError, match=r"checkpoint.pt is damaged .* delete it to start "
                                               r"this cell over$"):
         train(cfg, cell.root, progress=False)
+
+
+@pytest.mark.parametrize(("first", "then"), [(True, False), (False, True)])
+def test_a_cell_resumed_on_another_chip_kind_keeps_its_checkpoints_dtype(
+        smoke_cells, tmp_path, monkeypatch, first, then, capfd):
+    """dtype=auto started where the chip has native bf16 (bf16) and requeued onto one without
+    (fp32 there), and the reverse: it trains on in the dtype it started in, bit-identical to
+    a run that never moved, and metrics.h5 says that dtype."""
+    import e2e.chip
+
+    cfg = _longer([c for c in smoke_cells if c.loss.setting == "e2e"][0])
+    assert cfg.dtype == "auto"
+    started = "bfloat16" if first else "float32"
+    monkeypatch.setattr(e2e.chip, "native_bf16", lambda device: first)
+    train(cfg, tmp_path / "straight", progress=False)
+    polls = iter(range(1000))
+    assert train(cfg, tmp_path / "moved", progress=False,
+                 should_stop=lambda: next(polls) == 5) == "interrupted"
+    monkeypatch.setattr(e2e.chip, "native_bf16", lambda device: then)
+    capfd.readouterr()
+    assert train(cfg, tmp_path / "moved", progress=False) == "done"
+    assert f"resuming in {started}" in capfd.readouterr().err
+    for run in ("straight", "moved"):
+        assert read_metrics(cell_paths(tmp_path / run).metrics)["attrs"]["train_dtype"] == started
+    _assert_identical(tmp_path / "straight", tmp_path / "moved")
+
+
+def test_the_avx2_emulation_resolves_auto_to_float32(tmp_path):
+    """`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (the other CPU kind's kernels on
+    this machine): native_bf16 answers no, dtype=auto resolves to float32; either variable
+    alone is enough."""
+    code = ("import torch; from e2e.chip import native_bf16, train_dtype; "
+            "from e2e.config import CellConfig; d = torch.device('cpu'); "
+            "print(native_bf16(d), train_dtype(CellConfig(), d))")
+    for env in ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                {"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env,
+                             "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                             check=True).stdout
+        assert out.split() == ["False", "float32"], env

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from e2e import ksvd
+from e2e.chip import autocast_for, train_dtype
 from e2e.config import CellConfig, n_dict_for
 from e2e.data.source import (
     Source,
@@ -39,7 +40,7 @@ from e2e.data.source import (
 )
 from e2e.io import atomic_path, atomic_write_text, cell_paths, load_checkpoint
 from e2e.metrics import AliveTracker
-from e2e.model import autocast_for, resolve_device
+from e2e.model import resolve_device
 from e2e.rng import generator
 from e2e.saelens import cell_meta, save_saelens
 from e2e.store import append_row, wandb_run, write_metrics
@@ -55,7 +56,7 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
     paths = cell_paths(out_dir)
     device = resolve_device(cfg.device)
     source = open_source([cfg], device, paths.root.parent)
-    autocast = autocast_for(cfg, device)
+    autocast = autocast_for(train_dtype(cfg, device), device)
     k, kc = n_dict_for(source.d_in, cfg.sae.dict_size_to_input_ratio), cfg.ksvd
     cache = paths.root / CACHE_FILE
     t0 = time.perf_counter()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from e2e.chip import autocast_for, native_bf16
 from e2e.config import ConfigError, DataConfig
 from e2e.io import atomic_write_text
 from e2e.optim import warmup_cosine
@@ -38,8 +38,10 @@ class PretrainConfig:
     lr: float = 2e-3  # 3e-3 spiked the loss mid-run
     seed: int = 0
     # bfloat16: autocast of the forward (fp32 weights and optimizer), for CPUs with AMX bf16;
-    # its folder name ignores it at float32, so grids made before it keep theirs.
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # auto: bfloat16 where the CPU has it natively, else float32 (`e2e.chip`), recorded in
+    # the folder's info. Its folder name ignores it at float32, so grids made before it keep
+    # theirs.
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         checks = {"vocab_size": self.vocab_size >= 260, "n_layers": self.n_layers >= 1,
@@ -135,8 +137,9 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     val_before = eval_loss(model, val_batches)
     bar = tqdm(range(cfg.train_steps), desc="pretrain", disable=not progress, mininterval=5)
     # the small LM trains on the CPU
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
-                else nullcontext())
+    dtype = cfg.dtype if cfg.dtype != "auto" else (
+        "bfloat16" if native_bf16(torch.device("cpu")) else "float32")
+    autocast = autocast_for(dtype, torch.device("cpu"))
     for _ in bar:
         batch = train_stream.next_batch(cfg.batch_size)
         with autocast:
@@ -152,7 +155,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     tokenizer.save_pretrained(out / "model")
     summary = {"config": cfg.key(), "val_loss_init": val_before, "val_loss": val_after,
                "train_tokens": cfg.train_steps * cfg.batch_size * cfg.n_ctx,
-               "train_time_s": time.time() - t0}
+               "train_time_s": time.time() - t0, "train_dtype": dtype}
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     atomic_write_text(done, "ok\n")
     return summary

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import re
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,9 +24,9 @@ from e2e.model.split import (
 from e2e.model.traced import Traced, traced_for
 
 __all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
-           "autocast_for", "check_architecture", "clean_pass", "load_model", "patched_pass",
-           "native_bf16", "passes_compiled", "resid_pre", "resolve_device", "run_from",
-           "run_to_final", "Traced", "traced_for", "unembed", "unembedding", "train_dtype",
+           "check_architecture", "clean_pass", "load_model", "patched_pass",
+           "passes_compiled", "resid_pre", "resolve_device", "run_from",
+           "run_to_final", "Traced", "traced_for", "unembed", "unembedding",
            "uses_rms_norm", "verify_split"]
 
 # Hugging Face architectures whose split forward equals the hooked full forward, tested on
@@ -130,37 +127,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the chip runs bf16 matmuls natively: a CUDA GPU with bf16 (Ampere on), or a CPU
-    whose flags (Linux's /proc/cpuinfo) have AVX512-BF16 or AMX-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return _cpu_bf16()
-
-
-@functools.cache
-def _cpu_bf16() -> bool:  # read once a process: every checkpoint records the resolved dtype
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
-
-
-def train_dtype(cfg: CellConfig, device: torch.device) -> str:
-    """The cell's training dtype, "auto" resolved for `device`."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    return "bfloat16" if native_bf16(device) else "float32"
-
-
-def autocast_for(cfg: CellConfig, device: torch.device):
-    """bf16 autocast (fp32 weights) when the cell trains in bf16 (`train_dtype`), else
-    nothing."""
-    return (torch.autocast(device.type, dtype=torch.bfloat16)
-            if train_dtype(cfg, device) == "bfloat16" else nullcontext())
 
 
 def passes_compiled(cfg: CellConfig) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from e2e.chip import autocast_for, train_dtype
 from e2e.config import CellConfig, ConfigError
 from e2e.data.source import (
     Source,
@@ -35,7 +37,6 @@ from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
 from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import (
     CleanPass,
-    autocast_for,
     clean_pass,
     passes_compiled,
     resolve_device,
@@ -159,6 +160,24 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
         m.optimizer_step(log)
 
 
+def pack_dtype(members: list[Member], here: str) -> str:
+    """The pack's training dtype: its resumed members' (every checkpoint records the one it
+    was trained in), else `here` ("auto" resolved on this machine). A cell started under bf16
+    on an AVX512-BF16 node and requeued onto an AVX2 node goes on in bf16, saying so once;
+    members resumed in different dtypes are a ConfigError. Every member takes the pack's."""
+    resumed = {m.train_dtype for m in members if m.paths.checkpoint.exists()}
+    if len(resumed) > 1:
+        raise ConfigError(f"{members[0].paths.root.parent}: the pack's cells were trained in "
+                          f"different dtypes ({', '.join(sorted(resumed))}); run them apart")
+    dtype = resumed.pop() if resumed else here
+    if dtype != here:
+        print(f"resuming in {dtype}, the dtype these cells started in; dtype=auto would be "
+              f"{here} on this machine", file=sys.stderr, flush=True)
+    for m in members:
+        m.train_dtype = dtype
+    return dtype
+
+
 class _PackRun:
     """One run of a pack of SAE cells: its source, members, eval batches and failures."""
 
@@ -176,7 +195,8 @@ class _PackRun:
         if self.first.data_state is not None:
             self.source.stream.load_state_dict(self.first.data_state)
         self.evals = eval_batches(self.source, cfg, self.device)
-        self.autocast = autocast_for(cfg, self.device)
+        self.train_dtype = pack_dtype(self.members, train_dtype(cfg, self.device))
+        self.autocast = autocast_for(self.train_dtype, self.device)
         self.runs = {id(m): wandb_run(m.cfg, m.paths.root) for m in self.members}
         self.failures: dict[str, BaseException] = {}
 

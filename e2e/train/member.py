@@ -20,15 +20,16 @@ import torch
 
 from e2e.arch.auxk import DeadTracker, auxk_loss
 from e2e.arch.build import auxk_k, build_sae
+from e2e.chip import train_dtype
 from e2e.config import SIMILARITIES, CellConfig, ConfigError, OptimConfig, n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths, load_checkpoint
 from e2e.losses import loss_coeffs, reconstruction_loss, setting_loss
 from e2e.metrics import AliveTracker, l0
-from e2e.model import CleanPass, patched_pass, train_dtype
+from e2e.model import CleanPass, patched_pass
 from e2e.optim import make_adam, warmup_cosine
 from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
-from e2e.store import append_row, write_metrics
+from e2e.store import append_row, recorded_dtype, write_metrics
 from e2e.train.cost import PARTS, train_flops
 from e2e.train.karvonen import L0Controller, rebalance_kl
 from e2e.train.mfr import mean_pairwise_similarity, penalty, warmup_weight
@@ -59,6 +60,9 @@ class Member:
         self.kl_scale: float | None = None  # loss.balance_kl: MSE/KL at step 0
         self.l0ctl = L0Controller(device) if cfg.loss.track_l0 else None
         self.parent_sha256 = ""
+        # "auto" resolved on this machine; a checkpoint's own replaces it (`load_state_dict`):
+        # a cell resumed on a node of another chip kind trains on as it started
+        self.train_dtype = train_dtype(cfg, device)
         n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
         self.saes = []
         for i in range(cfg.mfr.n_saes):
@@ -281,7 +285,7 @@ class Member:
             "train_log": self.train_log, "eval_log": self.eval_log,
             "tokens": self.tokens, "kl_scale": self.kl_scale,
             **({"l0ctl": self.l0ctl.state_dict()} if self.l0ctl else {}),
-            "parent_sha256": self.parent_sha256,
+            "parent_sha256": self.parent_sha256, "train_dtype": self.train_dtype,
             **({"dead": [d.state_dict() for d in self.deads]} if self.deads else {}),
         }
 
@@ -301,6 +305,9 @@ class Member:
         self.grad_norm_sum = torch.as_tensor(gn_sum, dtype=torch.float64).to(self.device)
         self.train_log, self.eval_log = s["train_log"], s["eval_log"]
         self.tokens = s.get("tokens", dict.fromkeys(PARTS, 0))  # older checkpoints: none
+        # older checkpoints: metrics.h5, written with each, recorded it
+        self.train_dtype = s.get("train_dtype") or recorded_dtype(self.paths.metrics,
+                                                                  self.train_dtype)
         if s.get("kl_scale") is not None:
             self._scale_kl(s["kl_scale"])
         if self.l0ctl:
@@ -330,7 +337,7 @@ class Member:
                              "samples_seen": self.samples_seen, "flops": self.flops,
                              **{f"tokens_{k}": v for k, v in self.tokens.items()},
                              "kl_scale": -1.0 if self.kl_scale is None else self.kl_scale,
-                             "train_dtype": train_dtype(self.cfg, self.device),
+                             "train_dtype": self.train_dtype,
                              "parent_sha256": self.parent_sha256})
 
     def finish(self, data_state: dict, final_eval: dict[str, float]) -> None:
