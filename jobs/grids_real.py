@@ -121,25 +121,26 @@ DEMO = replace(
 # comparison in float32, cut to fit 15 minutes there. Sized from the AVX2 kind's real step
 # times (2 cores, fp32: a local pack step of 1,024 tokens 3 s, a fine-tune pack step of three
 # members 35-45 s; docs/demo.md): half the tokens a step (4 rows), two λ instead of three (a
-# fine-tune step runs the 24 later blocks once per member), 96 local steps and 12 fine-tune
+# fine-tune step runs the 24 later blocks once per member), 80 local steps and 10 fine-tune
 # steps, smaller evals.
 DEMO_FP32 = replace(
     DEMO,
     name="demo-fp32",
     base=replace(DEMO.base,
-                 optim=replace(DEMO.base.optim, batch_size=4, warmup_samples=40,
-                               n_samples=384),
-                 eval=replace(DEMO.base.eval, every_samples=192, n_samples=8,
-                              checkpoint_every_steps=32, alive_pass_tokens=4_096)),
+                 optim=replace(DEMO.base.optim, batch_size=4, warmup_samples=32,
+                               n_samples=320),
+                 eval=replace(DEMO.base.eval, every_samples=160, n_samples=8,
+                              checkpoint_every_steps=40, alive_pass_tokens=4_096)),
     lambdas={"local": (1.0, 8.0)},
     finetune=Finetune(settings=("karvonen",), fractions=(0.125,)),
     headline_note=("demo-fp32: grid=demo sized for a CPU without native bf16, float32: "
                    "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 6 of 30, first "
-                   "position left out, local SAEs of 96 steps of 512 tokens and their Karvonen "
-                   "KL fine-tunes (12 steps): the quick check of the system, far from "
+                   "position left out, local SAEs of 80 steps of 512 tokens and their Karvonen "
+                   "KL fine-tunes (10 steps): the quick check of the system, far from "
                    "converged; grid=smollm2 is the study (docs/real-lm.md)"),
-    local_minutes={"pretrain": 1.0, "sae": 1.0, "finetune": 8.0, "collect": 0.2,
-                   "analyze": 2.0},
-    local_gflops=300.0,  # a float32 matmul where they were measured
+    # measured here under the AVX2 emulation (float32), 2026-12-07
+    local_minutes={"pretrain": 0.65, "sae": 0.65, "finetune": 10.4, "collect": 0.1,
+                   "analyze": 1.1},
+    local_gflops=305.0,  # a float32 matmul there
     without_bf16="",
 )
