@@ -46,6 +46,10 @@ class Finetune:
     # Linear warm-up over this fraction of the child's steps, then cosine decay to the
     # parent's floor: a fresh Adam on a new loss should not start at the full LR.
     warmup: float = 0.1
+    # Evaluations over the fine-tune besides the one at its start and the final one (the
+    # CE-against-compute curve): each runs the clean and patched passes over the eval rows,
+    # which on a slow chip's short demo cost as much as its steps (grid=demo-fp32: 0).
+    evals: int = 4
 
     def __post_init__(self) -> None:
         for s in self.settings:
@@ -61,6 +65,8 @@ class Finetune:
         if not 0 < self.lr_factor <= 10:
             raise ConfigError(f"finetune.lr_factor={self.lr_factor:g} is invalid: must be in "
                               "(0, 10]")
+        if self.evals < 0:
+            raise ConfigError(f"finetune.evals={self.evals} is invalid: must be >= 0")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"finetune.warmup={self.warmup:g} is invalid: must be in [0, 1)")
 
@@ -89,8 +95,8 @@ def child(parent: CellConfig, parent_id: str, recipe: str, fraction: float, ft: 
         **fields, "init.from_cell": parent_id, "optim.n_samples": n,
         "optim.warmup_samples": round(ft.warmup * steps) * o.samples_per_step,
         "optim.lr": min(0.99, o.lr * ft.lr_factor),
-        # about four evaluations over the fine-tune, besides the one at its start
-        "eval.every_samples": max(o.samples_per_step, n // 4)})
+        # `ft.evals` evaluations over the fine-tune (none: only its start's and its last)
+        "eval.every_samples": max(o.samples_per_step, n // ft.evals) if ft.evals else n})
 
 
 def recipe_of(cfg: CellConfig) -> str:

@@ -132,14 +132,14 @@ DEMO_FP32 = replace(
                  eval=replace(DEMO.base.eval, every_samples=160, n_samples=8,
                               checkpoint_every_steps=40, alive_pass_tokens=4_096)),
     lambdas={"local": (1.0, 8.0)},
-    finetune=Finetune(settings=("karvonen",), fractions=(0.125,)),
+    finetune=Finetune(settings=("karvonen",), fractions=(0.125,), evals=0),
     headline_note=("demo-fp32: grid=demo sized for a CPU without native bf16, float32: "
                    "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 6 of 30, first "
                    "position left out, local SAEs of 80 steps of 512 tokens and their Karvonen "
                    "KL fine-tunes (10 steps): the quick check of the system, far from "
                    "converged; grid=smollm2 is the study (docs/real-lm.md)"),
     # measured here under the AVX2 emulation (float32), 2026-12-07
-    local_minutes={"pretrain": 0.65, "sae": 0.65, "finetune": 10.4, "collect": 0.1,
+    local_minutes={"pretrain": 0.65, "sae": 0.75, "finetune": 9.5, "collect": 0.1,
                    "analyze": 1.1},
     local_gflops=305.0,  # a float32 matmul there
     without_bf16="",
