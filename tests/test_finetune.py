@@ -149,6 +149,13 @@ def test_the_stage_adds_a_child_per_local_cell_recipe_and_fraction(smoke_root):
         assert c.cfg.optim.n_samples == f * local.cfg.optim.n_samples
         assert c.cfg.loss.sparsity_coeff == local.cfg.loss.sparsity_coeff  # λ carries over
         assert c.cfg.loss.balance_kl and c.id.startswith(f"L1-ft{c.cfg.optim.n_steps}-")
+        # about four evaluations over the fine-tune by default; finetune.evals=0: none
+        o = c.cfg.optim
+        assert c.cfg.eval.every_samples == max(o.samples_per_step, o.n_samples // 4)
+    plan0 = _plan("grid=smoke", f"root={smoke_root}", "executor=local", "pack=3",
+                  "finetune.settings=[e2e]", "finetune.fractions=[0.5]", "finetune.evals=0")
+    (c,) = plan0.children
+    assert c.cfg.eval.every_samples == c.cfg.optim.n_samples  # no step is an eval step
     # task i of a fraction's array holds the children of the parents in cell task i
     tasks = dict(plan.child_tasks(plan.packs))
     (pack_of_local,) = [i for i, p in enumerate(plan.packs) if local in p]
@@ -189,6 +196,7 @@ def test_aligned_packs_keep_parent_task_indices():
     (["settings=[e2e]", "init.sha256=abc"], "init.sha256='abc' is invalid"),
     (["settings=[e2e]", "init.from_cell=../x"], "a cell id of this grid"),
     (["finetune.settings=[e2e]", "finetune.fractions=[0.5,0.5]"], "repeats a value"),
+    (["finetune.settings=[e2e]", "finetune.evals=-1"], "finetune.evals=-1 is invalid"),
     (["finetune.settings=[e2e]", "finetune.fractions=[0.001]"], "less than one step"),
     (["init.from_path=/x"], "init.from_path='/x' is invalid: must be empty for a ksvd cell"),
 ])
