@@ -90,3 +90,19 @@ def dense_gflops(device: torch.device, dtype: torch.dtype, n: int = 1024,
     sync()
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
+
+
+def compile_cache_per_kernels() -> None:
+    """Points inductor's cache at a folder of its own per kernel set this process dispatches
+    (`<default>-<ATen capability>`, e.g. `/tmp/torchinductor_root-AVX2`), unless the user set
+    TORCHINDUCTOR_CACHE_DIR. Inductor's cache keys do not tell AVX-512 from AVX2 code: under
+    the AVX2 emulation a kernel compiled earlier for AVX-512 came back from the cache and a
+    smoke cell's loss became NaN within 3 steps; on a shared /tmp across nodes of both kinds
+    it would be an illegal instruction. Called before anything compiles (`e2e.kernels`)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = os.path.abspath(default_cache_dir())
+    # importing torch._inductor writes its default into the variable: not the user's choice
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default:
+        capability = torch.backends.cpu.get_cpu_capability().replace(" ", "_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}-{capability}"
