@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from e2e.chip import autocast_for, train_dtype
 from e2e.config import CellConfig
 from e2e.kernels import CleanTarget
+from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.losses import kl_orig_sae
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     for name, default in (("tokens", 256), ("d_model", 768), ("vocab", 50257), ("reps", 5)):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="auto: bf16 where the chip has it natively, as a cell (e2e.chip)")
+                   help="auto: bf16 where the chip has it natively, as a cell (e2e.kernels.chip)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)

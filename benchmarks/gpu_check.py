@@ -34,7 +34,6 @@ from types import SimpleNamespace
 import torch
 from bench_settings import bench, build_model
 
-from e2e.chip import dense_gflops
 from e2e.config import (
     CellConfig,
     DataConfig,
@@ -46,6 +45,7 @@ from e2e.config import (
     SAEConfig,
 )
 from e2e.io import cell_paths
+from e2e.kernels.chip import dense_gflops
 from e2e.train import train
 from jobs import cli
 
@@ -140,7 +140,7 @@ def _cell(shape: dict, root: Path, device: str) -> CellConfig:
                         alive_pass_tokens=2 * batch * ctx),
         ksvd=KSVDConfig(n_tokens=8 * batch * ctx, batch_size=4 * batch * ctx, n_passes=1,
                         atom_chunk=256, max_nnz=16),
-        device=device, dtype="auto")  # bf16 where the chip has it (e2e.chip)
+        device=device, dtype="auto")  # bf16 where the chip has it (e2e.kernels.chip)
 
 
 def resume_report(cfg: CellConfig, root: Path) -> dict:

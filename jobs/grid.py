@@ -68,7 +68,7 @@ class Grid:
     # run's estimate of the time left.
     local_minutes: dict[str, float] = field(default_factory=dict)
     # That machine's dense matmul rate in the dtype the cells trained in there (GFLOP/s,
-    # `e2e.chip.dense_gflops`): the first estimate scales the minutes by this CPU's rate
+    # `e2e.kernels.chip.dense_gflops`): the first estimate scales the minutes by this CPU's rate
     # against it (`jobs.progress.machine_speed`); 0: not scaled.
     local_gflops: float = 0.0
     # The grid that runs instead on a CPU without native bf16, where these cells would train

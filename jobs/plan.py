@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from e2e.chip import EMULATED_BF16, native_bf16
 from e2e.config import (
     CellConfig,
     ConfigError,
@@ -24,6 +23,7 @@ from e2e.config import (
     normalized,
 )
 from e2e.io import cell_paths, check_folder_config
+from e2e.kernels.chip import EMULATED_BF16, native_bf16
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
 from jobs import containers

@@ -157,13 +157,13 @@ class Progress:
 def machine_speed(grid, cfg) -> tuple[float, str]:
     """(factor, line): how much longer than `grid.local_minutes` this machine should take,
     the rate of a dense matmul where they were measured (`grid.local_gflops`) over this CPU's
-    in the dtype `cfg` trains in here (`e2e.chip`: fp32 on a chip without native bf16); the
+    in the dtype `cfg` trains in here (`e2e.kernels.chip`: fp32 on a chip without native bf16); the
     line says so for the run's output. (1, "") for a grid that measured no rate, or on a GPU.
     A short calibration (~0.5 s): the demo's steps are matmuls, so a chip's rate moves their
     time (docs/demo.md)."""
     import torch
 
-    from e2e.chip import dense_gflops, train_dtype
+    from e2e.kernels.chip import dense_gflops, train_dtype
 
     if not grid.local_gflops or (cfg.device != "cpu" and torch.cuda.is_available()):
         return 1.0, ""

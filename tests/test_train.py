@@ -377,17 +377,17 @@ def test_a_cell_resumed_on_another_chip_kind_keeps_its_checkpoints_dtype(
     """dtype=auto started where the chip has native bf16 (bf16) and requeued onto one without
     (fp32 there), and the reverse: it trains on in the dtype it started in, bit-identical to
     a run that never moved, and metrics.h5 says that dtype."""
-    import e2e.chip
+    import e2e.kernels.chip
 
     cfg = _longer([c for c in smoke_cells if c.loss.setting == "e2e"][0])
     assert cfg.dtype == "auto"
     started = "bfloat16" if first else "float32"
-    monkeypatch.setattr(e2e.chip, "native_bf16", lambda device: first)
+    monkeypatch.setattr(e2e.kernels.chip, "native_bf16", lambda device: first)
     train(cfg, tmp_path / "straight", progress=False)
     polls = iter(range(1000))
     assert train(cfg, tmp_path / "moved", progress=False,
                  should_stop=lambda: next(polls) == 5) == "interrupted"
-    monkeypatch.setattr(e2e.chip, "native_bf16", lambda device: then)
+    monkeypatch.setattr(e2e.kernels.chip, "native_bf16", lambda device: then)
     capfd.readouterr()
     assert train(cfg, tmp_path / "moved", progress=False) == "done"
     assert f"resuming in {started}" in capfd.readouterr().err
@@ -400,7 +400,7 @@ def test_the_avx2_emulation_resolves_auto_to_float32(tmp_path):
     """`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (the other CPU kind's kernels on
     this machine): native_bf16 answers no, dtype=auto resolves to float32; either variable
     alone is enough; compiled kernels go to a cache of their own."""
-    code = ("import os, torch, e2e.kernels; from e2e.chip import native_bf16, train_dtype; "
+    code = ("import os, torch, e2e.kernels; from e2e.kernels.chip import native_bf16, train_dtype; "
             "from e2e.config import CellConfig; d = torch.device('cpu'); "
             "print(native_bf16(d), train_dtype(CellConfig(), d), "
             "os.environ['TORCHINDUCTOR_CACHE_DIR'], torch.backends.cpu.get_cpu_capability())")

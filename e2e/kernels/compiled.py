@@ -7,7 +7,7 @@ import warnings
 import torch
 import torch._inductor.config  # noqa: F401 (patched per call below)
 
-from e2e.chip import compile_cache_per_kernels
+from e2e.kernels.chip import compile_cache_per_kernels
 
 compile_cache_per_kernels()  # before anything compiles: AVX-512 and AVX2 kernels apart
 

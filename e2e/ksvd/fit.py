@@ -29,7 +29,6 @@ import torch
 from tqdm import tqdm
 
 from e2e import ksvd
-from e2e.chip import autocast_for, train_dtype
 from e2e.config import CellConfig, n_dict_for
 from e2e.data.source import (
     Source,
@@ -39,6 +38,7 @@ from e2e.data.source import (
     open_source,
 )
 from e2e.io import atomic_path, atomic_write_text, cell_paths, load_checkpoint
+from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.metrics import AliveTracker
 from e2e.model import resolve_device
 from e2e.rng import generator

@@ -17,9 +17,9 @@ from typing import Literal
 
 import torch
 
-from e2e.chip import autocast_for, native_bf16
 from e2e.config import ConfigError, DataConfig
 from e2e.io import atomic_write_text
+from e2e.kernels.chip import autocast_for, native_bf16
 from e2e.optim import warmup_cosine
 
 EOS = "<|endoftext|>"
@@ -38,7 +38,7 @@ class PretrainConfig:
     lr: float = 2e-3  # 3e-3 spiked the loss mid-run
     seed: int = 0
     # bfloat16: autocast of the forward (fp32 weights and optimizer), for CPUs with AMX bf16;
-    # auto: bfloat16 where the CPU has it natively, else float32 (`e2e.chip`), recorded in
+    # auto: bfloat16 where the CPU has it natively, else float32 (`e2e.kernels.chip`), recorded in
     # the folder's info. Its folder name ignores it at float32, so grids made before it keep
     # theirs.
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"

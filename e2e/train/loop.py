@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from e2e.chip import autocast_for, train_dtype
 from e2e.config import CellConfig, ConfigError
 from e2e.data.source import (
     Source,
@@ -34,6 +33,7 @@ from e2e.data.source import (
 )
 from e2e.heap import keep_freed_heap
 from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
+from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import (
     CleanPass,

@@ -20,9 +20,9 @@ import torch
 
 from e2e.arch.auxk import DeadTracker, auxk_loss
 from e2e.arch.build import auxk_k, build_sae
-from e2e.chip import train_dtype
 from e2e.config import SIMILARITIES, CellConfig, ConfigError, OptimConfig, n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths, load_checkpoint
+from e2e.kernels.chip import train_dtype
 from e2e.losses import loss_coeffs, reconstruction_loss, setting_loss
 from e2e.metrics import AliveTracker, l0
 from e2e.model import CleanPass, patched_pass
@@ -60,9 +60,7 @@ class Member:
         self.kl_scale: float | None = None  # loss.balance_kl: MSE/KL at step 0
         self.l0ctl = L0Controller(device) if cfg.loss.track_l0 else None
         self.parent_sha256 = ""
-        # "auto" resolved on this machine; a checkpoint's own replaces it (`load_state_dict`):
-        # a cell resumed on a node of another chip kind trains on as it started
-        self.train_dtype = train_dtype(cfg, device)
+        self.train_dtype = train_dtype(cfg, device)  # a checkpoint's replaces it (resume)
         n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
         self.saes = []
         for i in range(cfg.mfr.n_saes):
@@ -305,9 +303,8 @@ class Member:
         self.grad_norm_sum = torch.as_tensor(gn_sum, dtype=torch.float64).to(self.device)
         self.train_log, self.eval_log = s["train_log"], s["eval_log"]
         self.tokens = s.get("tokens", dict.fromkeys(PARTS, 0))  # older checkpoints: none
-        # older checkpoints: metrics.h5, written with each, recorded it
-        self.train_dtype = s.get("train_dtype") or recorded_dtype(self.paths.metrics,
-                                                                  self.train_dtype)
+        dtype = s.get("train_dtype")  # the one it started in (older checkpoints: metrics.h5's)
+        self.train_dtype = dtype or recorded_dtype(self.paths.metrics, self.train_dtype)
         if s.get("kl_scale") is not None:
             self._scale_kl(s["kl_scale"])
         if self.l0ctl:
