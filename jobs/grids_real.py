@@ -109,10 +109,10 @@ DEMO = replace(
                    "(2026-12-04, docs/demo.md), across machines not measured; grid=smollm2 is "
                    "the study (docs/real-lm.md)"),
     time_min=60,
-    # measured on a clean clone here (AMX, bf16), 2026-12-04: the local pack 1.3 min, the
-    # fine-tune pack (fraction 0.3) 6.3
-    local_minutes={"pretrain": 0.7, "sae": 1.3, "finetune": 21.0, "collect": 0.2,
-                   "analyze": 1.0},
+    # measured on a clean clone here (AMX, bf16), 2026-12-07: the local pack 1.17 min, the
+    # fine-tune pack (fraction 0.3) 4.47
+    local_minutes={"pretrain": 0.56, "sae": 1.17, "finetune": 14.9, "collect": 0.1,
+                   "analyze": 1.4},
     local_gflops=1135.0,  # a bf16 matmul there (AMX)
     without_bf16="demo-fp32",
 )
