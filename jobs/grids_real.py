@@ -138,9 +138,10 @@ DEMO_FP32 = replace(
                    "position left out, local SAEs of 80 steps of 512 tokens and their Karvonen "
                    "KL fine-tunes (10 steps): the quick check of the system, far from "
                    "converged; grid=smollm2 is the study (docs/real-lm.md)"),
-    # measured here under the AVX2 emulation (float32), 2026-12-07
-    local_minutes={"pretrain": 0.65, "sae": 0.75, "finetune": 9.5, "collect": 0.1,
-                   "analyze": 1.1},
+    # measured on a clean clone here under the AVX2 emulation (float32), 2026-12-07: the
+    # local pack 0.77 min, the fine-tune pack (fraction 0.125) 1.08
+    local_minutes={"pretrain": 0.6, "sae": 0.77, "finetune": 8.7, "collect": 0.07,
+                   "analyze": 1.07},
     local_gflops=305.0,  # a float32 matmul there
     without_bf16="",
 )
