@@ -137,7 +137,9 @@ DEMO_FP32 = replace(
                    "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 6 of 30, first "
                    "position left out, local SAEs of 80 steps of 512 tokens and their Karvonen "
                    "KL fine-tunes (10 steps): the quick check of the system, far from "
-                   "converged; grid=smollm2 is the study (docs/real-lm.md)"),
+                   "converged; its noise: seeds 0 and 1 gave 75% and 82% under the AVX2 "
+                   "emulation (2026-12-07, docs/demo.md); grid=smollm2 is the study "
+                   "(docs/real-lm.md)"),
     # measured on a clean clone here under the AVX2 emulation (float32), 2026-12-07: the
     # local pack 0.77 min, the fine-tune pack (fraction 0.125) 1.08
     local_minutes={"pretrain": 0.6, "sae": 0.77, "finetune": 8.7, "collect": 0.07,
