@@ -106,8 +106,8 @@ DEMO = replace(
                    "position left out, local SAEs of 120 steps of 1,024 tokens and their "
                    "Karvonen KL fine-tunes (36 steps): the quick check of the system on a real "
                    "LM, far from converged; its noise: seeds 0 and 1 gave 65% and 64% here "
-                   "(2026-12-04, docs/demo.md), across machines not measured; grid=smollm2 is "
-                   "the study (docs/real-lm.md)"),
+                   "(2026-12-04, docs/demo.md), the same grid in float32 63% on a real AVX2 "
+                   "machine; grid=smollm2 is the study (docs/real-lm.md)"),
     time_min=60,
     # measured on a clean clone here (AMX, bf16), 2026-12-07: the local pack 1.17 min, the
     # fine-tune pack (fraction 0.3) 4.47
