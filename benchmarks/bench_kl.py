@@ -20,7 +20,6 @@ import time
 
 import torch
 
-from e2e.config import CellConfig
 from e2e.kernels import CleanTarget
 from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.losses import kl_orig_sae
@@ -80,7 +79,7 @@ def main() -> None:
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.dtype == "auto":
-        args.dtype = train_dtype(CellConfig(), torch.device(args.device))
+        args.dtype = train_dtype("auto", torch.device(args.device))
     if args.only:
         run_one(args, args.only)
         return

@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--only", choices=("local", "e2e", "e2e_ds"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.dtype == "auto":
-        args.dtype = train_dtype(CellConfig(), torch.device(args.device))
+        args.dtype = train_dtype("auto", torch.device(args.device))
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model(args, Path(tmp) / "model")

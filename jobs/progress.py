@@ -167,7 +167,7 @@ def machine_speed(grid, cfg) -> tuple[float, str]:
 
     if not grid.local_gflops or (cfg.device != "cpu" and torch.cuda.is_available()):
         return 1.0, ""
-    dtype = train_dtype(cfg, torch.device("cpu"))
+    dtype = train_dtype(cfg.dtype, torch.device("cpu"))
     here = dense_gflops(torch.device("cpu"), getattr(torch, dtype))
     factor = min(20.0, max(0.2, grid.local_gflops / here))
     return factor, (f"this CPU: a {dtype} matmul at {here:.0f} GFLOP/s, against "

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import torch
 
-from e2e.config import CellConfig
-
 
 def native_bf16(device: torch.device) -> bool:
     """Whether the chip runs bf16 matmuls natively: a CUDA GPU with bf16 (Ampere on), or a CPU
@@ -53,11 +51,12 @@ def _cpu_bf16() -> bool:  # read once a process: every checkpoint records the re
             and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
 
 
-def train_dtype(cfg: CellConfig, device: torch.device) -> str:
-    """The cell's training dtype, "auto" resolved for `device` (a resumed cell keeps the one
-    its checkpoint recorded: `e2e.train.member.Member.train_dtype`)."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
+def train_dtype(dtype: str, device: torch.device) -> str:
+    """A config's `dtype` ("auto", "float32" or "bfloat16": a cell's, the small LM's
+    pre-training's) resolved for `device` (a resumed cell keeps the one its checkpoint
+    recorded: `e2e.train.member.Member.train_dtype`)."""
+    if dtype != "auto":
+        return dtype
     return "bfloat16" if native_bf16(device) else "float32"
 
 

@@ -56,7 +56,7 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
     paths = cell_paths(out_dir)
     device = resolve_device(cfg.device)
     source = open_source([cfg], device, paths.root.parent)
-    autocast = autocast_for(train_dtype(cfg, device), device)
+    autocast = autocast_for(train_dtype(cfg.dtype, device), device)
     k, kc = n_dict_for(source.d_in, cfg.sae.dict_size_to_input_ratio), cfg.ksvd
     cache = paths.root / CACHE_FILE
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 
 from e2e.config import ConfigError, DataConfig
 from e2e.io import atomic_write_text
-from e2e.kernels.chip import autocast_for, native_bf16
+from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.optim import warmup_cosine
 
 EOS = "<|endoftext|>"
@@ -137,8 +137,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     val_before = eval_loss(model, val_batches)
     bar = tqdm(range(cfg.train_steps), desc="pretrain", disable=not progress, mininterval=5)
     # the small LM trains on the CPU
-    dtype = cfg.dtype if cfg.dtype != "auto" else (
-        "bfloat16" if native_bf16(torch.device("cpu")) else "float32")
+    dtype = train_dtype(cfg.dtype, torch.device("cpu"))
     autocast = autocast_for(dtype, torch.device("cpu"))
     for _ in bar:
         batch = train_stream.next_batch(cfg.batch_size)

@@ -195,7 +195,7 @@ class _PackRun:
         if self.first.data_state is not None:
             self.source.stream.load_state_dict(self.first.data_state)
         self.evals = eval_batches(self.source, cfg, self.device)
-        self.train_dtype = pack_dtype(self.members, train_dtype(cfg, self.device))
+        self.train_dtype = pack_dtype(self.members, train_dtype(cfg.dtype, self.device))
         self.autocast = autocast_for(self.train_dtype, self.device)
         self.runs = {id(m): wandb_run(m.cfg, m.paths.root) for m in self.members}
         self.failures: dict[str, BaseException] = {}

@@ -60,7 +60,7 @@ class Member:
         self.kl_scale: float | None = None  # loss.balance_kl: MSE/KL at step 0
         self.l0ctl = L0Controller(device) if cfg.loss.track_l0 else None
         self.parent_sha256 = ""
-        self.train_dtype = train_dtype(cfg, device)  # a checkpoint's replaces it (resume)
+        self.train_dtype = train_dtype(cfg.dtype, device)  # a checkpoint's replaces it (resume)
         n_dict = n_dict_for(d_in, cfg.sae.dict_size_to_input_ratio)
         self.saes = []
         for i in range(cfg.mfr.n_saes):
