@@ -67,8 +67,6 @@ def autocast_for(dtype: str, device: torch.device):
             else nullcontext())
 
 
-
-
 def dense_gflops(device: torch.device, dtype: torch.dtype, n: int = 1024,
                  seconds: float = 0.3) -> float:
     """This machine's rate for an (n, n) @ (n, n) matmul in `dtype`, GFLOP/s: the ceiling a
@@ -88,7 +86,6 @@ def dense_gflops(device: torch.device, dtype: torch.dtype, n: int = 1024,
             sync()
     sync()
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
 
 
 def compile_cache_per_kernels() -> None:
