@@ -8,8 +8,13 @@ export TOKENIZERS_PARALLELISM := false
 
 install: .venv/.installed
 
-# Idempotent: re-runs only when pyproject.toml changes.
+# Idempotent: re-runs only when pyproject.toml changes. tcmalloc, which plain jobs preload
+# (jobs/containers.py), from apt where this runs as root (CI does).
 .venv/.installed: pyproject.toml
+	@/sbin/ldconfig -p | grep -q libtcmalloc_minimal.so.4 || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; } || echo "note: no \
+	libtcmalloc-minimal4 (apt): CPU jobs run on glibc's malloc, 1.2-1.4x slower (docs/performance.md)"
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 command -v mmdebstrap >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
 if ! podman image exists localhost/e2e-base; then
   mmdebstrap --quiet --variant=apt \
-    --include=python3,python3-venv,python3-pip,slurm-client,ca-certificates \
+    --include=python3,python3-venv,python3-pip,slurm-client,ca-certificates,libtcmalloc-minimal4 \
     bookworm containers/rootfs.tar
   podman import containers/rootfs.tar localhost/e2e-base >/dev/null
   rm -f containers/rootfs.tar

@@ -1,10 +1,15 @@
-"""glibc's heap in a training process: freed blocks kept for the next step (`keep_freed_heap`)
-and handed back to the system on request (`return_freed_heap`). Without glibc (musl, macOS,
-Windows) both do nothing; an allocator preloaded in glibc's place ignores them."""
+"""The heap of a training process: which allocator serves it (`malloc_in_use`: jobs preload
+tcmalloc where it is installed, docs/performance.md), glibc's freed blocks kept for the next step
+(`keep_freed_heap`) and handed back to the system on request (`return_freed_heap`). Without
+glibc (musl, macOS, Windows) the last two do nothing; a preloaded allocator ignores them."""
 
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
+
+# The allocators a process may have preloaded in glibc's place, by their library's file name.
+_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 
 # mallopt's parameters (glibc's malloc.h, mallopt(3))
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -20,6 +25,17 @@ def _libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(None)
     except Exception:  # noqa: BLE001 (no CDLL(None) on Windows)
         return None
+
+
+def malloc_in_use(maps: Path = Path("/proc/self/maps")) -> str:
+    """"tcmalloc", "jemalloc" or "mimalloc" when that library is mapped into this process (so
+    preloaded: nothing here links one), else "glibc"; "unknown" without `/proc` (not Linux)."""
+    try:
+        mapped = maps.read_text()
+    except OSError:
+        return "unknown"
+    libs = {line.rsplit("/", 1)[-1] for line in mapped.splitlines() if "/lib" in line}
+    return next((a for a in _ALLOCATORS if any(f"lib{a}" in lib for lib in libs)), "glibc")
 
 
 def keep_freed_heap() -> bool:

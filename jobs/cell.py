@@ -24,6 +24,7 @@ import submitit
 import torch
 
 from e2e.config import CellConfig
+from e2e.heap import malloc_in_use
 from e2e.io import CellBusyError, cell_paths
 from e2e.train import MemberFailed, train_pack
 from jobs import cli
@@ -105,7 +106,8 @@ class CellJob(submitit.helpers.Checkpointable):
         pack = f" in a pack of {len(dirs)}" if len(dirs) > 1 else ""
         for d in dirs:
             resuming = " (resuming)" if cell_paths(d).checkpoint.exists() else ""
-            _log(d, f"start{resuming}{pack} on {platform.node()} with {sys.executable}")
+            _log(d, f"start{resuming}{pack} on {platform.node()} with {sys.executable}, "
+                    f"{malloc_in_use()} malloc")
         try:
             statuses = train_pack(cfgs, dirs, should_stop=lambda: bool(stop.requested))
         except CellBusyError as e:  # another process trains it: not a failure of the cell

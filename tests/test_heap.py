@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from ctypes.util import find_library
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,24 @@ def test_train_pack_keeps_the_freed_heap_before_it_trains(monkeypatch, tmp_path)
     with pytest.raises(Called):
         loop.train_pack([CellConfig()], [tmp_path / "cell"])
     assert not (tmp_path / "cell").exists(), "set before anything is written"
+
+
+@pytest.mark.skipif(not find_library("tcmalloc_minimal"), reason="libtcmalloc-minimal4 missing")
+def test_malloc_in_use_names_a_preloaded_tcmalloc_and_glibc_otherwise():
+    code = "from e2e.heap import malloc_in_use; print(malloc_in_use())"
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+    def run(**extra):
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, **extra},
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    assert run() == "glibc"
+    assert run(LD_PRELOAD=find_library("tcmalloc_minimal")) == "tcmalloc"
+
+
+def test_malloc_in_use_without_proc_is_unknown(tmp_path):
+    assert heap.malloc_in_use(tmp_path / "no-maps") == "unknown"
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n"
+                    "7f02-7f03 r-xp 0 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert heap.malloc_in_use(maps) == "jemalloc"

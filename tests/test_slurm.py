@@ -98,8 +98,8 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     assert "## Geometry: within-SAE" in (grid / "results" / "tables.md").read_text()
     # the feature browser, built in the analysis job's container
     assert (grid / "results" / "browser" / "data" / "index.js").stat().st_size > 100
-    for cell in grid.glob("L*"):  # the cells ran inside the image: its python, not ours
-        assert "with /opt/venv/bin/python" in (cell / "train.log").read_text()
+    for cell in grid.glob("L*"):  # inside the image: its python, and the tcmalloc it preloads
+        assert "with /opt/venv/bin/python, tcmalloc malloc" in (cell / "train.log").read_text()
 
 
 def test_finetune_array_task_i_waits_for_cell_task_i_then_the_collector(tmp_path):
@@ -252,6 +252,7 @@ def test_plain_sbatch_array_over_the_manifest_preempted_and_requeued_matches_sub
     for d in first:
         log = (Path(d) / "train.log").read_text()
         assert "interrupted" in log and "start (resuming) in a pack of 2" in log, log
+        assert "tcmalloc malloc" in log, log
     ref, got = _cells_by_axes(tmp_path / "submitit" / "smoke"), _cells_by_axes(plain / "smoke")
     assert ref.keys() == got.keys() and len(ref) == 4
     for key in ref:

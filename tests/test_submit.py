@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from ctypes.util import find_library
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,11 @@ def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
     assert len(cells) == 4 and all((d / "DONE").exists() for d in cells)
     assert all("in a pack of 3" in (d / "train.log").read_text() for d in cells
                if "-ksvd-" not in d.name)
+    # a plain job preloads tcmalloc where the machine has it (CI's `make install` puts it there)
+    tcmalloc = bool(find_library("tcmalloc_minimal")) and not os.environ.get("LD_PRELOAD")
+    assert tcmalloc or os.environ.get("CI") != "true", "CI installs libtcmalloc-minimal4"
+    malloc = "tcmalloc malloc" if tcmalloc else "glibc malloc"
+    assert all(malloc in (d / "train.log").read_text() for d in cells)
     assert (grid / "manifest.txt").read_text().count("\n") == 2  # the pack, the ksvd cell
     results = grid / "results"
     for f in ("summary.csv", "tables.md", "tables.tex", "results.h5", "pareto_l0.png"):
