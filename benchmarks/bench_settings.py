@@ -15,13 +15,15 @@ process's peak RSS on CPU (model and libraries included). GFLOP/s counts the ste
 (torch.utils.flop_counter) against a dense matmul of the step's dtype timed in the same process.
 `--dtype auto` is what a cell with the default `dtype=auto` trains in on this machine;
 `--compile` is the cell's `model.compile` (auto: on, as for a paper-sized cell; the warm-up
-steps compile).
+steps compile). `--malloc job` (the default) runs each setting on the allocator a job's process
+gets here (tcmalloc where installed: `jobs.containers.allocator_env`), `glibc` on glibc's.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -32,11 +34,12 @@ from pathlib import Path
 import torch
 
 from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
-from e2e.heap import keep_freed_heap
+from e2e.heap import keep_freed_heap, malloc_in_use
 from e2e.kernels.chip import dense_gflops, train_dtype
 from e2e.model import load_model
 from e2e.train import pack_step
 from e2e.train.member import Member
+from jobs.containers import allocator_env
 
 
 def build_model(args, tmp: Path):
@@ -122,6 +125,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--settings", default="local,e2e,e2e_ds", help="comma-separated")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--malloc", choices=("job", "glibc"), default="job",
+                   help="a job's allocator (tcmalloc where installed) or glibc's")
     p.add_argument("--only", choices=("local", "e2e", "e2e_ds"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.dtype == "auto":
@@ -130,7 +135,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model(args, Path(tmp) / "model")
             tps, mem, gflops, mean_tps = bench(model, args, args.only, Path(tmp))
-        print(f"{tps} {mem} {gflops} {mean_tps}")
+        print(f"{tps} {mem} {gflops} {mean_tps} {malloc_in_use()}")
         return
     peak = dense_gflops(torch.device(args.device), getattr(torch, args.dtype))
     print(f"model: {args.n_layers} layers, d_model {args.d_model}, vocab {args.vocab}; SAE at "
@@ -139,17 +144,19 @@ def main() -> None:
           f"{args.device} ({torch.get_num_threads()} threads); dense {args.dtype} matmul "
           f"{peak:.0f} GFLOP/s")
     local_tps = None
+    env = shlex.split(allocator_env()) if args.malloc == "job" else []
     for setting in args.settings.split(","):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--dtype", args.dtype,
-                              "--only", setting],
+        out = subprocess.run([*env, sys.executable, __file__, *sys.argv[1:], "--dtype",
+                              args.dtype, "--only", setting],
                              capture_output=True, text=True, check=True).stdout
-        tps, mem, gflops, mean_tps = map(float, out.split()[-4:])
+        *numbers, malloc = out.split()[-5:]
+        tps, mem, gflops, mean_tps = map(float, numbers)
         local_tps = local_tps or (tps if setting == "local" else None)
         rel = (f"   {local_tps / tps:.2f}x local's time per token"
                if setting != "local" and local_tps else "")
         print(f"{setting:7} {tps:10.0f} tokens/s   (mean step: {mean_tps:.0f} tokens/s)   "
               f"peak memory {mem:8.1f} MiB   matmuls {gflops:6.1f} GFLOP/s "
-              f"({100 * gflops / peak:.0f}% of dense){rel}", flush=True)
+              f"({100 * gflops / peak:.0f}% of dense), {malloc} malloc{rel}", flush=True)
 
 
 if __name__ == "__main__":
