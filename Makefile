@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 install: .venv/.installed
 
 # Idempotent: re-runs only when pyproject.toml changes. tcmalloc, which plain jobs preload
-# (jobs/containers.py), from apt where this runs as root (CI does).
+# (jobs/plan/containers.py), from apt where this runs as root (CI does).
 .venv/.installed: pyproject.toml
 	@/sbin/ldconfig -p | grep -q libtcmalloc_minimal.so.4 || { [ "$$(id -u)" = 0 ] && \
 	  command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

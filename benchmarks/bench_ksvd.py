@@ -31,8 +31,8 @@ from e2e.saelens import load_saelens
 from e2e.store import read_metrics
 from e2e.train import train
 from jobs import cli
-from jobs.grid import expand
-from jobs.grids import GRIDS, pretrain_dir
+from jobs.plan.grid import expand
+from jobs.plan.grids import GRIDS, pretrain_dir
 
 HELD_OUT = 65_536
 

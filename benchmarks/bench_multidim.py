@@ -9,7 +9,7 @@ dictionary's clusters fire on a few to many tokens); `--per_set` fits one cluste
 (`cluster_indices`, the only path before the batch), the default fits all clusters in one batch
 (`clusters_indices`). `--contend n` starts n processes that run torch matmuls on every core for
 the whole measurement (a second job on the node). Prints the time and the cost per point-step of
-the mixture fit, the constant of the analysis job's time model (`jobs.plan`).
+the mixture fit, the constant of the analysis job's time model (`jobs.plan.analysis_cost`).
 """
 
 from __future__ import annotations

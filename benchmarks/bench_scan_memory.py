@@ -3,7 +3,7 @@ one (CHUNK_TOKENS, n) float tensor: `python benchmarks/bench_scan_memory.py [n .
 
 Each n runs in its own process: peak RSS after the activations and the encoder exist, then
 after `scan` of 2 chunks; the difference over one chunk's codes (CHUNK_TOKENS x n x 4 bytes) is
-the multiple `jobs/analysis_cost.SCAN_CHUNKS` models."""
+the multiple `jobs.plan.analysis_cost.SCAN_CHUNKS` models."""
 
 from __future__ import annotations
 

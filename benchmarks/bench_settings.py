@@ -16,7 +16,7 @@ process's peak RSS on CPU (model and libraries included). GFLOP/s counts the ste
 `--dtype auto` is what a cell with the default `dtype=auto` trains in on this machine;
 `--compile` is the cell's `model.compile` (auto: on, as for a paper-sized cell; the warm-up
 steps compile). `--malloc job` (the default) runs each setting on the allocator a job's process
-gets here (tcmalloc where installed: `jobs.containers.allocator_env`), `glibc` on glibc's.
+gets here (tcmalloc where installed: `jobs.plan.containers.allocator_env`), `glibc` on glibc's.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 
 from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
-from e2e.heap import keep_freed_heap, malloc_in_use
+from e2e.heap import keep_freed_heap
 from e2e.kernels.chip import dense_gflops, train_dtype
 from e2e.model import load_model
 from e2e.train import pack_step
 from e2e.train.member import Member
-from jobs.containers import allocator_env
+from jobs.plan.containers import allocator_env, malloc_in_use
 
 
 def build_model(args, tmp: Path):

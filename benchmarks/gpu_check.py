@@ -11,7 +11,7 @@
 2. Resume after a kill: a real cell (`python -m jobs.cell`) SIGKILLed after its first
    checkpoint, resumed, and compared with the same cell run straight through.
 3. One ksvd cell (DB-KSVD on the GPU: caching, pursuit, update, scoring).
-4. A fine-tune: a local cell, then its KL+MSE child (`jobs.finetune`, the grid's defaults):
+4. A fine-tune: a local cell, then its KL+MSE child (`jobs.plan.finetune`, the grid's defaults):
    the child's step-0 evaluation against its parent's final one (equal on the same device),
    its time, and its FLOPs against the parent's.
 `size=cpu` runs the same code on a small shape on the CPU (CI runs it, so it never rots);
@@ -195,7 +195,7 @@ def ksvd_report(cfg: CellConfig, root: Path) -> dict:
 
 def finetune_report(cfg: CellConfig, root: Path) -> dict:
     from e2e.store import read_metrics
-    from jobs.finetune import Finetune, child
+    from jobs.plan.finetune import Finetune, child
 
     parent = replace(cfg, loss=LossConfig(setting="local", sparsity_coeff=1.0))
     train(parent, root / "ft" / "parent", progress=False)

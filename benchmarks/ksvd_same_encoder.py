@@ -24,7 +24,7 @@ from e2e.data.source import eval_batches, evaluate_dictionaries, open_source
 from e2e.io import cell_paths
 from e2e.ksvd import KSVDDictionary
 from jobs import cli
-from jobs.results import read_grid
+from jobs.report.results import read_grid
 
 
 @dataclass(frozen=True)

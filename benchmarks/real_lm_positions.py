@@ -14,7 +14,7 @@ import torch
 from e2e.config import DataConfig, ModelConfig
 from e2e.data.tokens import TokenStream
 from e2e.model import load_model
-from jobs.grids import pretrain_dir
+from jobs.plan.grids import pretrain_dir
 
 
 def main(root: str = "runs", rows: int = 16, context: int = 128) -> None:

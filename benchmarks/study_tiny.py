@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import cli, convergence, tables
-from jobs.grids import pretrain_dir
-from jobs.results import read_grid, to_point
+from jobs import cli
+from jobs.plan.grids import pretrain_dir
+from jobs.report import convergence, tables
+from jobs.report.results import read_grid, to_point
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,7 +170,7 @@ def main(*tokens: str) -> None:
         sys.exit(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
     shared_lm = pretrain_dir(root / "_lm", "tiny")
     if not (shared_lm / "DONE").exists():
-        subprocess.run([sys.executable, "-m", "jobs.launch", "step=pretrain", "grid=tiny",
+        subprocess.run([sys.executable, "-m", "jobs.run.launch", "step=pretrain", "grid=tiny",
                         f"root={root / '_lm'}"], check=True, cwd=REPO)
     for name in names:
         if not report_only:

@@ -1,15 +1,11 @@
-"""The heap of a training process: which allocator serves it (`malloc_in_use`: jobs preload
-tcmalloc where it is installed, docs/performance.md), glibc's freed blocks kept for the next step
-(`keep_freed_heap`) and handed back to the system on request (`return_freed_heap`). Without
-glibc (musl, macOS, Windows) the last two do nothing; a preloaded allocator ignores them."""
+"""glibc's heap in a training process: freed blocks kept for the next step (`keep_freed_heap`)
+and handed back to the system on request (`return_freed_heap`). Without glibc (musl, macOS,
+Windows) both do nothing; an allocator preloaded in glibc's place (tcmalloc: every job's where
+installed, `jobs.plan.containers`) ignores them."""
 
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
-
-# The allocators a process may have preloaded in glibc's place, by their library's file name.
-_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 
 # mallopt's parameters (glibc's malloc.h, mallopt(3))
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -27,31 +23,15 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def malloc_in_use(maps: Path = Path("/proc/self/maps")) -> str:
-    """"tcmalloc", "jemalloc" or "mimalloc" when that library is mapped into this process (so
-    preloaded: nothing here links one), else "glibc"; "unknown" without `/proc` (not Linux)."""
-    try:
-        mapped = maps.read_text()
-    except OSError:
-        return "unknown"
-    libs = {line.rsplit("/", 1)[-1] for line in mapped.splitlines() if "/lib" in line}
-    return next((a for a in _ALLOCATORS if any(f"lib{a}" in lib for lib in libs)), "glibc")
-
-
 def keep_freed_heap() -> bool:
     """Serves every allocation up to 32 MiB from the heap, and keeps freed heap memory for
     reuse instead of handing it back to the system; for the whole process, from now on. True
     where glibc accepted both settings (an allocator preloaded in its place ignores them).
 
-    A step allocates and frees the same tensors every time. By default glibc maps many of
-    them afresh (it raises its mapping threshold only as far as the largest block freed so
-    far) and shrinks the heap whenever 2x that threshold lies free at its top, so each step
-    paid the page faults and the zeroing of that memory again. On 2 CPU cores, small shape,
-    bf16 (docs/performance.md): the SAE's backward matmul into a fresh (1,024, 2,048) tensor
-    took 2.0 ms against 1.3 ms with its memory reused; local about 44k -> 52k tokens/s, e2e
-    17-19k -> 20k. Blocks above 32 MiB are still mapped each time. Peak RSS is about as
-    before (a GPT-2 shape e2e cell: 5,980 against 5,922 MiB); the heap no longer shrinks
-    between steps."""
+    A step allocates and frees the same tensors every time; by default glibc maps many of
+    them afresh and shrinks its heap, so each step paid their page faults and zeroing again.
+    Small shape, bf16, 2 cores: local about 44k -> 52k tokens/s, e2e 17-19k -> 20k; peak RSS
+    about as before; blocks above 32 MiB still mapped each step (docs/performance.md)."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False

@@ -1,5 +1,7 @@
-"""Glue around the `e2e` library: grids, the plan, submission, the per-cell job, the collector
-and the analysis step. Every entry point is `python jobs/<name>.py key=value ...` (`jobs.cli`)."""
+"""The job system around the `e2e` library, in five rooms whose imports go one way (docs/layout.md):
+`plan` -> `report` -> `analysis` -> `explain` -> `run`. The entry points sit beside them:
+`python jobs/<name>.py key=value ...` (submit, stage, collect, analyze, autointerp) and
+`python -m jobs.cell <cell_dir> ...`, all parsed by `jobs.cli`."""
 
 import os
 

@@ -11,8 +11,8 @@ would be staged and its size. `submit.py ... stage=true` stages first, then subm
 from __future__ import annotations
 
 from jobs import cli
-from jobs.plan import make_plan
-from jobs.stages import run_stages
+from jobs.plan.make import make_plan
+from jobs.plan.stages import run_stages
 
 
 def main(*tokens: str) -> None:

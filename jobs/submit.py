@@ -1,225 +1,27 @@
 """`python jobs/submit.py grid=<name> [key=value ...]`: a grid becomes one array of cell jobs.
 
-Everything is checked before anything is written or submitted (`jobs.plan`): keys, values, grid
-name, every cell's config, and existing cell folders whose config differs. Then, through
+Everything is checked before anything is written or submitted (`jobs.plan.make`): keys,
+values, grid name, every cell's config, existing cell folders whose config differs, and the
+auto-interp endpoint. Then, through
 submitit, the same jobs run on SLURM (one array, after the pre-training job if the grid has
 one, followed by the collector and the analysis with `afterany`) or as local processes
-(`jobs.launch`).
+(`jobs.run.launch`).
 """
 
 from __future__ import annotations
 
-import shlex
-import sys
-from pathlib import Path
-
-from e2e.io import atomic_write_text, cell_paths
 from jobs import cli
-from jobs.autointerp_config import CACHE as AUTOINTERP_CACHE
-from jobs.autointerp_config import FILE as AUTOINTERP_FILE
-from jobs.autointerp_config import n_dictionaries
-from jobs.grids import pretrain_dir
-from jobs.launch import launch
-from jobs.plan import Plan, make_plan
-from jobs.stages import run_stages
-
-
-def format_plan(plan: Plan) -> str:
-    o = plan.opts
-    lines = [f"grid {plan.grid.name}: {len(plan.cells)} cells, {len(plan.todo)} to run "
-             f"({sum(c.status == 'done' for c in plan.cells)} done) under {plan.grid_dir}",
-             f"packs: up to {plan.pack_size} cells per task sharing one pass of the frozen "
-             f"model (pack=; grid default {plan.grid.pack}): {len(plan.packs)} tasks, "
-             f"{len(plan.todo_packs)} to run",
-             f"executor: {plan.executor}; container: {plan.container}"]
-    if plan.executor == "slurm":
-        lines.append(f"SLURM, per task: --gres=gpu:{o.gpus_per_cell} --cpus-per-task="
-                     f"{plan.cpus} --time={plan.time_min} (minutes) "
-                     f"--partition={o.partition or '(default)'} "
-                     f"--mem={f'{o.mem_gb}G' if o.mem_gb else '(default)'}, one array "
-                     f"(parallelism {o.array_parallelism or 'unlimited'}), --signal=USR2@120, "
-                     "--requeue")
-    else:
-        lines.append(f"local processes, {o.array_parallelism or 1} at a time (on SLURM each "
-                     f"task would ask for {o.gpus_per_cell} GPU and {plan.time_min} min)")
-    if plan.grid.gpu_hours:
-        known = [h for h in (plan.grid.cell_gpu_hours(c.cfg) for c in plan.todo)
-                 if h is not None]
-        some = "" if len(known) == len(plan.todo) else f"{len(known)} of "
-        lines.append(f"estimated {sum(known):,.0f} GPU-hours for {some}the {len(plan.todo)} "
-                     f"cells to run{' (the others: no estimate)' if some else ''} "
-                     f"({plan.grid.gpu_hours_source}; packs share the clean pass)")
-    lines += _memory_lines(plan)
-    if plan.needs_pretrain:
-        lines.append(f"pre-training job first -> {pretrain_dir(Path(o.root), plan.grid.name)}")
-    for s in plan.stages:
-        lines.append(f"{'staging here first' if o.stage else 'stage'}: {s.describe()}")
-    lines.append(f"job command: {plan.python} -u -m submitit.core._submit <job folder>")
-    lines.append(f"{'task':>4} {'cell':34} {'layer':>5} {'setting':8} {'λ':>8}  status"
-                 + ("  (ksvd: λ is max_nnz)" if any(c.cfg.loss.setting == "ksvd"
-                                                    for c in plan.cells) else ""))
-    for t, pack in enumerate(plan.packs):
-        for c in pack:
-            lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {c.cfg.loss.setting:8} "
-                         f"{c.cfg.lam:>8g}  {c.status}")
-    lines += _finetune_lines(plan)
-    arrays = "the arrays, whatever their" if plan.children else "the array, whatever its"
-    pages, size, seconds = plan.browser_estimate
-    device = f"{plan.analysis_gpus} GPU, " if plan.analysis_gpus else "CPU only, "
-    lines.append(f"then: collector job (after {arrays} outcome), then the "
-                 f"analysis job (after the collector; {device}{plan.cpus} CPUs, "
-                 f"--time={plan.analysis_time_min} --mem={plan.analysis_mem_gb}G: geometry, "
-                 f"downstream reconstruction, multi-dimensional features, and the feature "
-                 f"browser: at most {pages:,} feature pages, about {size / 1e6:,.0f} MB, "
-                 f"{seconds / 60:,.0f} min)")
-    lines += _autointerp_lines(plan)
-    lines += [f"note: {n}" for n in plan.notes]
-    return "\n".join(lines)
-
-
-def _autointerp_lines(plan: Plan) -> list[str]:
-    """The auto-interp step: where it asks, and how much (an upper bound)."""
-    ai = plan.autointerp
-    if ai is None:
-        return []
-    dicts = n_dictionaries(plan)
-    requests, tokens = ai.estimate(dicts)
-    cost = f", about ${tokens * ai.price_per_mtok / 1e6:,.2f} at ${ai.price_per_mtok:g} per " \
-        "million tokens" if ai.price_per_mtok else ""
-    where = (f"a server the job starts on its own {ai.serve_gpus} GPU(s): "
-             f"{ai.serve_command.format(model=ai.serve, port='<port>')}" if ai.serve
-             else ai.base_url)
-    return [f"then: auto-interp job (after the analysis): {ai.n_features} live features per "
-            f"dictionary x {dicts} dictionaries, explained by {ai.explainer} and scored "
-            f"({', '.join(ai.scorers)}) by {ai.scorer} at {where}: at most {requests:,} "
-            f"requests, about {tokens / 1e6:,.1f}M tokens{cost}; answers cached under "
-            f"{Path(plan.opts.root).resolve() / AUTOINTERP_CACHE} (a rerun sends only "
-            "what is not cached)"]
-
-
-def _memory_lines(plan: Plan) -> list[str]:
-    """Estimated peak GPU memory per cell of each setting, where the model's sizes are known
-    (its config here, or the grid's `model_sizes`); `--mem=` is host memory, not this."""
-    from jobs.cell_memory import cell_memory_gib
-    from jobs.sources import model_config
-
-    cfgs = [c.cfg for c in plan.todo if c.cfg.source == "model" and c.cfg.loss.setting != "ksvd"]
-    if not cfgs or plan.executor != "slurm" and not plan.opts.dry_run:
-        return []
-    hf = model_config(cfgs[0].model.name_or_path) or plan.grid.model_sizes
-    peak: dict[str, float] = {}
-    for cfg in cfgs:
-        gib = cell_memory_gib(cfg, hf) if hf else None
-        if gib is not None:
-            peak[cfg.loss.setting] = max(peak.get(cfg.loss.setting, 0.0), gib)
-    if not peak:
-        return []
-    return ["estimated GPU memory of a cell alone at most (a pack holds more): " + ", ".join(
-        f"{s} {g:,.0f} GiB" for s, g in peak.items()) + " (jobs/cell_memory.py: a model "
-        "calibrated on one H200 measurement of a GPT-2 e2e cell)"]
-
-
-def _finetune_lines(plan: Plan) -> list[str]:
-    """The fine-tune stage: its tasks, and its GPU-hours against e2e from scratch."""
-    if not plan.children:
-        return []
-    ft = plan.finetune
-    todo = [c for c in plan.children if c.status != "done"]
-    parents = {p for p, _ in plan.child_of.values()}
-    lines = [f"fine-tune stage: {len(plan.children)} children of {len(parents)} local cells "
-             f"({', '.join(ft.settings)} x fractions "
-             f"{', '.join(f'{f:g}' for f in ft.fractions)}; lr x{ft.lr_factor:g}, warm-up "
-             f"{ft.warmup:.0%}), {len(todo)} to run; on SLURM one array per fraction, task i "
-             "after parent task i (--dependency=aftercorr)"]
-    hours = plan.grid.gpu_hours
-    if hours:
-        by_id = {c.id: c for c in plan.cells}
-        own = sum(hours.get((c.cfg.layer, c.cfg.loss.setting), 0) * plan.child_of[c.id][1]
-                  for c in todo)
-        e2e = sum(hours.get((by_id[p].cfg.layer, "e2e"), 0) for p in parents)
-        local = sum(hours.get((by_id[p].cfg.layer, "local"), 0) for p in parents)
-        lines.append(f"estimated {own:,.0f} GPU-hours for the children to run (a fraction of "
-                     f"an e2e cell each); per recipe and fraction, local + fine-tune costs "
-                     f"{local:,.0f} + {own / len(ft.settings) / len(ft.fractions):,.0f} "
-                     f"against {e2e:,.0f} GPU-hours for e2e from scratch at the same "
-                     f"{len(parents)} (layer, λ) points")
-    for f, packs in plan.child_tasks(plan.packs):
-        for t, pack in enumerate(packs):
-            for c in pack:
-                lines.append(f"{t:>4} {c.id:34} {c.cfg.layer:>5} {'ft ' + f'{f:g}':8} "
-                             f"{c.cfg.lam:>8g}  {c.status} (after {plan.child_of[c.id][0]})")
-    return lines
-
-
-def write_configs(plan: Plan) -> None:
-    """Each cell's config.json, and `manifest.txt` (one pack per line: its cell folders,
-    space-separated) for the plain `sbatch slurm/array.sbatch` path."""
-    for c in plan.todo + [c for c in plan.children if c.status != "done"]:
-        paths = cell_paths(c.dir)
-        if not paths.config.exists():
-            atomic_write_text(paths.config, c.cfg.to_json())
-    _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
-    if plan.autointerp:
-        atomic_write_text(plan.grid_dir / AUTOINTERP_FILE, plan.autointerp.to_json())
-    for f, packs in plan.child_tasks(plan.packs):
-        if packs:  # a fraction whose children are all done has no array
-            _write_manifest(plan.grid_dir / f"manifest-ft{f:g}.txt", packs)
-
-
-def _write_manifest(path: Path, packs: list) -> None:
-    """One pack per line (its cell folders); `-` for an empty task of a fine-tune array."""
-    text = "".join((" ".join(str(c.dir) for c in p) or "-") + "\n" for p in packs)
-    if not path.exists() or path.read_text() != text:  # a rerun writes nothing
-        atomic_write_text(path, text)
-
-
-def plain_sbatch_commands(plan: Plan) -> str:
-    """The plain-sbatch recipe for a written plan: pre-training if needed, the array over
-    manifest.txt (one task per pack), the collector after it, then the analysis step."""
-    root, grid = Path(plan.opts.root).resolve(), plan.grid.name
-    n = len(plan.packs)
-    env = f"E2E_CONTAINER={plan.container}" + (
-        f" E2E_IMAGE={shlex.quote(plan.image)}" if plan.container != "none" else
-        f" E2E_PYTHON={shlex.quote(sys.executable)}")
-
-    def wrap(step: str) -> str:  # pre-training and collector run in the cells' container too
-        return shlex.quote(f"{plan.python} -m jobs.launch step={step} grid={grid} root={root}")
-
-    lines = ["written: cell configs and " + str(plan.grid_dir / "manifest.txt") +
-             "; submit from the repository root with:"]
-    dep = ""
-    if plan.needs_pretrain:
-        lines.append(f"pre=$(sbatch --parsable --job-name={grid}-pretrain --wrap "
-                     f"{wrap('pretrain')})")
-        dep = " --dependency=afterok:$pre"
-    lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} "
-                 f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
-                 f"{plan.grid_dir / 'manifest.txt'})")
-    after = "$arr"
-    lines += ["all="] if plan.children else []
-    for f, packs in [(f, p) for f, p in plan.child_tasks(plan.packs) if p]:
-        lines.append(f"ft=$({env} sbatch --parsable --array=0-{len(packs) - 1} "
-                     f"--dependency=aftercorr:$arr --kill-on-invalid-dep=yes "
-                     f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
-                     f"{plan.grid_dir / f'manifest-ft{f:g}.txt'}); all=\"$all:$ft\"")
-        after = "$arr$all"
-    lines.append(f"col=$(sbatch --parsable --dependency=afterany:{after} "
-                 f"--job-name={grid}-collect --wrap {wrap('collect')})")
-    gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
-    lines.append(f"{'ana=$(' if plan.autointerp else ''}sbatch "
-                 f"{'--parsable ' if plan.autointerp else ''}--dependency=afterany:$col "
-                 f"--job-name={grid}-analyze {gres}--time={plan.analysis_time_min} "
-                 f"--mem={plan.analysis_mem_gb}G --wrap "
-                 f"{wrap('analyze')}{')' if plan.autointerp else ''}")
-    if plan.autointerp:
-        gres = f"--gres=gpu:{plan.autointerp.gpus} " if plan.autointerp.gpus else ""
-        lines.append(f"sbatch --dependency=afterany:$ana --job-name={grid}-autointerp {gres}"
-                     f"--time={plan.autointerp_minutes} --wrap {wrap('autointerp')}")
-    return "\n".join(lines)
+from jobs.explain.endpoint import check_endpoint
+from jobs.plan.describe import format_plan
+from jobs.plan.make import make_plan
+from jobs.plan.stages import run_stages
+from jobs.run.launch import launch
+from jobs.run.manifest import plain_sbatch_commands, write_configs
 
 
 def main(*tokens: str) -> None:
     plan = make_plan([str(t) for t in tokens])
+    check_endpoint(plan)  # one line before anything is written or sent
     print(format_plan(plan), flush=True)
     if plan.opts.dry_run:
         return

@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from jobs.grid import expand
-from jobs.grids import SMOKE, pretrain_dir
+from jobs.plan.grid import expand
+from jobs.plan.grids import SMOKE, pretrain_dir
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def llm_server(tmp_path_factory):
     import types
 
     from e2e.lm.gguf import GGUFLMConfig, extract_gguf
-    from jobs.llm_serve import _free_port, _stop, _wait
+    from jobs.explain.serve import _free_port, _stop, _wait
 
     if not LLM_PYTHON.exists():
         if os.environ.get("CI"):

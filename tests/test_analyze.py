@@ -90,9 +90,9 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
     """Issue 20, item 6: the analysis job's limit comes from a model of its work (at paper
     scale the spectral clustering of 46,080 directions dominates), not 30 + 2 min per cell;
     a local run's analysis runs the threads its SLURM job would get, not one per core."""
-    from jobs.analysis_cost import GEOMETRY_S, analysis_seconds, cluster_seconds
-    from jobs.cell import match_threads_to_allocation
-    from jobs.plan import make_plan
+    from jobs.plan.analysis_cost import GEOMETRY_S, analysis_seconds, cluster_seconds
+    from jobs.plan.make import make_plan
+    from jobs.run.cell import match_threads_to_allocation
 
     plan = make_plan(["grid=paper-tables", "dry_run=true", "executor=slurm",
                       "root=/nonexistent-e2e-root"])
@@ -124,13 +124,13 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
 
 
 def _assert_progress_moves(submitit: Path):
-    """Issue 32, item 8: the analysis job's bar (in modelled seconds of `jobs.analysis_cost`)
+    """Issue 32, item 8: the analysis job's bar (in modelled seconds of `jobs.plan.analysis_cost`)
     moves within the step, several times, through the geometry, each multi-dimensional
     dictionary and the browser's dictionaries (it sat at 0% for minutes); the collector's
     over the cells it reads. The local status line reads the last n/total of a job's log."""
     import re
 
-    from jobs.progress import fraction_done
+    from jobs.run.progress import fraction_done
 
     logs = {p: p.read_text(errors="replace") for p in submitit.rglob("*_log.err")}
     ana = next(t for t in logs.values() if "analysis: " in t)

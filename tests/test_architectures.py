@@ -248,8 +248,8 @@ def test_build_sae_gives_each_architecture_its_options():
 
 # -- the grid --------------------------------------------------------------------------------
 def test_the_architectures_grid_crosses_each_architecture_with_local_and_e2e(tmp_path):
-    from jobs.grid import cell_id, expand
-    from jobs.grids import ARCHITECTURES, ARCHITECTURES_GPT2, TINY
+    from jobs.plan.grid import cell_id, expand
+    from jobs.plan.grids import ARCHITECTURES, ARCHITECTURES_GPT2, TINY
 
     cells = expand(ARCHITECTURES, tmp_path)
     by = {}
@@ -273,7 +273,7 @@ def test_the_architectures_grid_crosses_each_architecture_with_local_and_e2e(tmp
 def test_variants_picks_parts_of_the_grid_and_refuses_names_it_does_not_have(tmp_path):
     """`variants=[batchtopk] optim.lr=0.003` is how docs/architectures.md's lr probe reruns
     BatchTopK's 8 cells; an unknown name, or variants on a grid without them, is one line."""
-    from jobs.plan import make_plan
+    from jobs.plan.make import make_plan
 
     plan = make_plan(["grid=architectures", "variants=[batchtopk,topk+auxk]", "optim.lr=0.003",
                       "dry_run=true", f"root={tmp_path}"])
@@ -288,8 +288,8 @@ def test_variants_picks_parts_of_the_grid_and_refuses_names_it_does_not_have(tmp
 
 
 def test_a_fractional_lambda_for_the_topk_family_is_refused_in_one_line(tmp_path):
-    from jobs.grid import expand
-    from jobs.grids import ARCHITECTURES
+    from jobs.plan.grid import expand
+    from jobs.plan.grids import ARCHITECTURES
 
     with pytest.raises(ConfigError, match="its λ axis is k"):
         expand(ARCHITECTURES, tmp_path, lambdas={"e2e": (0.5,)})
@@ -301,7 +301,7 @@ def test_the_fine_tune_stage_starts_each_architecture_where_its_local_parent_end
     from e2e.io import cell_paths
     from e2e.store import read_metrics
     from e2e.train import train
-    from jobs.finetune import Finetune, child, is_parent
+    from jobs.plan.finetune import Finetune, child, is_parent
 
     fields = {"activation": arch, "k": 4 if arch != "jumprelu" else 0}
     parent = next(c for c in smoke_cells if c.loss.setting == "local")
@@ -345,7 +345,7 @@ def test_switching_a_grid_to_the_topk_family_makes_its_lambda_axis_k(tmp_path):
     """`grid=smoke sae.activation=batchtopk sae.k=8` failed on the grid's sparsity λ (1.0);
     one rule now: the λ axis follows the architecture, or the message says what to type."""
     from e2e.config import ConfigError
-    from jobs.plan import make_plan
+    from jobs.plan.make import make_plan
 
     plan = make_plan(["grid=smoke", f"root={tmp_path}", "sae.activation=batchtopk", "sae.k=8"])
     sae = [c.cfg for c in plan.cells if c.cfg.loss.setting != "ksvd"]

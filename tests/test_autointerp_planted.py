@@ -92,7 +92,7 @@ def test_planted_features_score_higher_against_a_real_server(planted, llm_server
     name their token, the random features' do not. (Its scores are at chance, measured in
     docs/autointerp.md; the scoring is pinned by the keyword judge below.)"""
     from e2e.autointerp.score import Budget, interpret
-    from jobs.llm_endpoint import Endpoint
+    from jobs.explain.endpoint import Endpoint
 
     ep = Endpoint(llm_server.url, "smollm2-135m", tmp_path / "cache")
     budget = Budget(explain=10, scorers=())

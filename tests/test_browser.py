@@ -43,7 +43,7 @@ def _known_top_context(grid: Path, cell: str):
     from e2e.data.tokens import eval_stream
     from e2e.model import load_model, resid_pre
     from e2e.saelens import load_saelens
-    from jobs.analysis_cost import BROWSER_TOKENS
+    from jobs.plan.analysis_cost import BROWSER_TOKENS
 
     cfg = CellConfig.from_dict(json.loads((grid / cell / "config.json").read_text()))
     model = load_model(cfg.model)
@@ -76,8 +76,8 @@ def test_the_browser_files_stand_alone(smoke_browser):
 
 
 def test_large_dictionaries_outside_the_trio_get_a_sample_of_pages(smoke_browser, tmp_path):
-    from jobs import browser
-    from jobs.results import read_grid
+    from jobs.analysis import browser
+    from jobs.report.results import read_grid
 
     grid = tmp_path / "smoke"
     shutil.copytree(smoke_browser, grid, ignore=shutil.ignore_patterns("browser"))
@@ -149,7 +149,7 @@ def test_skipped_positions_have_no_codes_in_the_scan_or_the_windows():
     import torch
 
     from e2e.analysis import features
-    from jobs.browser import _skipping
+    from jobs.analysis.browser import _skipping
 
     def encode(a):  # every element fires everywhere
         return a[:, :2].abs() + 1

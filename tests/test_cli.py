@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from e2e.config import ConfigError
-from jobs.plan import make_plan
+from jobs.plan.make import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,9 +40,9 @@ def test_double_dash_options_reach_the_entry_point(tmp_path):
     (["jobs/collect.py", "grid=smoke", "root=/nonexistent"], "does not exist"),
     (["jobs/analyze.py", "root=/nonexistent"], "missing grid="),
     (["jobs/analyze.py", "grid=smoke", "clustering=bogus"], "clustering='bogus' is invalid"),
-    (["-m", "jobs.launch", "step=pretrain", "grid=paper"], "has no pre-training"),
-    (["-m", "jobs.launch", "step=collect", "grid=bogus"], "grid='bogus' is invalid"),
-    (["-m", "jobs.containers", "container=podman", "root=/x"], "needs image="),
+    (["-m", "jobs.run.launch", "step=pretrain", "grid=paper"], "has no pre-training"),
+    (["-m", "jobs.run.launch", "step=collect", "grid=bogus"], "grid='bogus' is invalid"),
+    (["-m", "jobs.plan.containers", "container=podman", "root=/x"], "needs image="),
 ])
 def test_bad_input_is_one_line(args, message):
     r = _run(*args)

@@ -7,10 +7,10 @@ import pytest
 from e2e.config import CellConfig, LossConfig
 from e2e.io import cell_paths
 from e2e.store import write_metrics
-from jobs import tables
-from jobs.collect import collect
-from jobs.grid import cell_id
-from jobs.tables import Point, ce_ratio_at_equal_l0, paired, reference
+from jobs.plan.grid import cell_id
+from jobs.report import tables
+from jobs.report.collect import collect
+from jobs.report.tables import Point, ce_ratio_at_equal_l0, paired, reference
 
 # (setting, λ, L0, CE increase): local's curve lies at twice e2e's CE increase.
 RUNS = [("local", 1, 100, 0.02), ("local", 4, 40, 0.10), ("local", 10, 10, 0.40),
@@ -123,7 +123,7 @@ def test_paper_grid_prints_the_papers_numbers(tmp_path):
 
 
 def test_second_half_change_compares_the_final_eval_with_the_first_of_the_second_half():
-    from jobs.convergence import second_half_change
+    from jobs.report.convergence import second_half_change
 
     h = {"step": [100, 200, 300, 400], "ce_loss_increase": [0.1, 0.05, 0.045, 0.04],
          "l0": [80, 50, 49, 49]}
@@ -151,7 +151,7 @@ def test_unconverged_cells_are_flagged_in_tables_and_headline(tmp_path):
 
 
 def test_tables_print_each_pairs_mismatch_and_flag_pairs_that_are_not_similar():
-    from jobs.tables import render
+    from jobs.report.tables import render
 
     md, _ = render(_points(), not_done=[], headline=[], paper=False)
     t2 = md.split("## Table 2")[1].split("## Table 3")[0]
@@ -258,7 +258,7 @@ def test_a_comparison_that_cannot_be_made_says_why():
 def test_the_headline_says_its_spread_over_seeds():
     """Two seeds: the pooled ratio, then each seed's own (the comparison within one seed's
     runs); one seed: nothing more."""
-    from jobs.tables import Point, headline
+    from jobs.report.tables import Point, headline
 
     def pt(setting, l0, ce, seed):
         return Point(f"{setting}{l0}{seed}", 2, setting, 1.0, l0, 0, 0, ce, 0, seed=seed)

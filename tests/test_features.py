@@ -95,7 +95,7 @@ def test_logit_effects_equal_a_from_scratch_product():
 
 def test_the_scans_peak_is_a_small_multiple_of_one_chunk():
     """It was 10.3 (t, n) float chunks (+1,322 MiB at n 16,384); the analysis job now asks
-    for memory from a model that takes 4.5 (`jobs.analysis_cost.SCAN_CHUNKS`)."""
+    for memory from a model that takes 4.5 (`jobs.plan.analysis_cost.SCAN_CHUNKS`)."""
     import re
     import subprocess
     import sys
@@ -115,7 +115,7 @@ def test_the_plan_asks_for_the_analysis_jobs_memory(tmp_path):
     import sys
     from pathlib import Path
 
-    from jobs.analysis_cost import analysis_mem_gb
+    from jobs.plan.analysis_cost import analysis_mem_gb
 
     r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
                         "submit=false", "executor=slurm"], capture_output=True, text=True,

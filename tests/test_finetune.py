@@ -131,12 +131,12 @@ def test_a_resumed_child_refuses_a_parent_that_changed(parent, tmp_path):
 # -- the stage: plan, dry run, refusals ----------------------------------------------------------
 
 def _plan(*tokens):
-    from jobs.plan import make_plan
+    from jobs.plan.make import make_plan
     return make_plan(list(tokens))
 
 
 def test_the_stage_adds_a_child_per_local_cell_recipe_and_fraction(smoke_root):
-    from jobs.finetune import recipe_of
+    from jobs.plan.finetune import recipe_of
 
     plan = _plan("grid=smoke", f"root={smoke_root}", "executor=local", "pack=3",
                  "finetune.settings=[e2e,e2e_mse]", "finetune.fractions=[0.25,0.5]")
@@ -178,7 +178,7 @@ def test_the_analysis_job_is_sized_for_the_childrens_dictionaries_too(smoke_root
 
 
 def test_aligned_packs_keep_parent_task_indices():
-    from jobs.finetune import aligned_packs
+    from jobs.plan.finetune import aligned_packs
 
     packs = aligned_packs([["a", "b"], ["c"], ["d"]],
                           [("a", 0.1, "a1"), ("b", 0.1, "b1"), ("d", 0.1, "d1"),
@@ -294,7 +294,7 @@ def test_the_plain_sbatch_path_writes_aligned_manifests_and_aftercorr_commands(t
 
 def _karvonen(cfg, parent_id, **optim):
     from e2e.typed import with_overrides
-    from jobs.finetune import RECIPES
+    from jobs.plan.finetune import RECIPES
 
     child = with_overrides(cfg, {**RECIPES["karvonen"], "init.from_cell": parent_id})
     return replace(child, optim=replace(cfg.optim, **{"n_samples": 16, "warmup_samples": 0,
@@ -334,7 +334,7 @@ def test_karvonen_child_resumes_bit_identical_and_topk_has_no_controller(parent,
 
     from test_train import _assert_identical
 
-    from jobs.finetune import Finetune, child, recipe_of
+    from jobs.plan.finetune import Finetune, child, recipe_of
 
     cfg, grid_dir = parent
     shutil.copytree(grid_dir / "P", tmp_path / "P")

@@ -1,5 +1,6 @@
 """`e2e.heap`: what glibc does with a step's freed tensors, read from glibc itself
-(`mallinfo2`), each case in a fresh process."""
+(`mallinfo2`), each case in a fresh process; and which allocator a job's process runs on
+(`jobs.plan.containers.malloc_in_use`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e import heap
+from jobs.plan.containers import malloc_in_use
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,7 +99,7 @@ def test_train_pack_keeps_the_freed_heap_before_it_trains(monkeypatch, tmp_path)
 
 @pytest.mark.skipif(not find_library("tcmalloc_minimal"), reason="libtcmalloc-minimal4 missing")
 def test_malloc_in_use_names_a_preloaded_tcmalloc_and_glibc_otherwise():
-    code = "from e2e.heap import malloc_in_use; print(malloc_in_use())"
+    code = "from jobs.plan.containers import malloc_in_use; print(malloc_in_use())"
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
     def run(**extra):
@@ -109,8 +111,8 @@ def test_malloc_in_use_names_a_preloaded_tcmalloc_and_glibc_otherwise():
 
 
 def test_malloc_in_use_without_proc_is_unknown(tmp_path):
-    assert heap.malloc_in_use(tmp_path / "no-maps") == "unknown"
+    assert malloc_in_use(tmp_path / "no-maps") == "unknown"
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n"
                     "7f02-7f03 r-xp 0 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
-    assert heap.malloc_in_use(maps) == "jemalloc"
+    assert malloc_in_use(maps) == "jemalloc"

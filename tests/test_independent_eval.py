@@ -71,7 +71,7 @@ def test_a_smollm2_cell_equals_a_hooked_plain_hf_forward(smollm2_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from e2e.config import DataConfig, ModelConfig
-    from jobs.grids_real import DEMO
+    from jobs.plan.grids_real import DEMO
 
     base = DEMO.base
     cfg = replace(base, layer=6, model=ModelConfig(str(smollm2_dir / "model")),

@@ -24,8 +24,8 @@ from e2e.metrics import l0
 from e2e.saelens import load_saelens, save_saelens
 from e2e.store import read_metrics
 from e2e.train import train
-from jobs.grid import cell_id
-from jobs.plan import make_plan
+from jobs.plan.grid import cell_id
+from jobs.plan.make import make_plan
 
 
 def _sparse_codes(n: int, k: int, s: int, g: torch.Generator) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The shape of the code (docs/layout.md): layers that only import downwards, no import circles,
-and modules and functions small enough to read at a glance."""
+`jobs/` as five rooms and its entry points, and modules and functions small enough to read at a
+glance."""
 
 from __future__ import annotations
 
@@ -24,18 +25,12 @@ LAYERS = [
     ["e2e.saelens", "e2e.data.source"],
     # the fitting routines
     ["e2e.train", "e2e.ksvd.fit"],
-    # jobs: building blocks
-    ["jobs.cli", "jobs.tables", "jobs.analysis_cost", "jobs.browser", "jobs.convergence",
-     "jobs.mfr_report", "jobs.containers", "jobs.sources", "jobs.finetune", "jobs.grid",
-     "jobs.grids", "jobs.grids_real", "jobs.cell_memory", "jobs.results", "jobs.plots",
-     "jobs.finetune_report", "jobs.progress", "jobs.autointerp_config", "jobs.llm_endpoint",
-     "jobs.llm_serve", "jobs.autointerp_report", "jobs.stages"],
-    # jobs: steps
-    ["jobs.plan", "jobs.collect", "jobs.cell", "jobs.multidim_step", "jobs.analyze",
-     "jobs.autointerp"],
-    ["jobs.launch"],
-    # command lines on top
-    ["jobs.submit", "jobs.stage"],
+    # jobs: the parser of every command line (no room)
+    ["jobs.cli"],
+    # jobs: the rooms, one layer each, lowest first (docs/layout.md draws them)
+    *[[f"jobs.{room}"] for room in ("plan", "report", "analysis", "explain", "run")],
+    # jobs: the entry points on top
+    ["jobs.submit", "jobs.stage", "jobs.collect", "jobs.analyze", "jobs.autointerp", "jobs.cell"],
 ]
 
 
@@ -88,6 +83,26 @@ def test_every_import_goes_down_or_sideways():
     bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
            for a, deps in _graph().items() for b in deps if _layer(b) > _layer(a)]
     assert not bad, "\n".join(bad)
+
+
+ROOMS = ("plan", "report", "analysis", "explain", "run")
+ENTRY_POINTS = ("submit", "stage", "collect", "analyze", "autointerp", "cell")
+
+
+def test_jobs_holds_its_rooms_and_entry_points_and_nothing_else():
+    jobs = REPO / "jobs"
+    top = {p.stem for p in jobs.glob("*.py")} - {"__init__", "cli"}
+    assert top == set(ENTRY_POINTS), "jobs/ holds the entry points; the rest lives in a room"
+    rooms = {p.name for p in jobs.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert rooms == set(ROOMS)
+    for room in ROOMS:  # each says what it holds and what it may import, and holds no code
+        tree = ast.parse((jobs / room / "__init__.py").read_text())
+        assert ast.get_docstring(tree) and len(tree.body) == 1, room
+
+
+def test_the_docs_draw_the_rooms_in_the_tests_order():
+    layout = (REPO / "docs" / "layout.md").read_text()
+    assert " -> ".join(f"`{r}`" for r in ROOMS) in layout
 
 
 def test_the_library_never_imports_jobs():
@@ -143,7 +158,7 @@ def test_no_module_or_function_is_too_long(pkg):
 
 
 def test_the_container_wrapper_needs_only_the_standard_library():
-    """slurm/array.sbatch runs `python3 -m jobs.containers` on the node's plain python3."""
+    """slurm/array.sbatch runs `python3 -m jobs.plan.containers` on the node's plain python3."""
     import subprocess
     import sys
 
@@ -151,6 +166,6 @@ def test_the_container_wrapper_needs_only_the_standard_library():
     code = ("import runpy, sys\n"
             f"for m in {blocked!r}: sys.modules[m] = None\n"
             "sys.argv = ['x', 'container=podman', 'image=img', 'root=/shared', 'gpus=1']\n"
-            "runpy.run_module('jobs.containers', run_name='__main__', alter_sys=True)\n")
+            "runpy.run_module('jobs.plan.containers', run_name='__main__', alter_sys=True)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "podman run" in r.stdout, r.stderr

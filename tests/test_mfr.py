@@ -16,8 +16,8 @@ from e2e.io import cell_paths
 from e2e.saelens import load_saelens
 from e2e.store import read_metrics
 from e2e.train import mfr, train
-from jobs.grid import expand
-from jobs.grids import GRIDS
+from jobs.plan.grid import expand
+from jobs.plan.grids import GRIDS
 
 
 def _unit(*shape, seed=0):

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from jobs.plan import make_plan
-from jobs.progress import Progress, machine_speed
+from jobs.plan.make import make_plan
+from jobs.run.progress import Progress, machine_speed
 
 
 def test_the_estimate_scales_training_by_the_chip_and_the_rest_by_their_own_pace(tmp_path):

@@ -182,7 +182,7 @@ def test_a_cell_preempted_by_a_higher_tier_partition_with_sigterm_resumes_identi
 def test_a_cell_killed_with_sigkill_leaves_no_container_training_on(tmp_path):
     """SIGKILL (a GraceTime that runs out, `scancel --signal=KILL`) reaches the step's processes
     only, never podman's container (conmon is a daemon): the supervisor's watchdog
-    (jobs/containers.py) removes it, so the cell's lock is free for its rerun at once."""
+    (jobs/plan/containers.py) removes it, so the cell's lock is free for its rerun at once."""
     r = _submit(tmp_path, "settings=[e2e]", "optim.n_samples=24000",
                 "eval.checkpoint_every_steps=1000", wait=False)
     ids = _job_ids(r.stdout)
@@ -222,7 +222,7 @@ def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:
 
 def test_plain_sbatch_array_over_the_manifest_preempted_and_requeued_matches_submitit(tmp_path):
     from e2e.lm.pretrain import pretrain
-    from jobs.grids import SMOKE, pretrain_dir
+    from jobs.plan.grids import SMOKE, pretrain_dir
 
     long = ("optim.n_samples=2400", "eval.checkpoint_every_steps=1000", "pack=2")
     _submit(tmp_path / "submitit", *long)

@@ -22,7 +22,7 @@ from e2e.data.tokens import DataUnavailableError, TokenStream, check_dataset
 from e2e.io import cell_paths
 from e2e.store import read_metrics
 from e2e.train import train
-from jobs.plan import make_plan
+from jobs.plan.make import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 

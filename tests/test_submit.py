@@ -9,8 +9,8 @@ import pytest
 
 from e2e.config import ConfigError
 from e2e.io import cell_paths
-from jobs.cli import parse_overrides
-from jobs.plan import make_plan
+from jobs.plan.make import make_plan
+from jobs.plan.options import parse_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
     # and 15 DB-KSVD cells (our estimate of 1 GPU-hour each)
     assert "grid paper: 83 cells" in out
     assert "estimated 599 GPU-hours for the 83 cells" in out
-    # sized by jobs.analysis_cost: ≈ 1 h of clustering per 46,080-element trio dictionary,
+    # sized by jobs.plan.analysis_cost: ≈ 1 h of clustering per 46,080-element trio dictionary,
     # and the feature browser on a GPU (its matching pursuit at 46,080 atoms)
     assert ("analysis job (after the collector; 1 GPU, 4 CPUs, --time=1324 --mem=26G: geometry, "
             "downstream reconstruction, multi-dimensional features, and the feature browser: "
@@ -228,8 +228,8 @@ def test_a_current_model_grid_dry_run_prints_gpu_hours_and_memory_per_cell(tmp_p
     from dataclasses import replace
 
     from e2e.config import CellConfig
-    from jobs.cell_memory import cell_memory_gib
-    from jobs.grids import PAPER_TABLES
+    from jobs.plan.cell_memory import cell_memory_gib
+    from jobs.plan.grids import PAPER_TABLES
 
     r = _submit("grid=pythia-410m", "dry_run=true", f"root={tmp_path}")
     assert r.returncode == 0, r.stderr
@@ -252,7 +252,7 @@ def test_no_grid_pins_a_dtype_and_emulated_bf16_is_said_in_the_plan(tmp_path):
     import torch
 
     from e2e.kernels.chip import native_bf16
-    from jobs.grids import GRIDS
+    from jobs.plan.grids import GRIDS
 
     for grid in GRIDS.values():
         assert grid.base.dtype == "auto", grid.name
@@ -271,3 +271,21 @@ def test_no_grid_pins_a_dtype_and_emulated_bf16_is_said_in_the_plan(tmp_path):
         r = _submit("grid=demo", f"root={root}", "dry_run=true", "dtype=bfloat16")
         assert "grid demo: 3 cells" in r.stdout and "emulated" not in r.stdout, r.stdout
     assert not root.exists()
+
+
+def test_every_named_grid_keeps_its_cell_ids(monkeypatch):
+    """A cell's id names its folder on the shared root: a changed id orphans finished work. The
+    ids of every named grid's dry run (cells and fine-tune children) under one root (a small
+    LM's path is part of its cells' configs; a dry run writes nothing) are pinned in
+    tests/data/cell_ids.json, written before jobs/ moved into rooms."""
+    from jobs.plan import make
+    from jobs.plan.grids import GRIDS
+
+    monkeypatch.setattr(make, "native_bf16", lambda device: True)  # grid=demo as bf16 chips plan it
+    want = json.loads((REPO / "tests" / "data" / "cell_ids.json").read_text())
+    got = {}
+    for name in sorted(GRIDS):
+        plan = make.make_plan([f"grid={name}", "root=/shared/e2e", "dry_run=true",
+                               "executor=local"])
+        got[name] = sorted(c.id for c in plan.cells + plan.children)
+    assert got == want

@@ -6,7 +6,7 @@ Delphi (Paulo et al. 2024) and the paper's library: the top contexts (largest co
 explainer is shown), samples from equal intervals of (0, max] (held-out activating examples the
 scorers test on), and silent contexts (the feature is zero on every token of the window: the
 negatives of detection and fuzzing). The feature browser's pass computes all three once
-(`jobs.browser`; the silent ones by `silent_positions`); `save`/`load` keep them beside the
+(`jobs.analysis.browser`; the silent ones by `silent_positions`); `save`/`load` keep them beside the
 tables in one .npz per dictionary.
 """
 

@@ -71,7 +71,7 @@ def dense_gflops(device: torch.device, dtype: torch.dtype, n: int = 1024,
                  seconds: float = 0.3) -> float:
     """This machine's rate for an (n, n) @ (n, n) matmul in `dtype`, GFLOP/s: the ceiling a
     step's matmuls are measured against (benchmarks) and how the status line scales a grid's
-    measured minutes to this machine (`jobs.progress`). Repeats for about `seconds` after
+    measured minutes to this machine (`jobs.run.progress`). Repeats for about `seconds` after
     three warm-up products."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -26,15 +26,15 @@ from e2e.io import cell_paths, check_folder_config
 from e2e.kernels.chip import EMULATED_BF16, native_bf16
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
-from jobs import containers
-from jobs.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
-from jobs.autointerp_config import AutoInterp, check_endpoint, n_dictionaries
-from jobs.cli import Axes, RunOptions, parse_overrides
-from jobs.finetune import Finetune, aligned_packs, children
-from jobs.grid import Grid, cell_id, expand, grid_pretrain_dir, k_axis, make_packs
-from jobs.grids import grid_named
-from jobs.sources import check_sources, check_tokenizers, known_shape
-from jobs.stages import Stage, apply_source
+from jobs.plan import containers
+from jobs.plan.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
+from jobs.plan.autointerp import AutoInterp, n_dictionaries
+from jobs.plan.finetune import Finetune, aligned_packs, children
+from jobs.plan.grid import Grid, cell_id, expand, grid_pretrain_dir, k_axis, make_packs
+from jobs.plan.grids import grid_named
+from jobs.plan.options import Axes, RunOptions, parse_overrides
+from jobs.plan.sources import check_sources, check_tokenizers, known_shape
+from jobs.plan.stages import Stage, apply_source
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ class Plan:
     packs: list[list[Cell]] = field(default_factory=list)  # one array task each
     stages: list[Stage] = field(default_factory=list)  # staged sources involved
     notes: list[str] = field(default_factory=list)
-    # The fine-tune stage (`jobs.finetune`): children of the local cells, trained after them.
+    # The fine-tune stage (`jobs.plan.finetune`): children of the local cells, trained after them.
     finetune: Finetune | None = None
     children: list[Cell] = field(default_factory=list)
     child_of: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> parent, fraction
@@ -96,7 +96,7 @@ class Plan:
 
     @property
     def analysis_s(self) -> float:
-        """The analysis step's modelled seconds, `jobs.analysis_cost` (a model of unknown
+        """The analysis step's modelled seconds, `jobs.plan.analysis_cost` (a model of unknown
         shape is taken as GPT-2 small's: 12 blocks, width 768)."""
         dicts, width, depth = self._dicts
         sizes = [n for _, n, _ in dicts]
@@ -122,7 +122,7 @@ class Plan:
 
     @property
     def browser_estimate(self) -> tuple[int, float, float]:
-        """(feature pages at most, bytes, seconds): `jobs.analysis_cost.browser_estimate`."""
+        """(feature pages at most, bytes, seconds): `jobs.plan.analysis_cost.browser_estimate`."""
         return browser_estimate(*self._dicts, self.analysis_gpus > 0)
 
     @property
@@ -207,8 +207,6 @@ def make_plan(tokens: list[str]) -> Plan:
                           "in the HF cache): layers are checked when each cell starts")
     plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
-    if axes.autointerp and axes.autointerp.base_url and not opts.dry_run:
-        check_endpoint(axes.autointerp)  # one line before anything is written or sent
     if needs_model and not opts.dry_run and grid.pretrain is None:
         # fails with a clear message before anything is submitted (staging reads the originals)
         check_sources(source_cfgs[0] if opts.stage else cells[0].cfg)

@@ -1,7 +1,7 @@
 """Auto-interp scores where people look: summary.csv columns, results.h5, a tables.md section,
 the paper's Fig. 9, a headline line and the feature browser's data.
 
-The step (`jobs.autointerp`) writes one `results/autointerp/<cell>.json` per dictionary:
+The step (`jobs.explain.step`) writes one `results/autointerp/<cell>.json` per dictionary:
 {"explainer", "scorer", "budget", "features": {id: {"explanation", <scorer>: score, ...}},
 "scores": {<scorer>: [mean, lo, hi]} (bootstrap 95% interval; None where nothing was scored),
 "failed": {<scorer>: prompts without a usable answer}, "unanswered": requests, "key": what the
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from e2e.autointerp import SCORERS
 from e2e.io import atomic_path
-from jobs import tables
-from jobs.tables import SETTING_COLORS, Point
+from jobs.report import tables
+from jobs.report.tables import SETTING_COLORS, Point
 
 FOLDER = "autointerp"
 FIGURE = "autointerp_fig9.png"
@@ -115,7 +115,7 @@ def figure(points: list[Point], ai: dict[str, dict], out: Path) -> Path | None:
     if not any(v for d in got.values() for v in d.values()):
         return None
     scorers = list(next(iter(ai.values()))["scores"])
-    from jobs.plots import _pyplot
+    from jobs.report.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(scorers), 2, figsize=(9, 3 * len(scorers)), squeeze=False)

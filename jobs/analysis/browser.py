@@ -3,8 +3,8 @@ with no server and no network (the analysis step builds it after the collector).
 
 `index.html`: the grid's plots and dictionaries; `#page=dictionary&cell=<id>`: a dictionary's
 features; `#page=feature&cell=<id>&f=<i>`: one feature; `#page=cluster&cell=<id>&c=<k>`.
-Fixed pages (`jobs/browser_assets/`); the data are scripts calling `BROWSER.put(key, value)`,
-loaded by <script> tags (a browser refuses `fetch` on file://).
+Fixed pages (`jobs/analysis/browser_assets/`); the data are scripts calling
+`BROWSER.put(key, value)`, loaded by <script> tags (a browser refuses `fetch` on file://).
 
 Computed by `e2e.analysis.features` from what cells saved plus one pass of the frozen model
 over `tokens` held-out eval tokens per (model, layer, data), shared by every dictionary there.
@@ -33,12 +33,23 @@ from e2e.analysis.cosine import top_cosines
 from e2e.autointerp import records
 from e2e.io import atomic_write_text, cell_paths
 from e2e.store import read_metrics
-from jobs import autointerp_report
-from jobs.analysis_cost import BROWSER_FULL_MAX, BROWSER_NEAREST, BROWSER_SAMPLE, BROWSER_TOKENS
-from jobs.autointerp_config import RECORD_FEATURES
+from jobs.analysis.pages import (
+    ASSETS,
+    Writer,
+    copy_plots,
+    read_or_empty,
+    rounded,
+    rounded_list,
+)
+from jobs.plan.analysis_cost import (
+    BROWSER_FULL_MAX,
+    BROWSER_NEAREST,
+    BROWSER_SAMPLE,
+    BROWSER_TOKENS,
+)
+from jobs.plan.autointerp import RECORD_FEATURES
+from jobs.report import autointerp as autointerp_report
 
-ASSETS = Path(__file__).resolve().parent / "browser_assets"
-LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # a token's shade: its code / the feature's max
 SHARD = 64  # features per data file
 
 
@@ -129,8 +140,8 @@ def _build(grid_dir: Path, tmp: Path, cells: list, full_ids: set[str], clusters:
         n_pages += sum(len(d.pages) for d in dicts)
     autointerp_report.browser_data(grid_dir / "results", writer.put)  # after a rebuild too
     writer.put("index", "index", {"grid": grid_dir.name, "cells": rows,
-                                  "headline": _read(grid_dir / "results" / "headline.txt"),
-                                  "plots": _plots(grid_dir / "results", tmp)})
+                                  "headline": read_or_empty(grid_dir / "results" / "headline.txt"),
+                                  "plots": copy_plots(grid_dir / "results", tmp)})
     return n_pages, rows
 
 
@@ -191,8 +202,8 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     top_tok = st.top_pos[:, 0] if st.top_pos.size else np.full(n, -1)  # -1: never fired
     writer.put(f"cell-{d.cell.id}", f"cell/{d.cell.id}", {
         **_row(d, gid), "n_tokens": st.n_tokens, "intervals": s.intervals,
-        "density": _round(st.density),
-        "max": _round(st.max), "mean": _round(np.nan_to_num(st.mean)),
+        "density": rounded_list(st.density),
+        "max": rounded_list(st.max), "mean": rounded_list(np.nan_to_num(st.mean)),
         "top_pos": top_tok.tolist(), "alive": None if d.alive is None else
         d.alive.astype(int).tolist(), "shard": page_of.tolist()})
     if not len(d.pages):
@@ -207,7 +218,7 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
                                           d.cell.cfg.data.skip_positions),
                                 acts, elem[ok], pos[ok], s.half_window)
     levels = np.full(pos.shape, "", dtype=object)
-    levels[ok] = _levels(win, st.max[elem[ok]])
+    levels[ok] = levels(win, st.max[elem[ok]])
     full = np.full(pos.shape + win.shape[1:], np.nan, dtype=np.float32)
     full[ok] = win
     _save_records(rec, d, pos, full, acts, top.shape[1], s)
@@ -228,15 +239,15 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     for r, f in enumerate(d.pages):
         lo, hi = st.hist_range(f)
         records[int(f)] = {
-            "count": int(st.count[f]), "mean": _r(st.mean[f]), "max": _r(st.max[f]),
-            "hist": st.hist[f].tolist(), "lo": _r(lo), "hi": _r(hi),
-            "top": [[int(pos[r, j]), _r(st.top_val[f, j]), levels[r, j]] for j in range(k)
+            "count": int(st.count[f]), "mean": rounded(st.mean[f]), "max": rounded(st.max[f]),
+            "hist": st.hist[f].tolist(), "lo": rounded(lo), "hi": rounded(hi),
+            "top": [[int(pos[r, j]), rounded(st.top_val[f, j]), levels[r, j]] for j in range(k)
                     if pos[r, j] >= 0],
             "intervals": [[j // s.per_interval, int(pos[r, k + j]), levels[r, k + j]]
                           for j in range(ivl.shape[1]) if pos[r, k + j] >= 0],
-            "up": [[int(t), _r(v)] for t, v in zip(up[r], up_v[r], strict=True)],
-            "down": [[int(t), _r(v)] for t, v in zip(down[r], down_v[r], strict=True)],
-            "near": [[cid, int(i[r, j]), _r(v[r, j]), int(p[r, j])] for cid, v, i, p in near
+            "up": [[int(t), rounded(v)] for t, v in zip(up[r], up_v[r], strict=True)],
+            "down": [[int(t), rounded(v)] for t, v in zip(down[r], down_v[r], strict=True)],
+            "near": [[cid, int(i[r, j]), rounded(v[r, j]), int(p[r, j])] for cid, v, i, p in near
                      for j in range(v.shape[1])]}
     for shard in range(0, len(d.pages), SHARD):
         part = {int(f): records[int(f)] for f in d.pages[shard:shard + SHARD]}
@@ -275,9 +286,9 @@ def _clusters(found: list[dict], tok) -> list[dict]:
             a, b = max(r0, p - 6), min(r0 + ctx, p + 3)
             hover.append(tok.decode(ids[a:p]) + "[" + tok.decode(ids[p:p + 1]) + "]"
                          + tok.decode(ids[p + 1:b]))
-        out.append({"cluster": c["cluster"], "members": c["members"], "score": _r(c["score"]),
-                    "mixture": _r(c["mixture"]), "separability": _r(c["separability"]),
-                    "pcs": proj.shape[1], "points": _round(proj[keep]),
+        out.append({"cluster": c["cluster"], "members": c["members"], "score": rounded(c["score"]),
+                    "mixture": rounded(c["mixture"]), "separability": rounded(c["separability"]),
+                    "pcs": proj.shape[1], "points": rounded_list(proj[keep]),
                     "token": [tok.decode([ids[p]]) for p in np.asarray(c["positions"])[keep]],
                     "hover": hover})
     return out
@@ -287,52 +298,12 @@ def _row(d: _Dict, gid: str) -> dict:
     c = d.cell
     return {"id": c.id, "setting": c.curve, "layer": c.cfg.layer, "lam": c.cfg.lam,
             "seed": c.cfg.seed, "n_dict": d.sae.n_dict,
-            "l0": _r(c.eval.get("l0", float("nan"))),
-            "ce_loss_increase": _r(c.eval.get("ce_loss_increase", float("nan"))),
+            "l0": rounded(c.eval.get("l0", float("nan"))),
+            "ce_loss_increase": rounded(c.eval.get("ce_loss_increase", float("nan"))),
             "alive": None if d.alive is None else int(d.alive.sum()),
             "firing": int((d.stats.count > 0).sum()), "live": int(d.live.sum()),
             "pages": len(d.pages), "group": gid,
             "clusters": list(d.clusters)}
-
-
-def _levels(win: np.ndarray, scale: np.ndarray) -> list[str]:
-    """One character per token: its code over the feature's max in 36 levels (negative codes
-    of DB-KSVD atoms as 0); a space outside the context row."""
-    q = np.clip(np.rint(win / np.maximum(scale, 1e-30)[:, None] * 35), 0, 35)
-    return ["".join(" " if np.isnan(v) else LEVELS[int(v)] for v in row) for row in q]
-
-
-def _r(x) -> float | None:
-    x = float(x)
-    return None if not np.isfinite(x) else float(f"{x:.4g}")
-
-
-def _round(a: np.ndarray) -> list:
-    return np.vectorize(_r, otypes=[object])(np.asarray(a, dtype=np.float64)).tolist() \
-        if np.size(a) else []
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
-def _plots(results: Path, tmp: Path) -> list[str]:
-    """The collector's and analysis's PNGs, copied in (the folder stands alone)."""
-    names = []
-    for p in sorted(results.glob("*.png")):
-        shutil.copy2(p, tmp / p.name)
-        names.append(p.name)
-    return names
-
-
-class Writer:
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def put(self, name: str, key: str, value) -> None:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
-        (self.folder / f"{name}.js").write_text(f"BROWSER.put({json.dumps(key)},{text});\n")
 
 
 def _skipping(encode, ctx: int, skip: int):

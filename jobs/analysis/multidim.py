@@ -1,5 +1,5 @@
 """The analysis step's multi-dimensional features (Engels et al. 2024) of the Table 2 trio of
-each layer (`jobs.analyze` calls it; options: `jobs.analyze.Options`)."""
+each layer (`jobs.analysis.step` calls it; options: `jobs.analysis.step.Options`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from e2e.io import cell_paths
-from jobs import plots
+from jobs.report import plots
 
 
 def multidim_sections(grid_dir: Path, out: Path, chosen: list, opts, h5: dict, clusters: dict,
                       tick=lambda _: None) -> list[tuple]:
-    """Multi-dimensional features of the `chosen` dictionaries (`jobs.analyze.Saved`: the
+    """Multi-dimensional features of the `chosen` dictionaries (`jobs.analysis.step.Saved`: the
     Table 2 trio of each layer): clusters, their points Σ a_i d_i on eval tokens, PCA and the
     mixture / separability indices; `tick(n_dict)` after each dictionary (the progress)."""
     from e2e.data.tokens import eval_stream

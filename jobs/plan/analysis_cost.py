@@ -16,7 +16,7 @@ Costs measured on this machine (2 CPU cores, 2 threads, float32; `benchmarks/ben
     point-step; the points are at most `multidim_tokens` × L0, and L0 is not known before
     training: the model takes L0 = d_in / 6 (128 for GPT-2, above the paper's Table 2 runs;
     21 on tiny, whose trio's L0 is 5-40 and whose points overlap): ≈ 8 minutes for GPT-2.
-- the feature browser (`jobs.browser`): `BROWSER_TOKENS` eval tokens through the model per
+- the feature browser (`jobs.analysis.browser`): `BROWSER_TOKENS` eval tokens through the model per
   layer, and three encodings of them per dictionary (two scans, one pass for the contexts'
   windows); a DB-KSVD dictionary's encoding is matching pursuit, up to 4 · max_nnz steps of
   the same product. On the job's GPU when the grid's cells have one (`GPU_FLOPS`, not
@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 
 GEOMETRY_S = 3 * 24.0 / (46_080 ** 2 * 768)  # seconds per n_dict² · d_in, per cell
-# The analysis step's defaults (`jobs.analyze.Options` takes them from here).
+# The analysis step's defaults (`jobs.analysis.step.Options` takes them from here).
 MULTIDIM_TOKENS = 20_000  # eval tokens whose codes feed the clusters' points
 MIXTURE_STEPS = 500  # gradient-ascent steps of the mixture index (authors: 10,000)
 BROWSER_TOKENS = 32_768  # eval tokens the feature browser scans per (model, layer, data)
@@ -87,7 +87,6 @@ def analysis_seconds(n_dicts: list[int], d_in: int, depth: int, n_layers: int,
     largest = max(n_dicts, default=0)
     multidim = 4 * n_layers * dictionary_seconds(largest, d_in, depth) if n_dicts else 0
     return (geometry + multidim) / math.sqrt(max(1, cpus) / 2) + browser_s
-
 
 
 def browser_estimate(dicts: list[tuple[int, int, int]], d_in: int, depth: int,

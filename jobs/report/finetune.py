@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import tables
-from jobs.results import CellResult, curve_order
-from jobs.tables import Point
+from jobs.report import tables
+from jobs.report.results import CellResult, curve_order
+from jobs.report.tables import Point
 
 
 def finetuned(cells: list[CellResult], costed: bool = False) -> list[CellResult]:
@@ -110,7 +110,7 @@ def compute_figure(points: list[Point], cells: list[CellResult], out_dir: Path) 
     e2e's shared range) against training FLOPs: local and e2e along their training, each
     fine-tune recipe at its fractions (parent included). Where a fine-tune curve meets e2e's
     is the answer."""
-    from jobs.plots import SETTING_COLORS, _pyplot, save
+    from jobs.report.plots import SETTING_COLORS, _pyplot, save
 
     layers = sorted({c.cfg.layer for c in finetuned(cells, True)})
     if not layers:

@@ -12,7 +12,6 @@ their own finished ones went: a slow chip moves the first several times more tha
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
@@ -23,13 +22,6 @@ from e2e.lm.gguf import GGUFLMConfig
 _BAR = re.compile(r"(\d+)/(\d+) \[")
 
 
-def modelled_bar(desc: str, total_s: float):
-    """A tqdm bar on stderr over a step's modelled seconds (its cost model's): the local
-    status line reads its n/total as the step's fraction (`fraction_done`)."""
-    from tqdm import tqdm
-
-    return tqdm(total=max(1, math.ceil(total_s)), desc=desc, mininterval=1, file=sys.stderr,
-                unit="modelled s", bar_format="{desc}: {n}/{total} [{elapsed}] {unit}")
 # Minutes per task when a grid measured none: only the relative sizes matter until one ends.
 _DEFAULT_MINUTES = {"pretrain": 5.0, "sae": 5.0, "ksvd": 2.0, "collect": 0.2, "analyze": 1.0}
 _NAMES = {"pretrain": "pre-training", "build": "building the model", "sae": "SAE cells",
@@ -88,7 +80,7 @@ class Progress:
         per_fraction = m.get("finetune", m["sae"])
         for f, packs in plan.child_tasks(plan.packs):
             tasks += [Task("sae", len(p), 60 * per_fraction * f) for p in packs if p]
-        # the analysis at its cost model's seconds (`jobs.analysis_cost`), a measured grid's
+        # the analysis at its cost model's seconds (`jobs.plan.analysis_cost`), a measured grid's
         # minutes where there are some
         analyze = 60 * minutes["analyze"] if "analyze" in minutes else plan.analysis_s
         tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, analyze)]

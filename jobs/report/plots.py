@@ -9,9 +9,9 @@ import numpy as np
 
 from e2e.analysis import geometry
 from e2e.io import atomic_path
-from jobs import tables
-from jobs.results import curve_order
-from jobs.tables import SETTING_COLORS, Point
+from jobs.report import tables
+from jobs.report.results import curve_order
+from jobs.report.tables import SETTING_COLORS, Point
 
 COLORS = SETTING_COLORS
 
@@ -135,7 +135,6 @@ def save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-
 
 
 

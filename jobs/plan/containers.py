@@ -47,6 +47,18 @@ def allocator_env() -> str:
     return f"env LD_PRELOAD={lib} {_NO_LARGE_ALLOC_REPORT} "
 
 
+def malloc_in_use(maps: Path = Path("/proc/self/maps")) -> str:
+    """The allocator this process runs on: "tcmalloc", "jemalloc" or "mimalloc" when that
+    library is mapped into it (so preloaded: nothing here links one), else "glibc"; "unknown"
+    without `/proc` (not Linux). A job's log names it (`jobs.run.cell`)."""
+    try:
+        libs = {line.rsplit("/", 1)[-1] for line in maps.read_text().splitlines()}
+    except OSError:
+        return "unknown"
+    return next((a for a in ("tcmalloc", "jemalloc", "mimalloc")
+                 if any(lib.startswith(f"lib{a}") for lib in libs)), "glibc")
+
+
 def check_path(name: str, value: str) -> None:
     """ConfigError naming the characters of `value` (the option `name`) that `shlex.quote`
     would quote: the path travels unquoted through SLURM's command lines (the printed `--wrap`
@@ -97,7 +109,7 @@ def _podman_supervisor(run: str) -> str:
       preemptions, exactly the 3 whose CONT forward was killed; CI failed on it). The shell
       forwards TERM itself with a `podman kill` that the sweep, listed before, does not reach
       (10 of 10, 3 with the CONT forward killed); a second TERM changes nothing in the cell
-      (jobs/cell.py).
+      (jobs/run/cell.py).
     - USR2 and the other signals a job may get: `podman run` forwards them (one signal, no
       race); the shell only survives them. A `wait` cut short by a trap is waited again, so
       the cell's own exit status (3: requeue me, slurm/array.sbatch) is what the step ends with,

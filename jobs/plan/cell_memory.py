@@ -21,7 +21,7 @@ import torch
 
 from e2e.config import CellConfig, n_dict_for
 from e2e.kernels import kl_chunk_tokens
-from jobs.sources import config_int
+from jobs.plan.sources import config_int
 
 OVERHEAD = 23 / 16.2  # allocator, temporaries and workspace beyond the saved tensors
 

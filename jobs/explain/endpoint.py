@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,3 +113,11 @@ class Endpoint:
 
 
 _json = json  # `chat`'s argument `json` shadows the module inside it
+
+
+def check_endpoint(plan) -> None:
+    """One line (ConfigError) unless the auto-interp endpoint of a plan (`jobs.plan.make.Plan`)
+    that has one answers; sends no chat request. Not for a dry run: it sends nothing."""
+    ai = plan.autointerp
+    if ai and ai.base_url and not plan.opts.dry_run:
+        Endpoint(ai.base_url, ai.explainer, Path(tempfile.gettempdir()), ai.api_key_env).check()

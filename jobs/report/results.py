@@ -18,9 +18,9 @@ from e2e.config import CellConfig
 from e2e.io import cell_paths
 from e2e.store import read_metrics
 from e2e.typed import ConfigError
-from jobs import convergence
-from jobs.finetune import recipe_of
-from jobs.tables import Point
+from jobs.plan.finetune import recipe_of
+from jobs.report import convergence
+from jobs.report.tables import Point
 
 ANALYSIS_H5 = "analysis.h5"
 ANALYSIS_MD = "analysis.md"

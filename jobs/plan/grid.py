@@ -20,7 +20,7 @@ from e2e.lm.gguf import GGUFLMConfig
 from e2e.lm.pretrain import PretrainConfig
 from e2e.train.loop import pack_key
 from e2e.typed import leaves, with_overrides
-from jobs.finetune import Finetune, recipe_of
+from jobs.plan.finetune import Finetune, recipe_of
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Grid:
     local_minutes: dict[str, float] = field(default_factory=dict)
     # That machine's dense matmul rate in the dtype the cells trained in there (GFLOP/s,
     # `e2e.kernels.chip.dense_gflops`): the first estimate scales the minutes by this CPU's rate
-    # against it (`jobs.progress.machine_speed`); 0: not scaled.
+    # against it (`jobs.run.progress.machine_speed`); 0: not scaled.
     local_gflops: float = 0.0
     # The grid that runs instead on a CPU without native bf16, where these cells would train
     # in float32 at a fraction of the speed: the same comparison sized for that chip (`demo`).

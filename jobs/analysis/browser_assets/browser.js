@@ -1,4 +1,4 @@
-// The feature browser's pages (jobs/browser.py writes the data). No network, no server: data
+// The feature browser's pages (jobs/analysis/browser.py writes the data). No network, no server: data
 // files are scripts that call BROWSER.put(key, value), loaded with <script> tags, because a
 // browser refuses fetch() on file:// URLs.
 "use strict";
@@ -64,7 +64,7 @@ function bars(counts, lo, hi, label) {
   return g;
 }
 
-// The auto-interp step's scores (jobs/autointerp_report.py): per dictionary, and per feature
+// The auto-interp step's scores (jobs/report/autointerp.py): per dictionary, and per feature
 // of a scored dictionary; {} and null where it has not run.
 const aiSummary = () => BROWSER.load("autointerp", "autointerp");
 const aiFeatures = async cell => (await aiSummary())[cell] ?

@@ -4,7 +4,7 @@ the analysis step (and the auto-interp step after it, when asked for).
 SLURM: submissions chained by dependencies (the array `afterok` pre-training, the collector
 `afterany` the array, the analysis `afterany` the collector), so the tables are built even when
 some cells fail. Local: the same jobs as local processes, in waves of `array_parallelism`,
-waiting for each, with one status line (`jobs.progress`).
+waiting for each, with one status line (`jobs.run.progress`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import Literal
 import submitit
 
 from jobs import cli
-from jobs.analyze import analyze
-from jobs.cell import CellJob, match_threads_to_allocation
-from jobs.collect import collect
-from jobs.grid import make_packs
-from jobs.grids import GRIDS, grid_named, pretrain_dir
-from jobs.progress import Progress, fraction_done, machine_speed
+from jobs.analysis.step import analyze
+from jobs.plan.grid import make_packs
+from jobs.plan.grids import GRIDS, grid_named, pretrain_dir
+from jobs.report.collect import collect
+from jobs.run.cell import CellJob, match_threads_to_allocation
+from jobs.run.progress import Progress, fraction_done, machine_speed
 
 
 def run_pretrain(grid: str, root: str) -> dict:
-    """The grid's pre-training job (also `python -m jobs.launch step=pretrain ...`)."""
+    """The grid's pre-training job (also `python -m jobs.run.launch step=pretrain ...`)."""
     from e2e.lm import build_lm
 
     match_threads_to_allocation()
@@ -52,9 +52,9 @@ def run_autointerp(grid: str, root: str, options_json: str = "") -> str:
     """The auto-interp step (then the collector again) with the options it was submitted with
     (a job waiting in the queue keeps them when the grid is submitted again), else the
     grid's autointerp.json (the plain-sbatch step)."""
-    from jobs.autointerp import autointerp, options
-    from jobs.autointerp_config import AutoInterp
-    from jobs.results import existing_grid_dir
+    from jobs.explain.step import autointerp, options
+    from jobs.plan.autointerp import AutoInterp
+    from jobs.report.results import existing_grid_dir
 
     ai = (AutoInterp.from_json(options_json) if options_json
           else options(existing_grid_dir(root, grid), {}))

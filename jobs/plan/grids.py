@@ -1,6 +1,6 @@
 """The named grids (`grid=<name>`): the paper's, the small ones built on this machine, MFR's.
 
-Each is plain data (`jobs.grid.Grid`); `GRIDS` maps a name to it.
+Each is plain data (`jobs.plan.grid.Grid`); `GRIDS` maps a name to it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from e2e.config import (
 )
 from e2e.lm.pretrain import PretrainConfig
 from e2e.typed import ConfigError
-from jobs.grid import OWN_LM_DATA, PAPER_HOURS, Grid, Variant, grid_pretrain_dir
-from jobs.grids_real import DEMO, DEMO_FP32, PYTHIA, SMOLLM2
+from jobs.plan.grid import OWN_LM_DATA, PAPER_HOURS, Grid, Variant, grid_pretrain_dir
+from jobs.plan.grids_real import DEMO, DEMO_FP32, PYTHIA, SMOLLM2
 
 SMOKE = Grid(
     name="smoke",
@@ -227,7 +227,6 @@ MFR_GPT2 = Grid(
 )
 
 
-
 def _architectures(relu: dict, k: tuple[int, ...], jumprelu: dict, dead_tokens: int
                    ) -> tuple[Variant, ...]:
     """Issue 22: each SAE architecture under local and e2e, its own λ axis (k for the TopK
@@ -310,5 +309,5 @@ def grid_named(name: str) -> Grid:
 
 
 def pretrain_dir(root: Path, grid: str) -> Path:
-    """`<root>/<grid>/_pretrain-<hash>` of a named grid (see `jobs.grid.grid_pretrain_dir`)."""
+    """`<root>/<grid>/_pretrain-<hash>` of a named grid (see `jobs.plan.grid.grid_pretrain_dir`)."""
     return grid_pretrain_dir(root, GRIDS[grid])

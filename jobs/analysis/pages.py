@@ -1,0 +1,57 @@
+"""The feature browser's files: its fixed pages (`browser_assets/`) and the data scripts beside
+them (`Writer`: one `BROWSER.put(key, value)` per file, which <script> tags load from file://),
+with the numbers and token shades in the compact form the pages read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+ASSETS = Path(__file__).resolve().parent / "browser_assets"
+LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # a token's shade: its code / the feature's max
+
+
+class Writer:
+    """The data scripts of a browser folder's `data/`: `put(name, key, value)` writes
+    `<name>.js`, which hands `value` (JSON, no NaN) to the pages under `key`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, name: str, key: str, value) -> None:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        (self.folder / f"{name}.js").write_text(f"BROWSER.put({json.dumps(key)},{text});\n")
+
+
+def levels(win: np.ndarray, scale: np.ndarray) -> list[str]:
+    """One character per token: its code over the feature's max in 36 levels (negative codes
+    of DB-KSVD atoms as 0); a space outside the context row."""
+    q = np.clip(np.rint(win / np.maximum(scale, 1e-30)[:, None] * 35), 0, 35)
+    return ["".join(" " if np.isnan(v) else LEVELS[int(v)] for v in row) for row in q]
+
+
+def rounded(x) -> float | None:
+    x = float(x)
+    return None if not np.isfinite(x) else float(f"{x:.4g}")
+
+
+def rounded_list(a: np.ndarray) -> list:
+    return np.vectorize(rounded, otypes=[object])(np.asarray(a, dtype=np.float64)).tolist() \
+        if np.size(a) else []
+
+
+def read_or_empty(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def copy_plots(results: Path, tmp: Path) -> list[str]:
+    """The collector's and analysis's PNGs, copied in (the folder stands alone)."""
+    names = []
+    for p in sorted(results.glob("*.png")):
+        shutil.copy2(p, tmp / p.name)
+        names.append(p.name)
+    return names

@@ -1,0 +1,78 @@
+"""A written plan: cell configs, manifest.txt and the plain `sbatch` commands over it."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from e2e.io import atomic_write_text, cell_paths
+from jobs.plan.autointerp import FILE as AUTOINTERP_FILE
+from jobs.plan.make import Plan
+
+
+def write_configs(plan: Plan) -> None:
+    """Each cell's config.json, and `manifest.txt` (one pack per line: its cell folders,
+    space-separated) for the plain `sbatch slurm/array.sbatch` path."""
+    for c in plan.todo + [c for c in plan.children if c.status != "done"]:
+        paths = cell_paths(c.dir)
+        if not paths.config.exists():
+            atomic_write_text(paths.config, c.cfg.to_json())
+    _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
+    if plan.autointerp:
+        atomic_write_text(plan.grid_dir / AUTOINTERP_FILE, plan.autointerp.to_json())
+    for f, packs in plan.child_tasks(plan.packs):
+        if packs:  # a fraction whose children are all done has no array
+            _write_manifest(plan.grid_dir / f"manifest-ft{f:g}.txt", packs)
+
+
+def _write_manifest(path: Path, packs: list) -> None:
+    """One pack per line (its cell folders); `-` for an empty task of a fine-tune array."""
+    text = "".join((" ".join(str(c.dir) for c in p) or "-") + "\n" for p in packs)
+    if not path.exists() or path.read_text() != text:  # a rerun writes nothing
+        atomic_write_text(path, text)
+
+
+def plain_sbatch_commands(plan: Plan) -> str:
+    """The plain-sbatch recipe for a written plan: pre-training if needed, the array over
+    manifest.txt (one task per pack), the collector after it, then the analysis step."""
+    root, grid = Path(plan.opts.root).resolve(), plan.grid.name
+    n = len(plan.packs)
+    env = f"E2E_CONTAINER={plan.container}" + (
+        f" E2E_IMAGE={shlex.quote(plan.image)}" if plan.container != "none" else
+        f" E2E_PYTHON={shlex.quote(sys.executable)}")
+
+    def wrap(step: str) -> str:  # pre-training and collector run in the cells' container too
+        return shlex.quote(f"{plan.python} -m jobs.run.launch step={step} grid={grid} root={root}")
+
+    lines = ["written: cell configs and " + str(plan.grid_dir / "manifest.txt") +
+             "; submit from the repository root with:"]
+    dep = ""
+    if plan.needs_pretrain:
+        lines.append(f"pre=$(sbatch --parsable --job-name={grid}-pretrain --wrap "
+                     f"{wrap('pretrain')})")
+        dep = " --dependency=afterok:$pre"
+    lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} "
+                 f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
+                 f"{plan.grid_dir / 'manifest.txt'})")
+    after = "$arr"
+    lines += ["all="] if plan.children else []
+    for f, packs in [(f, p) for f, p in plan.child_tasks(plan.packs) if p]:
+        lines.append(f"ft=$({env} sbatch --parsable --array=0-{len(packs) - 1} "
+                     f"--dependency=aftercorr:$arr --kill-on-invalid-dep=yes "
+                     f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
+                     f"{plan.grid_dir / f'manifest-ft{f:g}.txt'}); all=\"$all:$ft\"")
+        after = "$arr$all"
+    lines.append(f"col=$(sbatch --parsable --dependency=afterany:{after} "
+                 f"--job-name={grid}-collect --wrap {wrap('collect')})")
+    gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
+    lines.append(f"{'ana=$(' if plan.autointerp else ''}sbatch "
+                 f"{'--parsable ' if plan.autointerp else ''}--dependency=afterany:$col "
+                 f"--job-name={grid}-analyze {gres}--time={plan.analysis_time_min} "
+                 f"--mem={plan.analysis_mem_gb}G --wrap "
+                 f"{wrap('analyze')}{')' if plan.autointerp else ''}")
+    if plan.autointerp:
+        gres = f"--gres=gpu:{plan.autointerp.gpus} " if plan.autointerp.gpus else ""
+        lines.append(f"sbatch --dependency=afterany:$ana --job-name={grid}-autointerp {gres}"
+                     f"--time={plan.autointerp_minutes} --wrap {wrap('autointerp')}")
+    return "\n".join(lines)
