@@ -137,6 +137,15 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
         # a mangled link says so on the page instead of leaving it blank
         open_page(driver, f"{base}/index.html#page=feature&cell={local['id']}&f=%E0%A4%A",
                   "p.error")
+        # a link whose cell climbs out of the folder loads nothing outside it (issue 43)
+        (folder.parent / "evil.js").write_text('document.title = "evil";\n')
+        requests(driver), console_errors(driver)  # drained: the mangled link's error
+        open_page(driver, f"{base}/index.html#page=dictionary&cell=x/../../../evil", "p.note")
+        assert driver.find_element(By.CSS_SELECTOR, "p.note").text == \
+            "no such dictionary: x/../../../evil"
+        assert driver.title != "evil" and console_errors(driver) == []
+        urls = requests(driver)
+        assert urls and all(u.startswith(base + "/") for u in urls), urls
     finally:
         driver.quit()
     assert (ARTIFACTS / "browser-feature-smoke.png").stat().st_size > 10_000

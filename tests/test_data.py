@@ -1,10 +1,12 @@
 from dataclasses import replace
 
 import datasets
+import pytest
 import torch
 
 from e2e.config import DataConfig
-from e2e.data.tokens import TokenStream, eval_stream
+from e2e.data import tokens
+from e2e.data.tokens import DataUnavailableError, TokenStream, check_dataset, eval_stream
 
 
 class _Tok:
@@ -111,3 +113,45 @@ def test_a_streamed_dataset_resumes_exactly_across_an_epoch(monkeypatch):
     got = [r.next_batch(64) for _ in range(4)]
     assert all(torch.equal(a, b) for a, b in zip(got, want[n_epoch + 1:], strict=True))
     assert not torch.equal(want[0], want[n_epoch + 1])  # the second epoch is reshuffled
+
+
+def _empty_rows(tmp_path, column: str, empty, n: int = 30) -> DataConfig:
+    kind = datasets.Value("string") if column == "text" else datasets.Sequence(
+        datasets.Value("int64"))
+    ds = datasets.Dataset.from_dict({column: [empty] * n}, datasets.Features({column: kind}))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "empty"))
+    return DataConfig(dataset=str(tmp_path / "empty"), column=column, context_length=7)
+
+
+@pytest.mark.parametrize("column, empty", [("text", ""), ("text", "   "), ("input_ids", [])])
+def test_a_dataset_of_empty_rows_is_refused_by_the_plan_and_stops_a_stream(tmp_path, monkeypatch,
+                                                                           column, empty):
+    """Issue 43: such a stream spun for ever (10 min of CPU, deaf to SIGTERM); now the plan's
+    check refuses the dataset in one line, and a stream gives up after a bounded number of
+    documents without a usable token (here 100: 3 epochs and more; an empty text is an EOS,
+    so 20 rows of 7 take 140 documents)."""
+    cfg = _empty_rows(tmp_path, column, empty)
+    with pytest.raises(DataUnavailableError, match="has no usable row: its first 30 rows'"):
+        check_dataset(cfg)
+    monkeypatch.setattr(tokens, "MAX_EMPTY_DOCS", 100)
+    with pytest.raises(DataUnavailableError, match="100 documents in a row without a token"):
+        TokenStream(cfg, _Tok(), 0, "train").next_batch(20)
+
+
+def test_a_dataset_with_no_rows_is_one_error_not_a_recursion(tmp_path, monkeypatch):
+    cfg = _empty_rows(tmp_path, "text", "", n=0)
+    with pytest.raises(DataUnavailableError, match="cannot be read as a saved dataset"):
+        check_dataset(cfg)  # datasets itself cannot open a saved dataset of no rows
+    monkeypatch.setattr(tokens, "_open_local", lambda path, split: datasets.Dataset.from_dict(
+        {"text": []}, datasets.Features({"text": datasets.Value("string")})))
+    with pytest.raises(DataUnavailableError, match="has no rows"):  # as one in memory
+        TokenStream(cfg, _Tok(), 0, "train").next_batch(1)
+
+
+def test_a_few_empty_rows_among_real_ones_are_read_past(tmp_path):
+    docs = ["", "1 2 3", "", "", "4 5 6 7 8"] * 6
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})}).save_to_disk(
+        str(tmp_path / "mixed"))
+    cfg = DataConfig(dataset=str(tmp_path / "mixed"), column="text", context_length=7)
+    check_dataset(cfg)
+    assert TokenStream(cfg, _Tok(), 0, "train").next_batch(3).shape == (3, 7)

@@ -289,3 +289,32 @@ def test_every_named_grid_keeps_its_cell_ids(monkeypatch):
                                "executor=local"])
         got[name] = sorted(c.id for c in plan.cells + plan.children)
     assert got == want
+
+
+def test_a_second_submission_into_one_root_skips_the_cells_the_first_trains(tmp_path):
+    """Issue 43: the second run ended rc 1, "1 task(s) failed", with a CellBusyError traceback
+    for a cell the first run finished. Now it skips the busy cell in one line and exits 0."""
+    import signal
+    import time
+
+    args = ["grid=smoke", f"root={tmp_path}", "executor=local", "settings=[e2e]"]
+    first = subprocess.Popen([sys.executable, "jobs/submit.py", *args, "optim.n_samples=40000"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, cell = time.time() + 300, None
+        while cell is None and time.time() < deadline:
+            cell = next((d for d in (tmp_path / "smoke").glob("L*")
+                         if "start" in ((d / "train.log").read_text()
+                                        if (d / "train.log").exists() else "")), None)
+            time.sleep(0.5)
+        assert cell is not None, "the first run's cell never started"
+        second = _submit(*args, "optim.n_samples=40000")
+        assert second.returncode == 0, second.stdout + second.stderr
+        skipped = [line for line in second.stdout.splitlines() if line.startswith("skipped")]
+        assert len(skipped) == 1 and cell.name in skipped[0], second.stdout
+        assert "is being trained by another process" in skipped[0]
+        assert "Traceback" not in second.stderr and "failed" not in second.stdout
+        assert first.poll() is None, "the first run trains on"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)

@@ -25,15 +25,26 @@ from e2e.config import DataConfig
 from e2e.data.staged import StagedRows, StageError, is_staged
 from e2e.rng import generator
 
+# Documents read in a row without a token a row could use (EOS apart): past this, or a whole
+# epoch without one, a stream gives up. A dataset of empty rows would otherwise spin for ever,
+# and a spinning stream never returns to the training loop's preemption check.
+MAX_EMPTY_DOCS = 10_000
+# Rows `check_dataset` reads for one with a usable value before the plan refuses the dataset.
+PROBE_ROWS = 1_000
+
 
 class DataUnavailableError(RuntimeError):
-    """The dataset can be neither opened locally nor streamed."""
+    """The dataset can be neither opened locally nor streamed, or holds no usable row."""
 
 
 def _open_local(path: Path, split: str):
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (IndexError, ValueError, FileNotFoundError) as e:  # datasets 4 fails so on 0 rows
+        raise DataUnavailableError(f"{path} cannot be read as a saved dataset (one with no "
+                                   f"rows?): {type(e).__name__}: {e}") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataUnavailableError(f"{path} has no split {split!r}; it has {list(ds)}")
@@ -66,6 +77,11 @@ def check_dataset(cfg: DataConfig) -> None:
                 raise DataUnavailableError(
                     f"{cfg.dataset} split {split!r} has no column {cfg.column!r}; "
                     f"columns: {ds.column_names}")
+            probe = ds.select(range(min(len(ds), PROBE_ROWS)))[cfg.column]
+            if not any(len(v.strip() if isinstance(v, str) else v) for v in probe):
+                raise DataUnavailableError(
+                    f"{cfg.dataset} split {split!r} has no usable row: its first {len(probe):,} "
+                    f"rows' {cfg.column!r} are all empty")
         else:
             _open_streaming(cfg.dataset, split)
 
@@ -81,6 +97,7 @@ class TokenStream:
         if not self.tokenized and self.eos is None:
             raise DataUnavailableError("a text column needs a tokenizer with an EOS token")
         self.epoch, self.cursor, self.carry = 0, 0, []
+        self._empty = 0  # documents read in a row without a usable token
         self._staged = StagedRows(cfg, split) if self.local and is_staged(cfg) else None
         self._ds = (_open_local(Path(cfg.dataset), split)
                     if self.local and self._staged is None else None)
@@ -98,6 +115,8 @@ class TokenStream:
         if self._order is None:
             g = generator(self.seed, self.epoch)
             self._order = torch.randperm(len(self._ds), generator=g)
+        if not len(self._order):
+            raise DataUnavailableError(f"{self.cfg.dataset} split {self.split!r} has no rows")
         if self.cursor >= len(self._order):
             self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
             return self._next_local_doc()
@@ -122,6 +141,9 @@ class TokenStream:
         try:
             doc = next(self._stream_iter)
         except StopIteration:
+            if not self.cursor:
+                raise DataUnavailableError(
+                    f"{self.cfg.dataset} split {self.split!r} has no rows") from None
             self.epoch, self.cursor, self._stream_iter = self.epoch + 1, 0, None
             return self._next_stream_doc()
         self.cursor += 1
@@ -139,6 +161,11 @@ class TokenStream:
             while len(self.carry) < n:
                 doc = self._next_local_doc() if self.local else self._next_stream_doc()
                 self.carry.extend(doc)
+                self._empty = 0 if any(t != self.eos for t in doc) else self._empty + 1
+                if self._empty >= MAX_EMPTY_DOCS:
+                    raise DataUnavailableError(
+                        f"{self.cfg.dataset} split {self.split!r}: {MAX_EMPTY_DOCS:,} documents "
+                        f"in a row without a token in {self.cfg.column!r}; no usable rows")
             rows.append(self.carry[:n])
             self.carry = self.carry[n:]
         return torch.tensor(rows, dtype=torch.long)

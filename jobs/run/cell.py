@@ -110,10 +110,10 @@ class CellJob(submitit.helpers.Checkpointable):
                     f"{malloc_in_use()} malloc")
         try:
             statuses = train_pack(cfgs, dirs, should_stop=lambda: bool(stop.requested))
-        except CellBusyError as e:  # another process trains it: not a failure of the cell
-            for d in dirs:
+        except CellBusyError as e:  # another process trains it (a second submission into
+            for d in dirs:          # the root): skipped here, not a failure of the cell
                 _log(d, f"refused: {e}")
-            raise
+            return f"skipped: {e}"
         except MemberFailed as e:
             for d in dirs:
                 err = e.failures.get(str(d))

@@ -146,7 +146,10 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
             jobs = [submit(CellJob([c.dir for c in pack])) for pack in wave]
             for pack, job in zip(wave, jobs, strict=True):
                 try:
-                    _follow(job, progress, next(tasks))
+                    result = _follow(job, progress, next(tasks))
+                    if str(result).startswith("skipped"):  # another run holds its cells
+                        progress.close()
+                        print(result, flush=True)
                 except Exception:  # a failed task is reported, the others go on
                     failed.append(", ".join(c.id for c in pack))
                     print(f"{failed[-1]}: FAILED (above: the end of its log "

@@ -287,8 +287,18 @@ async function clusterPage() {
 }
 
 // One page, four views: index.html#page=dictionary|feature|cluster&cell=…, else the grid.
+// A cell from the URL must be one of the index's own dictionaries (an allow-list) before any
+// file named after it loads: `cell=x/../../evil` would otherwise run ../evil.js (CWE-22).
 async function route() {
   const pages = { dictionary: dictionaryPage, feature: featurePage, cluster: clusterPage };
-  return (pages[params().page] || indexPage)();
+  const { page, cell } = params();
+  if (!pages[page]) return indexPage();
+  const known = (await BROWSER.load("index", "index")).cells.some(r => r.id === cell);
+  if (!known) {
+    main().append($("p", {}, $("a", { href: "index.html#", text: "← grid" })),
+      $("p", { class: "note", text: `no such dictionary: ${cell}` }));
+    return;
+  }
+  return pages[page]();
 }
 window.addEventListener("hashchange", () => location.reload());
