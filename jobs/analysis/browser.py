@@ -40,6 +40,7 @@ from jobs.analysis.pages import (
     read_or_empty,
     rounded,
     rounded_list,
+    shades,
 )
 from jobs.plan.analysis_cost import (
     BROWSER_FULL_MAX,
@@ -218,7 +219,7 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
                                           d.cell.cfg.data.skip_positions),
                                 acts, elem[ok], pos[ok], s.half_window)
     levels = np.full(pos.shape, "", dtype=object)
-    levels[ok] = levels(win, st.max[elem[ok]])
+    levels[ok] = shades(win, st.max[elem[ok]])
     full = np.full(pos.shape + win.shape[1:], np.nan, dtype=np.float32)
     full[ok] = win
     _save_records(rec, d, pos, full, acts, top.shape[1], s)

@@ -27,7 +27,7 @@ class Writer:
         (self.folder / f"{name}.js").write_text(f"BROWSER.put({json.dumps(key)},{text});\n")
 
 
-def levels(win: np.ndarray, scale: np.ndarray) -> list[str]:
+def shades(win: np.ndarray, scale: np.ndarray) -> list[str]:
     """One character per token: its code over the feature's max in 36 levels (negative codes
     of DB-KSVD atoms as 0); a space outside the context row."""
     q = np.clip(np.rint(win / np.maximum(scale, 1e-30)[:, None] * 35), 0, 35)
