@@ -13,7 +13,10 @@ and so are the few-shot examples (short, so that a small local model's context h
   as in the paper's library `e2e_sae/scripts/analysis/autointerp.py`): the tokens as JSON with
   the activation left null, the model fills in 0-10. An answer that does not repeat every
   token, or a value outside 0-10, predicts 0 there, as in theirs.
-Messages are OpenAI chat messages: [{"role": ..., "content": ...}].
+Every parser reads the answer without its reasoning blocks (`<think>...</think>` and the like)
+and with code fences unwrapped, and takes the last well-formed answer in it (Delphi and the
+OpenAI simulator do the same): a model that drafts, quotes the format or wraps its JSON in
+prose still scores. Messages are OpenAI chat messages: [{"role": ..., "content": ...}].
 """
 
 from __future__ import annotations
@@ -89,10 +92,28 @@ def explain(records: list[Record]) -> list[dict]:
         f"Example {i + 1}: {highlight(r)}" for i, r in enumerate(records)))
 
 
+# Reasoning blocks some models write before their answer (DeepSeek-R1, Qwen3: <think>; others
+# <thinking>, <reasoning>); one cut off by max_tokens has no closing tag, and one whose opening
+# tag was the chat template's has only its closing tag. Delphi strips them the same way.
+_REASONING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|\Z)", re.DOTALL | re.IGNORECASE)
+_CLOSING = re.compile(r"</(?:think|thinking|reasoning)>", re.IGNORECASE)
+_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+def answer_text(text: str) -> str:
+    """An answer without its reasoning blocks and with code fences (```json ... ```) unwrapped:
+    what the parsers below read."""
+    text = _CLOSING.split(_REASONING.sub("", text))[-1]
+    return _FENCE.sub(lambda m: m.group(1), text)
+
+
 def parse_explanation(text: str) -> str:
-    m = re.search(r"\[EXPLANATION\]:\s*(.*)", text, re.DOTALL)
-    if m and m.group(1).strip():
-        return m.group(1).strip().splitlines()[0].strip()
+    """The last non-empty `[EXPLANATION]: ...` line of the answer (a model that drafts first
+    states its final answer last), else its last line; "" for no answer."""
+    text = answer_text(text)
+    for m in reversed(list(re.finditer(r"\[EXPLANATION\]:\s*(.*)", text, re.DOTALL))):
+        if m.group(1).strip():
+            return m.group(1).strip().splitlines()[0].strip()
     lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
     return lines[-1] if lines else ""
 
@@ -115,17 +136,15 @@ def _classify_user(explanation: str, texts: list[str]) -> str:
 
 
 def parse_list(text: str, n: int) -> list[bool] | None:
-    """The first [...] of 0/1 values in `text` if it holds exactly n, else None."""
-    m = re.search(r"\[[^\[\]]*\]", text)
-    if not m:
-        return None
-    try:
-        values = json.loads(m.group(0))
-    except json.JSONDecodeError:
-        return None
-    if len(values) != n or any(v not in (0, 1) for v in values):  # True/False are 1/0 too
-        return None
-    return [bool(v) for v in values]
+    """The last [...] of exactly n 0/1 values in the answer, else None."""
+    for m in reversed(list(re.finditer(r"\[[^\[\]]*\]", answer_text(text)))):
+        try:
+            values = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            continue
+        if len(values) == n and all(v in (0, 1) for v in values):  # True/False are 1/0 too
+            return [bool(v) for v in values]
+    return None
 
 
 def _sim_json(explanation: str, tokens: list[str], acts=None) -> str:
@@ -145,19 +164,23 @@ def simulate(explanation: str, tokens: list[str]) -> list[dict]:
 
 
 def parse_simulation(text: str, n: int) -> list[float] | None:
-    """The n predicted activations (0 where a value is missing or outside 0-10), or None when
-    the answer is not JSON with n entries (the simulation predicts 0 everywhere then)."""
-    try:
-        acts = json.loads(text)["activations"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None
-    if not isinstance(acts, list) or len(acts) != n:
-        return None
-    out = []
-    for a in acts:
+    """The n predicted activations (0 where a value is missing or outside 0-10) of the last
+    JSON object in the answer with n of them (prose around it allowed), or None (the
+    simulation predicts 0 everywhere then)."""
+    text, decoder = answer_text(text), json.JSONDecoder()
+    for start in reversed([i for i, c in enumerate(text) if c == "{"]):
         try:
-            v = float(a["activation"])
-        except (KeyError, TypeError, ValueError):
-            v = 0.0
-        out.append(v if 0 <= v <= 10 else 0.0)
-    return out
+            acts = decoder.raw_decode(text, start)[0]["activations"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        if isinstance(acts, list) and len(acts) == n:
+            return [_activation(a) for a in acts]
+    return None
+
+
+def _activation(a) -> float:
+    try:
+        v = float(a["activation"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    return v if 0 <= v <= 10 else 0.0

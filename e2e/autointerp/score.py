@@ -73,7 +73,8 @@ def interpret(records: list[Record], explainer: Chat, scorer: Chat, budget: Budg
     out: dict = {"explanation": prompts.parse_explanation(answer or ""),
                  "requests_failed": int(answer is None)}
     if not out["explanation"]:
-        return {**out, **{s: float("nan") for s in budget.scorers}}
+        return {**out, **{s: float("nan") for s in budget.scorers},
+                **{f"{s}_failed": 0 for s in budget.scorers}}
     rng = random.Random(seed)
     scorer = _counting(scorer, out)
     for kind in ("detection", "fuzzing"):

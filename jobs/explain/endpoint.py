@@ -34,7 +34,8 @@ class Endpoint:
     retries: int = 5
     sent: int = 0  # requests answered by the server in this process
     cached: int = 0  # answers read from the cache
-    failed: int = 0  # requests that got no answer after the retries
+    failed: int = 0  # requests that got no usable answer after the retries (never cached)
+    failures: dict = field(default_factory=dict)  # their kinds: {"InternalServerError": 3, ...}
     tokens: int = 0  # prompt + completion tokens the server reported
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -78,7 +79,10 @@ class Endpoint:
     def chat(self, messages: list[dict], json: bool = False, max_tokens: int = 256
              ) -> str | None:
         """The answer's text (from the cache when asked before); None when the server gave
-        none after the retries (not cached: a rerun asks again)."""
+        none after the retries, counted by kind in `failures` and not cached, so a rerun asks
+        again: an HTTP error (4xx, 5xx, a timeout, a refused connection), a body that is not
+        JSON, an error object or no choices in a 200, empty or null content (a reasoning model
+        out of tokens)."""
         import openai
 
         k = self.key(messages, json, max_tokens)
@@ -96,12 +100,16 @@ class Endpoint:
             r = self._client.chat.completions.create(
                 model=self.model, messages=messages, temperature=0, max_tokens=max_tokens,
                 **extra)
-            text = r.choices[0].message.content or ""
-        except (openai.APIError, IndexError, AttributeError) as e:  # no answer, or no choice
+            text = r.choices[0].message.content
+            if not (text or "").strip():
+                raise _EmptyAnswer
+        except (openai.APIError, _EmptyAnswer, IndexError, AttributeError, TypeError,
+                ValueError) as e:  # ValueError: a body that is not JSON
+            kind = {TypeError: "NoChoices", AttributeError: "NoChoices",
+                    IndexError: "NoChoices"}.get(type(e), type(e).__name__)
             with self._lock:
                 self.failed += 1
-            print(f"autointerp: request failed after retries: {type(e).__name__}: {e}",
-                  flush=True)
+                self.failures[kind] = self.failures.get(kind, 0) + 1
             return None
         used = r.usage.total_tokens if r.usage else 0
         atomic_write_text(path, _json.dumps({"model": self.model, "text": text,
@@ -115,9 +123,23 @@ class Endpoint:
 _json = json  # `chat`'s argument `json` shadows the module inside it
 
 
+class _EmptyAnswer(Exception):
+    """A 200 whose message has no text (null or empty content)."""
+
+
+def failure_summary(endpoints) -> str:
+    """"3 InternalServerError, 1 EmptyAnswer" over the endpoints' unanswered requests."""
+    kinds: dict[str, int] = {}
+    for e in {id(e): e for e in endpoints}.values():
+        for k, n in e.failures.items():
+            kinds[k.lstrip("_")] = kinds.get(k.lstrip("_"), 0) + n
+    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda x: -x[1]))
+
+
 def check_endpoint(plan) -> None:
-    """One line (ConfigError) unless the auto-interp endpoint of a plan (`jobs.plan.make.Plan`)
-    that has one answers; sends no chat request. Not for a dry run: it sends nothing."""
+    """One line (ConfigError) unless the key's variable is set and the auto-interp endpoint of
+    a plan (`jobs.plan.make.Plan`) that has one answers `/v1/models`; sends no chat request,
+    so the dry run checks it too."""
     ai = plan.autointerp
-    if ai and ai.base_url and not plan.opts.dry_run:
+    if ai and ai.base_url:  # the dry run too: listing the models sends no chat request
         Endpoint(ai.base_url, ai.explainer, Path(tempfile.gettempdir()), ai.api_key_env).check()

@@ -18,7 +18,7 @@ from e2e.autointerp import records
 from e2e.autointerp.score import interpret, mean_ci
 from e2e.io import atomic_write_text
 from e2e.typed import ConfigError
-from jobs.explain.endpoint import Endpoint
+from jobs.explain.endpoint import Endpoint, failure_summary
 from jobs.explain.serve import served
 from jobs.plan.autointerp import CACHE, FILE, AutoInterp
 from jobs.report import autointerp as autointerp_report
@@ -63,6 +63,11 @@ def autointerp(root: Path | str, grid: str, ai: AutoInterp) -> Path:
                       f"{path.stem}: {sum(e.sent for e in distinct)} requests sent, "
                       f"{sum(e.cached for e in distinct)} answered from the cache, "
                       f"{sum(e.failed for e in distinct)} failed", file=sys.stderr, flush=True)
+            if any(e.failed for e in distinct):  # one line: what the unanswered requests met
+                print(f"auto-interp: {sum(e.failed for e in distinct)} requests got no usable "
+                      f"answer ({failure_summary(distinct)}): counted per feature and scorer, "
+                      "none cached; the scores hold what came, and a rerun asks only for "
+                      "those again", flush=True)
     collect(root, grid)
     _browser(results)
     return results

@@ -9,6 +9,7 @@ the job with `serve=<model>`, e.g. vLLM on the job's own GPU; docs/autointerp.md
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 
 from e2e.autointerp import SCORERS
@@ -44,6 +45,11 @@ class AutoInterp:
     time: int = 0  # minutes for the job; 0: estimated from the requests
 
     def __post_init__(self) -> None:
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}",
+                                                 self.api_key_env):
+            shown = f"{self.api_key_env[:3]}…({len(self.api_key_env)} characters)"
+            raise ConfigError(f"autointerp.api_key_env= takes the name of the environment "
+                              f"variable that holds the key, not a key (given {shown}: masked)")
         bad = [s for s in self.scorers if s not in SCORERS]
         if bad:
             raise ConfigError(f"autointerp.scorers={bad[0]!r} is invalid: must be among "
