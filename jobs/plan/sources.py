@@ -31,10 +31,44 @@ def check_sources(cfg: CellConfig) -> None:
                 "HF_HUB_OFFLINE") == "1" else ""
             raise ConfigError(f"model {name!r} cannot be loaded{offline}: {e}") from None
         check_architecture(hf_cfg.architectures, name)
+    check_tokenizer(cfg)
     try:
         check_dataset(cfg.data)
     except DataUnavailableError as e:
         raise ConfigError(str(e)) from None
+
+
+# Files one of which a model folder's tokenizer needs (a fast tokenizer's, or a slow one's
+# config); without them transformers falls back to conversions that need sentencepiece.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_tokenizer(cfg: CellConfig) -> None:
+    """ConfigError in one line for a model folder without a tokenizer (the cells tokenize
+    text, the browser shows tokens with it), and for a text dataset whose tokenizer has more
+    tokens than the model's embedding has rows: text that holds an added token's string gets
+    an id the embedding cannot index (issue 43: a cell's IndexError after 23 s). Pre-tokenized
+    rows are checked against the model's tokenizer by `check_tokenizers`."""
+    name = cfg.model.name_or_path
+    if Path(name).is_dir() and not any((Path(name) / f).exists() for f in TOKENIZER_FILES):
+        raise ConfigError(f"model directory {name} has no tokenizer (none of "
+                          f"{', '.join(TOKENIZER_FILES)}): save the model's tokenizer beside it")
+    if cfg.data.column == "input_ids":
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # OSError, ValueError, a missing converter's ImportError alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"the tokenizer of {name} cannot be loaded: {type(e).__name__}: "
+                          f"{first}") from None
+    vocab = config_int(model_config(name) or {}, ("vocab_size", "n_vocab", "d_vocab"))
+    if vocab is not None and len(tok) > vocab:
+        raise ConfigError(f"the tokenizer of {name} has {len(tok):,} tokens but the model's "
+                          f"embedding {vocab:,} rows: ids from {vocab:,} on (its added tokens) "
+                          f"would index past it; use a tokenizer without them, or resize the "
+                          "model's embedding")
 
 
 def model_config(name_or_path: str) -> dict | None:

@@ -1,0 +1,65 @@
+"""The plan's checks of a model folder and its tokenizer (`jobs.plan.sources.check_sources`,
+issue 43): what used to fail in the cell, a while after submission, is one line before
+anything is written."""
+
+from __future__ import annotations
+
+import shutil
+
+import datasets
+import pytest
+import torch
+
+from e2e.config import CellConfig, ConfigError, DataConfig, ModelConfig
+from jobs.plan.sources import check_sources
+
+
+@pytest.fixture(scope="module")
+def model_and_text(tmp_path_factory):
+    """A tiny GPT-2 with its own tokenizer (embedding rows = tokens), and a text dataset."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from e2e.lm.pretrain import train_tokenizer
+
+    root = tmp_path_factory.mktemp("sources")
+    text = ["In the beginning God created the heaven and the earth."] * 20
+    tok = train_tokenizer(text, 300)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2,
+                               n_positions=64)).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": text})}).save_to_disk(
+        str(root / "text"))
+    return root
+
+
+def _cfg(model, data) -> CellConfig:
+    return CellConfig(model=ModelConfig(str(model)),
+                      data=DataConfig(dataset=str(data), column="text", context_length=16))
+
+
+def test_a_model_and_its_own_tokenizer_pass(model_and_text):
+    check_sources(_cfg(model_and_text / "model", model_and_text / "text"))
+
+
+def test_a_tokenizer_with_tokens_past_the_embedding_is_refused_for_text(model_and_text,
+                                                                        tmp_path):
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model_and_text / "model", tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    n = len(tok)
+    tok.add_tokens(["<extra_0>", "<extra_1>"])
+    tok.save_pretrained(tmp_path / "model")
+    with pytest.raises(ConfigError, match=f"has {n + 2:,} tokens but the model's embedding "
+                                          f"{n:,} rows"):
+        check_sources(_cfg(tmp_path / "model", model_and_text / "text"))
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused(model_and_text, tmp_path):
+    shutil.copytree(model_and_text / "model", tmp_path / "model")
+    for f in (tmp_path / "model").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            f.unlink()
+    with pytest.raises(ConfigError, match="has no tokenizer"):
+        check_sources(_cfg(tmp_path / "model", model_and_text / "text"))
