@@ -27,7 +27,7 @@ from pathlib import Path
 
 from jobs import cli
 from jobs.plan.grids import pretrain_dir
-from jobs.report import convergence, tables
+from jobs.report import compare, convergence
 from jobs.report.results import read_grid, to_point
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,20 +66,20 @@ def run_variant(root: Path, name: str, shared_lm: Path) -> float:
     return time.time() - t0
 
 
-def variant_results(root: Path, name: str) -> tuple[list[tables.Point], dict]:
+def variant_results(root: Path, name: str) -> tuple[list[compare.Point], dict]:
     cells = [c for c in read_grid(root / name / "tiny") if c.status == "done"]
     return [to_point(c) for c in cells], {c.id: c.change for c in cells}
 
 
-def ratio(local: list[tables.Point], other: list[tables.Point]) -> tuple | None:
+def ratio(local: list[compare.Point], other: list[compare.Point]) -> tuple | None:
     """e2e's CE increase as a fraction of local's at equal L0 (the collector's number), for
     curves that may come from different variants (e.g. each setting at its own lr)."""
     pts = [p for p in local if p.setting == "local"] + [p for p in other if p.setting == "e2e"]
     layers = {p.layer for p in pts}
-    return tables.ce_ratio_at_equal_l0(pts, layers.pop(), "e2e") if len(layers) == 1 else None
+    return compare.ce_ratio_at_equal_l0(pts, layers.pop(), "e2e") if len(layers) == 1 else None
 
 
-def _curve(points: list[tables.Point], setting: str) -> str:
+def _curve(points: list[compare.Point], setting: str) -> str:
     """`L0/CE increase` of a setting's runs, by L0."""
     ps = sorted((p for p in points if p.setting == setting), key=lambda p: p.l0)
     return ", ".join(f"{p.l0:.0f}/{p.ce_loss_increase:.4f}" for p in ps)
@@ -124,7 +124,7 @@ def report(root: Path, names: list[str]) -> str:
     return text
 
 
-def plot(root: Path, names: list[str], results: dict[str, list[tables.Point]]) -> None:
+def plot(root: Path, names: list[str], results: dict[str, list[compare.Point]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,9 +8,9 @@ from e2e.config import CellConfig, LossConfig
 from e2e.io import cell_paths
 from e2e.store import write_metrics
 from jobs.plan.grid import cell_id
-from jobs.report import tables
+from jobs.report import compare
 from jobs.report.collect import collect
-from jobs.report.tables import Point, ce_ratio_at_equal_l0, paired, reference
+from jobs.report.compare import Point, ce_ratio_at_equal_l0, paired, reference
 
 # (setting, λ, L0, CE increase): local's curve lies at twice e2e's CE increase.
 RUNS = [("local", 1, 100, 0.02), ("local", 4, 40, 0.10), ("local", 10, 10, 0.40),
@@ -247,18 +247,18 @@ def test_a_comparison_that_cannot_be_made_says_why():
     points = _points()
     shifted = [replace(p, l0=p.l0 + 200) for p in points if p.setting == "e2e"]
     others = [p for p in points if p.setting != "e2e"]
-    assert tables.not_comparable(others + shifted, 6, "e2e", "local") == (
+    assert compare.not_comparable(others + shifted, 6, "e2e", "local") == (
         "their L0 ranges share no interval (local 10.0-100.0, e2e 212.0-290.0)")
     negative = [replace(p, ce_loss_increase=-0.01) for p in points if p.setting == "e2e"]
-    assert tables.ce_ratio_at_equal_l0(others + negative, 6, "e2e") is None
-    assert tables.not_comparable(others + negative, 6, "e2e", "local") == (
+    assert compare.ce_ratio_at_equal_l0(others + negative, 6, "e2e") is None
+    assert compare.not_comparable(others + negative, 6, "e2e", "local") == (
         "a CE loss increase is not positive over their shared L0 range")
 
 
 def test_the_headline_says_its_spread_over_seeds():
     """Two seeds: the pooled ratio, then each seed's own (the comparison within one seed's
     runs); one seed: nothing more."""
-    from jobs.report.tables import Point, headline
+    from jobs.report.compare import Point, headline
 
     def pt(setting, l0, ce, seed):
         return Point(f"{setting}{l0}{seed}", 2, setting, 1.0, l0, 0, 0, ce, 0, seed=seed)

@@ -28,7 +28,7 @@ from jobs.plan.analysis_cost import (
     browser_estimate,
     dictionary_seconds,
 )
-from jobs.report import plots, tables
+from jobs.report import compare, plots, tables
 from jobs.report.collect import collect
 from jobs.report.mfr import is_mfr_cell
 from jobs.report.results import (
@@ -58,7 +58,7 @@ PAPER_WITHIN_DIFF = {"local - e2e_ds": 0.04, "local - e2e": 0.166}
 class Saved:
     """A finished cell's dictionary as the analyses see it."""
 
-    point: tables.Point
+    point: compare.Point
     seed: int
     key: str  # the config without its seed: cells with equal keys differ only in seed
     directions: torch.Tensor  # (d_in, n_alive) unit-norm alive elements
@@ -133,7 +133,7 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
               for x in dicts if x.directions.shape[1] > 1}
     h5: dict[str, np.ndarray] = {}
     layers = sorted({p.layer for p in points})
-    trio = [x for la in layers for p, _ in tables.paired(points, la, "ce") for x in dicts
+    trio = [x for la in layers for p, _ in compare.paired(points, la, "ce") for x in dicts
             if x.point.cell_id == p.cell_id]  # each layer's Table 2 runs
     cost = _Cost(dicts, layers)
     bar = modelled_bar("analysis", cost.total(trio, opts))
@@ -234,7 +234,7 @@ def _trio_sections(dicts: list[Saved], points, layers, within: dict[str, np.ndar
     by_id = {x.point.cell_id: x for x in dicts}
     cross, diffs, down = [], [], []
     for layer in layers:
-        trio = {p.setting: by_id[p.cell_id] for p, _ in tables.paired(points, layer, "ce")}
+        trio = {p.setting: by_id[p.cell_id] for p, _ in compare.paired(points, layer, "ce")}
         local = trio.get("local")
         for s in ("e2e", "e2e_ds", "ksvd"):
             if s in trio and local is not None:

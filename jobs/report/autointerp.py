@@ -17,8 +17,8 @@ from pathlib import Path
 
 from e2e.autointerp import SCORERS
 from e2e.io import atomic_path
-from jobs.report import tables
-from jobs.report.tables import SETTING_COLORS, Point
+from jobs.report import compare
+from jobs.report.compare import SETTING_COLORS, Point
 
 FOLDER = "autointerp"
 FIGURE = "autointerp_fig9.png"
@@ -85,7 +85,7 @@ def markdown(points: list[Point], ai: dict[str, dict]) -> str:
                      + " | ".join(_fmt(e["scores"].get(s)) for s in scorers) + " |")
     for key, title in (("ce", "similar CE loss increase"), ("l0", "similar L0")):
         for layer in sorted({p.layer for p in points}):
-            pairs = [(p, m) for p, m in tables.paired(points, layer, key) if p.cell_id in ai]
+            pairs = [(p, m) for p, m in compare.paired(points, layer, key) if p.cell_id in ai]
             if len(pairs) > 1:
                 lines += ["", f"Layer {layer}, {title} (Fig. 9):", ""]
                 lines += [f"- {p.setting} ({p.cell_id}, mismatch {m:.0%}): "
@@ -98,7 +98,7 @@ def headline(points: list[Point], ai: dict[str, dict]) -> list[str]:
     """One line per layer: each setting's first scorer at similar CE loss increase."""
     out = []
     for layer in sorted({p.layer for p in points}):
-        pairs = [p for p, _ in tables.paired(points, layer, "ce") if p.cell_id in ai]
+        pairs = [p for p, _ in compare.paired(points, layer, "ce") if p.cell_id in ai]
         if pairs:
             s = next(iter(ai[pairs[0].cell_id]["scores"]))
             out.append(f"layer {layer}: auto-interp {s} at similar CE loss increase: " + ", ".join(
@@ -110,7 +110,7 @@ def figure(points: list[Point], ai: dict[str, dict], out: Path) -> Path | None:
     """Fig. 9: per scorer (rows) and pairing (columns: similar CE, similar L0), each setting's
     mean score with its 95% interval, per layer."""
     layers = sorted({p.layer for p in points})
-    got = {k: {la: [p for p, _ in tables.paired(points, la, k) if p.cell_id in ai]
+    got = {k: {la: [p for p, _ in compare.paired(points, la, k) if p.cell_id in ai]
                for la in layers} for k in ("ce", "l0")}
     if not any(v for d in got.values() for v in d.values()):
         return None

@@ -11,7 +11,7 @@ from e2e.config import SETTINGS
 from e2e.io import atomic_path, atomic_write_text
 from jobs.plan.grids import GRIDS
 from jobs.report import autointerp as autointerp_report
-from jobs.report import convergence, plots, tables
+from jobs.report import compare, convergence, plots, tables
 from jobs.report import finetune as finetune_report
 from jobs.report import mfr as mfr_report
 from jobs.report.results import (
@@ -87,13 +87,13 @@ def collect(root: Path | str, grid: str) -> Path:
     # table.
     points = [to_point(c) for c in done if c.cfg.mfr.n_saes == 1]
     mfr_rows = mfr_report.rows(done)
-    intervals = tables.PAPER_INTERVALS if grid.startswith("paper") else None
+    intervals = compare.PAPER_INTERVALS if grid.startswith("paper") else None
     trained = trained_curves(cells)
-    headline = tables.headline(points, trained, intervals) if points or not mfr_rows else []
+    headline = compare.headline(points, trained, intervals) if points or not mfr_rows else []
     if points:
         note = GRIDS[grid].headline_note if grid in GRIDS else ""
-        headline += [tables.PAPER_HEADLINE] + ([note] if note else [])
-        headline += [tables.KSVD_NOTE] if any(p.setting == "ksvd" for p in points) else []
+        headline += [compare.PAPER_HEADLINE] + ([note] if note else [])
+        headline += [compare.KSVD_NOTE] if any(p.setting == "ksvd" for p in points) else []
     headline += finetune_report.headline(points, cells)
     headline += mfr_report.headline(mfr_rows)
     headline += autointerp_report.headline(points, ai)
@@ -121,7 +121,7 @@ def collect(root: Path | str, grid: str) -> Path:
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
     if points:
         plots.pareto(points, out)
-        for family, family_points in tables.families(points).items():
+        for family, family_points in compare.families(points).items():
             plots.pareto(family_points, out, suffix=f"_{family.replace('+', '-')}")
         finetune_report.compute_figure(points, cells, out)
         if ai:

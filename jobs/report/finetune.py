@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.report import tables
+from jobs.report import compare, tables
+from jobs.report.compare import Point
 from jobs.report.results import CellResult, curve_order
-from jobs.report.tables import Point
 
 
 def finetuned(cells: list[CellResult], costed: bool = False) -> list[CellResult]:
@@ -39,12 +39,12 @@ def headline(points: list[Point], cells: list[CellResult]) -> list[str]:
     for layer, curve in sorted({(c.cfg.layer, c.curve) for c in finetuned(cells, True)},
                                key=lambda x: (x[0], curve_order(x[1]))):
         parts = []
-        e2e = tables.base_curve(curve, "e2e")  # of the same architecture
+        e2e = compare.base_curve(curve, "e2e")  # of the same architecture
         has_e2e = any(p.layer == layer and p.setting == e2e for p in points)
-        for base in (tables.base_curve(curve), e2e)[:2 if has_e2e else 1]:
-            r = tables.ce_ratio_at_equal_l0(points, layer, curve, base=base)
+        for base in (compare.base_curve(curve), e2e)[:2 if has_e2e else 1]:
+            r = compare.ce_ratio_at_equal_l0(points, layer, curve, base=base)
             parts.append(f"{r[0]:.0%} of {base}'s (L0 {r[1]:.1f}-{r[2]:.1f})"
-                         f"{tables.per_seed(points, layer, curve, base)}" if r else
+                         f"{compare.per_seed(points, layer, curve, base)}" if r else
                          f"not comparable with {base} (no shared L0 range)")
         line = f"layer {layer}: {curve}: CE loss increase at equal L0 {', '.join(parts)}"
         if has_e2e:  # a grid without e2e cells has nothing to set the cost against
@@ -118,8 +118,8 @@ def compute_figure(points: list[Point], cells: list[CellResult], out_dir: Path) 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
-        xl, _ = tables.curve(points, layer, "local")
-        xe, _ = tables.curve(points, layer, "e2e")
+        xl, _ = compare.curve(points, layer, "local")
+        xe, _ = compare.curve(points, layer, "e2e")
         if len(xl) < 2 or len(xe) < 2 or max(xl[0], xe[0]) >= min(xl[-1], xe[-1]):
             continue
         l0 = float(np.sqrt(max(xl[0], xe[0]) * min(xl[-1], xe[-1])))

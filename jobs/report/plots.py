@@ -9,9 +9,9 @@ import numpy as np
 
 from e2e.analysis import geometry
 from e2e.io import atomic_path
-from jobs.report import tables
+from jobs.report import compare
+from jobs.report.compare import SETTING_COLORS, Point
 from jobs.report.results import curve_order
-from jobs.report.tables import SETTING_COLORS, Point
 
 COLORS = SETTING_COLORS
 
@@ -99,7 +99,7 @@ def geometry_figures(out: Path, dicts: list, within: dict[str, np.ndarray], down
     fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.5), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=True):
         points = [x.point for x in dicts if x.point.layer == layer]
-        for p, _ in tables.paired(points, layer, "ce"):
+        for p, _ in compare.paired(points, layer, "ce"):
             if p.cell_id in within:
                 ax.hist(np.clip(within[p.cell_id], 0, 1), bins=geometry.HIST_BINS,
                         range=(0, 1), histtype="step", color=COLORS[p.setting],

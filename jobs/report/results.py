@@ -20,7 +20,7 @@ from e2e.store import read_metrics
 from e2e.typed import ConfigError
 from jobs.plan.finetune import recipe_of
 from jobs.report import convergence
-from jobs.report.tables import Point
+from jobs.report.compare import Point
 
 ANALYSIS_H5 = "analysis.h5"
 ANALYSIS_MD = "analysis.md"
