@@ -188,6 +188,20 @@ def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
     assert stamps == {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}
 
 
+def _started_cells(grid_dir: Path, timeout_s: float = 300) -> list[Path]:
+    """The cell folders of a run in the background once one has started training (its log
+    says so, or it has a checkpoint); [] if none did within `timeout_s`."""
+    import time
+
+    deadline, cells = time.time() + timeout_s, []
+    while not cells and time.time() < deadline:
+        cells = [d for d in grid_dir.glob("L*") if (d / "checkpoint.pt").exists()
+                 or "start" in ((d / "train.log").read_text() if (d / "train.log").exists()
+                                else "")]
+        time.sleep(0.5)
+    return cells
+
+
 def test_sigterm_of_a_local_run_stops_its_cell_so_a_rerun_is_not_refused(tmp_path):
     import signal
     import time
@@ -198,14 +212,7 @@ def test_sigterm_of_a_local_run_stops_its_cell_so_a_rerun_is_not_refused(tmp_pat
             "executor=local", "settings=[e2e]", "optim.n_samples=40000"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    cells = []
-    while not cells and time.time() < deadline:
-        cells = [d for d in (tmp_path / "smoke").glob("L*") if (d / "checkpoint.pt").exists()
-                 or "start" in ((d / "train.log").read_text() if (d / "train.log").exists()
-                                else "")]
-        time.sleep(0.5)
-    (cell,) = cells
+    (cell,) = _started_cells(tmp_path / "smoke")
     time.sleep(3)  # training
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -295,19 +302,14 @@ def test_a_second_submission_into_one_root_skips_the_cells_the_first_trains(tmp_
     """Issue 43: the second run ended rc 1, "1 task(s) failed", with a CellBusyError traceback
     for a cell the first run finished. Now it skips the busy cell in one line and exits 0."""
     import signal
-    import time
 
     args = ["grid=smoke", f"root={tmp_path}", "executor=local", "settings=[e2e]"]
     first = subprocess.Popen([sys.executable, "jobs/submit.py", *args, "optim.n_samples=40000"],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, cell = time.time() + 300, None
-        while cell is None and time.time() < deadline:
-            cell = next((d for d in (tmp_path / "smoke").glob("L*")
-                         if "start" in ((d / "train.log").read_text()
-                                        if (d / "train.log").exists() else "")), None)
-            time.sleep(0.5)
-        assert cell is not None, "the first run's cell never started"
+        cells = _started_cells(tmp_path / "smoke")
+        assert cells, "the first run's cell never started"
+        cell = cells[0]
         second = _submit(*args, "optim.n_samples=40000")
         assert second.returncode == 0, second.stdout + second.stderr
         skipped = [line for line in second.stdout.splitlines() if line.startswith("skipped")]

@@ -105,8 +105,7 @@ class Endpoint:
                 raise _EmptyAnswer
         except (openai.APIError, _EmptyAnswer, IndexError, AttributeError, TypeError,
                 ValueError) as e:  # ValueError: a body that is not JSON
-            kind = {TypeError: "NoChoices", AttributeError: "NoChoices",
-                    IndexError: "NoChoices"}.get(type(e), type(e).__name__)
+            kind = _KINDS.get(type(e), type(e).__name__)
             with self._lock:
                 self.failed += 1
                 self.failures[kind] = self.failures.get(kind, 0) + 1
@@ -127,12 +126,17 @@ class _EmptyAnswer(Exception):
     """A 200 whose message has no text (null or empty content)."""
 
 
+# How `chat` counts a failure whose exception names it poorly (else by its class's name).
+_KINDS = {_EmptyAnswer: "EmptyAnswer", TypeError: "NoChoices", AttributeError: "NoChoices",
+          IndexError: "NoChoices"}
+
+
 def failure_summary(endpoints) -> str:
     """"3 InternalServerError, 1 EmptyAnswer" over the endpoints' unanswered requests."""
     kinds: dict[str, int] = {}
     for e in {id(e): e for e in endpoints}.values():
         for k, n in e.failures.items():
-            kinds[k.lstrip("_")] = kinds.get(k.lstrip("_"), 0) + n
+            kinds[k] = kinds.get(k, 0) + n
     return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda x: -x[1]))
 
 
