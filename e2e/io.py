@@ -1,5 +1,6 @@
-"""Atomic writes, the one function that names every file of a cell, the cell lock, and the
-check that a cell folder holds the config it is asked to train."""
+"""Atomic writes, the one function that names every file of a cell, the cell lock, a cell's
+config as stored in its folder (paths inside the output root relative to the folder, so a moved
+root keeps its cells) and the check that a cell folder holds the config it is asked to train."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import fcntl
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from e2e.config import CellConfig, ConfigError, normalized
@@ -138,11 +139,42 @@ def cell_lock(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
+# The config fields that may name a folder; `stored_config` writes those inside the output root
+# relative to the cell folder (`../_pretrain-1a2b3c/model`), `read_cell_config` resolves them.
+PATH_FIELDS = ("model.name_or_path", "data.dataset", "init.from_path")
+
+
+def map_paths(cfg: CellConfig, fn: Callable[[str, str], str]) -> CellConfig:
+    """`cfg` with each path field's value `v` replaced by `fn(field, v)`."""
+    for f in PATH_FIELDS:
+        section, name = f.split(".")
+        part = getattr(cfg, section)
+        cfg = replace(cfg, **{section: replace(part, **{name: fn(f, getattr(part, name))})})
+    return cfg
+
+
+def stored_config(cfg: CellConfig, cell_dir: Path | str, root: Path | str) -> CellConfig:
+    """`cfg` as its folder `cell_dir` holds it: each path field that names a folder inside the
+    output `root` (a grid's own LM and token rows, a stage under `_sources/`) relative to
+    `cell_dir`, so beginning with `../` (a hub id never does); other values as they are. Both
+    absolute. A cell's id hashes this form: it does not depend on where the root is mounted."""
+    return map_paths(cfg, lambda _, v: os.path.relpath(v, cell_dir) if Path(v).is_absolute()
+                     and Path(v).is_relative_to(root) else v)
+
+
+def read_cell_config(cell_dir: Path | str) -> CellConfig:
+    """The config a cell folder holds, its `../` paths resolved where the folder is now.
+    FileNotFoundError without config.json; ConfigError for one that is not a config."""
+    cfg = CellConfig.from_json(cell_paths(cell_dir).config.read_text())
+    base = Path(cell_dir).absolute()
+    return map_paths(cfg, lambda _, v: os.path.normpath(base / v) if v.startswith("../") else v)
+
+
 def check_folder_config(path: Path, cfg: CellConfig) -> None:
     """A cell folder's config.json must hold `cfg` (sections its setting never reads compare at
     today's defaults); ConfigError naming the fields that differ."""
     try:
-        old = normalized(CellConfig.from_json(path.read_text()))
+        old = normalized(read_cell_config(path.parent))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     diff = [f"{k}: {a!r} -> {b!r}"

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from e2e.config import CellConfig
-from e2e.io import cell_paths
+from e2e.io import cell_paths, read_cell_config
 from jobs import cli
 from jobs.run.cell import CellJob
 
@@ -20,7 +19,7 @@ def main(*tokens: str) -> None:
     cells = cli.parse_options(tokens, Options, positional="cells").cells
     for d in cells:
         try:
-            CellConfig.from_json(cell_paths(d).config.read_text())
+            read_cell_config(d)
         except FileNotFoundError:
             raise cli.ConfigError(f"{d} is not a cell folder: it has no config.json") from None
         except cli.ConfigError as e:

@@ -56,6 +56,11 @@ def parse_options(tokens, cls: type, positional: str | None = None) -> Any:
     return cls(**values)
 
 
+class StepIncomplete(RuntimeError):
+    """A step wrote what it could; the message says in one line what it could not (the job
+    then exits 1, so SLURM and a shell see it)."""
+
+
 def run(main: Callable[..., Any]) -> None:
     """Runs an entry point `main(*tokens)` through fire; bad input is one line, no traceback.
 
@@ -76,5 +81,5 @@ def run(main: Callable[..., Any]) -> None:
             main(*argv)
         else:
             fire.Fire(main, command=argv)
-    except (ConfigError, OSError) as e:  # bad input, or a root that cannot be written
-        sys.exit(f"error: {e}")
+    except (ConfigError, OSError, StepIncomplete) as e:  # bad input, a root that cannot be
+        sys.exit(f"error: {e}")                          # written, or a part left undone

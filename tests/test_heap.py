@@ -1,4 +1,4 @@
-"""`e2e.heap`: what glibc does with a step's freed tensors, read from glibc itself
+"""`e2e.kernels.heap`: what glibc does with a step's freed tensors, read from glibc itself
 (`mallinfo2`), each case in a fresh process; and which allocator a job's process runs on
 (`jobs.plan.containers.malloc_in_use`)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import heap
+from e2e.kernels import heap
 from jobs.plan.containers import malloc_in_use
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 # glibc's default trimming must shrink the heap.
 PROBE = """
 import ctypes, json, sys
-from e2e.heap import _M_MMAP_THRESHOLD, _MMAP_THRESHOLD, keep_freed_heap
+from e2e.kernels.heap import _M_MMAP_THRESHOLD, _MMAP_THRESHOLD, keep_freed_heap
 
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",

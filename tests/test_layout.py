@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = [
     # the base: typed values, configs, files, seeds, cosines
     ["e2e.typed", "e2e.io", "e2e.rng", "e2e.optim", "e2e.config_methods",
-     "e2e.arch.config", "e2e.config", "e2e.store", "e2e.heap"],
+     "e2e.arch.config", "e2e.config", "e2e.store"],
     # the math of one dictionary and the model around it; data; analyses; the small LM
     ["e2e.kernels", "e2e.losses", "e2e.dictionary", "e2e.model", "e2e.sae", "e2e.arch",
      "e2e.metrics", "e2e.ksvd",

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 from ctypes.util import find_library
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,7 @@ def test_paper_dry_run_lists_cells_resources_and_apptainer_command(tmp_path):
     assert "L10-e2e_ds-lam1.75-" in out
     assert "--gres=gpu:1" in out and "--time=960" in out
     assert "apptainer exec --nv" in out and "--bind /etc/slurm" in out
+    assert f" {REPO}/containers/e2e-sae-hpc.sif python" in out  # the grid's image, from the repo
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
@@ -165,10 +167,12 @@ def test_unreachable_model_fails_before_submission(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
-    r = _submit("grid=smoke", f"root={tmp_path}", "executor=local", "pack=3")
+def test_smoke_grid_runs_locally_then_a_second_run_does_no_work_wherever_the_root_moved(
+        tmp_path):
+    root = tmp_path / "runs"
+    r = _submit("grid=smoke", f"root={root}", "executor=local", "pack=3")
     assert r.returncode == 0, r.stdout + r.stderr
-    grid = tmp_path / "smoke"
+    grid = root / "smoke"
     cells = [d for d in grid.iterdir() if d.name.startswith("L")]
     assert len(cells) == 4 and all((d / "DONE").exists() for d in cells)
     assert all("in a pack of 3" in (d / "train.log").read_text() for d in cells
@@ -183,9 +187,25 @@ def test_smoke_grid_runs_locally_then_a_second_run_does_no_work(tmp_path):
     for f in ("summary.csv", "tables.md", "tables.tex", "results.h5", "pareto_l0.png"):
         assert (results / f).exists(), f
     stamps = {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}
-    r2 = _submit("grid=smoke", f"root={tmp_path}", "executor=local", "pack=3")
+    r2 = _submit("grid=smoke", f"root={root}", "executor=local", "pack=3")
     assert r2.returncode == 0 and "nothing to do" in r2.stdout
     assert stamps == {f: f.stat().st_mtime_ns for f in grid.rglob("*") if f.is_file()}
+    # the shared root moved (`mv`, another mount point): its cells are the same cells, the
+    # model and token rows they name are read where they are now (the old place is gone)
+    moved = root.rename(tmp_path / "moved")
+    r3 = _submit("grid=smoke", f"root={moved}", "executor=local", "pack=3")
+    assert r3.returncode == 0 and "4 cells, 0 to run (4 done)" in r3.stdout, r3.stdout + r3.stderr
+    assert sorted(d.name for d in (moved / "smoke").glob("L*")) == sorted(d.name for d in cells)
+    r4 = subprocess.run([sys.executable, "jobs/analyze.py", "grid=smoke", f"root={moved}",
+                         "multidim=false"], cwd=REPO, capture_output=True, text=True)
+    assert r4.returncode == 0 and "feature browser:" in r4.stdout, r4.stdout + r4.stderr
+    summary = (moved / "smoke" / "results" / "summary.csv").read_text()
+    assert summary.count("\n") == 5, summary  # the header and 4 cells, no duplicates
+    # an analysis that cannot build the browser (its model is gone) writes the rest and fails
+    next((moved / "smoke").glob("_pretrain-*/model/config.json")).unlink()
+    r5 = subprocess.run(r4.args, cwd=REPO, capture_output=True, text=True)
+    assert r5.returncode == 1 and "Traceback" not in r5.stderr, r5.stderr
+    assert r5.stderr.strip().splitlines()[-1].startswith("error: feature browser not built: ")
 
 
 def _started_cells(grid_dir: Path, timeout_s: float = 300) -> list[Path]:
@@ -282,20 +302,62 @@ def test_no_grid_pins_a_dtype_and_emulated_bf16_is_said_in_the_plan(tmp_path):
 
 def test_every_named_grid_keeps_its_cell_ids(monkeypatch):
     """A cell's id names its folder on the shared root: a changed id orphans finished work. The
-    ids of every named grid's dry run (cells and fine-tune children) under one root (a small
-    LM's path is part of its cells' configs; a dry run writes nothing) are pinned in
-    tests/data/cell_ids.json, written before jobs/ moved into rooms."""
+    ids of every named grid's dry run (cells and fine-tune children; a dry run writes nothing)
+    are pinned in tests/data/cell_ids.json. They do not depend on the root: paths inside it (a
+    small LM's) are hashed relative to it."""
     from jobs.plan import make
     from jobs.plan.grids import GRIDS
 
     monkeypatch.setattr(make, "native_bf16", lambda device: True)  # grid=demo as bf16 chips plan it
     want = json.loads((REPO / "tests" / "data" / "cell_ids.json").read_text())
-    got = {}
+    for root in ("/shared/e2e", "/mnt/elsewhere/runs"):
+        got = {}
+        for name in sorted(GRIDS):
+            plan = make.make_plan([f"grid={name}", f"root={root}", "dry_run=true",
+                                   "executor=local"])
+            got[name] = sorted(c.id for c in plan.cells + plan.children)
+        assert got == want, root
+
+
+def test_a_root_written_with_absolute_ids_keeps_its_cells_where_it_moved(tmp_path, monkeypatch):
+    """Folders written before 2026-12-07 under root=/shared/e2e (their ids, pinned in
+    tests/data/cell_ids_absolute.json, hashed the root's absolute paths), then moved: each named
+    grid's plan finds every cell finished under its old name, and writing the plan stores the
+    config's in-root paths relative to the folder, read back under the new root."""
+    from e2e.io import read_cell_config
+    from jobs.plan import make
+    from jobs.plan.grid import cell_id
+    from jobs.plan.grids import GRIDS
+    from jobs.run.manifest import write_configs
+
+    monkeypatch.setattr(make, "native_bf16", lambda device: True)
+    old_ids = json.loads((REPO / "tests" / "data" / "cell_ids_absolute.json").read_text())
+    new_ids = json.loads((REPO / "tests" / "data" / "cell_ids.json").read_text())
     for name in sorted(GRIDS):
-        plan = make.make_plan([f"grid={name}", "root=/shared/e2e", "dry_run=true",
-                               "executor=local"])
-        got[name] = sorted(c.id for c in plan.cells + plan.children)
-    assert got == want
+        args = [f"grid={name}", "dry_run=true", "executor=local"]
+        old = make.make_plan([*args, "root=/shared/e2e"])
+        old_id = {c.id: cell_id(c.cfg) for c in old.cells}  # as the code before 2026-12-07 had
+        for c in old.cells + old.children:                  # them: absolute paths in the hash
+            cfg = c.cfg if not c.cfg.init.from_cell else replace(
+                c.cfg, init=replace(c.cfg.init, from_cell=old_id[c.cfg.init.from_cell]))
+            folder = tmp_path / name / cell_id(cfg)
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text(cfg.to_json())
+            (folder / "DONE").touch()
+        plan = make.make_plan([*args, f"root={tmp_path}"])
+        cells = plan.cells + plan.children
+        assert sorted(c.id for c in cells) == old_ids[name], name
+        in_root = old_ids[name] != new_ids[name]  # a grid whose cells read its own LM
+        assert all(c.status == "done" and c.legacy == in_root for c in cells), name
+        assert ("found by their config" in " ".join(plan.notes)) == in_root
+        assert not [c for c in cells if "/shared/e2e" in c.cfg.model.name_or_path
+                    + c.cfg.data.dataset]
+        write_configs(plan)
+        for c in cells:
+            assert "/shared/e2e" not in (c.dir / "config.json").read_text()
+            assert read_cell_config(c.dir) == c.cfg
+        again = make.make_plan([*args, f"root={tmp_path}"])
+        assert [(c.id, c.status) for c in again.cells] == [(c.id, "done") for c in plan.cells]
 
 
 def test_a_second_submission_into_one_root_skips_the_cells_the_first_trains(tmp_path):

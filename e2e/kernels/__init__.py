@@ -1,4 +1,5 @@
-"""Fused and compiled pieces of a training step, below the losses that use them."""
+"""Fused and compiled pieces of a training step, below the losses that use them; the chip
+kind it runs on (`chip`) and the heap it allocates from (`heap`)."""
 
 from e2e.kernels.compiled import Compiled
 from e2e.kernels.kl import (

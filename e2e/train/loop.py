@@ -31,7 +31,7 @@ from e2e.data.source import (
     evaluate_dictionaries,
     open_source,
 )
-from e2e.heap import keep_freed_heap
+from e2e.kernels.heap import keep_freed_heap
 from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
 from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.ksvd.fit import fit as fit_ksvd
@@ -105,7 +105,7 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
     (a pack killed mid-checkpoint) resume from the earliest, the others waiting until the pack
     reaches their step, so every member ends exactly as if it had run alone. A member whose
     loss goes non-finite stops; the others go on, then `MemberFailed` names it. For the rest
-    of the process, glibc keeps freed heap memory for reuse (`e2e.heap.keep_freed_heap`).
+    of the process, glibc keeps freed heap memory for reuse (`e2e.kernels.heap.keep_freed_heap`).
     """
     if not cfgs or len(cfgs) != len(out_dirs):
         raise ValueError("train_pack needs one output folder per config")

@@ -20,7 +20,7 @@ import torch
 
 from e2e.arch.config import SAVED_AS
 from e2e.config import CellConfig, ConfigError, n_dict_for
-from e2e.io import cell_paths, load_checkpoint
+from e2e.io import cell_paths, load_checkpoint, read_cell_config
 from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens, model_processing
 from e2e.saelens.foreign import flat_fields
 
@@ -55,7 +55,7 @@ def parent_mismatch(cfg: CellConfig, parent: Path, d_in: int | None = None) -> s
             return f"{what}: no such cell in this grid ({parent})"
         if not paths.done.exists():
             return f"{what}: the parent is not finished (no {paths.done})"
-        p = CellConfig.from_json(paths.config.read_text())
+        p = read_cell_config(parent)
         mine = _shape_fields(cfg)
         diff = [f"{k}: parent {v!r}, child {mine[k]!r}" for k, v in _shape_fields(p).items()
                 if mine[k] != v]

@@ -86,19 +86,22 @@ class _Dict:
 
 
 def build_logged(grid_dir: Path, cells: list, full_ids: set[str], clusters: dict,
-                 settings: Settings) -> None:
+                 settings: Settings) -> str | None:
     """`build` on the GPU if there is one, its cost in the log and in results/browser.json;
-    a failure is one line in the log (the tables are written already), not the job's end."""
+    returns None, or for a failure the one line it printed (the tables are written already:
+    the caller ends its step with it after the rest)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         cost = build(grid_dir, cells, full_ids, clusters, settings, device)
     except Exception as e:  # noqa: BLE001 - any cell's broken file: say which, keep the rest
-        print(f"feature browser not built: {type(e).__name__}: {e}", flush=True)
-        return
+        line = f"feature browser not built: {type(e).__name__}: {e}"
+        print(line, flush=True)
+        return line
     atomic_write_text(grid_dir / "results" / "browser.json", json.dumps(cost, indent=1))
     print(f"feature browser: {cost['pages']} feature pages of {cost['dictionaries']} "
           f"dictionaries, {cost['bytes'] / 1e6:.1f} MB, {cost['seconds']:.0f} s: "
           f"{grid_dir / 'results' / 'browser' / 'index.html'}", flush=True)
+    return None
 
 
 def build(grid_dir: Path, cells: list, full_ids: set[str], clusters: dict,

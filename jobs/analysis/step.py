@@ -21,6 +21,7 @@ from e2e.typed import require
 from jobs.analysis.browser import Settings as BrowserSettings
 from jobs.analysis.browser import build_logged
 from jobs.analysis.multidim import multidim_sections
+from jobs.cli import StepIncomplete
 from jobs.plan.analysis_cost import (
     GEOMETRY_S,
     MIXTURE_STEPS,
@@ -121,7 +122,8 @@ class Options:
 
 def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     """Writes the analysis files of `<root>/<grid>/results/`, then runs the collector again so
-    the tables include them; returns that folder."""
+    the tables include them; returns that folder. StepIncomplete (after writing everything
+    else) when the feature browser cannot be built."""
     opts = opts or Options()
     t0 = time.perf_counter()
     grid_dir = existing_grid_dir(root, grid)
@@ -154,11 +156,14 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     if within:
         plots.geometry_figures(out, dicts, within, down)
     collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
+    failed = None
     if opts.browser:
         share = cost.browser / max(1, len(dicts))
-        _browser(grid_dir, {x.point.cell_id for x in trio}, clusters, opts,
-                 lambda: bar.update(round(share)))
+        failed = _browser(grid_dir, {x.point.cell_id for x in trio}, clusters, opts,
+                          lambda: bar.update(round(share)))
     bar.close()
+    if failed:
+        raise StepIncomplete(f"{failed} (the tables and analyses are written: {out})")
     return out
 
 
@@ -186,10 +191,10 @@ class _Cost:
         return self.geometry + multidim + (self.browser if opts.browser else 0)
 
 
-def _browser(grid_dir: Path, trio: set[str], clusters: dict, opts: Options, tick) -> None:
+def _browser(grid_dir: Path, trio: set[str], clusters: dict, opts: Options, tick) -> str | None:
     """The feature browser, after the tables (its index shows them); every feature of the
-    `trio` cells gets a page; `tick()` after each dictionary."""
-    build_logged(grid_dir, read_grid(grid_dir), trio, clusters, BrowserSettings(
+    `trio` cells gets a page; `tick()` after each dictionary. None, or why it was not built."""
+    return build_logged(grid_dir, read_grid(grid_dir), trio, clusters, BrowserSettings(
         opts.browser_tokens, opts.browser_full_max, opts.browser_sample, on_dictionary=tick))
 
 

@@ -6,6 +6,7 @@ where and how they run. Everything is checked here before anything is written or
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -30,13 +31,14 @@ from jobs.plan import containers
 from jobs.plan.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
 from jobs.plan.autointerp import AutoInterp, n_dictionaries
 from jobs.plan.finetune import Finetune, aligned_packs, children
-from jobs.plan.grid import Grid, cell_id, expand, grid_pretrain_dir, k_axis, make_packs
+from jobs.plan.folders import folder_id, legacy_folder
+from jobs.plan.grid import Grid, expand, grid_pretrain_dir, k_axis, make_packs
 from jobs.plan.grids import grid_named
 from jobs.plan.options import Axes, RunOptions, parse_overrides
 from jobs.plan.sources import check_sources, check_tokenizers, known_shape
 from jobs.plan.stages import Stage, apply_source
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Cell:
     cfg: CellConfig
     dir: Path
     status: str  # "done", "resume" (a checkpoint exists) or "new"
+    legacy: bool = False  # a folder of before 2026-12-07 (its config.json names the root)
 
 
 @dataclass
@@ -202,6 +205,11 @@ def make_plan(tokens: list[str]) -> Plan:
         # fine-tune arrays then have no empty tasks in front
         parents = {pid for pid, _ in plan.child_of.values()}
         plan.packs.sort(key=lambda p: not any(c.id in parents for c in p))
+    legacy = sum(c.legacy for c in plan.cells + plan.children)
+    if legacy:
+        plan.notes.append(f"{legacy} cell folder(s) written before 2026-12-07 found by their "
+                          "config (their ids hashed the root's absolute path): they keep their "
+                          "names, and writing the plan stores their paths relative to the root")
     if depth is None and needs_model:
         plan.notes.append(f"the depth of {cfgs[0].model.name_or_path} is not known here (not "
                           "in the HF cache): layers are checked when each cell starts")
@@ -231,18 +239,21 @@ def emulated_bf16(cfgs: list[CellConfig], executor: str) -> list[str]:
 
 
 def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:
-    """Each cell with its status; a folder holding a different config is refused."""
+    """Each cell with its status (a folder of before 2026-12-07 found by its config:
+    `jobs.plan.folders`); a folder holding a different config is refused."""
+    names = set(os.listdir(grid_dir)) if grid_dir.is_dir() else set()
     cells = []
     for cfg in cfgs:
-        cid = cell_id(cfg)
-        paths = cell_paths(grid_dir / cid)
+        cid = folder_id(cfg, grid_dir)
+        legacy = cid not in names and legacy_folder(cfg, cid, grid_dir, names)
+        paths = cell_paths(grid_dir / (legacy or cid))
         status = "new"
         if paths.config.exists():
-            # unused sections compare at today's defaults (an SAE cell's `ksvd`)
-            check_folder_config(paths.config, cfg)
+            if not legacy:  # unused sections compare at today's defaults (an SAE's `ksvd`)
+                check_folder_config(paths.config, cfg)
             status = "done" if paths.done.exists() else (
                 "resume" if paths.checkpoint.exists() else "new")
-        cells.append(Cell(cid, cfg, paths.root, status))
+        cells.append(Cell(legacy or cid, cfg, paths.root, status, legacy=bool(legacy)))
     if len({c.id for c in cells}) != len(cells):
         raise ConfigError("two cells of the grid have the same config")
     return cells

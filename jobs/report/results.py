@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from e2e.config import CellConfig
-from e2e.io import cell_paths
+from e2e.io import cell_paths, read_cell_config
 from e2e.store import read_metrics
 from e2e.typed import ConfigError
 from jobs.plan.finetune import recipe_of
@@ -132,7 +132,7 @@ def _tail(path: Path, n: int = 5) -> str:
 def read_cell(cell_dir: Path) -> CellResult:
     paths = cell_paths(cell_dir)
     try:
-        cfg = CellConfig.from_json(paths.config.read_text())
+        cfg = read_cell_config(cell_dir)
     except Exception as e:  # an unreadable config is reported, not fatal
         return CellResult(cell_dir.name, "corrupt", reason=f"config.json: {e}")
     res = CellResult(cell_dir.name, "pending", cfg)

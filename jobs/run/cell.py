@@ -22,8 +22,7 @@ from pathlib import Path
 import submitit
 import torch
 
-from e2e.config import CellConfig
-from e2e.io import CellBusyError, cell_paths
+from e2e.io import CellBusyError, cell_paths, read_cell_config
 from e2e.train import MemberFailed, train_pack
 from jobs.plan.containers import malloc_in_use
 
@@ -101,7 +100,7 @@ class CellJob(submitit.helpers.Checkpointable):
         cfgs = []
         for d in dirs:
             (d / FAILED).unlink(missing_ok=True)
-            cfgs.append(CellConfig.from_json(cell_paths(d).config.read_text()))
+            cfgs.append(read_cell_config(d))
         stop = _StopOnSignal()
         pack = f" in a pack of {len(dirs)}" if len(dirs) > 1 else ""
         for d in dirs:

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from e2e.io import atomic_write_text, cell_paths
+from e2e.io import atomic_write_text, cell_paths, stored_config
 from jobs.plan.autointerp import FILE as AUTOINTERP_FILE
 from jobs.plan.make import Plan
 
@@ -14,10 +14,12 @@ from jobs.plan.make import Plan
 def write_configs(plan: Plan) -> None:
     """Each cell's config.json, and `manifest.txt` (one pack per line: its cell folders,
     space-separated) for the plain `sbatch slurm/array.sbatch` path."""
-    for c in plan.todo + [c for c in plan.children if c.status != "done"]:
+    root = Path(plan.opts.root).resolve()
+    for c in plan.cells + plan.children:
         paths = cell_paths(c.dir)
-        if not paths.config.exists():
-            atomic_write_text(paths.config, c.cfg.to_json())
+        # a folder of before 2026-12-07 gets today's form: its paths inside the root relative
+        if c.legacy or (c.status != "done" and not paths.config.exists()):
+            atomic_write_text(paths.config, stored_config(c.cfg, c.dir, root).to_json())
     _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
     if plan.autointerp:
         atomic_write_text(plan.grid_dir / AUTOINTERP_FILE, plan.autointerp.to_json())
