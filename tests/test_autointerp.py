@@ -49,6 +49,27 @@ def test_parsers_and_marking():
     assert prompts.parse_simulation(sim, 2) is None
     r = Record([" the", " sea", " sea", " is"], np.array([0, 5, 2, 0.0]), TOP)
     assert prompts.highlight(r) == " the<< sea sea>> is"
+    assert prompts.markers([r]) == ("<<", ">>")  # prose: Delphi's markers, Delphi's prompts
+
+
+def test_code_whose_shift_operators_are_markers_is_marked_with_a_pair_it_does_not_hold():
+    from e2e.autointerp import prompts
+    from e2e.autointerp.records import TOP, Record
+
+    cpp = Record(["std", "::", "cout", " <<", " x", " >>", " 2"], np.array([0, 0, 0, 4, 0, 0, 0.]),
+                 TOP)
+    pair = prompts.markers([cpp])
+    assert pair == ("[[", "]]")
+    system, shot, _, user = prompts.explain([cpp], pair)
+    assert "marked between [[ and ]]" in system["content"] and "[[ sea]]" in shot["content"]
+    assert user["content"] == "Example 1: std::cout[[ <<]] x >> 2"
+    fuzz = prompts.classify("fuzzing", "shifts", [prompts.highlight(cpp, pair=pair)], pair)
+    assert "marked between [[ and ]]" in fuzz[0]["content"] and "<<" not in fuzz[1]["content"]
+    # every pair's characters in the texts: the last pair, its own characters made [ ]
+    every = Record(["a<b>", "[c]", "{d}", "\u27e6e\u27e7"], np.array([0, 0, 0, 1.]), TOP)
+    pair = prompts.markers([cpp, every])
+    assert pair == prompts.MARKERS[-1]
+    assert prompts.highlight(every, pair=pair) == "a<b>[c]{d}\u27e6[e]\u27e7"
 
 
 def _run(*args, timeout=900, **kw):

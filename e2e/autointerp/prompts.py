@@ -3,8 +3,10 @@
 Each follows a published one in structure, instructions and answer format; the wording is ours
 and so are the few-shot examples (short, so that a small local model's context holds them):
 - explanation: Delphi's default explainer (Paulo et al. 2024): top contexts with the firing
-  tokens between << >>, the answer's last line `[EXPLANATION]: ...`. Departure: an answer with
-  no such line gives its last non-empty line (Delphi gives "Explanation could not be parsed.").
+  tokens between << >>, the answer's last line `[EXPLANATION]: ...`. Departures: an answer with
+  no such line gives its last non-empty line (Delphi gives "Explanation could not be parsed.");
+  a feature whose texts hold a marker's characters (code: C++'s `<<` and `>>`) is marked with
+  the first pair of `MARKERS` they do not hold, and its prompts say so (`markers`).
 - detection and fuzzing: Delphi's classifiers: `n` numbered examples, the answer a Python list
   of 1/0 (detection: does the example show the feature; fuzzing: are exactly the marked tokens
   the feature's). An answer that is not a list of `n` 0/1 values is a failed prompt (None), as
@@ -26,18 +28,21 @@ import re
 
 from e2e.autointerp.records import Record
 
-L, R = "<<", ">>"
+# Marker pairs, Delphi's first; a feature's prompts use the first whose characters none of its
+# texts holds. The last pair's characters, should they occur too, become [ ] in the texts.
+MARKERS = (("<<", ">>"), ("[[", "]]"), ("{{", "}}"), ("\u27e6", "\u27e7"))
+Markers = tuple[str, str]
 HIGHLIGHT = 0.3  # a token is marked when its code is >= this share of the record's max (Delphi)
 
 EXPLAIN_SYSTEM = (
     "You are a careful researcher looking for a pattern in text. You will see text examples "
-    "in which some tokens are marked between << and >>. Find what the marked tokens have in "
+    "in which some tokens are marked between {L} and {R}. Find what the marked tokens have in "
     "common, and the context they appear in. Keep the explanation short and specific; do not "
     "mention the markers. The last line of your answer must be the explanation, written as "
     "[EXPLANATION]: <explanation>")
-EXPLAIN_SHOT = ("Example 1: they sailed across the<< sea>> to\n"
-                "Example 2: the waves of the<< sea>> were\n"
-                "Example 3: by the<< sea>> shore at night",
+EXPLAIN_SHOT = ("Example 1: they sailed across the{L} sea{R} to\n"
+                "Example 2: the waves of the{L} sea{R} were\n"
+                "Example 3: by the{L} sea{R} shore at night",
                 "[EXPLANATION]: The word \"sea\".")
 
 DETECT_SYSTEM = (
@@ -55,7 +60,7 @@ SHOT_POOL = [("they sailed across the sea to", " sea", True),
              ("the fields were green in", " green", False)]
 FUZZ_SYSTEM = (
     "You are a careful linguist. You will be given an explanation of a feature of text and "
-    "numbered text examples in which some tokens are marked between << and >>. Some examples "
+    "numbered text examples in which some tokens are marked between {L} and {R}. Some examples "
     "are marked wrongly. For each example in turn, answer 1 if every marked token is an "
     "instance of the feature and 0 if not. Answer with a Python list of 0s and 1s only, one "
     "per example.")
@@ -67,19 +72,28 @@ SIMULATE_SYSTEM = (
     "activation filled in from 0 to 10 according to the explanation.")
 
 
-def highlight(rec: Record, marked=None) -> str:
-    """The record's text with runs of marked tokens between << >>; by default the tokens whose
-    code is at least HIGHLIGHT times the record's largest."""
+def markers(records: list[Record]) -> Markers:
+    """The marker pair of a feature's prompts: the first of `MARKERS` whose characters occur
+    in none of `records`' texts (every record any of its prompts shows), else the last."""
+    chars = set("".join(t for r in records for t in r.tokens))
+    return next((m for m in MARKERS if not set("".join(m)) & chars), MARKERS[-1])
+
+
+def highlight(rec: Record, marked=None, pair: Markers = MARKERS[0]) -> str:
+    """The record's text with runs of marked tokens between the `pair`; by default the tokens
+    whose code is at least HIGHLIGHT times the record's largest."""
     if marked is None:
         top = float(rec.acts.max()) if len(rec.acts) else 0.0
         marked = [top > 0 and a >= HIGHLIGHT * top for a in rec.acts.tolist()]
+    left, right = pair
     out, inside = [], False
     for tok, m in zip(rec.tokens, marked, strict=True):
         if m != inside:
-            out.append(L if m else R)
+            out.append(left if m else right)
             inside = m
-        out.append(tok)
-    return "".join(out + ([R] if inside else []))
+        out.append(tok.replace(MARKERS[-1][0], "[").replace(MARKERS[-1][1], "]")
+                   if pair == MARKERS[-1] else tok)
+    return "".join(out + ([right] if inside else []))
 
 
 def _chat(system: str, shot: tuple[str, str], user: str) -> list[dict]:
@@ -87,9 +101,14 @@ def _chat(system: str, shot: tuple[str, str], user: str) -> list[dict]:
             {"role": "assistant", "content": shot[1]}, {"role": "user", "content": user}]
 
 
-def explain(records: list[Record]) -> list[dict]:
-    return _chat(EXPLAIN_SYSTEM, EXPLAIN_SHOT, "\n".join(
-        f"Example {i + 1}: {highlight(r)}" for i, r in enumerate(records)))
+def _marked(text: str, pair: Markers) -> str:
+    return text.replace("{L}", pair[0]).replace("{R}", pair[1])
+
+
+def explain(records: list[Record], pair: Markers = MARKERS[0]) -> list[dict]:
+    return _chat(_marked(EXPLAIN_SYSTEM, pair), (_marked(EXPLAIN_SHOT[0], pair), EXPLAIN_SHOT[1]),
+                 "\n".join(f"Example {i + 1}: {highlight(r, pair=pair)}"
+                           for i, r in enumerate(records)))
 
 
 # Reasoning blocks some models write before their answer (DeepSeek-R1, Qwen3: <think>; others
@@ -118,13 +137,16 @@ def parse_explanation(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def classify(kind: str, explanation: str, texts: list[str]) -> list[dict]:
-    """A detection or fuzzing prompt over already formatted example texts."""
+def classify(kind: str, explanation: str, texts: list[str], pair: Markers = MARKERS[0]
+             ) -> list[dict]:
+    """A detection or fuzzing prompt over already formatted example texts (fuzzing's marked
+    with `pair`)."""
     shot = [SHOT_POOL[i % len(SHOT_POOL)] for i in range(len(texts))]
     if kind == "detection":
         system, shot_texts = DETECT_SYSTEM, [t for t, _, _ in shot]
     else:
-        system, shot_texts = FUZZ_SYSTEM, [t.replace(m, f"{L}{m}{R}", 1) for t, m, _ in shot]
+        system = _marked(FUZZ_SYSTEM, pair)
+        shot_texts = [t.replace(m, f"{pair[0]}{m}{pair[1]}", 1) for t, m, _ in shot]
     answer = "[" + ", ".join(str(int(y)) for _, _, y in shot) + "]"
     return _chat(system, (_classify_user("the word \"sea\".", shot_texts), answer),
                  _classify_user(explanation, texts))

@@ -69,7 +69,8 @@ def interpret(records: list[Record], explainer: Chat, scorer: Chat, budget: Budg
     top = [r for r in records if r.kind == TOP][:budget.explain]
     active = [r for r in records if r.kind == INTERVAL] or top  # a rare feature: reuse top
     silent = [r for r in records if r.kind == SILENT]
-    answer = explainer(prompts.explain(top), max_tokens=budget.explain_tokens)
+    pair = prompts.markers(records)  # << >> unless its texts hold them (code)
+    answer = explainer(prompts.explain(top, pair), max_tokens=budget.explain_tokens)
     out: dict = {"explanation": prompts.parse_explanation(answer or ""),
                  "requests_failed": int(answer is None)}
     if not out["explanation"]:
@@ -79,9 +80,9 @@ def interpret(records: list[Record], explainer: Chat, scorer: Chat, budget: Budg
     scorer = _counting(scorer, out)
     for kind in ("detection", "fuzzing"):
         if kind in budget.scorers:
-            pairs = _samples(kind, active[:budget.test], silent[:budget.test], rng)
+            pairs = _samples(kind, active[:budget.test], silent[:budget.test], rng, pair)
             out[kind], out[f"{kind}_failed"] = _classify(kind, out["explanation"], pairs,
-                                                         scorer, budget.shown)
+                                                         scorer, budget.shown, pair)
     if "simulation" in budget.scorers:
         half = budget.simulate // 2
         recs = active[:budget.simulate - half] + silent[:half]
@@ -100,29 +101,29 @@ def _counting(chat: Chat, out: dict) -> Chat:
     return counted
 
 
-def _samples(kind: str, active: list[Record], silent: list[Record], rng: random.Random
-             ) -> list[tuple[str, bool]]:
-    """(text, is the feature there) pairs, shuffled."""
+def _samples(kind: str, active: list[Record], silent: list[Record], rng: random.Random,
+             pair: prompts.Markers) -> list[tuple[str, bool]]:
+    """(text, is the feature there) pairs, shuffled; fuzzing's marked with `pair`."""
     if kind == "detection":
         pairs = [("".join(r.tokens), r.activating) for r in active + silent]
     else:
         firing = [int((r.acts > 0).sum()) for r in active]
         n_wrong = max(1, math.ceil(sum(firing) / max(1, len(firing))))
-        pairs = [(prompts.highlight(r), True) for r in active]
+        pairs = [(prompts.highlight(r, pair=pair), True) for r in active]
         for r in silent:
             marked = set(rng.sample(range(len(r.tokens)), min(n_wrong, len(r.tokens))))
-            pairs.append((prompts.highlight(r, [i in marked for i in range(len(r.tokens))]),
-                          False))
+            pairs.append((prompts.highlight(r, [i in marked for i in range(len(r.tokens))],
+                                            pair), False))
     rng.shuffle(pairs)
     return pairs
 
 
 def _classify(kind: str, explanation: str, pairs: list[tuple[str, bool]], chat: Chat,
-              shown: int) -> tuple[float, int]:
+              shown: int, pair: prompts.Markers) -> tuple[float, int]:
     truth, pred, failed = [], [], 0
     for i in range(0, len(pairs), shown):
         batch = pairs[i:i + shown]
-        answer = chat(prompts.classify(kind, explanation, [t for t, _ in batch]),
+        answer = chat(prompts.classify(kind, explanation, [t for t, _ in batch], pair),
                       max_tokens=classify_tokens(len(batch)))
         got = prompts.parse_list(answer or "", len(batch))
         if got is None:

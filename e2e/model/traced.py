@@ -29,8 +29,8 @@ import torch
 import torch.fx
 import torch.utils.checkpoint
 
-from e2e.kernels.heap import return_freed_heap
 from e2e.kernels import CleanTarget, Compiled
+from e2e.kernels.heap import return_freed_heap
 from e2e.model.split import CleanPass, clean_pass, resid_pre, run_blocks, run_to_final, unembedding
 
 # Largest |compiled - eager| over the values' max |.|, per dtype the pass computes in: fp32

@@ -31,9 +31,9 @@ from e2e.data.source import (
     evaluate_dictionaries,
     open_source,
 )
-from e2e.kernels.heap import keep_freed_heap
 from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
 from e2e.kernels.chip import autocast_for, train_dtype
+from e2e.kernels.heap import keep_freed_heap
 from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import (
     CleanPass,
