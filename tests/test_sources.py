@@ -63,3 +63,19 @@ def test_a_model_folder_without_a_tokenizer_is_refused(model_and_text, tmp_path)
             f.unlink()
     with pytest.raises(ConfigError, match="has no tokenizer"):
         check_sources(_cfg(tmp_path / "model", model_and_text / "text"))
+
+
+def test_a_real_lm_grid_given_a_dataset_without_its_eval_split_is_refused_by_the_plan(
+        model_and_text, tmp_path):
+    """Issue 43: `grid=smollm2` reads its own LM unless told otherwise; with another model and
+    a text dataset that has no `validation` split, the plan passed and every cell failed at
+    start. Sources not built by the grid are checked as on any grid."""
+    from jobs.plan.make import make_plan
+
+    args = ["grid=smollm2", f"root={tmp_path / 'root'}", "executor=local", "layers=[1]",
+            f"model.name_or_path={model_and_text / 'model'}", "data.column=text",
+            f"data.dataset={model_and_text / 'text'}", "data.context_length=16"]
+    with pytest.raises(ConfigError, match="text has no split 'validation'; it has \\['train'\\]"):
+        make_plan(args)
+    assert make_plan([*args, "data.eval_split=train"]).cells
+    assert not (tmp_path / "root").exists()

@@ -215,9 +215,11 @@ def make_plan(tokens: list[str]) -> Plan:
                           "in the HF cache): layers are checked when each cell starts")
     plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
-    if needs_model and not opts.dry_run and grid.pretrain is None:
-        # fails with a clear message before anything is submitted (staging reads the originals)
-        check_sources(source_cfgs[0] if opts.stage else cells[0].cfg)
+    own = grid_pretrain_dir(root, grid) if grid.pretrain else None
+    if needs_model and not opts.dry_run:
+        # fails with a clear message before anything is submitted (staging reads the originals;
+        # a grid's own LM, built by its pretrain job, is checked once it is there)
+        check_sources(source_cfgs[0] if opts.stage else cells[0].cfg, own)
     elif needs_model and grid.pretrain is None:
         plan.notes.append("model and dataset reachability is checked at submission, not in "
                           "a dry run")

@@ -8,17 +8,25 @@ from pathlib import Path
 from e2e.config import CellConfig, ConfigError
 
 
-def check_sources(cfg: CellConfig) -> None:
-    """Raises ConfigError naming the model or dataset that cannot be loaded from here, or a
-    model whose architecture's split forward is not verified.
+def check_sources(cfg: CellConfig, own_lm: Path | None = None) -> None:
+    """Raises ConfigError naming the model or dataset that cannot be loaded from here (a
+    missing split, column or usable row included), or a model whose architecture's split
+    forward is not verified. `own_lm`: the grid's own LM folder, whose model and rows (and a
+    tokenizer check needing them) are skipped until it is built.
 
     With HF_HUB_OFFLINE=1 a hub name must be in the local HF cache; otherwise the hub is asked.
     """
     from e2e.data.tokens import DataUnavailableError, check_dataset
     from e2e.model import check_architecture
 
+    def pending(path: str) -> bool:
+        return own_lm is not None and not (own_lm / "DONE").exists() and Path(
+            path).is_relative_to(own_lm)
+
     name = cfg.model.name_or_path
-    if Path(name).exists():
+    if pending(name):
+        pass
+    elif Path(name).exists():
         if not (Path(name) / "config.json").exists():
             raise ConfigError(f"model directory {name} has no config.json")
     else:
@@ -31,11 +39,13 @@ def check_sources(cfg: CellConfig) -> None:
                 "HF_HUB_OFFLINE") == "1" else ""
             raise ConfigError(f"model {name!r} cannot be loaded{offline}: {e}") from None
         check_architecture(hf_cfg.architectures, name)
-    check_tokenizer(cfg)
-    try:
-        check_dataset(cfg.data)
-    except DataUnavailableError as e:
-        raise ConfigError(str(e)) from None
+    if not pending(name):
+        check_tokenizer(cfg)
+    if not pending(cfg.data.dataset):
+        try:
+            check_dataset(cfg.data)
+        except DataUnavailableError as e:
+            raise ConfigError(str(e)) from None
 
 
 # Files one of which a model folder's tokenizer needs (a fast tokenizer's, or a slow one's
