@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
-from e2e.kernels.heap import keep_freed_heap
 from e2e.kernels.chip import dense_gflops, train_dtype
+from e2e.kernels.heap import keep_freed_heap
 from e2e.model import load_model
 from e2e.train import pack_step
 from e2e.train.member import Member
