@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from e2e.kernels import CleanTarget, kl_chunk_tokens, kl_sum
 from e2e.losses import mse_loss
-from e2e.model import clean_pass, patched_pass
+from e2e.model import Positions, clean_pass, patched_pass
 from e2e.sae import SAE
 
 
@@ -27,26 +27,30 @@ def ce_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(pred, tokens[:, 1:].reshape(-1))
 
 
-def logit_metrics(orig: CleanTarget, x_sae: torch.Tensor, tokens: torch.Tensor
-                  ) -> dict[str, torch.Tensor]:
+def logit_metrics(orig: CleanTarget, x_sae: torch.Tensor, tokens: torch.Tensor,
+                  keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """ce_loss_orig, ce_loss_sae, kl_orig_sae and top1_agreement, as `ce_loss` and
     `kl_orig_sae` give them on full logits, from the clean (`orig.x`) and SAE-patched final
     normalised residuals x_sae (batch, pos, d_model), unembedded a chunk of tokens at a time:
-    no (batch, pos, vocab) tensor (8 x 1,024 GPT-2 tokens: 1.6 GB each in fp32)."""
-    b, t, d = x_sae.shape
+    no (batch, pos, vocab) tensor (8 x 1,024 GPT-2 tokens: 1.6 GB each in fp32). With `keep`
+    (batch, pos) both residuals are the kept positions' (n_kept, d_model) and every mean is
+    over those (the CE: those with a next token in the row)."""
+    d = x_sae.shape[-1]
     x_q = x_sae.reshape(-1, d).float()
-    nxt = torch.cat([tokens[:, 1:], tokens.new_full((b, 1), -100)], 1).reshape(-1)
+    nxt = torch.cat([tokens[:, 1:], tokens.new_full((tokens.shape[0], 1), -100)], 1)
+    nxt = (nxt if keep is None else nxt[keep]).reshape(-1)
+    n = len(nxt)
     sums = torch.zeros(4, dtype=torch.float64, device=x_sae.device)
     step = kl_chunk_tokens(x_sae.device, orig.weight.shape[0])
-    for s in range(0, b * t, step):
+    for s in range(0, n, step):
         z_p, z_q = orig.logits(orig.x[s:s + step].float()), orig.logits(x_q[s:s + step])
         log_p, log_q = F.log_softmax(z_p, -1), F.log_softmax(z_q, -1)
         y = nxt[s:s + step]  # -100 (ignored): a row's last position predicts nothing here
         sums += torch.stack([F.nll_loss(log_p, y, reduction="sum"),
                              F.nll_loss(log_q, y, reduction="sum"), kl_sum(log_p, log_q),
                              (z_p.argmax(-1) == z_q.argmax(-1)).sum()]).double()
-    ce_orig, ce_sae, kl, top1 = sums / torch.tensor([b * (t - 1), b * (t - 1), b * t, b * t],
-                                                    device=sums.device)
+    n_ce = int((nxt != -100).sum())
+    ce_orig, ce_sae, kl, top1 = sums / torch.tensor([n_ce, n_ce, n, n], device=sums.device)
     return {"ce_loss_orig": ce_orig, "ce_loss_sae": ce_sae, "kl_orig_sae": kl,
             "top1_agreement": top1}
 
@@ -74,10 +78,15 @@ def _reconstruction(name: str, pred: torch.Tensor, target: torch.Tensor
             f"explained_variance_pooled/{name}": explained_variance_pooled(pred, target)}
 
 
-def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean over tokens of ||x_hat|| / ||x|| at position 0 and at positions > 0 (batch, pos, d)."""
+def l2_ratios(x_hat: torch.Tensor, x: torch.Tensor, keep: torch.Tensor | None = None
+              ) -> dict[str, torch.Tensor]:
+    """Mean over tokens of ||x_hat|| / ||x|| at position 0 and at positions > 0 (batch, pos, d);
+    with `keep` (batch, pos), x and x_hat are its kept tokens' (n_kept, d)."""
     r = torch.linalg.vector_norm(x_hat.float(), dim=-1) / torch.linalg.vector_norm(
         x.float(), dim=-1).clamp_min(1e-12)
+    if keep is not None:
+        col = keep.nonzero()[:, 1]
+        return {"l2_ratio/pos0": r[col == 0].mean(), "l2_ratio/pos_gt0": r[col > 0].mean()}
     return {"l2_ratio/pos0": r[:, 0].mean(), "l2_ratio/pos_gt0": r[:, 1:].mean()}
 
 
@@ -145,13 +154,16 @@ def evaluate(model, sae: SAE, layer: int, batches: list[torch.Tensor]) -> dict[s
 
 
 @torch.no_grad()
-def evaluate_pack(model, saes: list[SAE], layer: int, batches: list[torch.Tensor], skip: int = 0
-                  ) -> list[dict[str, float]]:
+def evaluate_pack(model, saes: list[SAE], layer: int, batches: list[torch.Tensor],
+                  positions: Positions | None = None) -> list[dict[str, float]]:
     """`evaluate` for several SAEs at one layer; the clean model runs once per batch for all.
-    Every metric is over positions `skip`.. (`data.skip_positions`)."""
+    Every metric is over the kept positions (`data.skip_positions`, `data.exclude_tokens`)."""
     sums: list[dict[str, float]] = [defaultdict(float) for _ in saes]
+    positions = positions or Positions()
+    skip = positions.skip
     for tokens in batches:
-        clean = clean_pass(model, tokens, layer, full=True, skip=skip, logits=False)
+        clean = clean_pass(model, tokens, layer, full=True, skip=skip, logits=False,
+                           keep=positions.keep(tokens))
         for sae, sae_sums in zip(saes, sums, strict=True):
             for k, v in _batch_metrics(model, sae, layer, tokens[:, skip:], clean).items():
                 sae_sums[k] += float(v)
@@ -183,11 +195,11 @@ def _batch_metrics(model, sae: SAE, layer: int, tokens: torch.Tensor, clean
     x_hat, c = sae(clean.resid)
     final_sae, later_sae = patched_pass(model, clean, x_hat)
     m = {
-        **logit_metrics(clean.target, final_sae, tokens),
+        **logit_metrics(clean.target, final_sae, tokens, clean.keep),
         "l0": l0(c),
         # Shrinkage (the paper's Table 5): mean ||x_hat|| / ||x||, position 0 apart (its norm
         # is far larger in GPT-2).
-        **l2_ratios(x_hat, clean.resid),
+        **l2_ratios(x_hat, clean.resid, clean.keep),
         **_reconstruction(f"blocks.{layer}.hook_resid_pre", x_hat, clean.resid),
     }
     for k, (s, o) in enumerate(zip(later_sae, clean.later_resids, strict=True)):

@@ -14,6 +14,7 @@ from e2e.config import ConfigError, ModelConfig
 from e2e.losses import kl_orig_sae
 from e2e.model import (
     VERIFIED_ARCHITECTURES,
+    Positions,
     SplitForwardError,
     check_architecture,
     clean_pass,
@@ -302,7 +303,7 @@ def test_skipped_positions_keep_their_clean_residual_and_leave_every_metric(toke
                                     fwd_hooks=[("blocks.1.hook_resid_pre", write)])
     assert torch.allclose(logits, want[:, 1:], atol=1e-5 * float(want.abs().max()))
     assert all(r.shape[1] == 23 for r in later)
-    (m,) = evaluate_pack(model, [sae], 1, [tokens], skip=1)
+    (m,) = evaluate_pack(model, [sae], 1, [tokens], Positions(1))
 
     def ce(lg):
         return F.cross_entropy(lg[:, 1:-1].flatten(0, 1), tokens[:, 2:].flatten())
@@ -311,6 +312,82 @@ def test_skipped_positions_keep_their_clean_residual_and_leave_every_metric(toke
           ).sum(-1)[:, 1:].mean()
     assert m["ce_loss_increase"] == pytest.approx(float(ce(want) - ce(orig)), rel=1e-4)
     assert m["kl_orig_sae"] == pytest.approx(float(kl), rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", VERIFIED_ARCHITECTURES)
+def test_excluded_tokens_mid_row_keep_their_clean_residual_and_leave_every_loss(arch,
+                                                                                tokenizer,
+                                                                                tmp_path):
+    """`data.exclude_tokens` (separators mid-row) with `skip_positions=1`: the SAE acts on the
+    kept positions only, the others keep their clean residual, and the KL, later residuals
+    and metrics are over the kept positions. Against a hooked full forward that writes the
+    SAE output at those positions only and the formulas written out over them: the training
+    form (KL value and gradient) and the evaluation (CE loss increase, KL, L0, MSE)."""
+    import torch.nn.functional as F
+
+    from e2e.metrics import evaluate_pack
+
+    model = _tiny(arch, tokenizer, tmp_path)
+    n, layer = model.cfg.n_layers, 1
+    tokens = torch.randint(3, model.cfg.d_vocab, (2, 24))
+    tokens[0, 7] = tokens[1, 15] = tokens[1, 16] = 0  # separators mid-row
+    tokens[1, 23] = 2  # and one at a row's end
+    pos = Positions(1, (0, 2))
+    keep, kept = pos.keep(tokens), pos.kept(tokens)
+    assert keep.shape == (2, 23) and int(kept.sum()) == 2 * 23 - 4
+    torch.manual_seed(3)
+    sae = SAE(model.cfg.d_model, 128)
+    hooked_later = []
+
+    def write(resid, hook):
+        return torch.where(kept[..., None], sae(resid)[0], resid)
+
+    def record(resid, hook):
+        hooked_later.append(resid)
+
+    with torch.no_grad():
+        orig, cache = model.run_with_cache(tokens)
+    want = model.run_with_hooks(tokens, use_cache=False,
+                                fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", write)]
+                                + [(f"blocks.{i}.hook_resid_pre", record)
+                                   for i in range(layer + 1, n)])
+    kl_tok = (F.softmax(orig, -1) * (F.log_softmax(orig, -1) - F.log_softmax(want, -1))).sum(-1)
+    kl_want = kl_tok[kept].mean()
+    kl_want.backward()
+    grads = [p.grad.clone() for p in sae.parameters()]
+    sae.zero_grad()
+
+    train = clean_pass(model, tokens, layer, full=True, logits=False, skip=1, keep=keep)
+    assert torch.equal(train.resid, cache[f"blocks.{layer}.hook_resid_pre"][kept])
+    final, later = patched_pass(model, train, sae(train.resid)[0])
+    assert final.shape == (int(kept.sum()), model.cfg.d_model)
+    kl = kl_orig_sae(train.target, final)
+    kl.backward()
+    assert kl.item() == pytest.approx(kl_want.item(), rel=1e-4, abs=1e-7), arch
+    for g, p in zip(grads, sae.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, rtol=1e-3, atol=1e-5 * float(p.grad.abs().max())), arch
+    for a, b in zip(later, hooked_later, strict=True):
+        assert torch.allclose(a, b[kept], atol=1e-5 * float(b.detach().abs().max())), arch
+    with torch.no_grad():
+        clean = clean_pass(model, tokens, layer, full=True, skip=1, keep=keep)
+        logits, _ = patched_pass(model, clean, sae(clean.resid)[0])
+    assert torch.allclose(logits, want[kept], atol=1e-5 * float(want.abs().max())), arch
+
+    (m,) = evaluate_pack(model, [sae], layer, [tokens], pos)
+    has_next = kept.clone()
+    has_next[:, -1] = False  # a row's last position predicts nothing here
+
+    def ce(lg):
+        return F.cross_entropy(lg[:, :-1][has_next[:, :-1]], tokens[:, 1:][has_next[:, :-1]])
+
+    x = cache[f"blocks.{layer}.hook_resid_pre"][kept]
+    x_hat, c = sae(x)
+    assert m["ce_loss_increase"] == pytest.approx(float(ce(want) - ce(orig)),
+                                                  abs=1e-5 * float(ce(orig)))  # fp32 CEs
+    assert m["kl_orig_sae"] == pytest.approx(float(kl_want), rel=1e-4)
+    assert m["l0"] == pytest.approx(float((c != 0).float().sum(-1).mean()), rel=1e-6)
+    assert m[f"mse/blocks.{layer}.hook_resid_pre"] == pytest.approx(
+        float((x_hat - x).square().mean()), rel=1e-5)
 
 
 def test_saelens_cfg_records_the_processing_the_bridge_applied(smollm2_dir, smoke_cells):

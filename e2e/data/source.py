@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from e2e.data.tokens import TokenStream, eval_stream
 from e2e.dictionary import Dictionary
 from e2e.io import atomic_path
 from e2e.metrics import evaluate_pack, evaluate_synthetic, fired
-from e2e.model import clean_pass, load_model, verify_split
+from e2e.model import Positions, clean_pass, load_model, positions_for, verify_split
 
 
 @dataclass
@@ -36,14 +36,19 @@ class Source:
     stream: TokenStream | SyntheticStream  # training samples, from the cell's seed
     make_eval_stream: Callable[[], TokenStream | SyntheticStream]  # a fresh one, from its start
     truth: torch.Tensor | None = None  # the true features of synthetic data
-    skip: int = 0  # leading positions the dictionaries neither see nor are scored on
+    # the positions the dictionaries see and are scored on (`data.skip_positions`,
+    # `data.exclude_tokens`)
+    positions: Positions = field(default_factory=Positions)
 
     @torch.no_grad()
     def activations(self, batch: torch.Tensor, layer: int) -> torch.Tensor:
-        """The hook's activations for a batch of samples: (batch, pos - skip, d_in) for token
-        rows, the batch itself for synthetic data."""
-        return batch if self.model is None else clean_pass(self.model, batch, layer,
-                                                           full=False, skip=self.skip).resid
+        """The hook's activations for a batch of samples at the kept positions: (batch,
+        pos - skip, d_in) for token rows ((n_kept, d_in) with excluded tokens), the batch
+        itself for synthetic data."""
+        if self.model is None:
+            return batch
+        return clean_pass(self.model, batch, layer, full=False, skip=self.positions.skip,
+                          keep=self.positions.keep(batch)).resid
 
 
 def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) -> Source:
@@ -67,7 +72,7 @@ def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) ->
     return Source(model, model.cfg.d_model, model.cfg.n_layers,
                   TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split),
                   lambda: eval_stream(cfg.data, model.tokenizer, cfg.seed),
-                  skip=cfg.data.skip_positions)
+                  positions=positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab))
 
 
 def eval_batches(source: Source, cfg: CellConfig, device: torch.device) -> list[torch.Tensor]:
@@ -94,7 +99,7 @@ def evaluate_dictionaries(source: Source, saes: list[Dictionary], layer: int,
         for values, s in zip(out, saes, strict=True):
             values.update(truth_metrics(s.dict_elements.detach(), source.truth))
     else:
-        out = evaluate_pack(source.model, saes, layer, batches, source.skip)
+        out = evaluate_pack(source.model, saes, layer, batches, source.positions)
     for s in saes:
         s.train()
     return out

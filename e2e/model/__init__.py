@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 
 from e2e.config import CellConfig, ConfigError, ModelConfig
+from e2e.model.positions import Positions, positions_for
 from e2e.model.split import (
     CleanPass,
     SplitForwardError,
     clean_pass,
+    masked,
     patched_pass,
     resid_pre,
     run_from,
@@ -24,7 +26,8 @@ from e2e.model.split import (
 from e2e.model.traced import Traced, traced_for
 
 __all__ = ["VERIFIED_ARCHITECTURES", "CleanPass", "ModelUnavailableError", "SplitForwardError",
-           "check_architecture", "clean_pass", "load_model", "patched_pass",
+           "Positions", "check_architecture", "clean_pass", "load_model", "masked",
+           "patched_pass", "positions_for",
            "passes_compiled", "resid_pre", "resolve_device", "run_from",
            "run_to_final", "Traced", "traced_for", "unembed", "unembedding",
            "uses_rms_norm", "verify_split"]

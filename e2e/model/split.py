@@ -14,13 +14,16 @@ cell's first batch.
 Skipped positions (`data.skip_positions`, docs/real-lm.md): the first `skip` positions of
 every row keep their clean residual (the SAE is not applied there) and every tensor a
 `CleanPass` or `patched_pass` hands out starts at position `skip`, so training, evaluation and
-every metric see only the positions the SAE acts on.
+every metric see only the positions the SAE acts on. Excluded tokens (`data.exclude_tokens`,
+`e2e.model.positions`) are the same rule at any position: given a `keep` mask, every
+per-token tensor holds the kept tokens only, flattened to (n_kept, ...), and the patched pass
+writes the SAE's output at those positions and the clean residual at the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.utils.checkpoint
@@ -56,6 +59,24 @@ class CleanPass:
     # (resid, head) -> [final normalised residual, later resids]: `run_to_final` compiled for
     # this batch's shape (`e2e.model.traced`); None: the blocks run eagerly.
     suffix: Callable | None = field(default=None, repr=False)
+    # With excluded tokens (`masked`): the kept positions (batch, pos - skip), and the clean
+    # resid there (batch, pos - skip, d_model) that the SAE's output is written into; every
+    # per-token tensor above is then (n_kept, ...).
+    keep: torch.Tensor | None = field(default=None, repr=False)
+    window: torch.Tensor | None = field(default=None, repr=False)
+
+
+def masked(clean: CleanPass, keep: torch.Tensor | None) -> CleanPass:
+    """`clean` reduced to the positions `keep` (batch, pos - skip) marks, each per-token
+    tensor flattened to (n_kept, ...) in row-major order; `clean` itself for None."""
+    if keep is None:
+        return clean
+    target = clean.target
+    if target is not None:
+        target = replace(target, x=target.x[keep.reshape(-1)])
+    return replace(clean, resid=clean.resid[keep], target=target, keep=keep, window=clean.resid,
+                   logits=None if clean.logits is None else clean.logits[keep],
+                   later_resids=[r[keep] for r in clean.later_resids])
 
 
 class _Stop(Exception):  # noqa: N818 (control flow, not an error)
@@ -77,13 +98,18 @@ def unembed(model, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0,
-               logits: bool = True) -> CleanPass:
+               logits: bool = True, keep: torch.Tensor | None = None) -> CleanPass:
     """Runs the clean model; `full=False` stops after the prefix (local training).
 
     `full=True` is one forward of the whole model (no KV cache), recording each block's
     input and call arguments from `layer` on. With `logits=False` (a training step) it stops
     before the unembedding and keeps the KL's `target` instead of the logits. `skip`: leading
-    positions left out."""
+    positions left out; `keep`: the kept positions after them (`masked`)."""
+    return masked(_clean_pass(model, tokens, layer, full, skip, logits), keep)
+
+
+def _clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int,
+                logits: bool) -> CleanPass:
     if not full:
         r = resid_pre(model, tokens, layer)
         return CleanPass(r[:, skip:], None, [], None, layer, skip=skip, head=r[:, :skip])
@@ -126,13 +152,21 @@ def run_to_final(model, resid: torch.Tensor, clean: CleanPass, checkpoint: bool 
     before them) with the calls recorded by `clean`, then the final norm; returns the final
     normalised residual (batch, pos - skip, d_model) and the resid_pre of every later block,
     from position `skip` on. `checkpoint`: eagerly, each block recomputed in the backward
-    instead of keeping its activations (`run_blocks`)."""
+    instead of keeping its activations (`run_blocks`). With `clean.keep`, `resid` is
+    (n_kept, d_model), written at the kept positions of the clean residual, and both results
+    are the kept positions' (n_kept, d_model)."""
+    if clean.keep is not None:  # out of place: the gradient reaches `resid` only
+        resid = torch.index_put(clean.window.to(resid.dtype), (clean.keep,), resid)
     if clean.suffix is not None and not checkpoint:  # these blocks' graph (`e2e.model.traced`)
         final, *later = clean.suffix(resid, clean.head)
-        return final, later
-    h = torch.cat([clean.head.to(resid.dtype), resid], 1) if clean.skip else resid
-    inputs = run_blocks(model, h, clean.layer, clean.calls, checkpoint)
-    return model.ln_final(inputs[-1])[:, clean.skip:], [r[:, clean.skip:] for r in inputs[1:-1]]
+    else:
+        h = torch.cat([clean.head.to(resid.dtype), resid], 1) if clean.skip else resid
+        inputs = run_blocks(model, h, clean.layer, clean.calls, checkpoint)
+        final = model.ln_final(inputs[-1])[:, clean.skip:]
+        later = [r[:, clean.skip:] for r in inputs[1:-1]]
+    if clean.keep is not None:
+        return final[clean.keep], [r[clean.keep] for r in later]
+    return final, later
 
 
 def run_blocks(model, h: torch.Tensor, first: int, calls: list[tuple[tuple, dict]],

@@ -31,7 +31,15 @@ import torch.utils.checkpoint
 
 from e2e.kernels import CleanTarget, Compiled
 from e2e.kernels.heap import return_freed_heap
-from e2e.model.split import CleanPass, clean_pass, resid_pre, run_blocks, run_to_final, unembedding
+from e2e.model.split import (
+    CleanPass,
+    clean_pass,
+    masked,
+    resid_pre,
+    run_blocks,
+    run_to_final,
+    unembedding,
+)
 
 # Largest |compiled - eager| over the values' max |.|, per dtype the pass computes in: fp32
 # reorders sums (1e-6 seen); bf16 rounds each fused intermediate once instead of per op.
@@ -67,12 +75,17 @@ class Traced:
         self.graphs: dict[tuple, tuple] = {}
         self.failed = False
 
-    def clean_pass(self, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0
-                   ) -> CleanPass:
-        """`e2e.model.clean_pass(model, tokens, layer, full, skip, logits=False)` for token
-        ids (batch, pos), its blocks compiled; with `full`, the result's `suffix` is the
-        compiled patched suffix. The first call of a shape traces, compiles and checks (the
-        eager passes, after one warning, where that fails)."""
+    def clean_pass(self, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0,
+                   keep: torch.Tensor | None = None) -> CleanPass:
+        """`e2e.model.clean_pass(model, tokens, layer, full, skip, logits=False, keep)` for
+        token ids (batch, pos), its blocks compiled; with `full`, the result's `suffix` is the
+        compiled patched suffix (on whole rows: the kept positions are written into them
+        outside it). The first call of a shape traces, compiles and checks (the eager passes,
+        after one warning, where that fails)."""
+        return masked(self._clean_pass(tokens, layer, full, skip), keep)
+
+    def _clean_pass(self, tokens: torch.Tensor, layer: int, full: bool, skip: int
+                    ) -> CleanPass:
         if self.failed:
             return clean_pass(self.model, tokens, layer, full, skip, logits=False)
         dtype = _autocast_dtype(tokens.device)

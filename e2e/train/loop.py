@@ -37,6 +37,7 @@ from e2e.kernels.heap import keep_freed_heap
 from e2e.ksvd.fit import fit as fit_ksvd
 from e2e.model import (
     CleanPass,
+    Positions,
     clean_pass,
     passes_compiled,
     resolve_device,
@@ -137,23 +138,29 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
 
 
 def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], step: int,
-              log: bool, autocast=None) -> None:
+              log: bool, autocast=None, positions: Positions | None = None) -> None:
     """One optimizer step of every member on the same micro-batches; the clean model runs
-    once per micro-batch for all of them, only as far as some member needs. Without a model
-    (`model=None`, synthetic data) the micro-batches are the activations themselves."""
+    once per micro-batch for all of them, only as far as some member needs, and the members
+    see its kept `positions` only. Without a model (`model=None`, synthetic data) the
+    micro-batches are the activations themselves."""
     cfg = members[0].cfg
     autocast = autocast or nullcontext()
     full = any(m.needs_suffix for m in members)
+    positions = positions or Positions(cfg.data.skip_positions)
     for batch in micro_batches:
         if model is None:
             clean = CleanPass(batch, None, [], None)
         else:
+            keep = positions.keep(batch)
+            if keep is not None and not keep.any():
+                raise ConfigError(f"data.exclude_tokens={cfg.data.exclude_tokens} leaves no "
+                                  "position of a training batch to train on")
             with autocast:
-                clean = (traced_for(model).clean_pass(batch, cfg.layer, full,
-                                                  cfg.data.skip_positions)
+                clean = (traced_for(model).clean_pass(batch, cfg.layer, full, positions.skip,
+                                                      keep)
                          if passes_compiled(cfg) else
                          clean_pass(model, batch, cfg.layer, full=full, logits=False,
-                                    skip=cfg.data.skip_positions))
+                                    skip=positions.skip, keep=keep))
         for m in members:
             m.micro_step(model, clean, step, len(micro_batches), log, autocast)
     for m in members:
@@ -250,7 +257,8 @@ class _PackRun:
         batches = [self.source.stream.next_batch(o.batch_size).to(self.device)
                    for _ in range(o.grad_accum_steps)]
         if active:
-            pack_step(self.source.model, active, batches, step, is_log_step, self.autocast)
+            pack_step(self.source.model, active, batches, step, is_log_step, self.autocast,
+                      self.source.positions)
             if is_log_step:
                 for m in active:
                     self.guarded(m, m.check_finite)

@@ -121,12 +121,13 @@ class Member:
         """Forward (under `autocast`), loss and backward of one micro-batch; gradients
         accumulate in the SAE."""
         n = len(self.saes)
-        n_tok = clean.resid.shape[:-1].numel()
-        self.tokens["prefix"] += n_tok
+        n_tok = clean.resid.shape[:-1].numel()  # the kept positions (the SAE's tokens)
+        n_all = n_tok if clean.keep is None else clean.keep.numel()  # the model's
+        self.tokens["prefix"] += n_all
         self.tokens["sae"] += n_tok * n
         if self.needs_suffix:
-            self.tokens["suffix_clean"] += n_tok
-            self.tokens["suffix_patched"] += n_tok * n
+            self.tokens["suffix_clean"] += n_all
+            self.tokens["suffix_patched"] += n_all * n
         for i, (sae, alive) in enumerate(zip(self.saes, self.alives, strict=True)):
             with autocast:
                 loss, terms, c = self._loss(model, clean, sae, i)
@@ -163,7 +164,8 @@ class Member:
             logits_in, later_in = (patched_pass(model, clean, inner)
                                    if self.needs_suffix else (None, None))
             if self.needs_suffix:  # one more patched pass of the suffix (`cost`)
-                self.tokens["suffix_patched"] += inner.shape[:-1].numel()
+                self.tokens["suffix_patched"] += (inner.shape[:-1].numel() if clean.keep is None
+                                                  else clean.keep.numel())
             loss, terms = reconstruction_loss(
                 coeffs, loss, terms, x=clean.resid, x_hat=inner,
                 logits_orig=clean.target, logits_sae=logits_in,
