@@ -79,6 +79,26 @@ def test_window_codes_are_the_element_codes_around_each_position(monkeypatch):
             np.testing.assert_allclose(w[m, o + 4], want, rtol=1e-6, atol=1e-7)
 
 
+def test_positions_a_dictionary_does_not_act_on_never_fire_in_the_scans(monkeypatch):
+    """`keep` (`e2e.model.positions`: skipped and excluded tokens mid-row): their codes are zero
+    in the statistics, the top and interval samples and the windows, as if the scan had seen
+    codes zeroed there."""
+    monkeypatch.setattr(features, "CHUNK_TOKENS", 100)
+    sae, acts, codes = _setup()
+    rows, ctx = acts.shape[:2]
+    keep = torch.rand(rows, ctx, generator=torch.Generator().manual_seed(5)) > 0.3
+    keep[:, 0] = False
+    st = features.scan(sae.encode, acts, sae.n_dict, k=7, keep=keep)
+    masked = codes * keep.reshape(-1, 1)
+    assert (st.count == (masked != 0).sum(0).numpy()).all() and st.count.sum() > 0
+    flat_keep = keep.reshape(-1).numpy()
+    fired = st.top_pos[st.top_pos >= 0]
+    assert flat_keep[fired].all() and flat_keep[st.interval_pos[st.interval_pos >= 0]].all()
+    position = np.flatnonzero(~flat_keep)[:20]
+    w = features.window_codes(sae.encode, acts, np.zeros(20, dtype=int), position, 2, keep)
+    assert (w[:, 2] == 0).all()
+
+
 def test_logit_effects_equal_a_from_scratch_product():
     torch.manual_seed(1)
     d = torch.nn.functional.normalize(torch.randn(6, 5), dim=0)

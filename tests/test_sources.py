@@ -79,3 +79,31 @@ def test_a_real_lm_grid_given_a_dataset_without_its_eval_split_is_refused_by_the
         make_plan(args)
     assert make_plan([*args, "data.eval_split=train"]).cells
     assert not (tmp_path / "root").exists()
+
+
+def test_excluded_tokens_are_checked_against_the_models_tokenizer(model_and_text):
+    """`data.exclude_tokens`: `special` means the tokenizer's special ids; ids outside the
+    vocabulary, and `special` for a tokenizer without special tokens, are one line each."""
+    from dataclasses import replace
+
+    from tokenizers import Tokenizer, models
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from e2e.model import positions_for
+
+    cfg = _cfg(model_and_text / "model", model_and_text / "text")
+    tok = AutoTokenizer.from_pretrained(model_and_text / "model")
+    special = replace(cfg.data, exclude_tokens="special")
+    check_sources(replace(cfg, data=special))
+    got = positions_for(special, tok, len(tok))
+    assert got.exclude == tuple(sorted(tok.all_special_ids)) and tok.eos_token_id in got.exclude
+    assert positions_for(replace(special, exclude_tokens="special,7"), tok, len(tok)).exclude \
+        == tuple(sorted({*tok.all_special_ids, 7}))
+    with pytest.raises(ConfigError, match=r"id\(s\) \[5000\] outside the model's vocabulary"):
+        check_sources(replace(cfg, data=replace(cfg.data, exclude_tokens="[0,5000]")))
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(
+        {"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]")))
+    with pytest.raises(ConfigError, match="the model's tokenizer has no special tokens"):
+        positions_for(special, bare, 3)
+    with pytest.raises(ConfigError, match="data.exclude_tokens='eos' is invalid"):
+        replace(cfg.data, exclude_tokens="eos")

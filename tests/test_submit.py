@@ -319,6 +319,11 @@ def test_every_named_grid_keeps_its_cell_ids(monkeypatch):
         assert got == want, root
 
 
+# Grids whose cells changed after the absolute ids were pinned: the real-LM grids leave out
+# special tokens since issue 44 (their folders of before are other experiments).
+EXCLUDING_SINCE = ("demo", "demo-fp32", "smollm2", "pythia-410m")
+
+
 def test_a_root_written_with_absolute_ids_keeps_its_cells_where_it_moved(tmp_path, monkeypatch):
     """Folders written before 2026-12-07 under root=/shared/e2e (their ids, pinned in
     tests/data/cell_ids_absolute.json, hashed the root's absolute paths), then moved: each named
@@ -346,8 +351,9 @@ def test_a_root_written_with_absolute_ids_keeps_its_cells_where_it_moved(tmp_pat
             (folder / "DONE").touch()
         plan = make.make_plan([*args, f"root={tmp_path}"])
         cells = plan.cells + plan.children
-        assert sorted(c.id for c in cells) == old_ids[name], name
-        in_root = old_ids[name] != new_ids[name]  # a grid whose cells read its own LM
+        if name not in EXCLUDING_SINCE:
+            assert sorted(c.id for c in cells) == old_ids[name], name
+        in_root = sorted(c.id for c in cells) != new_ids[name]  # its cells read its own LM
         assert all(c.status == "done" and c.legacy == in_root for c in cells), name
         assert ("found by their config" in " ".join(plan.notes)) == in_root
         assert not [c for c in cells if "/shared/e2e" in c.cfg.model.name_or_path

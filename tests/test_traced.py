@@ -78,6 +78,31 @@ def test_compiled_passes_equal_the_eager_ones(arch, tokenizer, tmp_path):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
+def test_compiled_passes_with_excluded_tokens_equal_the_eager_ones(tokenizer, tmp_path):
+    """Separators mid-row (`data.exclude_tokens`): the compiled passes run whole rows and the
+    kept positions are taken out of and written into them around the graphs, as eagerly."""
+    from e2e.model import Positions
+
+    model = _tiny("LlamaForCausalLM", tokenizer, tmp_path)
+    tokens = torch.randint(3, model.cfg.d_vocab, (2, 24))
+    tokens[0, 5] = tokens[1, 9] = tokens[1, 10] = 0
+    keep = Positions(1, (0,)).keep(tokens)
+    torch.manual_seed(4)
+    sae = SAE(model.cfg.d_model, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = traced_for(model).clean_pass(tokens, 1, full=True, skip=1, keep=keep)
+    want = clean_pass(model, tokens, 1, full=True, skip=1, logits=False, keep=keep)
+    assert got.suffix is not None and got.resid.shape == (2 * 23 - 3, model.cfg.d_model)
+    assert torch.allclose(got.target.x, want.target.x, rtol=1e-5,
+                          atol=1e-5 * float(want.target.x.abs().max()))
+    kl_a, later_a, grads_a = _step(model, got, sae)
+    kl_b, later_b, grads_b = _step(model, want, sae)
+    assert kl_a.item() == pytest.approx(kl_b.item(), rel=1e-4, abs=1e-7)
+    for a, b in [*zip(later_a, later_b, strict=True), *zip(grads_a, grads_b, strict=True)]:
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))
+
+
 def test_bf16_compiled_passes_stay_within_rounding_of_the_eager_ones(tokenizer, tmp_path):
     """Under bf16 autocast the SAE's output is bf16 while the clean residual is fp32: the
     suffix is traced for the dtype it is given (the bridge casts differently), here with a

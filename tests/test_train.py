@@ -97,6 +97,32 @@ def test_interrupt_and_resume_is_bit_identical(smoke_cells, tmp_path, setting):
     _assert_identical(tmp_path / "straight", tmp_path / "resumed")
 
 
+def test_excluded_tokens_train_e2e_ds_resume_bit_identical_and_name_their_ids(smoke_cells,
+                                                                             tmp_path):
+    """`data.exclude_tokens=special` on the smoke LM (its text is packed with an EOS after
+    every document: separators mid-row): the cell trains on the other positions, resumes
+    bit-identically, and its SAELens cfg.json names the ids it never acted on."""
+    import json
+
+    (cfg,) = [_longer(c) for c in smoke_cells if c.loss.setting == "e2e_ds"]
+    cfg = replace(cfg, data=replace(cfg.data, exclude_tokens="special"))
+    train(cfg, tmp_path / "straight", progress=False)
+    polls = iter(range(1000))
+    assert train(cfg, tmp_path / "resumed", progress=False,
+                 should_stop=lambda it=polls: next(it) == 5) == "interrupted"
+    assert train(cfg, tmp_path / "resumed", progress=False) == "done"
+    _assert_identical(tmp_path / "straight", tmp_path / "resumed")
+    meta = json.loads((cell_paths(tmp_path / "straight").sae / "cfg.json").read_text())
+    from e2e.model import load_model
+    from e2e.model.positions import special_ids
+
+    ids = special_ids(load_model(cfg.model).tokenizer)
+    assert meta["exclude_special_tokens"] == list(ids) and ids
+    plain = read_metrics(cell_paths(tmp_path / "straight").metrics)["attrs"]
+    # the model ran on every position; the SAE on the kept ones (fewer)
+    assert plain["tokens_sae"] < plain["tokens_prefix"]
+
+
 def _cell_past_first_checkpoint(cfg, cell: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
     """`python -m jobs.cell` on a new folder for `cfg`, returned once it is somewhere after
     its first checkpoint, mid-step."""

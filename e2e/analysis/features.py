@@ -67,25 +67,33 @@ def _rows_per_chunk(acts: torch.Tensor) -> int:
     return max(1, CHUNK_TOKENS // acts.shape[1])
 
 
-def _chunks(acts: torch.Tensor):
-    """(flat offset, activations (rows · context, d_in)) of whole rows, about CHUNK_TOKENS."""
+def _chunks(encode, acts: torch.Tensor, keep: torch.Tensor | None):
+    """(flat offset, codes (rows · context, n)) of whole rows, about CHUNK_TOKENS at a time;
+    zero outside `keep` (rows, context), the positions the dictionary does not act on."""
     rows, ctx = acts.shape[:2]
     step = _rows_per_chunk(acts)
     for r in range(0, rows, step):
         a = acts[r:r + step]
-        yield r * ctx, a.reshape(-1, a.shape[-1])
+        yield r * ctx, _codes(encode, a, None if keep is None else keep[r:r + step])
+
+
+def _codes(encode, a: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """float codes (rows · context, n) of whole rows `a`, zero outside `keep` (rows, context)."""
+    c = encode(a.reshape(-1, a.shape[-1])).float()
+    if keep is not None:
+        c[~keep.reshape(-1).to(c.device)] = 0
+    return c
 
 
 @torch.no_grad()
-def _first_pass(encode, acts: torch.Tensor, n: int, k: int):
+def _first_pass(encode, acts: torch.Tensor, n: int, k: int, keep: torch.Tensor | None):
     dev = acts.device
     count = torch.zeros(n, dtype=torch.int64, device=dev)
     total = torch.zeros(n, dtype=torch.float64, device=dev)
     lo = torch.full((n,), float("inf"), device=dev)
     top_v = torch.full((n, 0), -float("inf"), device=dev)
     top_p = torch.full((n, 0), -1, dtype=torch.int64, device=dev)
-    for off, a in _chunks(acts):
-        c = encode(a).float()  # (t, n)
+    for off, c in _chunks(encode, acts, keep):  # c: (t, n)
         fires = c != 0
         count += fires.sum(0)
         total += c.sum(0, dtype=torch.float64)
@@ -104,13 +112,15 @@ def _first_pass(encode, acts: torch.Tensor, n: int, k: int):
 
 @torch.no_grad()
 def scan(encode, acts: torch.Tensor, n: int, k: int = 20, bins: int = 32,
-         intervals: int = 5, per_interval: int = 3, seed: int = 0) -> FeatureStats:
+         intervals: int = 5, per_interval: int = 3, seed: int = 0,
+         keep: torch.Tensor | None = None) -> FeatureStats:
     """Statistics of the n elements coded by `encode` ((t, d_in) -> (t, n)) on `acts`
-    (rows, context, d_in): two passes over the codes, neither holding the codes of more than
-    about CHUNK_TOKENS tokens; on the activations' device (the samples' random priorities
-    come from a generator seeded with `seed` there)."""
+    (rows, context, d_in), codes zero outside `keep` (rows, context; `e2e.model.positions`):
+    two passes over the codes, neither holding the codes of more than about CHUNK_TOKENS
+    tokens; on the activations' device (the samples' random priorities come from a generator
+    seeded with `seed` there)."""
     dev = acts.device
-    count, total, lo, hi, top_v, top_p = _first_pass(encode, acts, n, k)
+    count, total, lo, hi, top_v, top_p = _first_pass(encode, acts, n, k, keep)
     # numpy's histogram: range [min, max] (± 0.5 when they are equal), equal-width bins, the
     # last one closed; the bin index as np.histogram computes it, in float64.
     lo64, hi64 = lo.double(), hi.double()
@@ -123,8 +133,7 @@ def scan(encode, acts: torch.Tensor, n: int, k: int = 20, bins: int = 32,
     s_pri = torch.full((n * intervals, 0), -1.0, device=dev)
     s_pos = torch.full((n * intervals, 0), -1, dtype=torch.int64, device=dev)
     cols = torch.arange(n, device=dev)
-    for off, a in _chunks(acts):
-        c = encode(a).float()
+    for off, c in _chunks(encode, acts, keep):
         r, f = torch.nonzero(c, as_tuple=True)
         v = c[r, f].double()
         b = ((v - lo64[f]) / (hi64[f] - lo64[f]) * bins).floor().long().clamp_(0, bins - 1)
@@ -170,9 +179,10 @@ def _merge_rows(pri, pos, new_pri, new_pos, rows, k):
 
 @torch.no_grad()
 def window_codes(encode, acts: torch.Tensor, element: np.ndarray, position: np.ndarray,
-                 half: int) -> np.ndarray:
+                 half: int, keep: torch.Tensor | None = None) -> np.ndarray:
     """(m, 2·half + 1) codes of `element[i]` on the tokens position[i] - half .. + half of
-    the same row (nan outside the row); one encoding of each row that holds a position."""
+    the same row (nan outside the row, zero outside `keep`); one encoding of each row that
+    holds a position."""
     rows, ctx = acts.shape[:2]
     out = np.full((len(element), 2 * half + 1), np.nan, dtype=np.float32)
     if not len(element):
@@ -185,7 +195,8 @@ def window_codes(encode, acts: torch.Tensor, element: np.ndarray, position: np.n
         if not len(sel):
             continue
         a = acts[r0:r0 + step]
-        c = encode(a.reshape(-1, a.shape[-1])).float().reshape(a.shape[0], ctx, -1)
+        c = _codes(encode, a, None if keep is None else keep[r0:r0 + step]).reshape(
+            a.shape[0], ctx, -1)
         col = (position[sel] % ctx)[:, None] + offsets
         ok = (col >= 0) & (col < ctx)
         rr = np.broadcast_to((row[sel] - r0)[:, None], col.shape)

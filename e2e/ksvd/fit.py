@@ -111,7 +111,7 @@ def fit(cfgs: list[CellConfig], out_dirs: list, should_stop: Callable[[], bool] 
     model = model_of(state["D"])
     mask = alive_masks(source, [model], cfg, device)[0]
     _save(paths, cfg, state, alive, total, final, mask)
-    save_saelens(model, paths.sae, cell_meta(cfg, cfg.seed))
+    save_saelens(model, paths.sae, cell_meta(cfg, cfg.seed, source.positions.exclude))
     if run is not None:
         run.summary.update(final)
         run.finish()

@@ -35,11 +35,12 @@ def model_processing(name_or_path: str) -> dict[str, bool]:
             "center_unembed": True, "fold_value_biases": True}
 
 
-def cell_meta(cfg: CellConfig, seed: int) -> dict[str, Any]:
+def cell_meta(cfg: CellConfig, seed: int, exclude: tuple[int, ...] = ()) -> dict[str, Any]:
     """What a reader of a cell's dictionary needs to know about where it was trained: the
     model and its processing, the hook, the context (no BOS prepended: `prepend_bos`, written
-    by `save_saelens`; the leading positions it never acted on: `skip_positions`), the
-    dataset."""
+    by `save_saelens`; the leading positions it never acted on: `skip_positions`; the token
+    ids whose positions it never acted on, `exclude`, in SAELens's `exclude_special_tokens`:
+    their ids, or false), the dataset."""
     model = cfg.source == "model"
     return {"model_name": cfg.model.name_or_path if model else "synthetic",
             "model_from_pretrained_kwargs": (model_processing(cfg.model.name_or_path)
@@ -47,6 +48,7 @@ def cell_meta(cfg: CellConfig, seed: int) -> dict[str, Any]:
             "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
             "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
             "skip_positions": cfg.data.skip_positions if model else 0,
+            "exclude_special_tokens": list(exclude) if model and exclude else False,
             "setting": cfg.loss.setting, "seed": seed}
 
 

@@ -289,7 +289,8 @@ class _PackRun:
         step = self.cfg.optim.n_steps
         for m, metrics in zip(done, self.run_eval(done), strict=True):
             final = m.record_eval(step, metrics)
-            self.guarded(m, lambda m=m, final=final, data=data: m.finish(data, final))
+            self.guarded(m, lambda m=m, final=final, data=data: m.finish(
+                data, final, self.source.positions.exclude))
             if self.runs[id(m)] is not None:
                 self.runs[id(m)].summary.update(final)
                 self.runs[id(m)].finish()

@@ -339,14 +339,16 @@ class Member:
                              "train_dtype": self.train_dtype,
                              "parent_sha256": self.parent_sha256})
 
-    def finish(self, data_state: dict, final_eval: dict[str, float]) -> None:
-        """Final checkpoint and metrics.h5, sae/ (and sae_1/ ... with MFR), then DONE, last."""
+    def finish(self, data_state: dict, final_eval: dict[str, float],
+               exclude: tuple[int, ...] = ()) -> None:
+        """Final checkpoint and metrics.h5, sae/ (and sae_1/ ... with MFR: cfg.json naming the
+        `exclude`d token ids), then DONE, last."""
         cfg = self.cfg
         self.save(data_state, final_eval)
         for i, sae in enumerate(self.saes):
             out = self.paths.sae if i == 0 else self.paths.sae.with_name(f"sae_{i}")
             parent = ({"init_from": cfg.init.from_cell or cfg.init.from_path,
                        "init_sha256": self.parent_sha256} if cfg.init.warm else {})
-            save_saelens(sae, out, {**cell_meta(cfg, cfg.seed + SEED_STRIDE * i),
+            save_saelens(sae, out, {**cell_meta(cfg, cfg.seed + SEED_STRIDE * i, exclude),
                                     "sparsity_coeff": cfg.loss.sparsity_coeff, **parent})
         atomic_write_text(self.paths.done, f"step {self.step}\n")

@@ -136,6 +136,12 @@ def parent_notes(cfg: CellConfig) -> list[str]:
     if meta.get("prepend_bos"):
         out.append(f"init.from_path={cfg.init.from_path} was trained with a BOS token "
                    "prepended (prepend_bos); its child's rows have none")
+    theirs = meta.get("exclude_special_tokens") or False
+    mine = cfg.data.exclude_tokens or False
+    if bool(theirs) != bool(mine):
+        left = f"the positions of tokens {theirs}" if theirs else "no token's positions"
+        out.append(f"init.from_path={cfg.init.from_path} left out {left} "
+                   f"(exclude_special_tokens); its child: data.exclude_tokens={mine or 'none'}")
     return out
 
 

@@ -77,6 +77,7 @@ class _Dict:
     stats: features.FeatureStats | None = None
     pages: np.ndarray | None = None  # element ids with a page
     clusters: tuple[int, ...] = ()  # its multi-dimensional clusters with a page
+    keep: torch.Tensor | None = None  # (rows, context): the positions it acts on
 
     @property
     def live(self) -> np.ndarray:
@@ -154,7 +155,7 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
     """One (model, layer, data): the model's pass, then every dictionary there; `models`
     caches each model and its decoded vocabulary across groups."""
     from e2e.data.tokens import eval_stream
-    from e2e.model import load_model, resid_pre
+    from e2e.model import load_model, positions_for, resid_pre
     from e2e.saelens import load_saelens
 
     cfg = min(members, key=lambda c: c.cfg.seed).cfg
@@ -177,11 +178,11 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
         sae, _ = load_saelens(paths.sae)
         sae = sae.to(device).eval()
         mask = read_metrics(paths.metrics)["alive_mask"]
+        keep = positions_for(c.cfg.data, tok, model.cfg.d_vocab).kept(tokens).to(device)
         d = _Dict(c, sae, None if mask is None else np.asarray(mask[0], dtype=bool),
-                  clusters=tuple(k["cluster"] for k in clusters.get(c.id, [])))
-        d.stats = features.scan(_skipping(sae.encode, ctx, cfg.data.skip_positions), acts,
-                                sae.n_dict, s.top_k, s.bins, s.intervals, s.per_interval,
-                                seed=c.cfg.seed)
+                  clusters=tuple(k["cluster"] for k in clusters.get(c.id, [])), keep=keep)
+        d.stats = features.scan(sae.encode, acts, sae.n_dict, s.top_k, s.bins, s.intervals,
+                                s.per_interval, seed=c.cfg.seed, keep=keep)
         pages = np.flatnonzero(d.live)
         if sae.n_dict > s.full_max and c.id not in full_ids and len(pages) > s.sample:
             pages = np.sort(np.random.default_rng(0).choice(pages, s.sample, replace=False))
@@ -218,9 +219,7 @@ def _write_dictionary(writer, gid: str, d: _Dict, dicts: list[_Dict], acts, w_u,
     pos = np.concatenate([top, ivl], 1)
     elem = np.broadcast_to(d.pages[:, None], pos.shape)
     ok = pos >= 0
-    win = features.window_codes(_skipping(d.sae.encode, acts.shape[1],
-                                          d.cell.cfg.data.skip_positions),
-                                acts, elem[ok], pos[ok], s.half_window)
+    win = features.window_codes(d.sae.encode, acts, elem[ok], pos[ok], s.half_window, d.keep)
     levels = np.full(pos.shape, "", dtype=object)
     levels[ok] = shades(win, st.max[elem[ok]])
     full = np.full(pos.shape + win.shape[1:], np.nan, dtype=np.float32)
@@ -266,9 +265,9 @@ def _save_records(rec: tuple, d: _Dict, pos: np.ndarray, win: np.ndarray, acts, 
     folder, tokens, vocab = rec
     rows = np.sort(np.random.default_rng(d.cell.cfg.seed).choice(
         len(d.pages), min(len(d.pages), RECORD_FEATURES), replace=False))
-    enc = _skipping(d.sae.encode, acts.shape[1], d.cell.cfg.data.skip_positions)
     spos, scodes = records.silent_positions(
-        lambda e, p: features.window_codes(enc, acts, d.pages[rows][e], p, s.half_window),
+        lambda e, p: features.window_codes(d.sae.encode, acts, d.pages[rows][e], p,
+                                           s.half_window, d.keep),
         len(rows), acts.shape[0] * acts.shape[1], s.intervals * s.per_interval, d.cell.cfg.seed)
     kind = np.array([records.TOP] * k + [records.INTERVAL] * (pos.shape[1] - k)
                     + [records.SILENT] * spos.shape[1], dtype=np.int8)
@@ -308,17 +307,3 @@ def _row(d: _Dict, gid: str) -> dict:
             "firing": int((d.stats.count > 0).sum()), "live": int(d.live.sum()),
             "pages": len(d.pages), "group": gid,
             "clusters": list(d.clusters)}
-
-
-def _skipping(encode, ctx: int, skip: int):
-    """`encode` on whole rows of `ctx` tokens, flattened, with the codes of each row's first
-    `skip` positions zero: those the dictionary never acts on (`data.skip_positions`)."""
-    if not skip:
-        return encode
-
-    def encode_kept(a: torch.Tensor) -> torch.Tensor:
-        c = encode(a)
-        c.view(-1, ctx, c.shape[-1])[:, :skip] = 0
-        return c
-
-    return encode_kept

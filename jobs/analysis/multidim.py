@@ -19,7 +19,7 @@ def multidim_sections(grid_dir: Path, out: Path, chosen: list, opts, h5: dict, c
     Table 2 trio of each layer): clusters, their points Σ a_i d_i on eval tokens, PCA and the
     mixture / separability indices; `tick(n_dict)` after each dictionary (the progress)."""
     from e2e.data.tokens import eval_stream
-    from e2e.model import load_model, resid_pre
+    from e2e.model import load_model, positions_for, resid_pre
     from e2e.saelens import load_saelens
 
     rows, scatter, tops = [], [], []
@@ -34,7 +34,8 @@ def multidim_sections(grid_dir: Path, out: Path, chosen: list, opts, h5: dict, c
             max(1, opts.multidim_tokens // cfg.data.context_length))
         with torch.no_grad():
             codes = sae.encode(resid_pre(model, tokens, cfg.layer))
-            codes[:, :cfg.data.skip_positions] = 0  # positions the SAE never acts on
+            kept = positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab).kept(tokens)
+            codes[~kept] = 0  # positions the SAE never acts on (skipped, excluded tokens)
         flat = tokens.reshape(-1).tolist()
         results = _clusters(x, codes.reshape(-1, sae.n_dict)[:, x.alive_index], flat, opts, h5)
         scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]

