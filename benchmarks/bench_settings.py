@@ -3,7 +3,7 @@
     python benchmarks/bench_settings.py [--n_layers 4 --d_model 128 --vocab 4096 --ctx 128
                                          --batch 8 --ratio 8 --layer 2 --steps 10 --device cpu
                                          --pack 1 --dtype auto --compile auto --warmup 2
-                                         --settings local,e2e,e2e_ds]
+                                         --settings local,e2e,e2e_ds --exclude 0]
 
 A random GPT-2-shaped model of the given shape is built in-process (no downloads). The step is
 the trainer's own (`e2e.train.pack_step`): with `--pack k`, k cells of the setting (different λ)
@@ -17,6 +17,8 @@ process's peak RSS on CPU (model and libraries included). GFLOP/s counts the ste
 `--compile` is the cell's `model.compile` (auto: on, as for a paper-sized cell; the warm-up
 steps compile). `--malloc job` (the default) runs each setting on the allocator a job's process
 gets here (tcmalloc where installed: `jobs.plan.containers.allocator_env`), `glibc` on glibc's.
+`--exclude p`: a share p of the positions hold a token the cells leave
+out (`data.exclude_tokens`); tokens/s still counts every position.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 from e2e.config import CellConfig, LossConfig, ModelConfig, SAEConfig
 from e2e.kernels.chip import dense_gflops, train_dtype
 from e2e.kernels.heap import keep_freed_heap
-from e2e.model import load_model
+from e2e.model import Positions, load_model
 from e2e.train import pack_step
 from e2e.train.member import Member
 from jobs.plan.containers import allocator_env, malloc_in_use
@@ -80,14 +82,20 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float, fl
                                  loss=LossConfig(setting=setting, sparsity_coeff=1.0 + i)),
                       tmp / f"m{i}", d, n, torch.device(args.device))
                for i in range(args.pack)]
-    tokens = [torch.randint(0, args.vocab, (args.batch, args.ctx), device=args.device)]
+    tokens = [torch.randint(1, args.vocab, (args.batch, args.ctx), device=args.device)]
+    positions = None
+    if args.exclude:  # separators at that share of positions, left out (`data.exclude_tokens`)
+        tokens[0][torch.rand(tokens[0].shape, generator=torch.Generator().manual_seed(0)
+                             ).to(args.device) < args.exclude] = 0
+        positions = Positions(exclude=(0,))
     autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.dtype == "bfloat16"
                 else nullcontext())
 
     keep_freed_heap()  # as `e2e.train.train_pack` does before a cell's steps
 
     def step():  # the trainer's own step: the same passes, the same loss, the same optimizer
-        pack_step(model, members, tokens, step=1, log=False, autocast=autocast)
+        pack_step(model, members, tokens, step=1, log=False, autocast=autocast,
+                  positions=positions)
 
     for _ in range(args.warmup):  # warm-up (and the KL's compilation)
         step()
@@ -124,6 +132,8 @@ def main() -> None:
                    help="the cells' model.compile")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--settings", default="local,e2e,e2e_ds", help="comma-separated")
+    p.add_argument("--exclude", type=float, default=0.0,
+                   help="share of positions holding an excluded token (data.exclude_tokens)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--malloc", choices=("job", "glibc"), default="job",
                    help="a job's allocator (tcmalloc where installed) or glibc's")

@@ -1,5 +1,7 @@
-"""Massive activations of a real LM: the residual's norm at position 0 against the other
-positions, per layer, on the SmolLM2 corpus (docs/real-lm.md: why `data.skip_positions=1`).
+"""Massive activations of a real LM, per layer, on the SmolLM2 corpus: the residual's norm at
+position 0 and at the special tokens (document separators) against the other positions, and
+what the positions a dictionary is left (`data.skip_positions=1`, `data.exclude_tokens=special`:
+`e2e.model.positions`) still hold (docs/real-lm.md).
 
     python benchmarks/real_lm_positions.py root=runs  # after grid=smollm2 built its model
 """
@@ -13,25 +15,40 @@ import torch
 
 from e2e.config import DataConfig, ModelConfig
 from e2e.data.tokens import TokenStream
-from e2e.model import load_model
+from e2e.model import load_model, positions_for
 from jobs.plan.grids import pretrain_dir
 
 
 def main(root: str = "runs", rows: int = 16, context: int = 128) -> None:
     lm = pretrain_dir(Path(root), "smollm2")
     model = load_model(ModelConfig(str(lm / "model")))
-    data = DataConfig(dataset=str(lm / "data"), context_length=context, eval_split="validation")
+    data = DataConfig(dataset=str(lm / "data"), context_length=context, eval_split="validation",
+                      skip_positions=1, exclude_tokens="special")
     tokens = TokenStream(data, model.tokenizer, 0, "validation").next_batch(rows)
+    kept = positions_for(data, model.tokenizer, model.cfg.d_vocab).kept(tokens)
+    special = ~kept
+    special[:, 0] = False  # the special tokens after position 0
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
-    print(f"{rows} rows of {context} tokens; norm of resid_pre (mean at position 0, median "
-          "elsewhere) and position 0's share of the squared norm")
-    print(f"{'layer':>5} {'pos 0':>9} {'others':>8} {'ratio':>7} {'share':>6}")
+    print(f"{rows} rows of {context} tokens: {int(special.sum())} special tokens after position "
+          f"0, {int(kept.sum())} kept positions. Norm of resid_pre (mean at position 0 and at "
+          "the special tokens, median at the kept ones); shares of Σ‖x‖² held by position 0 "
+          "(of all positions) and by the special tokens (of positions >= 1); the kept "
+          "positions' largest norm over their median, and the share of their Σ‖x‖² held by "
+          "the largest 1%")
+    print(f"{'layer':>5} {'pos 0':>8} {'special':>8} {'kept':>6} {'pos 0 share':>11} "
+          f"{'special share':>13} {'kept max/med':>12} {'kept top 1%':>11}")
     for layer in range(model.cfg.n_layers):
-        n = cache[f"blocks.{layer}.hook_resid_pre"].norm(dim=-1)
-        share = float((n[:, 0] ** 2).sum() / (n ** 2).sum())
-        first, rest = float(n[:, 0].mean()), float(n[:, 1:].median())
-        print(f"{layer:>5} {first:>9.1f} {rest:>8.1f} {first / rest:>6.1f}x {share:>6.1%}")
+        sq = cache[f"blocks.{layer}.hook_resid_pre"].float().square().sum(-1)
+        n = sq.sqrt()
+        rest = sq[:, 1:].sum()
+        k = n[kept]
+        top = k.square().sort(descending=True).values
+        top_share = float(top[:max(1, len(top) // 100)].sum() / top.sum())
+        print(f"{layer:>5} {float(n[:, 0].mean()):>8.0f} {float(n[special].mean()):>8.0f} "
+              f"{float(k.median()):>6.0f} {float(sq[:, 0].sum() / sq.sum()):>11.1%} "
+              f"{float(sq[special].sum() / rest):>13.1%} "
+              f"{float(k.max() / k.median()):>11.1f}x {top_share:>11.1%}")
 
 
 if __name__ == "__main__":

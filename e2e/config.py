@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -61,34 +62,27 @@ class DataConfig:
     # Held-out eval split; None keeps the paper's choice: the train split shuffled with seed + 42.
     eval_split: str | None = None
     eval_seed_offset: int = 42
-    # Leading positions of every row the SAE is neither applied to, trained on nor scored on
-    # (they keep their clean residual): 0, every position, is the paper's convention; 1 leaves
-    # out the first position, whose residual in real LMs is an attention sink with a massive
-    # norm (SmolLM2-135M: 89% of the residual's squared norm at layers 12-15; docs/real-lm.md).
+    # Positions the SAE is neither applied to, trained on nor scored on (they keep their clean
+    # residual; `e2e.model.positions`, docs/real-lm.md): the first `skip_positions` of a row
+    # (real LMs' attention sink); those of `exclude_tokens` ("special": the tokenizer's special
+    # ids, SAELens's `exclude_special_tokens`; ids "[0,2]"; both "special,5"); those whose norm
+    # exceeds `exclude_norm_multiple` x the batch's median (0: off). The paper's: none.
     skip_positions: int = 0
-    # Token ids whose positions are left out as the leading ones are (`e2e.model.positions`):
-    # "" none (the paper's convention), "special" (the tokenizer's BOS/EOS/PAD/UNK and special-
-    # tokens map, SAELens's `exclude_special_tokens=True`), ids "[0,2]", or both "special,5".
     exclude_tokens: str = ""
+    exclude_norm_multiple: float = 0.0
 
     def __post_init__(self) -> None:
         require(bool(self.dataset), "data.dataset", "a dataset path or hub id", self.dataset)
-        items = self.exclude_tokens.strip().strip("[]()").split(",")
-        require(not self.exclude_tokens or all(
-            x.strip() == "special" or x.strip().isdigit() for x in items),
-            "data.exclude_tokens", "special, token ids like [0,2], or both (special,5)",
-            self.exclude_tokens)
+        require(self.exclude_norm_multiple == 0 or self.exclude_norm_multiple > 1,
+                "data.exclude_norm_multiple", "0 (off) or > 1", self.exclude_norm_multiple)
+        require(re.fullmatch(r"\s*\[?(\s*(special|\d+)\s*,)*\s*(special|\d+)\s*\]?\s*|",
+                             self.exclude_tokens) is not None, "data.exclude_tokens",
+                "special, token ids like [0,2], or both (special,5)", self.exclude_tokens)
         require(0 <= self.skip_positions < self.context_length, "data.skip_positions",
                 f">= 0 and < data.context_length ({self.context_length})", self.skip_positions)
         require(bool(self.column), "data.column", "a column name", self.column)
         require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", self.shuffle_buffer)
-
-    @property
-    def exclude_spec(self) -> tuple[bool, tuple[int, ...]]:
-        """(the tokenizer's special ids asked for, the explicit ids) of `exclude_tokens`."""
-        items = [x.strip() for x in self.exclude_tokens.strip().strip("[]()").split(",")]
-        return "special" in items, tuple(sorted({int(x) for x in items if x.isdigit()}))
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def evaluate_pack(model, saes: list[SAE], layer: int, batches: list[torch.Tensor
     skip = positions.skip
     for tokens in batches:
         clean = clean_pass(model, tokens, layer, full=True, skip=skip, logits=False,
-                           keep=positions.keep(tokens))
+                           keep=positions.keep(tokens), norm_multiple=positions.norm_multiple)
         for sae, sae_sums in zip(saes, sums, strict=True):
             for k, v in _batch_metrics(model, sae, layer, tokens[:, skip:], clean).items():
                 sae_sums[k] += float(v)

@@ -39,13 +39,13 @@ def _known_top_context(grid: Path, cell: str):
     """The feature with the largest activation of `cell` and its top position, computed here
     from the saved SAE, the model and the eval tokens, with one full (tokens, features) matrix
     (the browser keeps running top-k per chunk)."""
-    from e2e.config import CellConfig
     from e2e.data.tokens import eval_stream
+    from e2e.io import read_cell_config
     from e2e.model import load_model, resid_pre
     from e2e.saelens import load_saelens
     from jobs.plan.analysis_cost import BROWSER_TOKENS
 
-    cfg = CellConfig.from_dict(json.loads((grid / cell / "config.json").read_text()))
+    cfg = read_cell_config(grid / cell)
     model = load_model(cfg.model)
     sae, _ = load_saelens(grid / cell / "sae")
     ctx = cfg.data.context_length

@@ -212,7 +212,7 @@ def test_a_cell_killed_with_sigkill_leaves_no_container_training_on(tmp_path):
 
 
 def _cells_by_axes(grid_dir: Path) -> dict[tuple, Path]:
-    """Cell folders keyed by (layer, setting, λ): ids differ between roots (the model path)."""
+    """Cell folders keyed by (layer, setting, λ)."""
     out = {}
     for d in grid_dir.glob("L*"):
         cfg = json.loads((d / "config.json").read_text())

@@ -371,7 +371,7 @@ def test_excluded_tokens_mid_row_keep_their_clean_residual_and_leave_every_loss(
     with torch.no_grad():
         clean = clean_pass(model, tokens, layer, full=True, skip=1, keep=keep)
         logits, _ = patched_pass(model, clean, sae(clean.resid)[0])
-    assert torch.allclose(logits, want[kept], atol=1e-5 * float(want.abs().max())), arch
+    assert torch.allclose(logits, want[kept], atol=1e-5 * float(want.detach().abs().max())), arch
 
     (m,) = evaluate_pack(model, [sae], layer, [tokens], pos)
     has_next = kept.clone()
@@ -388,6 +388,30 @@ def test_excluded_tokens_mid_row_keep_their_clean_residual_and_leave_every_loss(
     assert m["l0"] == pytest.approx(float((c != 0).float().sum(-1).mean()), rel=1e-6)
     assert m[f"mse/blocks.{layer}.hook_resid_pre"] == pytest.approx(
         float((x_hat - x).square().mean()), rel=1e-5)
+
+
+def test_a_norm_outlier_is_left_out_as_an_excluded_token_is(tokenizer, tmp_path):
+    """`data.exclude_norm_multiple`: a position whose clean residual's norm exceeds the multiple
+    of the median over the kept positions is left out (dictionary_learning's
+    `max_activation_norm_multiple`), in the clean pass the losses and metrics read."""
+    from e2e.model.positions import by_norm
+
+    model = _tiny("LlamaForCausalLM", tokenizer, tmp_path)
+    tokens = torch.randint(3, model.cfg.d_vocab, (2, 24))
+    tokens[1, 6] = 0
+    keep = Positions(1, (0,)).keep(tokens)
+    plain = clean_pass(model, tokens, 1, full=True, logits=False, skip=1, keep=keep)
+    norm = torch.zeros(keep.shape)
+    norm[keep] = plain.resid.norm(dim=-1)
+    top = norm.flatten().argmax()
+    second = norm.flatten().sort(descending=True).values[1]
+    multiple = float((norm.max() + second) / 2 / norm[keep].median())  # between the top two
+    got = clean_pass(model, tokens, 1, full=True, logits=False, skip=1, keep=keep,
+                     norm_multiple=multiple)
+    want = keep.clone().flatten()
+    want[top] = False
+    assert torch.equal(got.keep.flatten(), want) and got.resid.shape[0] == int(keep.sum()) - 1
+    assert by_norm(keep, plain.window, 0.0) is keep  # off: the token rule alone
 
 
 def test_saelens_cfg_records_the_processing_the_bridge_applied(smollm2_dir, smoke_cells):

@@ -47,8 +47,9 @@ class Source:
         itself for synthetic data."""
         if self.model is None:
             return batch
-        return clean_pass(self.model, batch, layer, full=False, skip=self.positions.skip,
-                          keep=self.positions.keep(batch)).resid
+        p = self.positions
+        return clean_pass(self.model, batch, layer, full=False, skip=p.skip, keep=p.keep(batch),
+                          norm_multiple=p.norm_multiple).resid
 
 
 def open_source(cfgs: list[CellConfig], device: torch.device, grid_dir: Path) -> Source:

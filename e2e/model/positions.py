@@ -6,9 +6,13 @@ leaves such tokens out: SAELens `exclude_special_tokens` (the tokenizer's specia
 from a training batch; at inference "excluded positions return the original activation"),
 sparsify `exclude_tokens`, Karvonen's `sae_kl_finetune` (the clean output kept at BOS/EOS).
 
-Here a position is kept when it is at or after `skip` (`data.skip_positions`) and its token id
-is not in `exclude` (`data.exclude_tokens`). At the other positions the model keeps its clean
-residual; every loss, metric and consumer sees the kept positions only (`e2e.model.split`).
+Here a position is kept when it is at or after `skip` (`data.skip_positions`), its token id is
+not in `exclude` (`data.exclude_tokens`) and, with `norm_multiple` (`data.exclude_norm_multiple`,
+dictionary_learning's `max_activation_norm_multiple`), its clean residual's norm at the hook is
+at most that multiple of the median over the batch's other kept positions (a sink no token id
+names: SmolLM2's layer 12 has one in 2,030 positions, docs/real-lm.md). At the other positions
+the model keeps its clean residual; every loss, metric and consumer sees the kept positions
+only (`e2e.model.split`).
 """
 
 from __future__ import annotations
@@ -26,21 +30,40 @@ class Positions:
 
     skip: int = 0
     exclude: tuple[int, ...] = ()
+    norm_multiple: float = 0.0
 
     def keep(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """(batch, pos - skip) bool of the kept positions of `tokens` (batch, pos); None when
-        no id is excluded (every position from `skip` on: the sliced form, no mask)."""
+        """(batch, pos - skip) bool of the positions of `tokens` (batch, pos) whose ids are
+        kept (the norm rule needs the residual: `by_norm`, applied by the clean pass); None
+        when no id is excluded (every position from `skip` on)."""
         if not self.exclude:
             return None
         ids = torch.tensor(self.exclude, dtype=tokens.dtype, device=tokens.device)
         return ~torch.isin(tokens[:, self.skip:], ids)
 
-    def kept(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(batch, pos) bool: `keep` over whole rows (the first `skip` positions False)."""
+    def kept(self, tokens: torch.Tensor, resid: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, pos) bool: `keep` over whole rows (the first `skip` positions False), the
+        norm rule applied to `resid` (batch, pos, d), the hook's clean residual, if given."""
         out = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
         keep = self.keep(tokens)
-        out[:, self.skip:] = True if keep is None else keep
+        if resid is not None:
+            keep = by_norm(keep, resid[:, self.skip:], self.norm_multiple)
+        out[:, self.skip:] = True if keep is None else keep.to(out.device)
         return out
+
+
+def by_norm(keep: torch.Tensor | None, resid: torch.Tensor, multiple: float
+            ) -> torch.Tensor | None:
+    """`keep` (batch, pos; None: every position) less the positions whose residual norm in
+    `resid` (batch, pos, d) exceeds `multiple` times the median over the kept ones; `keep`
+    itself for multiple 0."""
+    if not multiple:
+        return keep
+    norm = torch.linalg.vector_norm(resid.detach().float(), dim=-1)
+    base = torch.ones_like(norm, dtype=torch.bool) if keep is None else keep.to(norm.device)
+    if not base.any():
+        return base
+    return base & (norm <= multiple * norm[base].median())
 
 
 def special_ids(tokenizer) -> tuple[int, ...]:
@@ -55,7 +78,8 @@ def positions_for(data: DataConfig, tokenizer, vocab: int) -> Positions:
     """The kept positions a cell's `data` asks for with this tokenizer and a model of `vocab`
     token ids; ConfigError in one line for `special` with a tokenizer that has none, or an id
     outside the vocabulary."""
-    special, ids = data.exclude_spec
+    items = [x.strip() for x in data.exclude_tokens.strip("[] ").split(",")]
+    special, ids = "special" in items, tuple(sorted({int(x) for x in items if x.isdigit()}))
     if special:
         found = special_ids(tokenizer) if tokenizer is not None else ()
         if not found:
@@ -66,4 +90,4 @@ def positions_for(data: DataConfig, tokenizer, vocab: int) -> Positions:
     if bad:
         raise ConfigError(f"data.exclude_tokens={data.exclude_tokens} is invalid: id(s) "
                           f"{bad} outside the model's vocabulary (0..{vocab - 1})")
-    return Positions(data.skip_positions, ids)
+    return Positions(data.skip_positions, ids, data.exclude_norm_multiple)

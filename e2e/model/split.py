@@ -29,6 +29,7 @@ import torch
 import torch.utils.checkpoint
 
 from e2e.kernels import CleanTarget, unembed_logits
+from e2e.model.positions import by_norm
 
 
 class SplitForwardError(RuntimeError):
@@ -66,9 +67,13 @@ class CleanPass:
     window: torch.Tensor | None = field(default=None, repr=False)
 
 
-def masked(clean: CleanPass, keep: torch.Tensor | None) -> CleanPass:
-    """`clean` reduced to the positions `keep` (batch, pos - skip) marks, each per-token
-    tensor flattened to (n_kept, ...) in row-major order; `clean` itself for None."""
+def masked(clean: CleanPass, keep: torch.Tensor | None, norm_multiple: float = 0.0
+           ) -> CleanPass:
+    """`clean` reduced to the positions `keep` (batch, pos - skip) marks, less those whose
+    residual is a `norm_multiple` outlier (`e2e.model.positions.by_norm`), each per-token
+    tensor flattened to (n_kept, ...) in row-major order; `clean` itself when nothing is left
+    out."""
+    keep = by_norm(keep, clean.resid, norm_multiple)
     if keep is None:
         return clean
     target = clean.target
@@ -98,14 +103,15 @@ def unembed(model, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0,
-               logits: bool = True, keep: torch.Tensor | None = None) -> CleanPass:
+               logits: bool = True, keep: torch.Tensor | None = None,
+               norm_multiple: float = 0.0) -> CleanPass:
     """Runs the clean model; `full=False` stops after the prefix (local training).
 
     `full=True` is one forward of the whole model (no KV cache), recording each block's
     input and call arguments from `layer` on. With `logits=False` (a training step) it stops
     before the unembedding and keeps the KL's `target` instead of the logits. `skip`: leading
-    positions left out; `keep`: the kept positions after them (`masked`)."""
-    return masked(_clean_pass(model, tokens, layer, full, skip, logits), keep)
+    positions left out; `keep`, `norm_multiple`: the kept positions after them (`masked`)."""
+    return masked(_clean_pass(model, tokens, layer, full, skip, logits), keep, norm_multiple)
 
 
 def _clean_pass(model, tokens: torch.Tensor, layer: int, full: bool, skip: int,

@@ -76,13 +76,14 @@ class Traced:
         self.failed = False
 
     def clean_pass(self, tokens: torch.Tensor, layer: int, full: bool, skip: int = 0,
-                   keep: torch.Tensor | None = None) -> CleanPass:
-        """`e2e.model.clean_pass(model, tokens, layer, full, skip, logits=False, keep)` for
+                   keep: torch.Tensor | None = None, norm_multiple: float = 0.0) -> CleanPass:
+        """`e2e.model.clean_pass(model, tokens, layer, full, skip, logits=False, keep,
+        norm_multiple)` for
         token ids (batch, pos), its blocks compiled; with `full`, the result's `suffix` is the
         compiled patched suffix (on whole rows: the kept positions are written into them
         outside it). The first call of a shape traces, compiles and checks (the eager passes,
         after one warning, where that fails)."""
-        return masked(self._clean_pass(tokens, layer, full, skip), keep)
+        return masked(self._clean_pass(tokens, layer, full, skip), keep, norm_multiple)
 
     def _clean_pass(self, tokens: torch.Tensor, layer: int, full: bool, skip: int
                     ) -> CleanPass:

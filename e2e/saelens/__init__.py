@@ -40,7 +40,7 @@ def cell_meta(cfg: CellConfig, seed: int, exclude: tuple[int, ...] = ()) -> dict
     model and its processing, the hook, the context (no BOS prepended: `prepend_bos`, written
     by `save_saelens`; the leading positions it never acted on: `skip_positions`; the token
     ids whose positions it never acted on, `exclude`, in SAELens's `exclude_special_tokens`:
-    their ids, or false), the dataset."""
+    their ids, or false; its norm rule, `exclude_norm_multiple`), the dataset."""
     model = cfg.source == "model"
     return {"model_name": cfg.model.name_or_path if model else "synthetic",
             "model_from_pretrained_kwargs": (model_processing(cfg.model.name_or_path)
@@ -49,6 +49,7 @@ def cell_meta(cfg: CellConfig, seed: int, exclude: tuple[int, ...] = ()) -> dict
             "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
             "skip_positions": cfg.data.skip_positions if model else 0,
             "exclude_special_tokens": list(exclude) if model and exclude else False,
+            "exclude_norm_multiple": cfg.data.exclude_norm_multiple if model else 0.0,
             "setting": cfg.loss.setting, "seed": seed}
 
 

@@ -157,10 +157,11 @@ def pack_step(model, members: list[Member], micro_batches: list[torch.Tensor], s
                                   "position of a training batch to train on")
             with autocast:
                 clean = (traced_for(model).clean_pass(batch, cfg.layer, full, positions.skip,
-                                                      keep)
+                                                      keep, positions.norm_multiple)
                          if passes_compiled(cfg) else
                          clean_pass(model, batch, cfg.layer, full=full, logits=False,
-                                    skip=positions.skip, keep=keep))
+                                    skip=positions.skip, keep=keep,
+                                    norm_multiple=positions.norm_multiple))
         for m in members:
             m.micro_step(model, clean, step, len(micro_batches), log, autocast)
     for m in members:

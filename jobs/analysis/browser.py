@@ -178,7 +178,7 @@ def _group(writer, grid_dir: Path, gid: str, members: list, full_ids: set[str],
         sae, _ = load_saelens(paths.sae)
         sae = sae.to(device).eval()
         mask = read_metrics(paths.metrics)["alive_mask"]
-        keep = positions_for(c.cfg.data, tok, model.cfg.d_vocab).kept(tokens).to(device)
+        keep = positions_for(c.cfg.data, tok, model.cfg.d_vocab).kept(tokens.to(device), acts)
         d = _Dict(c, sae, None if mask is None else np.asarray(mask[0], dtype=bool),
                   clusters=tuple(k["cluster"] for k in clusters.get(c.id, [])), keep=keep)
         d.stats = features.scan(sae.encode, acts, sae.n_dict, s.top_k, s.bins, s.intervals,

@@ -33,8 +33,9 @@ def multidim_sections(grid_dir: Path, out: Path, chosen: list, opts, h5: dict, c
         tokens = eval_stream(cfg.data, model.tokenizer, cfg.seed).next_batch(
             max(1, opts.multidim_tokens // cfg.data.context_length))
         with torch.no_grad():
-            codes = sae.encode(resid_pre(model, tokens, cfg.layer))
-            kept = positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab).kept(tokens)
+            resid = resid_pre(model, tokens, cfg.layer)
+            codes = sae.encode(resid)
+            kept = positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab).kept(tokens, resid)
             codes[~kept] = 0  # positions the SAE never acts on (skipped, excluded tokens)
         flat = tokens.reshape(-1).tolist()
         results = _clusters(x, codes.reshape(-1, sae.n_dict)[:, x.alive_index], flat, opts, h5)
