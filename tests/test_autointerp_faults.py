@@ -145,13 +145,17 @@ def test_reasoning_blocks_drafts_and_fences_are_read_past():
     assert prompts.parse_simulation(sim, 2) == [4.0, 0.0]
 
 
-def test_a_key_given_for_its_variables_name_is_refused_masked():
-    key = "sk-proj-" + "A1b2C3d4" * 6
+@pytest.mark.parametrize("key", ["sk-proj-" + "A1b2C3d4" * 6,  # not a variable's name
+                                 "gsk_" + "Zx81Qa77" * 6,  # Groq's: a valid name
+                                 "hf_" + "aBcD1234" * 4,  # Hugging Face's
+                                 "mistral" + "x9Y8w7V6" * 4])  # long, lower case and digits
+def test_a_key_given_for_its_variables_name_is_refused_masked(key):
     with pytest.raises(ConfigError) as e:
         AutoInterp(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=key)
     assert key not in str(e.value) and key[8:] not in str(e.value)
     assert "not a key" in str(e.value) and "masked" in str(e.value)
-    AutoInterp(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="OPENAI_API_KEY")
+    for name in ("OPENAI_API_KEY", "GROQ_API_KEY", "HF_TOKEN", "my_llm_key"):
+        AutoInterp(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=name)
 
 
 def _dry_run(*extra: str, env=None) -> subprocess.CompletedProcess:

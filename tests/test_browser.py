@@ -151,23 +151,25 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
     assert (ARTIFACTS / "browser-feature-smoke.png").stat().st_size > 10_000
 
 
-def test_skipped_positions_have_no_codes_in_the_scan_or_the_windows():
-    """data.skip_positions=1: position 0 of every row codes nothing in the page statistics
-    and in the context windows (the dictionary never acted there)."""
+def test_skipped_and_excluded_positions_have_no_codes_in_the_scan_or_the_windows():
+    """data.skip_positions=1 and a separator mid-row (data.exclude_tokens): position 0 of
+    every row and the separator code nothing in the page statistics and in the context
+    windows (the dictionary never acted there), as the browser builds them."""
     import numpy as np
     import torch
 
     from e2e.analysis import features
-    from jobs.analysis.browser import _skipping
+    from e2e.model import Positions
 
     def encode(a):  # every element fires everywhere
         return a[:, :2].abs() + 1
 
     acts = torch.randn(3, 8, 4)
-    enc = _skipping(encode, 8, 1)
-    c = enc(acts.reshape(-1, 4)).reshape(3, 8, -1)
-    assert (c[:, 0] == 0).all() and (c[:, 1:] > 0).all()
-    st = features.scan(enc, acts, 2, k=4, bins=4, intervals=2, per_interval=1)
-    assert (st.top_pos % 8 != 0).all()
-    win = features.window_codes(enc, acts, np.array([0, 1]), np.array([1, 9]), 1)
-    assert win[0, 0] == 0 and win[1, 0] == 0 and (win[:, 1:] > 0).all()
+    tokens = torch.ones(3, 8, dtype=torch.long)
+    tokens[1, 4] = 0  # a separator mid-row
+    keep = Positions(1, (0,)).kept(tokens)
+    st = features.scan(encode, acts, 2, k=30, bins=4, intervals=2, per_interval=1, keep=keep)
+    top = st.top_pos[st.top_pos >= 0]
+    assert (top % 8 != 0).all() and 12 not in top and len(top) == 2 * (3 * 7 - 1)
+    win = features.window_codes(encode, acts, np.array([0, 1]), np.array([1, 13]), 1, keep)
+    assert win[0, 0] == 0 and win[1, 0] == 0 and (win[:, 1:] > 0).all()  # cols 0 and 4

@@ -131,7 +131,7 @@ def test_a_dataset_of_empty_rows_is_refused_by_the_plan_and_stops_a_stream(tmp_p
     documents without a usable token (here 100: 3 epochs and more; an empty text is an EOS,
     so 20 rows of 7 take 140 documents)."""
     cfg = _empty_rows(tmp_path, column, empty)
-    with pytest.raises(DataUnavailableError, match="has no usable row: its first 30 rows'"):
+    with pytest.raises(DataUnavailableError, match="has no usable row: its 30 rows'"):
         check_dataset(cfg)
     monkeypatch.setattr(tokens, "MAX_EMPTY_DOCS", 100)
     with pytest.raises(DataUnavailableError, match="100 documents in a row without a token"):
@@ -146,6 +146,20 @@ def test_a_dataset_with_no_rows_is_one_error_not_a_recursion(tmp_path, monkeypat
         {"text": []}, datasets.Features({"text": datasets.Value("string")})))
     with pytest.raises(DataUnavailableError, match="has no rows"):  # as one in memory
         TokenStream(cfg, _Tok(), 0, "train").next_batch(1)
+
+
+def test_a_dataset_whose_first_rows_are_empty_is_not_refused(tmp_path):
+    """The plan's probe reads rows spread over the dataset, then all of them: 1,000 empty rows
+    before 500 of text (a newcomer's case) are a usable dataset; 3,000 empty rows are not."""
+    docs = [""] * 1000 + ["1 2 3"] * 500
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})}).save_to_disk(
+        str(tmp_path / "late"))
+    check_dataset(DataConfig(dataset=str(tmp_path / "late"), column="text", context_length=7))
+    few = [""] * 3000  # one usable row the spread probe (rows 0, 3, 6, ...) misses: the scan
+    few[1] = "1 2"     # finds it
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": few})}).save_to_disk(
+        str(tmp_path / "one"))
+    check_dataset(DataConfig(dataset=str(tmp_path / "one"), column="text", context_length=7))
 
 
 def test_a_few_empty_rows_among_real_ones_are_read_past(tmp_path):

@@ -107,3 +107,56 @@ def test_excluded_tokens_are_checked_against_the_models_tokenizer(model_and_text
         positions_for(special, bare, 3)
     with pytest.raises(ConfigError, match="data.exclude_tokens='eos' is invalid"):
         replace(cfg.data, exclude_tokens="eos")
+
+
+def test_relative_model_and_data_paths_are_made_absolute_by_the_plan(model_and_text, tmp_path,
+                                                                     monkeypatch):
+    """A model or dataset given relative to the working directory (`../m`, `./m`) names the
+    same folder in every cell: the plan makes it absolute before hashing and storing it (a
+    cell folder reads `../` paths relative to itself)."""
+    import os
+
+    from jobs.plan.make import make_plan
+
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    rel = os.path.relpath(model_and_text, here)
+    assert rel.startswith("..")
+    plan = make_plan(["grid=smollm2", "root=runs", "executor=local", "layers=[1]",
+                      f"model.name_or_path={rel}/model", f"data.dataset={rel}/text",
+                      "data.column=text", "data.context_length=16", "data.eval_split=train",
+                      "dry_run=true"])
+    cfg = plan.cells[0].cfg
+    assert cfg.model.name_or_path == str(model_and_text / "model")
+    assert cfg.data.dataset == str(model_and_text / "text")
+    assert not plan.needs_pretrain  # no cell reads the grid's own LM: it is not built
+
+
+def test_a_grid_whose_own_lm_is_not_built_yet_refuses_a_split_its_rows_will_not_have(tmp_path):
+    """Issue 43: on a fresh root `grid=smoke data.eval_split=nope` passed the plan, pre-trained
+    the LM, then failed every cell; the splits and column of a grid's own rows are known."""
+    from jobs.plan.make import make_plan
+
+    with pytest.raises(ConfigError, match=r"data.eval_split=nope is invalid: the grid's own "
+                                          r"token rows \(.*\) will have \['train', 'validation'\]"):
+        make_plan(["grid=smoke", f"root={tmp_path}", "executor=local", "data.eval_split=nope"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pre_tokenized_rows_with_ids_past_the_embedding_are_refused_by_the_plan(model_and_text,
+                                                                              tmp_path):
+    """Issue 43's case for rows without a tokenizer record: ids up to 999 for an embedding of
+    fewer rows failed the cell with an IndexError; the plan reads ids spread over the rows."""
+    from dataclasses import replace
+
+    n = len(__import__("transformers").AutoTokenizer.from_pretrained(model_and_text / "model"))
+    rows = [[1, 2, 3, 4] * 4] * 40
+    rows[33] = [5, 999] * 8
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": rows})}).save_to_disk(
+        str(tmp_path / "ids"))
+    cfg = _cfg(model_and_text / "model", tmp_path / "ids")
+    cfg = replace(cfg, data=replace(cfg.data, column="input_ids"))
+    with pytest.raises(ConfigError, match=f"holds token id 999 but the model's embedding has "
+                                          f"{n:,} rows"):
+        check_sources(cfg)

@@ -206,6 +206,11 @@ def test_smoke_grid_runs_locally_then_a_second_run_does_no_work_wherever_the_roo
     r5 = subprocess.run(r4.args, cwd=REPO, capture_output=True, text=True)
     assert r5.returncode == 1 and "Traceback" not in r5.stderr, r5.stderr
     assert r5.stderr.strip().splitlines()[-1].startswith("error: feature browser not built: ")
+    r6 = subprocess.run(r4.args[:-1], cwd=REPO, capture_output=True, text=True)  # multidim on
+    last = r6.stderr.strip().splitlines()[-1]
+    assert r6.returncode == 1 and "Traceback" not in r6.stderr, r6.stderr
+    assert last.startswith("error: multi-dimensional features not computed: ") and (
+        "; feature browser not built: " in last)
 
 
 def _started_cells(grid_dir: Path, timeout_s: float = 300) -> list[Path]:

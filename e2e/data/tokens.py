@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from e2e.config import DataConfig
+from e2e.config import ConfigError, DataConfig
 from e2e.data.staged import StagedRows, StageError, is_staged
 from e2e.rng import generator
 
@@ -33,8 +33,9 @@ MAX_EMPTY_DOCS = 10_000
 PROBE_ROWS = 1_000
 
 
-class DataUnavailableError(RuntimeError):
-    """The dataset can be neither opened locally nor streamed, or holds no usable row."""
+class DataUnavailableError(ConfigError):
+    """The dataset can be neither opened locally nor streamed, or holds no usable row (bad
+    input: one line for the user, `jobs.cli.run`)."""
 
 
 def _open_local(path: Path, split: str):
@@ -77,13 +78,41 @@ def check_dataset(cfg: DataConfig) -> None:
                 raise DataUnavailableError(
                     f"{cfg.dataset} split {split!r} has no column {cfg.column!r}; "
                     f"columns: {ds.column_names}")
-            probe = ds.select(range(min(len(ds), PROBE_ROWS)))[cfg.column]
-            if not any(len(v.strip() if isinstance(v, str) else v) for v in probe):
+            if not _has_usable_row(ds, cfg.column):
                 raise DataUnavailableError(
-                    f"{cfg.dataset} split {split!r} has no usable row: its first {len(probe):,} "
-                    f"rows' {cfg.column!r} are all empty")
+                    f"{cfg.dataset} split {split!r} has no usable row: its {len(ds):,} rows' "
+                    f"{cfg.column!r} are all empty")
         else:
             _open_streaming(cfg.dataset, split)
+
+
+def _usable(values) -> bool:
+    return any(len(v.strip() if isinstance(v, str) else v) for v in values)
+
+
+def _has_usable_row(ds, column: str) -> bool:
+    """Whether some row of `column` is not empty: PROBE_ROWS rows spread over the dataset
+    first, then, only when all of those are empty, every row a chunk at a time."""
+    if not len(ds):
+        return False
+    spread = sorted({int(i) for i in torch.linspace(0, len(ds) - 1, min(len(ds), PROBE_ROWS))})
+    if _usable(ds.select(spread)[column]):
+        return True
+    return any(_usable(ds[i:i + 10_000][column]) for i in range(0, len(ds), 10_000))
+
+
+def largest_token_id(cfg: DataConfig) -> int | None:
+    """The largest id among PROBE_ROWS rows spread over each split a cell reads, for a local
+    pre-tokenized dataset (not staged); None otherwise. The plan compares it with the model's
+    vocabulary (an id past the embedding fails a cell with an IndexError)."""
+    if cfg.column != "input_ids" or is_staged(cfg) or not Path(cfg.dataset).exists():
+        return None
+    top = -1
+    for split in {cfg.split, cfg.eval_split or cfg.split}:
+        ds = _open_local(Path(cfg.dataset), split)
+        idx = sorted({int(i) for i in torch.linspace(0, len(ds) - 1, min(len(ds), PROBE_ROWS))})
+        top = max([top, *(max(r) for r in ds.select(idx)[cfg.column] if len(r))])
+    return top if top >= 0 else None
 
 
 class TokenStream:

@@ -39,8 +39,9 @@ VERIFIED_ARCHITECTURES = ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "LlamaForCaus
                           "Qwen3ForCausalLM")
 
 
-class ModelUnavailableError(RuntimeError):
-    """The model can be neither found locally nor fetched; raised before any work starts."""
+class ModelUnavailableError(ConfigError):
+    """The model can be neither found locally nor fetched; raised before any work starts (bad
+    input: one line for the user, `jobs.cli.run`)."""
 
 
 def check_architecture(architectures: list[str] | None, name: str) -> None:
@@ -77,8 +78,9 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
     from transformer_lens.model_bridge import TransformerBridge
 
     name = cfg.name_or_path
-    if not Path(name).is_dir() and Path(name).is_absolute():
-        raise ModelUnavailableError(f"model directory {name} does not exist")
+    if Path(name).is_absolute() and not (Path(name) / "config.json").is_file():
+        raise ModelUnavailableError(f"model directory {name} does not exist" if not Path(
+            name).is_dir() else f"model directory {name} has no config.json")
     try:
         model = TransformerBridge.boot_transformers(name, device=str(device))
     except OSError as e:  # transformers raises OSError for unknown names / offline misses

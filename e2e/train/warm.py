@@ -92,8 +92,8 @@ def _context_diff(cfg: CellConfig, meta: dict[str, Any]) -> list[str]:
     processing of it (SAELens's `model_from_pretrained_kwargs`; absent: TransformerLens's
     defaults, which are ours)."""
     out = []
-    if cfg.source == "model" and meta.get("model_name") is not None and _official(
-            meta["model_name"]) != _official(cfg.model.name_or_path):
+    if cfg.source == "model" and meta.get("model_name") is not None and not _same_model(
+            meta["model_name"], cfg.model.name_or_path):
         out.append(f"model_name: parent {meta['model_name']!r}, child "
                    f"{cfg.model.name_or_path!r}")
     kwargs = meta.get("model_from_pretrained_kwargs") or {}
@@ -101,6 +101,17 @@ def _context_diff(cfg: CellConfig, meta: dict[str, Any]) -> list[str]:
     out += [f"model_from_pretrained_kwargs.{k}: parent {kwargs[k]!r}, child {v!r}"
             for k, v in mine.items() if k in kwargs and kwargs[k] != v]
     return out
+
+
+def _same_model(theirs: str, mine: str) -> bool:
+    """The same model: one official name, or (a shared root moved since the parent's cfg.json
+    was written) a folder of ours that is no longer there whose last three parts,
+    `<grid>/_pretrain-<hash>/model`, are the child's."""
+    if _official(theirs) == _official(mine):
+        return True
+    old, new = Path(theirs), Path(mine)
+    return (old.is_absolute() and new.is_absolute() and not old.exists()
+            and old.parts[-3:] == new.parts[-3:])
 
 
 def _official(name: str) -> str:

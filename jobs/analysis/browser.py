@@ -89,15 +89,13 @@ class _Dict:
 def build_logged(grid_dir: Path, cells: list, full_ids: set[str], clusters: dict,
                  settings: Settings) -> str | None:
     """`build` on the GPU if there is one, its cost in the log and in results/browser.json;
-    returns None, or for a failure the one line it printed (the tables are written already:
-    the caller ends its step with it after the rest)."""
+    returns None, or for a failure one line saying why (the tables are written already: the
+    caller ends its step with it, after the rest)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         cost = build(grid_dir, cells, full_ids, clusters, settings, device)
     except Exception as e:  # noqa: BLE001 - any cell's broken file: say which, keep the rest
-        line = f"feature browser not built: {type(e).__name__}: {e}"
-        print(line, flush=True)
-        return line
+        return f"feature browser not built: {type(e).__name__}: {e}"
     atomic_write_text(grid_dir / "results" / "browser.json", json.dumps(cost, indent=1))
     print(f"feature browser: {cost['pages']} feature pages of {cost['dictionaries']} "
           f"dictionaries, {cost['bytes'] / 1e6:.1f} MB, {cost['seconds']:.0f} s: "

@@ -17,7 +17,7 @@ from e2e.analysis import geometry
 from e2e.config import n_dict_for
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.store import read_metrics
-from e2e.typed import require
+from e2e.typed import ConfigError, require
 from jobs.analysis.browser import Settings as BrowserSettings
 from jobs.analysis.browser import build_logged
 from jobs.analysis.multidim import multidim_sections
@@ -123,7 +123,7 @@ class Options:
 def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     """Writes the analysis files of `<root>/<grid>/results/`, then runs the collector again so
     the tables include them; returns that folder. StepIncomplete (after writing everything
-    else) when the feature browser cannot be built."""
+    else) when the multi-dimensional step or the feature browser cannot be made."""
     opts = opts or Options()
     t0 = time.perf_counter()
     grid_dir = existing_grid_dir(root, grid)
@@ -144,9 +144,13 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     sections += trio_sections
     bar.update(round(cost.geometry))
     clusters: dict[str, list[dict]] = {}  # cell id -> its clusters, for the browser
+    failed = []  # the parts that could not be made (a model or data that moved away): one line
     if opts.multidim:
-        sections += multidim_sections(grid_dir, out, trio, opts, h5, clusters,
-                                      lambda n: bar.update(round(cost.multidim(n))))
+        try:
+            sections += multidim_sections(grid_dir, out, trio, opts, h5, clusters,
+                                          lambda n: bar.update(round(cost.multidim(n))))
+        except ConfigError as e:  # ModelUnavailableError, DataUnavailableError
+            failed.append(f"multi-dimensional features not computed: {e}")
     elapsed = time.perf_counter() - t0
     md = "".join(tables.markdown_table(*s) for s in sections)
     md += f"_analysis of {len(dicts)} dictionaries in {elapsed:.1f} s_\n"
@@ -156,14 +160,13 @@ def analyze(root: Path | str, grid: str, opts: Options | None = None) -> Path:
     if within:
         plots.geometry_figures(out, dicts, within, down)
     collect(root, grid)  # tables.md/.tex and summary.csv pick the analysis up
-    failed = None
     if opts.browser:
         share = cost.browser / max(1, len(dicts))
-        failed = _browser(grid_dir, {x.point.cell_id for x in trio}, clusters, opts,
-                          lambda: bar.update(round(share)))
+        failed.append(_browser(grid_dir, {x.point.cell_id for x in trio}, clusters, opts,
+                               lambda: bar.update(round(share))))
     bar.close()
-    if failed:
-        raise StepIncomplete(f"{failed} (the tables and analyses are written: {out})")
+    if any(failed):
+        raise StepIncomplete(f"{'; '.join(f for f in failed if f)} (the rest is written: {out})")
     return out
 
 

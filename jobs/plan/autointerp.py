@@ -22,6 +22,19 @@ CACHE = "_autointerp_cache"  # under the root: every answer, one file each (`job
 RECORD_TOKENS = 17  # tokens per record: the browser's window, 8 on each side
 
 
+# Prefixes of providers' keys that are also valid variable names (Groq, Hugging Face, GitHub,
+# Google, Anthropic, OpenAI's underscore forms), and a name no one gives a variable: longer
+# than 24 characters with lower-case letters and digits (variables are upper-case by custom).
+KEY_PREFIXES = ("gsk_", "hf_", "ghp_", "gho_", "github_pat_", "AIza", "sk_", "xai_", "pplx_")
+
+
+def looks_like_a_key(name: str) -> bool:
+    """Whether a value given as a variable's name is more likely the key itself."""
+    long_mixed = (len(name) > 24 and re.search(r"[a-z]", name) is not None
+                  and re.search(r"\d", name) is not None)
+    return name.startswith(KEY_PREFIXES) or long_mixed
+
+
 @dataclass(frozen=True)
 class AutoInterp:
     base_url: str = ""  # e.g. http://127.0.0.1:8080/v1 or https://api.openai.com/v1
@@ -45,8 +58,9 @@ class AutoInterp:
     time: int = 0  # minutes for the job; 0: estimated from the requests
 
     def __post_init__(self) -> None:
-        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}",
-                                                 self.api_key_env):
+        if self.api_key_env and (not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}",
+                                                  self.api_key_env)
+                                 or looks_like_a_key(self.api_key_env)):
             shown = f"{self.api_key_env[:3]}…({len(self.api_key_env)} characters)"
             raise ConfigError(f"autointerp.api_key_env= takes the name of the environment "
                               f"variable that holds the key, not a key (given {shown}: masked)")

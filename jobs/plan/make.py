@@ -23,7 +23,7 @@ from e2e.config import (
     n_dict_for,
     normalized,
 )
-from e2e.io import cell_paths, check_folder_config
+from e2e.io import cell_paths, check_folder_config, map_paths
 from e2e.kernels.chip import EMULATED_BF16, native_bf16
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
@@ -143,10 +143,13 @@ class Plan:
 
     @property
     def needs_pretrain(self) -> bool:
+        """The grid's own LM is not built yet and some cell reads it (its model or rows)."""
         if self.grid.pretrain is None:
             return False
-        return not (grid_pretrain_dir(Path(self.opts.root).resolve(), self.grid) / "DONE"
-                    ).exists()
+        own = grid_pretrain_dir(Path(self.opts.root).resolve(), self.grid)
+        reads = any(Path(p).is_relative_to(own) for c in self.cells + self.children
+                    for p in (c.cfg.model.name_or_path, c.cfg.data.dataset))
+        return reads and not (own / "DONE").exists()
 
 
 def make_plan(tokens: list[str]) -> Plan:
@@ -167,7 +170,7 @@ def make_plan(tokens: list[str]) -> Plan:
         raise ConfigError(f"root={opts.root} is invalid: {existing} is a file, not a folder")
     # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
     k_grid, axes, cfg_overrides = k_axis(grid, axes, cfg_overrides)
-    cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
+    cfgs = list(dict.fromkeys(absolute(normalized(with_overrides(c, cfg_overrides)))
                               for c in _expand(k_grid, axes, root)))
     if not cfgs:
         raise ConfigError("the grid with these overrides has no cells")
@@ -224,6 +227,16 @@ def make_plan(tokens: list[str]) -> Plan:
         plan.notes.append("model and dataset reachability is checked at submission, not in "
                           "a dry run")
     return plan
+
+
+def absolute(cfg: CellConfig) -> CellConfig:
+    """`cfg` with each path field given relative to the working directory (`./m`, `../m`, or
+    any name that is a folder here) made absolute: a cell folder reads `../` paths relative to
+    itself (`e2e.io.read_cell_config`), and jobs run elsewhere."""
+    def fix(_, v: str) -> str:
+        rel = v and not Path(v).is_absolute()
+        return str(Path(v).resolve()) if rel and (v.startswith(".") or Path(v).exists()) else v
+    return map_paths(cfg, fix)
 
 
 def emulated_bf16(cfgs: list[CellConfig], executor: str) -> list[str]:

@@ -16,7 +16,7 @@ def check_sources(cfg: CellConfig, own_lm: Path | None = None) -> None:
 
     With HF_HUB_OFFLINE=1 a hub name must be in the local HF cache; otherwise the hub is asked.
     """
-    from e2e.data.tokens import DataUnavailableError, check_dataset
+    from e2e.data.tokens import DataUnavailableError, check_dataset, largest_token_id
     from e2e.model import check_architecture
 
     def pending(path: str) -> bool:
@@ -44,8 +44,27 @@ def check_sources(cfg: CellConfig, own_lm: Path | None = None) -> None:
     if not pending(cfg.data.dataset):
         try:
             check_dataset(cfg.data)
+            top = largest_token_id(cfg.data)
         except DataUnavailableError as e:
             raise ConfigError(str(e)) from None
+        vocab = None if pending(name) else config_int(model_config(name) or {}, (
+            "vocab_size", "n_vocab", "d_vocab"))
+        if top is not None and vocab is not None and top >= vocab:
+            raise ConfigError(f"data.dataset={cfg.data.dataset} holds token id {top:,} but the "
+                              f"model's embedding has {vocab:,} rows (ids 0..{vocab - 1:,}): "
+                              "rows made by another tokenizer?")
+        return
+    for key, value, have in (("data.split", cfg.data.split, OWN_SPLITS),  # known before built
+                             ("data.eval_split", cfg.data.eval_split, (None, *OWN_SPLITS)),
+                             ("data.column", cfg.data.column, ("input_ids",))):
+        if value not in have:
+            raise ConfigError(f"{key}={value} is invalid: the grid's own token rows "
+                              f"({cfg.data.dataset}) will have {[h for h in have if h]}")
+
+
+# The splits and column of a grid's own token rows (`e2e.lm.corpus`, tokenized by
+# `e2e.lm.pretrain` and `e2e.lm.gguf`), checked before they are built.
+OWN_SPLITS = ("train", "validation")
 
 
 # Files one of which a model folder's tokenizer needs (a fast tokenizer's, or a slow one's
