@@ -83,3 +83,23 @@ def test_gpt2_unreachable_offline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
     with pytest.raises(ModelUnavailableError, match="gpt2.*HF_HUB_OFFLINE=1"):
         load_model(ModelConfig("gpt2"))
+
+
+def test_two_builds_of_one_lm_folder_at_once_build_it_once(tmp_path):
+    """Two submissions into one fresh root both start the grid's pre-training (issue 43: both
+    wrote `_pretrain-<hash>` at once). The second waits on the folder's lock and reads the
+    first's DONE: both report the same build (one training time)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import json, sys; from e2e.lm import build_lm; from jobs.plan.grids import SMOKE; "
+            "print(json.dumps(build_lm(SMOKE.pretrain, sys.argv[1], progress=False)))")
+    repo = Path(__file__).resolve().parent.parent
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "lm")], cwd=repo,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in runs]
+    assert all(p.returncode == 0 for p in runs)
+    assert outs[0] == outs[1] and outs[0]["train_time_s"] > 0

@@ -373,21 +373,25 @@ def test_a_root_written_with_absolute_ids_keeps_its_cells_where_it_moved(tmp_pat
 
 def test_a_second_submission_into_one_root_skips_the_cells_the_first_trains(tmp_path):
     """Issue 43: the second run ended rc 1, "1 task(s) failed", with a CellBusyError traceback
-    for a cell the first run finished. Now it skips the busy cell in one line and exits 0."""
+    for a cell the first run finished. Now it skips the busy cells, one line each (both
+    members of the pack), exits 0, and leaves the tables to the first run's collector."""
     import signal
 
-    args = ["grid=smoke", f"root={tmp_path}", "executor=local", "settings=[e2e]"]
+    args = ["grid=smoke", f"root={tmp_path}", "executor=local", "settings=[e2e,e2e_ds]",
+            "pack=2"]
     first = subprocess.Popen([sys.executable, "jobs/submit.py", *args, "optim.n_samples=40000"],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         cells = _started_cells(tmp_path / "smoke")
-        assert cells, "the first run's cell never started"
-        cell = cells[0]
+        assert cells, "the first run's cells never started"
         second = _submit(*args, "optim.n_samples=40000")
         assert second.returncode == 0, second.stdout + second.stderr
         skipped = [line for line in second.stdout.splitlines() if line.startswith("skipped")]
-        assert len(skipped) == 1 and cell.name in skipped[0], second.stdout
-        assert "is being trained by another process" in skipped[0]
+        assert len(skipped) == 2 and {d.name for d in cells} <= {
+            Path(line.split()[1]).name for line in skipped}, second.stdout
+        assert all("is being trained by another process" in line for line in skipped)
+        assert "every cell to train is held by another run" in second.stdout
+        assert not (tmp_path / "smoke" / "results").exists()  # the first run writes them
         assert "Traceback" not in second.stderr and "failed" not in second.stdout
         assert first.poll() is None, "the first run trains on"
     finally:

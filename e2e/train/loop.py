@@ -31,7 +31,13 @@ from e2e.data.source import (
     evaluate_dictionaries,
     open_source,
 )
-from e2e.io import atomic_write_text, cell_lock, cell_paths, check_folder_config
+from e2e.io import (
+    CellBusyError,
+    atomic_write_text,
+    cell_lock,
+    cell_paths,
+    check_folder_config,
+)
 from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.kernels.heap import keep_freed_heap
 from e2e.ksvd.fit import fit as fit_ksvd
@@ -113,13 +119,17 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
     check_packable(cfgs)
     keep_freed_heap()  # each step allocates the same tensors again: no page faults for them
     with contextlib.ExitStack() as locks:
-        todo = []
+        todo, busy = [], []
         for i, d in enumerate(out_dirs):
             paths = cell_paths(d)
             if paths.done.exists():
                 continue
             paths.root.mkdir(parents=True, exist_ok=True)
-            locks.enter_context(cell_lock(paths.root))
+            try:
+                locks.enter_context(cell_lock(paths.root))
+            except CellBusyError as e:  # every member held elsewhere is named, then refused
+                busy.append(str(e))
+                continue
             if paths.done.exists():  # finished by another process just before we locked it
                 continue
             if not paths.config.exists():
@@ -127,6 +137,8 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
             else:
                 check_folder_config(paths.config, cfgs[i])
             todo.append(i)
+        if busy:  # a second submission into the root: the first trains them (one line each)
+            raise CellBusyError("\n".join(busy))
         status = ["done"] * len(cfgs)
         if todo:
             fitter = FITTERS[cfgs[0].kind]

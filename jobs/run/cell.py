@@ -111,8 +111,9 @@ class CellJob(submitit.helpers.Checkpointable):
             statuses = train_pack(cfgs, dirs, should_stop=lambda: bool(stop.requested))
         except CellBusyError as e:  # another process trains it (a second submission into
             for d in dirs:          # the root): skipped here, not a failure of the cell
-                _log(d, f"refused: {e}")
-            return f"skipped: {e}"
+                for line in [x for x in str(e).splitlines() if x.startswith(f"{d} ")]:
+                    _log(d, f"refused: {line}")
+            return "\n".join(f"skipped: {line}" for line in str(e).splitlines())
         except MemberFailed as e:
             for d in dirs:
                 err = e.failures.get(str(d))

@@ -139,6 +139,7 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
         _follow(submit(run_pretrain, grid, root), progress, next(tasks))
     failed: list[str] = []
     step = plan.opts.array_parallelism or 1
+    ran = skipped = 0
     # the cells, then the fine-tune stage after every one of them
     for todo in (plan.todo_packs, _local_child_packs(plan)):
         for start in range(0, len(todo), step):
@@ -150,10 +151,18 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
                     if str(result).startswith("skipped"):  # another run holds its cells
                         progress.close()
                         print(result, flush=True)
+                        skipped += 1
+                    else:
+                        ran += 1
                 except Exception:  # a failed task is reported, the others go on
                     failed.append(", ".join(c.id for c in pack))
                     print(f"{failed[-1]}: FAILED (above: the end of its log "
                           f"{job.paths.stderr})", flush=True)
+    if skipped and not ran and not failed:  # the other run's collector writes the tables
+        progress.close()
+        print(f"every cell to train is held by another run into {root}: its collector and "
+              "analysis write the tables when it ends", flush=True)
+        return
     _follow(submit(run_collect, grid, root), progress, next(tasks))
     results = _follow(submit(run_analyze, grid, root, plan.cpus), progress, next(tasks))
     if plan.autointerp:
