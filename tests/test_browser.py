@@ -146,6 +146,9 @@ def test_the_browser_in_a_headless_chromium_with_the_network_off(smoke_browser):
         assert driver.title != "evil" and console_errors(driver) == []
         urls = requests(driver)
         assert urls and all(u.startswith(base + "/") for u in urls), urls
+        # a page name that is an Object property is no page: the grid's index
+        open_page(driver, f"{base}/index.html#page=__proto__&cell={local['id']}", "tbody tr")
+        assert console_errors(driver) == []
     finally:
         driver.quit()
     assert (ARTIFACTS / "browser-feature-smoke.png").stat().st_size > 10_000

@@ -359,7 +359,7 @@ def test_a_root_written_with_absolute_ids_keeps_its_cells_where_it_moved(tmp_pat
         if name not in EXCLUDING_SINCE:
             assert sorted(c.id for c in cells) == old_ids[name], name
         in_root = sorted(c.id for c in cells) != new_ids[name]  # its cells read its own LM
-        assert all(c.status == "done" and c.legacy == in_root for c in cells), name
+        assert all(c.status == "done" and c.rewrite == in_root for c in cells), name
         assert ("found by their config" in " ".join(plan.notes)) == in_root
         assert not [c for c in cells if "/shared/e2e" in c.cfg.model.name_or_path
                     + c.cfg.data.dataset]
@@ -367,8 +367,10 @@ def test_a_root_written_with_absolute_ids_keeps_its_cells_where_it_moved(tmp_pat
         for c in cells:
             assert "/shared/e2e" not in (c.dir / "config.json").read_text()
             assert read_cell_config(c.dir) == c.cfg
-        again = make.make_plan([*args, f"root={tmp_path}"])
+        again = make.make_plan([*args, f"root={tmp_path}"])  # found, nothing left to rewrite
         assert [(c.id, c.status) for c in again.cells] == [(c.id, "done") for c in plan.cells]
+        assert not any(c.rewrite for c in again.cells + again.children)
+        assert "found by their config" not in " ".join(again.notes)
 
 
 def test_a_second_submission_into_one_root_skips_the_cells_the_first_trains(tmp_path):

@@ -23,7 +23,7 @@ from e2e.config import (
     n_dict_for,
     normalized,
 )
-from e2e.io import cell_paths, check_folder_config, map_paths
+from e2e.io import cell_paths, check_folder_config, map_paths, stored_config
 from e2e.kernels.chip import EMULATED_BF16, native_bf16
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
@@ -47,7 +47,7 @@ class Cell:
     cfg: CellConfig
     dir: Path
     status: str  # "done", "resume" (a checkpoint exists) or "new"
-    legacy: bool = False  # a folder of before 2026-12-07 (its config.json names the root)
+    rewrite: bool = False  # a folder of before 2026-12-07 whose config.json names the root
 
 
 @dataclass
@@ -208,7 +208,7 @@ def make_plan(tokens: list[str]) -> Plan:
         # fine-tune arrays then have no empty tasks in front
         parents = {pid for pid, _ in plan.child_of.values()}
         plan.packs.sort(key=lambda p: not any(c.id in parents for c in p))
-    legacy = sum(c.legacy for c in plan.cells + plan.children)
+    legacy = sum(c.rewrite for c in plan.cells + plan.children)
     if legacy:
         plan.notes.append(f"{legacy} cell folder(s) written before 2026-12-07 found by their "
                           "config (their ids hashed the root's absolute path): they keep their "
@@ -268,7 +268,9 @@ def _cells(cfgs: list[CellConfig], grid_dir: Path) -> list[Cell]:
                 check_folder_config(paths.config, cfg)
             status = "done" if paths.done.exists() else (
                 "resume" if paths.checkpoint.exists() else "new")
-        cells.append(Cell(legacy or cid, cfg, paths.root, status, legacy=bool(legacy)))
+        rewrite = bool(legacy) and paths.config.read_text() != stored_config(
+            cfg, paths.root, grid_dir.parent).to_json()  # not yet in today's form
+        cells.append(Cell(legacy or cid, cfg, paths.root, status, rewrite=rewrite))
     if len({c.id for c in cells}) != len(cells):
         raise ConfigError("two cells of the grid have the same config")
     return cells

@@ -18,7 +18,7 @@ def write_configs(plan: Plan) -> None:
     for c in plan.cells + plan.children:
         paths = cell_paths(c.dir)
         # a folder of before 2026-12-07 gets today's form: its paths inside the root relative
-        if c.legacy or (c.status != "done" and not paths.config.exists()):
+        if c.rewrite or (c.status != "done" and not paths.config.exists()):
             atomic_write_text(paths.config, stored_config(c.cfg, c.dir, root).to_json())
     _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
     if plan.autointerp:

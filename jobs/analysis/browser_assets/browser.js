@@ -195,8 +195,8 @@ async function featurePage() {
   const m = main();
   m.append($("p", {}, $("a", { href: "index.html#", text: "← grid" }), " · ",
     $("a", { href: link("dictionary", { cell }), text: cell })),
-    $("h1", { text: `${cell}, feature ${fi}` }));
-  document.title = `${cell} #${fi}`;
+    $("h1", { text: `${cell}, feature ${Number.isNaN(fi) ? f : fi}` }));
+  document.title = `${cell} #${Number.isNaN(fi) ? f : fi}`;
   if (!(d.shard[fi] >= 0)) {
     m.append($("p", { class: "note", text: fi >= 0 && fi < d.n_dict ? `No page for this feature: ` +
       `density ${fmt(d.density[fi])} on ${d.n_tokens} tokens (dead, or outside the sample of ` +
@@ -292,7 +292,7 @@ async function clusterPage() {
 async function route() {
   const pages = { dictionary: dictionaryPage, feature: featurePage, cluster: clusterPage };
   const { page, cell } = params();
-  if (!pages[page]) return indexPage();
+  if (!Object.hasOwn(pages, page || "")) return indexPage();  // not `__proto__`, `constructor`
   const known = (await BROWSER.load("index", "index")).cells.some(r => r.id === cell);
   if (!known) {
     main().append($("p", {}, $("a", { href: "index.html#", text: "← grid" })),
