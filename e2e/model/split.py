@@ -65,6 +65,7 @@ class CleanPass:
     # per-token tensor above is then (n_kept, ...).
     keep: torch.Tensor | None = field(default=None, repr=False)
     window: torch.Tensor | None = field(default=None, repr=False)
+    kept_index: torch.Tensor | None = field(default=None, repr=False)  # keep's flat indices
 
 
 def masked(clean: CleanPass, keep: torch.Tensor | None, norm_multiple: float = 0.0
@@ -76,12 +77,20 @@ def masked(clean: CleanPass, keep: torch.Tensor | None, norm_multiple: float = 0
     keep = by_norm(keep, clean.resid, norm_multiple)
     if keep is None:
         return clean
+    # one nonzero per batch: every gather and scatter after it is an index_select/index_copy
+    idx = keep.reshape(-1).nonzero().squeeze(1)
     target = clean.target
     if target is not None:
-        target = replace(target, x=target.x[keep.reshape(-1)])
-    return replace(clean, resid=clean.resid[keep], target=target, keep=keep, window=clean.resid,
-                   logits=None if clean.logits is None else clean.logits[keep],
-                   later_resids=[r[keep] for r in clean.later_resids])
+        target = replace(target, x=target.x.index_select(0, idx))
+    return replace(clean, resid=_rows(clean.resid, idx), target=target, keep=keep,
+                   window=clean.resid, kept_index=idx,
+                   logits=None if clean.logits is None else _rows(clean.logits, idx),
+                   later_resids=[_rows(r, idx) for r in clean.later_resids])
+
+
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The positions `idx` (flat over batch and pos) of x (batch, pos, d): (len(idx), d)."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, idx)
 
 
 class _Stop(Exception):  # noqa: N818 (control flow, not an error)
@@ -162,7 +171,8 @@ def run_to_final(model, resid: torch.Tensor, clean: CleanPass, checkpoint: bool 
     (n_kept, d_model), written at the kept positions of the clean residual, and both results
     are the kept positions' (n_kept, d_model)."""
     if clean.keep is not None:  # out of place: the gradient reaches `resid` only
-        resid = torch.index_put(clean.window.to(resid.dtype), (clean.keep,), resid)
+        w = clean.window.to(resid.dtype)
+        resid = w.reshape(-1, w.shape[-1]).index_copy(0, clean.kept_index, resid).view(w.shape)
     if clean.suffix is not None and not checkpoint:  # these blocks' graph (`e2e.model.traced`)
         final, *later = clean.suffix(resid, clean.head)
     else:
@@ -171,7 +181,7 @@ def run_to_final(model, resid: torch.Tensor, clean: CleanPass, checkpoint: bool 
         final = model.ln_final(inputs[-1])[:, clean.skip:]
         later = [r[:, clean.skip:] for r in inputs[1:-1]]
     if clean.keep is not None:
-        return final[clean.keep], [r[clean.keep] for r in later]
+        return _rows(final, clean.kept_index), [_rows(r, clean.kept_index) for r in later]
     return final, later
 
 
