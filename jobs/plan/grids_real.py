@@ -113,8 +113,9 @@ DEMO = replace(
                    "tokens and their "
                    "Karvonen KL fine-tunes (36 steps): the quick check of the system on a real "
                    "LM, far from converged; its noise: seeds 0 and 1 gave 65% and 64% here "
-                   "(2026-12-04, docs/demo.md), the same grid in float32 63% on a real AVX2 "
-                   "machine; grid=smollm2 is the study (docs/real-lm.md)"),
+                   "(2026-12-04, with special tokens in; docs/demo.md), the same grid in "
+                   "float32 63% on a real AVX2 machine; grid=smollm2 is the study "
+                   "(docs/real-lm.md)"),
     time_min=60,
     # measured on a clean clone here (AMX, bf16), 2026-12-07: the local pack 1.17 min, the
     # fine-tune pack (fraction 0.3) 4.47
@@ -146,8 +147,8 @@ DEMO_FP32 = replace(
                    "tokens and their Karvonen "
                    "KL fine-tunes (10 steps): the quick check of the system, far from "
                    "converged; its noise: seeds 0 and 1 gave 75% and 82% under the AVX2 "
-                   "emulation (2026-12-07, docs/demo.md); grid=smollm2 is the study "
-                   "(docs/real-lm.md)"),
+                   "emulation (2026-12-07, with special tokens in; docs/demo.md); grid=smollm2 "
+                   "is the study (docs/real-lm.md)"),
     # measured on a clean clone here under the AVX2 emulation (float32), 2026-12-07: the
     # local pack 0.77 min, the fine-tune pack (fraction 0.125) 1.08
     local_minutes={"pretrain": 0.6, "sae": 0.77, "finetune": 8.7, "collect": 0.07,
