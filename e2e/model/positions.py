@@ -67,8 +67,10 @@ def by_norm(keep: torch.Tensor | None, resid: torch.Tensor, multiple: float
 
 
 def special_ids(tokenizer) -> tuple[int, ...]:
-    """The ids SAELens's `exclude_special_tokens=True` means: the tokenizer's BOS, EOS, PAD
-    and UNK and every token of its special-tokens map (`all_special_ids`), sorted."""
+    """`data.exclude_tokens=special`: the tokenizer's BOS, EOS, PAD and UNK and every token of
+    its special-tokens map (`all_special_ids`), sorted. Wider than SAELens 6.54's `True` (BOS,
+    EOS, PAD, SEP, decoder start: `sae_lens.util.get_special_token_ids`), which misses
+    SmolLM2-Instruct's separator `<|endoftext|>` (its UNK, id 0); cfg.json records the ids."""
     ids = {getattr(tokenizer, f"{n}_token_id", None) for n in ("bos", "eos", "pad", "unk")}
     ids |= set(getattr(tokenizer, "all_special_ids", ()) or ())
     return tuple(sorted(i for i in ids if i is not None))
