@@ -26,7 +26,8 @@ from e2e.config import ConfigError, DataConfig
 
 @dataclass(frozen=True)
 class Positions:
-    """The kept positions of token rows: from `skip` on, token ids not in `exclude`."""
+    """The kept positions of token rows: from `skip` on, token ids not in `exclude`, clean
+    residual norms at most `norm_multiple` times the median (0: no norm rule)."""
 
     skip: int = 0
     exclude: tuple[int, ...] = ()
