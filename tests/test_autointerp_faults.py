@@ -158,6 +158,11 @@ def test_a_key_given_for_its_variables_name_is_refused_masked(key):
         AutoInterp(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=name)
 
 
+def test_a_variable_named_like_a_key_that_is_set_is_a_variable(monkeypatch):
+    monkeypatch.setenv("hf_token", "x")
+    AutoInterp(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="hf_token")
+
+
 def _dry_run(*extra: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", "root=/shared/e2e",
                            "dry_run=true", "autointerp=true", "autointerp.model=m", *extra],

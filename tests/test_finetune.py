@@ -2,6 +2,7 @@
 parent ended, refuses a parent it cannot start from, and balances KL to MSE as specified."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,16 +109,20 @@ def test_from_path_loads_a_saelens_folder_and_checks_its_hook(parent, tmp_path):
         "hook_name": cfg.hook_name, "sae_lens_version": "6.5.0"}}))
     assert parent_mismatch(replace(child, init=InitConfig(from_path=str(six))), six,
                            d_in=32) is None
-    # the shared root moved since the folder was written: its cfg.json names the LM where it
-    # was (gone now); the same `<grid>/_pretrain-<hash>/model` under the new root is its model
+    # the shared root moved since a cell's folder there was written: its cfg.json names the LM
+    # where it was (gone now); the same path under the root both share now is its model
     model = Path(cfg.model.name_or_path)
-    (six / "cfg.json").write_text(json.dumps({**meta, "model_name": str(
-        Path("/gone/root", *model.parts[-3:]))}))
-    assert parent_mismatch(replace(child, init=InitConfig(from_path=str(six))), six,
-                           d_in=32) is None
-    (six / "cfg.json").write_text(json.dumps({**meta, "model_name": "/gone/root/other/model"}))
-    assert "model_name: parent" in parent_mismatch(
-        replace(child, init=InitConfig(from_path=str(six))), six, d_in=32)
+    moved = model.parents[1] / "moved-cell" / "sae"  # `<root>/<grid>/<cell>/sae`
+    shutil.copytree(sae_dir, moved)
+    try:
+        for name, ok in ((str(Path("/gone/root", *model.parts[-3:])), True),
+                         ("/gone/root/other/model", False)):
+            (moved / "cfg.json").write_text(json.dumps({**meta, "model_name": name}))
+            why = parent_mismatch(replace(child, init=InitConfig(from_path=str(moved))), moved,
+                                  d_in=32)
+            assert (why is None) == ok and (ok or "model_name: parent" in why), why
+    finally:
+        shutil.rmtree(moved.parent)
     changed = replace(child, init=replace(child.init, sha256="0" * 64))
     with pytest.raises(ConfigError, match="weights changed since submission"):
         train(changed, tmp_path / "C", progress=False)

@@ -131,6 +131,10 @@ def test_relative_model_and_data_paths_are_made_absolute_by_the_plan(model_and_t
     assert cfg.model.name_or_path == str(model_and_text / "model")
     assert cfg.data.dataset == str(model_and_text / "text")
     assert not plan.needs_pretrain  # no cell reads the grid's own LM: it is not built
+    (here / "gpt2").mkdir()  # a grid's default hub id is never taken for a folder of the cwd
+    paper = make_plan(["grid=paper", "root=runs", "executor=local", "layers=[6]",
+                       "settings=[local]", "dry_run=true"])
+    assert paper.cells[0].cfg.model.name_or_path == "gpt2"
 
 
 def test_a_grid_whose_own_lm_is_not_built_yet_refuses_a_split_its_rows_will_not_have(tmp_path):
@@ -141,6 +145,9 @@ def test_a_grid_whose_own_lm_is_not_built_yet_refuses_a_split_its_rows_will_not_
     with pytest.raises(ConfigError, match=r"data.eval_split=nope is invalid: the grid's own "
                                           r"token rows \(.*\) will have \['train', 'validation'\]"):
         make_plan(["grid=smoke", f"root={tmp_path}", "executor=local", "data.eval_split=nope"])
+    with pytest.raises(ConfigError, match="data.eval_split=nope is invalid"):  # the dry run too
+        make_plan(["grid=smoke", f"root={tmp_path}", "executor=local", "data.eval_split=nope",
+                   "dry_run=true"])
     assert list(tmp_path.iterdir()) == []
 
 

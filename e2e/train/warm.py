@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def _context_diff(cfg: CellConfig, meta: dict[str, Any]) -> list[str]:
     defaults, which are ours)."""
     out = []
     if cfg.source == "model" and meta.get("model_name") is not None and not _same_model(
-            meta["model_name"], cfg.model.name_or_path):
+            meta["model_name"], cfg.model.name_or_path, cfg.init.from_path):
         out.append(f"model_name: parent {meta['model_name']!r}, child "
                    f"{cfg.model.name_or_path!r}")
     kwargs = meta.get("model_from_pretrained_kwargs") or {}
@@ -103,15 +104,18 @@ def _context_diff(cfg: CellConfig, meta: dict[str, Any]) -> list[str]:
     return out
 
 
-def _same_model(theirs: str, mine: str) -> bool:
-    """The same model: one official name, or (a shared root moved since the parent's cfg.json
-    was written) a folder of ours that is no longer there whose last three parts,
-    `<grid>/_pretrain-<hash>/model`, are the child's."""
+def _same_model(theirs: str, mine: str, folder: str) -> bool:
+    """The same model: one official name, or (the shared root moved since the parent's
+    cfg.json was written) a path that is gone and ends in the child's model path relative to
+    the folder's and the model's common ancestor (the root: `<grid>/_pretrain-<hash>/model`,
+    `models/tiny`)."""
     if _official(theirs) == _official(mine):
         return True
-    old, new = Path(theirs), Path(mine)
-    return (old.is_absolute() and new.is_absolute() and not old.exists()
-            and old.parts[-3:] == new.parts[-3:])
+    if not (Path(theirs).is_absolute() and Path(mine).is_absolute() and folder) or Path(
+            theirs).exists():
+        return False
+    common = os.path.commonpath([os.path.abspath(folder), mine])
+    return common != os.sep and theirs.endswith(os.sep + os.path.relpath(mine, common))
 
 
 def _official(name: str) -> str:

@@ -9,6 +9,7 @@ the job with `serve=<model>`, e.g. vLLM on the job's own GPU; docs/autointerp.md
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 
@@ -29,7 +30,8 @@ KEY_PREFIXES = ("gsk_", "hf_", "ghp_", "gho_", "github_pat_", "AIza", "sk_", "xa
 
 
 def looks_like_a_key(name: str) -> bool:
-    """Whether a value given as a variable's name is more likely the key itself."""
+    """Whether a value given as a variable's name is more likely the key itself (a variable
+    of that name that is set is taken as one: `hf_token`)."""
     long_mixed = (len(name) > 24 and re.search(r"[a-z]", name) is not None
                   and re.search(r"\d", name) is not None)
     return name.startswith(KEY_PREFIXES) or long_mixed
@@ -60,7 +62,8 @@ class AutoInterp:
     def __post_init__(self) -> None:
         if self.api_key_env and (not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}",
                                                   self.api_key_env)
-                                 or looks_like_a_key(self.api_key_env)):
+                                 or (looks_like_a_key(self.api_key_env)
+                                     and self.api_key_env not in os.environ)):
             shown = f"{self.api_key_env[:3]}…({len(self.api_key_env)} characters)"
             raise ConfigError(f"autointerp.api_key_env= takes the name of the environment "
                               f"variable that holds the key, not a key (given {shown}: masked)")

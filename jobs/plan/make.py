@@ -23,7 +23,7 @@ from e2e.config import (
     n_dict_for,
     normalized,
 )
-from e2e.io import cell_paths, check_folder_config, map_paths, stored_config
+from e2e.io import PATH_FIELDS, cell_paths, check_folder_config, stored_config
 from e2e.kernels.chip import EMULATED_BF16, native_bf16
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
@@ -35,7 +35,7 @@ from jobs.plan.folders import folder_id, legacy_folder
 from jobs.plan.grid import Grid, expand, grid_pretrain_dir, k_axis, make_packs
 from jobs.plan.grids import grid_named
 from jobs.plan.options import Axes, RunOptions, parse_overrides
-from jobs.plan.sources import check_sources, check_tokenizers, known_shape
+from jobs.plan.sources import check_own_rows, check_sources, check_tokenizers, known_shape
 from jobs.plan.stages import Stage, apply_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,7 +170,8 @@ def make_plan(tokens: list[str]) -> Plan:
         raise ConfigError(f"root={opts.root} is invalid: {existing} is a file, not a folder")
     # Normalising may make cells equal (e.g. a ksvd-only sweep axis on an SAE cell): once each.
     k_grid, axes, cfg_overrides = k_axis(grid, axes, cfg_overrides)
-    cfgs = list(dict.fromkeys(absolute(normalized(with_overrides(c, cfg_overrides)))
+    cfg_overrides = absolute(cfg_overrides)
+    cfgs = list(dict.fromkeys(normalized(with_overrides(c, cfg_overrides))
                               for c in _expand(k_grid, axes, root)))
     if not cfgs:
         raise ConfigError("the grid with these overrides has no cells")
@@ -219,6 +220,8 @@ def make_plan(tokens: list[str]) -> Plan:
     plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
     own = grid_pretrain_dir(root, grid) if grid.pretrain else None
+    if own is not None and Path(cells[0].cfg.data.dataset).is_relative_to(own):
+        check_own_rows(cells[0].cfg)  # the dry run too: nothing to read
     if needs_model and not opts.dry_run:
         # fails with a clear message before anything is submitted (staging reads the originals;
         # a grid's own LM, built by its pretrain job, is checked once it is there)
@@ -229,14 +232,15 @@ def make_plan(tokens: list[str]) -> Plan:
     return plan
 
 
-def absolute(cfg: CellConfig) -> CellConfig:
-    """`cfg` with each path field given relative to the working directory (`./m`, `../m`, or
-    any name that is a folder here) made absolute: a cell folder reads `../` paths relative to
-    itself (`e2e.io.read_cell_config`), and jobs run elsewhere."""
-    def fix(_, v: str) -> str:
-        rel = v and not Path(v).is_absolute()
+def absolute(overrides: dict) -> dict:
+    """The user's overrides with each path field given relative to the working directory
+    (`./m`, `../m`, or a name that is a folder here) made absolute: a cell folder reads `../`
+    paths relative to itself (`e2e.io.read_cell_config`), and jobs run elsewhere. A grid's
+    own defaults (`gpt2`, a hub dataset) are never taken for a folder of the cwd."""
+    def fix(v):
+        rel = isinstance(v, str) and v and not Path(v).is_absolute()
         return str(Path(v).resolve()) if rel and (v.startswith(".") or Path(v).exists()) else v
-    return map_paths(cfg, fix)
+    return {k: fix(v) if k in PATH_FIELDS else v for k, v in overrides.items()}
 
 
 def emulated_bf16(cfgs: list[CellConfig], executor: str) -> list[str]:

@@ -54,7 +54,13 @@ def check_sources(cfg: CellConfig, own_lm: Path | None = None) -> None:
                               f"model's embedding has {vocab:,} rows (ids 0..{vocab - 1:,}): "
                               "rows made by another tokenizer?")
         return
-    for key, value, have in (("data.split", cfg.data.split, OWN_SPLITS),  # known before built
+    check_own_rows(cfg)
+
+
+def check_own_rows(cfg: CellConfig) -> None:
+    """ConfigError in one line for a split or column a grid's own token rows will not have
+    (known before they are built; the dry run checks it too)."""
+    for key, value, have in (("data.split", cfg.data.split, OWN_SPLITS),
                              ("data.eval_split", cfg.data.eval_split, (None, *OWN_SPLITS)),
                              ("data.column", cfg.data.column, ("input_ids",))):
         if value not in have:
