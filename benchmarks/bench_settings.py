@@ -83,10 +83,10 @@ def bench(model, args, setting: str, tmp: Path) -> tuple[float, float, float, fl
                       tmp / f"m{i}", d, n, torch.device(args.device))
                for i in range(args.pack)]
     tokens = [torch.randint(1, args.vocab, (args.batch, args.ctx), device=args.device)]
-    positions = None
-    if args.exclude:  # separators at that share of positions, left out (`data.exclude_tokens`)
+    positions, share = None, getattr(args, "exclude", 0.0)  # gpu_check's args have none
+    if share:  # separators at that share of positions, left out (`data.exclude_tokens`)
         tokens[0][torch.rand(tokens[0].shape, generator=torch.Generator().manual_seed(0)
-                             ).to(args.device) < args.exclude] = 0
+                             ).to(args.device) < share] = 0
         positions = Positions(exclude=(0,))
     autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.dtype == "bfloat16"
                 else nullcontext())

@@ -1,13 +1,52 @@
-"""Config sections of the methods beside the paper's SAEs: Mutual Feature Regularization,
-synthetic activations with known features, DB-KSVD, and warm starts. `e2e.config.CellConfig`
-holds one of each (at its defaults when a cell does not use the method)."""
+"""Config sections of the data a cell reads and of the methods beside the paper's SAEs (MFR,
+synthetic activations, DB-KSVD, warm starts). `e2e.config.CellConfig` holds one of each (at
+its defaults where unused); `e2e.config` exports them all."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from e2e.typed import require
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # A local `datasets.save_to_disk` folder, or a hub dataset id (streamed).
+    dataset: str = "apollo-research/Skylion007-openwebtext-tokenizer-gpt2"
+    split: str = "train"
+    # "input_ids": already tokenized (concatenated as is); anything else is a text column,
+    # tokenized on the fly with the model's tokenizer and an EOS appended to every document.
+    column: str = "input_ids"
+    context_length: int = 1024
+    shuffle_buffer: int = 1000  # streamed datasets only: the paper's shuffle buffer
+    # Held-out eval split; None keeps the paper's choice: the train split shuffled with seed + 42.
+    eval_split: str | None = None
+    eval_seed_offset: int = 42
+    # Positions the SAE is neither applied to, trained on nor scored on (they keep their clean
+    # residual; `e2e.model.positions`, docs/real-lm.md): the first `skip_positions` of a row
+    # (real LMs' attention sink); those of `exclude_tokens` ("special": the tokenizer's special
+    # ids, SAELens's `exclude_special_tokens`; ids "[0,2]"; both "special,5"); those whose norm
+    # exceeds `exclude_norm_multiple` x the batch's median (0: off). The paper's: none.
+    skip_positions: int = 0
+    exclude_tokens: str = ""
+    exclude_norm_multiple: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(bool(self.dataset), "data.dataset", "a dataset path or hub id", self.dataset)
+        require(self.exclude_norm_multiple == 0 or self.exclude_norm_multiple > 1,
+                "data.exclude_norm_multiple", "0 (off) or > 1", self.exclude_norm_multiple)
+        require(re.fullmatch(r"\s*\[?(\s*(special|\d+)\s*,)*\s*(special|\d+)\s*\]?\s*|",
+                             self.exclude_tokens) is not None, "data.exclude_tokens",
+                "special, token ids like [0,2], or both (special,5)", self.exclude_tokens)
+        require(0 <= self.skip_positions < self.context_length, "data.skip_positions",
+                f">= 0 and < data.context_length ({self.context_length})", self.skip_positions)
+        require(bool(self.column), "data.column", "a column name", self.column)
+        require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
+        require(self.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", self.shuffle_buffer)
+
+
 
 # Hungarian matching is O(n^3) per pair of dictionaries; beyond this many elements a matching
 # takes minutes (46,080 elements: ~10^14 operations), too slow for a per-step MFR penalty.

@@ -67,6 +67,11 @@ class CleanPass:
     window: torch.Tensor | None = field(default=None, repr=False)
     kept_index: torch.Tensor | None = field(default=None, repr=False)  # keep's flat indices
 
+    @property
+    def window_tokens(self) -> int:
+        """The positions the model runs on, kept or not (`resid`'s tokens without a mask)."""
+        return self.resid.shape[:-1].numel() if self.keep is None else self.keep.numel()
+
 
 def masked(clean: CleanPass, keep: torch.Tensor | None, norm_multiple: float = 0.0
            ) -> CleanPass:

@@ -121,8 +121,7 @@ class Member:
         """Forward (under `autocast`), loss and backward of one micro-batch; gradients
         accumulate in the SAE."""
         n = len(self.saes)
-        n_tok = clean.resid.shape[:-1].numel()  # the kept positions (the SAE's tokens)
-        n_all = n_tok if clean.keep is None else clean.keep.numel()  # the model's
+        n_tok, n_all = clean.resid.shape[:-1].numel(), clean.window_tokens  # the SAE's, model's
         self.tokens["prefix"] += n_all
         self.tokens["sae"] += n_tok * n
         if self.needs_suffix:
@@ -164,8 +163,7 @@ class Member:
             logits_in, later_in = (patched_pass(model, clean, inner)
                                    if self.needs_suffix else (None, None))
             if self.needs_suffix:  # one more patched pass of the suffix (`cost`)
-                self.tokens["suffix_patched"] += (inner.shape[:-1].numel() if clean.keep is None
-                                                  else clean.keep.numel())
+                self.tokens["suffix_patched"] += clean.window_tokens
             loss, terms = reconstruction_loss(
                 coeffs, loss, terms, x=clean.resid, x_hat=inner,
                 logits_orig=clean.target, logits_sae=logits_in,
@@ -339,10 +337,8 @@ class Member:
                              "train_dtype": self.train_dtype,
                              "parent_sha256": self.parent_sha256})
 
-    def finish(self, data_state: dict, final_eval: dict[str, float],
-               exclude: tuple[int, ...] = ()) -> None:
-        """Final checkpoint and metrics.h5, sae/ (and sae_1/ ... with MFR: cfg.json naming the
-        `exclude`d token ids), then DONE, last."""
+    def finish(self, data_state: dict, final_eval: dict[str, float], exclude: tuple = ()) -> None:
+        """Final checkpoint and metrics.h5, sae/ (and sae_1/ ...: MFR), then DONE, last."""
         cfg = self.cfg
         self.save(data_state, final_eval)
         for i, sae in enumerate(self.saes):

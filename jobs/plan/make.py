@@ -23,7 +23,7 @@ from e2e.config import (
     n_dict_for,
     normalized,
 )
-from e2e.io import PATH_FIELDS, cell_paths, check_folder_config, stored_config
+from e2e.io import cell_paths, check_folder_config, stored_config
 from e2e.kernels.chip import EMULATED_BF16, native_bf16
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
@@ -34,7 +34,7 @@ from jobs.plan.finetune import Finetune, aligned_packs, children
 from jobs.plan.folders import folder_id, legacy_folder
 from jobs.plan.grid import Grid, expand, grid_pretrain_dir, k_axis, make_packs
 from jobs.plan.grids import grid_named
-from jobs.plan.options import Axes, RunOptions, parse_overrides
+from jobs.plan.options import Axes, RunOptions, absolute, parse_overrides
 from jobs.plan.sources import check_own_rows, check_sources, check_tokenizers, known_shape
 from jobs.plan.stages import Stage, apply_source
 
@@ -230,17 +230,6 @@ def make_plan(tokens: list[str]) -> Plan:
         plan.notes.append("model and dataset reachability is checked at submission, not in "
                           "a dry run")
     return plan
-
-
-def absolute(overrides: dict) -> dict:
-    """The user's overrides with each path field given relative to the working directory
-    (`./m`, `../m`, or a name that is a folder here) made absolute: a cell folder reads `../`
-    paths relative to itself (`e2e.io.read_cell_config`), and jobs run elsewhere. A grid's
-    own defaults (`gpt2`, a hub dataset) are never taken for a folder of the cwd."""
-    def fix(v):
-        rel = isinstance(v, str) and v and not Path(v).is_absolute()
-        return str(Path(v).resolve()) if rel and (v.startswith(".") or Path(v).exists()) else v
-    return {k: fix(v) if k in PATH_FIELDS else v for k, v in overrides.items()}
 
 
 def emulated_bf16(cfgs: list[CellConfig], executor: str) -> list[str]:

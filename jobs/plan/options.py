@@ -8,9 +8,11 @@ from __future__ import annotations
 import difflib
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from e2e.config import SETTINGS, CellConfig
+from e2e.io import PATH_FIELDS
 from e2e.typed import ConfigError, field_types, from_text
 from jobs.cli import split_tokens
 from jobs.plan.autointerp import AutoInterp
@@ -152,3 +154,14 @@ def _check_axes(axes: Axes) -> None:
     """Axes that would silently override or be ignored by others are refused."""
     if axes.seeds and axes.sweep and "seed" in axes.sweep:
         raise ConfigError("seeds= and sweep.seed= both given: use one")
+
+
+def absolute(overrides: dict) -> dict:
+    """The user's overrides with each path field given relative to the working directory
+    (`./m`, `../m`, or a name that is a folder here) made absolute: a cell folder reads `../`
+    paths relative to itself (`e2e.io.read_cell_config`), and jobs run elsewhere. A grid's
+    own defaults (`gpt2`, a hub dataset) are never taken for a folder of the cwd."""
+    def fix(v):
+        rel = isinstance(v, str) and v and not Path(v).is_absolute()
+        return str(Path(v).resolve()) if rel and (v.startswith(".") or Path(v).exists()) else v
+    return {k: fix(v) if k in PATH_FIELDS else v for k, v in overrides.items()}
