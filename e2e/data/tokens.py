@@ -90,13 +90,18 @@ def _usable(values) -> bool:
     return any(len(v.strip() if isinstance(v, str) else v) for v in values)
 
 
+def _spread(n: int) -> list[int]:
+    """PROBE_ROWS row indices spread evenly over n rows, first and last included (all of them
+    for fewer)."""
+    return sorted({int(i) for i in torch.linspace(0, n - 1, min(n, PROBE_ROWS))})
+
+
 def _has_usable_row(ds, column: str) -> bool:
     """Whether some row of `column` is not empty: PROBE_ROWS rows spread over the dataset
     first, then, only when all of those are empty, every row a chunk at a time."""
     if not len(ds):
         return False
-    spread = sorted({int(i) for i in torch.linspace(0, len(ds) - 1, min(len(ds), PROBE_ROWS))})
-    if _usable(ds.select(spread)[column]):
+    if _usable(ds.select(_spread(len(ds)))[column]):
         return True
     return any(_usable(ds[i:i + 10_000][column]) for i in range(0, len(ds), 10_000))
 
@@ -110,8 +115,7 @@ def largest_token_id(cfg: DataConfig) -> int | None:
     top = -1
     for split in {cfg.split, cfg.eval_split or cfg.split}:
         ds = _open_local(Path(cfg.dataset), split)
-        idx = sorted({int(i) for i in torch.linspace(0, len(ds) - 1, min(len(ds), PROBE_ROWS))})
-        top = max([top, *(max(r) for r in ds.select(idx)[cfg.column] if len(r))])
+        top = max([top, *(max(r) for r in ds.select(_spread(len(ds)))[cfg.column] if len(r))])
     return top if top >= 0 else None
 
 
