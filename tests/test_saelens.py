@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from e2e import ksvd
 from e2e.arch.batchtopk import BatchTopKSAE, MatryoshkaSAE
 from e2e.arch.jumprelu import JumpReLUSAE
-from e2e.config import CellConfig
+from e2e.config import CellConfig, DataConfig, ModelConfig
+from e2e.model.positions import Positions
 from e2e.sae import SAE
 from e2e.saelens import cell_meta, load_saelens, save_saelens
 
@@ -213,3 +214,43 @@ def test_saelens_itself_loads_ours_and_foreign_folders_with_the_same_forward(tmp
                                      "jumprelu", "batchtopk", "matryoshka")
         if same_codes:  # a standard SAE with W_dec norms folded has codes scaled by them
             assert np.allclose(codes, theirs[f"codes{i}"], rtol=1e-5, atol=1e-5), folder.name
+
+
+def test_saelens_applies_our_sae_only_where_we_trained_it(tmp_path):
+    """Issue 44: a SAELens user who attaches our SAE with the ids our cfg.json records
+    (`add_sae(sae, exclude_special_tokens=sae.cfg.metadata.exclude_special_tokens)`) gets the
+    clean residual at those ids, mid-row too, and our SAE's output at every position we kept
+    (`e2e.model.positions.Positions`). Position 0, which we skip, is a BOS in SAELens's own
+    tokenization (`prepend_bos`), one of the ids: here rows start with it or not."""
+    if not SAELENS_PY.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SAELENS_PY} is missing (make install builds it)")
+        pytest.skip(f"{SAELENS_PY} is missing (make install builds it)")
+    torch.manual_seed(3)
+    sae = SAE(8, 16)
+    cfg = CellConfig(model=ModelConfig("gpt2"), layer=1,
+                     data=DataConfig(skip_positions=1, exclude_tokens="[1,7]"))
+    save_saelens(sae, tmp_path / "sae", cell_meta(cfg, 0, exclude=(1, 7)))
+    tokens = torch.tensor([[1, 4, 7, 5, 9, 7, 2, 3], [6, 7, 4, 4, 1, 8, 7, 7]])
+    np.save(tmp_path / "tokens.npy", tokens.numpy())
+    r = subprocess.run([str(SAELENS_PY), "tests/saelens_masked.py", str(tmp_path / "tokens.npy"),
+                        str(tmp_path / "out.npz"), str(tmp_path / "sae")], cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    theirs = np.load(tmp_path / "out.npz", allow_pickle=True)
+    assert theirs["exclude"].tolist() == [1, 7] and theirs["seqpos_slice"].tolist() == [1, None]
+    x = torch.from_numpy(theirs["x"])
+    kept = Positions(skip=1, exclude=(1, 7)).kept(tokens)
+    with torch.no_grad():
+        recon, _ = sae(x)
+    ours = torch.where(kept[..., None], recon, x)
+    # everywhere but position 0 of a row that does not start with an excluded id (SAELens's
+    # BOS): there SAELens applies the SAE and we did not train on it
+    compared = torch.ones_like(kept)
+    compared[:, 0] = torch.isin(tokens[:, 0], torch.tensor([1, 7]))
+    got = torch.from_numpy(theirs["out"])
+    assert compared.sum() == 15 and torch.allclose(got[compared], ours[compared], atol=1e-5)
+    mid_row = ~kept & (torch.arange(8) > 0)
+    assert mid_row.sum() >= 5 and torch.equal(got[mid_row], x[mid_row])
+    assert not torch.allclose(recon[mid_row], x[mid_row], atol=1e-2)  # the bypass is visible

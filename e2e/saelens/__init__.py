@@ -38,9 +38,10 @@ def model_processing(name_or_path: str) -> dict[str, bool]:
 def cell_meta(cfg: CellConfig, seed: int, exclude: tuple[int, ...] = ()) -> dict[str, Any]:
     """What a reader of a cell's dictionary needs to know about where it was trained: the
     model and its processing, the hook, the context (no BOS prepended: `prepend_bos`, written
-    by `save_saelens`; the leading positions it never acted on: `skip_positions`; the token
-    ids whose positions it never acted on, `exclude`, in SAELens's `exclude_special_tokens`:
-    their ids, or false; its norm rule, `exclude_norm_multiple`), the dataset."""
+    by `save_saelens`; the leading positions it never acted on: `skip_positions`, and as
+    SAELens's `seqpos_slice`; the token ids whose positions it never acted on, `exclude`, in
+    SAELens's `exclude_special_tokens`: their ids, or false; its norm rule,
+    `exclude_norm_multiple`), the dataset."""
     model = cfg.source == "model"
     return {"model_name": cfg.model.name_or_path if model else "synthetic",
             "model_from_pretrained_kwargs": (model_processing(cfg.model.name_or_path)
@@ -48,6 +49,10 @@ def cell_meta(cfg: CellConfig, seed: int, exclude: tuple[int, ...] = ()) -> dict
             "hook_name": cfg.hook_name, "hook_layer": cfg.layer,
             "context_size": cfg.data.context_length, "dataset_path": cfg.data.dataset,
             "skip_positions": cfg.data.skip_positions if model else 0,
+            # SAELens's own name for the positions a dictionary was trained on (its training
+            # slices them; its HookedSAETransformer applies the SAE everywhere but at
+            # `exclude_special_tokens`, so a row that starts with a BOS is where we trained)
+            "seqpos_slice": [cfg.data.skip_positions if model else 0, None],
             "exclude_special_tokens": list(exclude) if model and exclude else False,
             "exclude_norm_multiple": cfg.data.exclude_norm_multiple if model else 0.0,
             "setting": cfg.loss.setting, "seed": seed}
