@@ -20,7 +20,7 @@ LAYERS = [
     ["e2e.kernels", "e2e.losses", "e2e.dictionary", "e2e.model", "e2e.sae", "e2e.arch",
      "e2e.metrics", "e2e.ksvd",
      "e2e.ksvd.pursuit", "e2e.ksvd.update", "e2e.ksvd.dictionary", "e2e.data",
-     "e2e.analysis", "e2e.lm", "e2e.autointerp"],
+     "e2e.analysis", "e2e.lm", "e2e.autointerp", "e2e.evals"],
     # what every kind of cell shares: dictionaries on disk, the source and its evaluation
     ["e2e.saelens", "e2e.data.source"],
     # the fitting routines
