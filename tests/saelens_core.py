@@ -11,28 +11,17 @@ import sys
 
 import numpy as np
 import torch
-import transformers
-
-model_dir, sae_dir, tokens_file, ignore, out = sys.argv[1:6]
-# TransformerLens 3 reads an official model's config from the hub by name; here it is the
-# folder's own (no network: the weights and tokenizer are handed over below)
-_from_pretrained = transformers.AutoConfig.from_pretrained.__func__
-transformers.AutoConfig.from_pretrained = classmethod(
-    lambda cls, name, *a, **k: _from_pretrained(cls, model_dir, *a, **k))
-
-from sae_lens import SAE  # noqa: E402
-from sae_lens.evals import (  # noqa: E402
+from sae_lens import SAE
+from sae_lens.evals import (
     get_downstream_reconstruction_metrics,
     get_featurewise_weight_based_metrics,
     get_sparsity_and_variance_metrics,
 )
-from sae_lens.training.activation_scaler import ActivationScaler  # noqa: E402
-from transformer_lens import HookedTransformer  # noqa: E402
+from sae_lens.training.activation_scaler import ActivationScaler
+from saelens_model import load_gpt2
 
-model = HookedTransformer.from_pretrained(
-    "gpt2", hf_model=transformers.AutoModelForCausalLM.from_pretrained(model_dir),
-    tokenizer=transformers.AutoTokenizer.from_pretrained(model_dir), device="cpu",
-    fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+model_dir, sae_dir, tokens_file, ignore, out = sys.argv[1:6]
+model = load_gpt2(model_dir)
 sae = SAE.load_from_disk(sae_dir)
 batches = torch.from_numpy(np.load(tokens_file))
 

