@@ -30,7 +30,8 @@ LAYERS = [
     # jobs: the rooms, one layer each, lowest first (docs/layout.md draws them)
     *[[f"jobs.{room}"] for room in ("plan", "report", "analysis", "explain", "run")],
     # jobs: the entry points on top
-    ["jobs.submit", "jobs.stage", "jobs.collect", "jobs.analyze", "jobs.autointerp", "jobs.cell"],
+    ["jobs.submit", "jobs.stage", "jobs.collect", "jobs.analyze", "jobs.autointerp", "jobs.cell",
+     "jobs.evaluate"],
 ]
 
 
@@ -86,7 +87,7 @@ def test_every_import_goes_down_or_sideways():
 
 
 ROOMS = ("plan", "report", "analysis", "explain", "run")
-ENTRY_POINTS = ("submit", "stage", "collect", "analyze", "autointerp", "cell")
+ENTRY_POINTS = ("submit", "stage", "collect", "analyze", "autointerp", "cell", "evaluate")
 
 
 def test_jobs_holds_its_rooms_and_entry_points_and_nothing_else():

@@ -103,12 +103,16 @@ def train_test_indices(y: np.ndarray, num_train: int, num_test: int, pos_ratio: 
 
 def normal_split(y: np.ndarray, size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
     """The "normal" setting's split of the loaded rows' labels `y` of a dataset of `size` rows
-    (`generate_sae_activations_normal`): ValueError when there are too few rows."""
+    (`generate_sae_activations_normal`); ValueError when they cannot hold it."""
     num_train = min(size - 100, 1024)
     num_test = len(y) - num_train - 1
-    if num_train + min(100, num_test) > len(y):
-        raise ValueError(f"{num_train} training and 100 test rows asked of {len(y)} rows")
-    return train_test_indices(y, num_train, num_test, 0.5, seed)
+    why = f"{len(y)} rows cannot hold its {num_train} class-balanced training rows and a test set"
+    if num_test < 1 or num_train + min(100, num_test) > len(y):
+        raise ValueError(why)
+    try:
+        return train_test_indices(y, num_train, num_test, 0.5, seed)
+    except ValueError:  # a class with too few rows for its half
+        raise ValueError(why) from None
 
 
 def prompt_ids(tokenizer, prompt: str, max_seq_len: int = 1024) -> list[int]:

@@ -1,0 +1,172 @@
+"""The evaluation step (`evaluate`; its command line is `jobs/evaluate.py`): the field's
+evaluations (`e2e.evals`) of every finished dictionary of a grid on a language model, each
+written as SAEBench writes it to `results/evals/<cell>/<eval_type_id>.json`.
+
+- `core`: SAEBench's core metrics on the cell's own evaluation batches, over the positions it
+  was trained on (`e2e.evals.core`).
+- `probing`: sae-probes' sparse probing on the options' datasets, with its logreg baseline on
+  the raw residual and our k-sparse probe on the raw residual's dimensions beside it
+  (`e2e.evals.probing`). The last-token activations of each (model, layer, dataset) are
+  computed once and cached under `<root>/_evals_cache/`, shared by every dictionary there.
+
+Resumable: a dictionary whose file holds these options is skipped; each file is written
+atomically when its evaluation ends, so a killed step loses one dictionary's work at most.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from e2e.config import CellConfig
+from e2e.data.tokens import eval_stream
+from e2e.evals import core, probing
+from e2e.evals.saebench import eval_output, write_output
+from e2e.io import atomic_path, cell_paths
+from e2e.model import load_model, positions_for, resolve_device
+from e2e.saelens import load_saelens
+from e2e.typed import ConfigError
+from jobs.plan.evals import CACHE, Evals
+from jobs.report.mfr import is_mfr_cell
+from jobs.report.results import existing_grid_dir, read_grid
+
+EVAL_TYPE = {"core": "core", "probing": "sparse_probing_sae_probes"}
+FOLDER = "evals"
+
+
+def check_datasets(ev: Evals) -> None:
+    """One line naming a dataset the wheel does not ship, or one whose first `max_rows` rows
+    cannot hold the "normal" split, before anything runs."""
+    if "probing" not in ev.names:
+        return
+    tags = probing.binary_datasets()
+    bad = [d for d in ev.datasets if d not in tags]
+    if bad:
+        raise ConfigError(f"datasets: {bad[0]!r} is not one of sae-probes 0.4.2's binary "
+                          f"datasets ({len(tags)}: {', '.join(tags[:4])}, ...; "
+                          "e2e.evals.probing.binary_datasets())")
+    for tag in ev.datasets or tags:
+        _, y, size = probing.read_dataset(tag)
+        try:
+            probing.normal_split(y[:ev.max_rows], size, ev.seed)
+        except ValueError as e:
+            raise ConfigError(f"max_rows={ev.max_rows}: dataset {tag}'s first {e}") from None
+
+
+def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Path:
+    """Evaluates every finished dictionary not yet evaluated with these options; returns the
+    folder of the files."""
+    grid_dir = existing_grid_dir(root, grid)
+    check_datasets(ev)
+    out = grid_dir / "results" / FOLDER
+    cells = [c for c in read_grid(grid_dir) if c.status == "done" and c.cfg.source == "model"
+             and not is_mfr_cell(c.cfg)]
+    configs = {name: _config(name, ev) for name in ev.names}
+    todo = [(c, n) for c in cells for n in ev.names if not _done(out, c.id, n, configs[n])]
+    print(f"evals: {len(cells)} dictionaries, {len(todo)} evaluations to run "
+          f"({', '.join(ev.names)})", flush=True)
+    dev = resolve_device(device)
+    models: dict[str, object] = {}
+    t0 = time.perf_counter()
+    for i, (c, name) in enumerate(todo):
+        key = c.cfg.model.name_or_path
+        if key not in models:
+            models.clear()  # one model in memory at a time
+            models[key] = load_model(c.cfg.model, dev)
+        d, sae_cfg = load_saelens(cell_paths(grid_dir / c.id).sae)
+        d = d.to(dev).eval()
+        metrics, details, extra = (_core if name == "core" else _probing)(
+            models[key], d, c.cfg, ev, Path(root), dev)
+        folder = out / c.id
+        folder.mkdir(parents=True, exist_ok=True)
+        write_output(folder / f"{EVAL_TYPE[name]}.json",
+                     eval_output(EVAL_TYPE[name], configs[name], metrics, details, sae_cfg,
+                                 extra))
+        print(f"evals {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] {c.id} {name}",
+              file=sys.stderr, flush=True)
+    return out
+
+
+def _config(name: str, ev: Evals) -> dict:
+    return ({"source": "e2e-sae-hpc: the cell's own evaluation batches and kept positions"}
+            if name == "core" else {"setting": "normal", **ev.probing_key()})
+
+
+def _done(out: Path, cell: str, name: str, config: dict) -> bool:
+    path = out / cell / f"{EVAL_TYPE[name]}.json"
+    try:
+        return json.loads(path.read_text())["eval_config"] == json.loads(json.dumps(config))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _core(model, d, cfg: CellConfig, ev: Evals, root: Path, device: torch.device):
+    stream = eval_stream(cfg.data, model.tokenizer, cfg.seed)
+    batches = [stream.next_batch(cfg.eval.batch_size).to(device)
+               for _ in range(cfg.eval.n_batches)]
+    positions = positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab)
+    metrics, details = core.core_eval(model, d, cfg.layer, batches, positions)
+    return metrics, details, None
+
+
+def _probing(model, d, cfg: CellConfig, ev: Evals, root: Path, device: torch.device):
+    """SAEBench's `sparse_probing_sae_probes` record: per k the mean test accuracy, AUC and F1
+    over the datasets (`sae`), the logreg baseline's (`llm`), and our k-sparse probe on the
+    raw residual's dimensions (`llm_top_k`, not SAEBench's); per dataset in the details."""
+    per_ds, details = [], []
+    for tag in ev.datasets or tuple(probing.binary_datasets()):
+        x, y, train, test = _activations(model, cfg, tag, ev, root)
+        with torch.no_grad():
+            codes = torch.cat([d.encode(x[s:s + 128].to(device)).float().cpu()
+                               for s in range(0, len(x), 128)])
+        sae = probing.sparse_probe(codes[train], y[train], codes[test], y[test], ev.ks,
+                                   ev.reg_type, ev.seed)
+        raw_k = probing.sparse_probe(x[train], y[train], x[test], y[test], ev.ks, ev.reg_type,
+                                     ev.seed)
+        dense = probing.find_best_reg(x[train], y[train], x[test], y[test], "l2", ev.seed)
+        row = {"dataset_name": tag, **_llm(dense)}
+        for k in ev.ks:
+            row.update(_by_k("sae_top", k, sae[k]))
+            row.update(_by_k("llm_top", k, raw_k[k]))
+        details.append(row)
+        per_ds.append(row)
+    mean = {k: float(np.mean([r[k] for r in per_ds])) for k in per_ds[0] if k != "dataset_name"}
+    metrics = {"llm": {k: v for k, v in mean.items() if k.startswith("llm_test")},
+               "sae": {k: v for k, v in mean.items() if k.startswith("sae_top")},
+               "llm_top_k": {k: v for k, v in mean.items() if k.startswith("llm_top")}}
+    return metrics, details, None
+
+
+def _llm(m: probing.ProbeMetrics) -> dict:
+    return {"llm_test_accuracy": m.test_acc, "llm_test_auc": m.test_auc, "llm_test_f1": m.test_f1}
+
+
+def _by_k(prefix: str, k: int, m: probing.ProbeMetrics) -> dict:
+    return {f"{prefix}_{k}_test_accuracy": m.test_acc, f"{prefix}_{k}_test_auc": m.test_auc,
+            f"{prefix}_{k}_test_f1": m.test_f1}
+
+
+def _activations(model, cfg: CellConfig, tag: str, ev: Evals, root: Path):
+    """(x (rows, d_model), labels, train and test indices) of a dataset at the cell's layer,
+    from the cache when there."""
+    key = json.dumps({"model": cfg.model.name_or_path, "layer": cfg.layer, "dataset": tag,
+                      "max_rows": ev.max_rows, "max_seq_len": ev.max_seq_len}, sort_keys=True)
+    path = root / CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    prompts, y, size = probing.read_dataset(tag)
+    y = y[:ev.max_rows]
+    if path.exists():
+        x = torch.load(path)
+    else:
+        x = probing.last_token_resid(model, prompts[:ev.max_rows], cfg.layer, ev.max_seq_len,
+                                     ev.batch_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(x, tmp)
+    train, test = probing.normal_split(y, size, ev.seed)
+    return x, y, train, test

@@ -1,0 +1,100 @@
+"""The evaluation step (issue 45, item 1) on a finished smoke grid: every dictionary (local,
+e2e, e2e_ds, ksvd) gets SAEBench's core and sae-probes' sparse probing as SAEBench writes
+them, core agrees with the paper's metrics of the same cell, a rerun skips what is done, and
+bad input is one line before anything is written."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.report.results import read_grid
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["datasets=[117_us_state_FL,130_temp_cat_Frequency]", "max_seq_len=64"]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "jobs/evaluate.py", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def root(smoke_root, tmp_path_factory):
+    from e2e.evals.probing import wheel_path
+
+    try:
+        wheel_path()
+    except Exception as e:
+        pytest.fail(str(e))  # make install downloads it: a missing wheel is a broken install
+    out = tmp_path_factory.mktemp("evals-root")
+    shutil.copytree(smoke_root / "smoke", out / "smoke",
+                    ignore=lambda d, names: [n for n in names if not n.startswith("_pretrain")
+                                             and d == str(smoke_root / "smoke")])
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={out}",
+                        "executor=local", "wait=true", "pack=3"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
+    r = _run("grid=smoke", f"root={root}", *SMALL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "4 dictionaries, 8 evaluations to run" in r.stdout
+    grid = root / "smoke"
+    cells = sorted(d.name for d in grid.iterdir() if d.name.startswith("L"))
+    evals = {c.id: c.eval for c in read_grid(grid)}  # the paper's metrics, as collected
+    assert {c.split("-")[1] for c in cells} == {"local", "e2e", "e2e_ds", "ksvd"}
+    for cell in cells:
+        folder = grid / "results" / "evals" / cell
+        core = json.loads((folder / "core.json").read_text())
+        probe = json.loads((folder / "sparse_probing_sae_probes.json").read_text())
+        assert core["eval_type_id"] == "core" and probe["eval_type_id"] == (
+            "sparse_probing_sae_probes")
+        assert core["sae_cfg_dict"]["hook_name"] == "blocks.1.hook_resid_pre"
+        m = core["eval_result_metrics"]
+        # the same batches and positions as the cell's own evaluation (every batch the same
+        # size here: token-weighted means equal batch means)
+        own = evals[cell]
+        assert m["sparsity"]["l0"] == pytest.approx(own["l0"], rel=1e-4)
+        perf = m["model_performance_preservation"]
+        assert perf["ce_loss_with_sae"] - perf["ce_loss_without_sae"] == pytest.approx(
+            own["ce_loss_increase"], rel=1e-3, abs=1e-5)
+        assert len(core["eval_result_details"]) == core["sae_cfg_dict"]["d_sae"]
+        sae = probe["eval_result_metrics"]["sae"]
+        assert set(sae) == {f"sae_top_{k}_test_{n}" for k in (1, 2, 5)
+                            for n in ("accuracy", "auc", "f1")}
+        assert all(0 <= v <= 1 for v in sae.values())
+        assert [d["dataset_name"] for d in probe["eval_result_details"]] == [
+            "117_us_state_FL", "130_temp_cat_Frequency"]
+        assert 0.4 < probe["eval_result_metrics"]["llm"]["llm_test_accuracy"] <= 1
+    assert len(list((root / "_evals_cache").glob("*.pt"))) == 2  # one per dataset and layer
+
+
+def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
+    folder = root / "smoke" / "results" / "evals"
+    (next(folder.iterdir()) / "core.json").unlink()
+    r = _run("grid=smoke", f"root={root}", *SMALL)
+    assert r.returncode == 0 and "1 evaluations to run" in r.stdout, r.stdout + r.stderr
+    r = _run("grid=smoke", f"root={root}", *SMALL, "ks=[1,3]")  # other options: probing again
+    assert r.returncode == 0 and "4 evaluations to run" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("args,line", [
+    (["evals=[core,absorb]"], "evals='absorb' is not an evaluation: choose among core, probing"),
+    (["datasets=[nope]"], "'nope' is not one of sae-probes 0.4.2's binary datasets"),
+    (["datasets=[117_us_state_FL]", "max_rows=500"],
+     "max_rows=500: dataset 117_us_state_FL's first 500 rows cannot hold its 900"),
+    (["grid=nosuch"], "grid='nosuch'"),
+    (["colour=red"], "unknown key 'colour'"),
+])
+def test_bad_input_is_one_line_before_anything_is_written(smoke_root, tmp_path, args, line):
+    grid = [] if any(a.startswith("grid=") for a in args) else ["grid=smoke"]
+    r = _run(*grid, f"root={smoke_root}", *args)
+    assert r.returncode == 1 and line in r.stderr, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (smoke_root / "smoke" / "results" / "evals").exists()
