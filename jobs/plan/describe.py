@@ -6,6 +6,7 @@ from pathlib import Path
 
 from jobs.plan.autointerp import CACHE as AUTOINTERP_CACHE
 from jobs.plan.autointerp import n_dictionaries
+from jobs.plan.evals import job_minutes
 from jobs.plan.grids import pretrain_dir
 from jobs.plan.make import Plan
 
@@ -59,6 +60,14 @@ def format_plan(plan: Plan) -> str:
                  f"browser: at most {pages:,} feature pages, about {size / 1e6:,.0f} MB, "
                  f"{seconds / 60:,.0f} min)")
     lines += _autointerp_lines(plan)
+    if plan.evals:
+        ev = plan.evals
+        what = " and ".join(("SAEBench's core",) * ("core" in ev.names) + (
+            f"sparse probing on {len(ev.datasets) or 113} dataset(s) of sae-probes (at most "
+            f"{ev.max_rows:,} rows each)",) * ("probing" in ev.names))
+        lines.append(f"then: evaluation job (after the analysis): {what} of every dictionary, "
+                     f"--time={job_minutes(plan)}; results/evals/<cell>/ as SAEBench writes "
+                     "them (docs/evals.md)")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 

@@ -1,16 +1,28 @@
 """The evaluation step's options (`python jobs/evaluate.py grid=<name> evals=[core,probing]`,
 issue 45): which of the field's evaluations (`e2e.evals`) to run on every finished dictionary
 of a grid, and how much of sparse probing's data. Each result file holds its options; a rerun
-skips a dictionary already evaluated with equal ones."""
+skips a dictionary already evaluated with equal ones. `evals=[...]` on submit.py runs the step
+as its own job after the analysis.
+
+Its cost model (`Evals.minutes`), measured here (2 CPU cores, SmolLM2-135M at layer 12,
+2026-12-07; docs/evals.md): per (layer, dataset) the activations of `max_rows` short prompts,
+per dictionary and dataset the probes, per dictionary core's passes."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import math
+from dataclasses import asdict, dataclass, fields
 
+from e2e.evals import probing
 from e2e.typed import ConfigError
 
 EVALS = ("core", "probing")  # SAEBench's core; sae-probes' sparse probing
+FILE = "evals.json"  # the options submit.py was given, for the plain-sbatch step
 CACHE = "_evals_cache"  # under the root: activations per (model, layer, dataset, options)
+CORE_S = 20.0  # seconds per dictionary: three forwards of its evaluation batches
+ACTS_S = 20.0  # seconds per (layer, dataset) at 5,000 rows: their last-token activations
+PROBE_S = 4.0  # seconds per (dictionary, dataset): 3 k-sparse probes, 3 raw ones, the dense
 # The probing datasets on CPU (16 of sae-probes' 113, one per kind of task, short prompts):
 # people, headlines, science and commonsense truth, ethics, grammar, sentiment, clickbait,
 # hate speech, places, time zones, art, arithmetic, time, emotion, sport.
@@ -45,6 +57,50 @@ class Evals:
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"ks={list(self.ks)} must be positive")
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Evals:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in json.loads(text).items() if k in known})
+
+    def minutes(self, dictionaries: int, layers: int, n_datasets: int = 0) -> int:
+        """The job's time limit for `dictionaries` at `layers` (model, layer) pairs: twice the
+        model plus 10 minutes."""
+        n = n_datasets or len(self.datasets) or 113
+        s = dictionaries * CORE_S if "core" in self.names else 0.0
+        if "probing" in self.names:
+            s += layers * n * ACTS_S * self.max_rows / 5000 + dictionaries * n * PROBE_S
+        return 10 + math.ceil(2 * s / 60)
+
     def probing_key(self) -> dict:
         """What a dictionary's probing results depend on besides the dictionary."""
         return {k: v for k, v in asdict(self).items() if k not in ("names", "batch_size")}
+
+
+def check_datasets(ev: Evals) -> None:
+    """One line naming a dataset the wheel does not ship, or one whose first `max_rows` rows
+    cannot hold the "normal" split, before anything runs."""
+    if "probing" not in ev.names:
+        return
+    tags = probing.binary_datasets()
+    bad = [d for d in ev.datasets if d not in tags]
+    if bad:
+        raise ConfigError(f"datasets: {bad[0]!r} is not one of sae-probes 0.4.2's binary "
+                          f"datasets ({len(tags)}: {', '.join(tags[:4])}, ...; "
+                          "e2e.evals.probing.binary_datasets())")
+    for tag in ev.datasets or tags:
+        _, y, size = probing.read_dataset(tag)
+        try:
+            probing.normal_split(y[:ev.max_rows], size, ev.seed)
+        except ValueError as e:
+            raise ConfigError(f"max_rows={ev.max_rows}: dataset {tag}'s first {e}") from None
+
+
+def job_minutes(plan) -> int:
+    """The evaluation job's limit (`Evals.minutes`) for a plan's dictionaries."""
+    from jobs.plan.autointerp import n_dictionaries
+
+    return plan.evals.minutes(n_dictionaries(plan), len({c.cfg.layer for c in plan.cells}))

@@ -30,6 +30,7 @@ from e2e.typed import with_overrides
 from jobs.plan import containers
 from jobs.plan.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
 from jobs.plan.autointerp import AutoInterp, n_dictionaries
+from jobs.plan.evals import Evals, check_datasets
 from jobs.plan.finetune import Finetune, aligned_packs, children
 from jobs.plan.folders import folder_id, legacy_folder
 from jobs.plan.grid import Grid, expand, grid_pretrain_dir, k_axis, make_packs
@@ -72,6 +73,7 @@ class Plan:
     # The model's (blocks, width) where known offline, else None (`_check_shapes`).
     model_shape: tuple[int, int] | None = None
     autointerp: AutoInterp | None = None  # the auto-interp step after the analysis, if any
+    evals: Evals | None = None  # the evaluation step after the analysis, if any
 
     def child_tasks(self, parent_packs: list[list[Cell]]) -> list[tuple[float, list[list[Cell]]]]:
         """Per fraction, the children still to train of the parents in each of `parent_packs`
@@ -219,6 +221,9 @@ def make_plan(tokens: list[str]) -> Plan:
                           "in the HF cache): layers are checked when each cell starts")
     plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
+    plan.evals = axes.evals
+    if plan.evals is not None and not opts.dry_run:
+        check_datasets(plan.evals)  # the wheel's datasets and their rows
     own = grid_pretrain_dir(root, grid) if grid.pretrain else None
     if own is not None and Path(cells[0].cfg.data.dataset).is_relative_to(own):
         check_own_rows(cells[0].cfg)  # the dry run too: nothing to read

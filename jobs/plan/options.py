@@ -16,6 +16,7 @@ from e2e.io import PATH_FIELDS
 from e2e.typed import ConfigError, field_types, from_text
 from jobs.cli import split_tokens
 from jobs.plan.autointerp import AutoInterp
+from jobs.plan.evals import Evals
 from jobs.plan.finetune import Finetune
 
 
@@ -69,6 +70,9 @@ class Axes:
     # `autointerp=true autointerp.base_url=... autointerp.model=...`: the auto-interp step
     # after the analysis (`jobs.plan.autointerp`); None without it.
     autointerp: AutoInterp | None = None
+    # `evals=[core,probing] evals.max_rows=2000`: the evaluation step after the analysis
+    # (`jobs.plan.evals`); None without it.
+    evals: Evals | None = None
 
 
 RUN_TYPES = typing.get_type_hints(RunOptions)
@@ -80,7 +84,10 @@ AXIS_TYPES = {"layers": tuple[int, ...], "settings": tuple[str, ...],
               **{f"lambdas.{s}": tuple[float, ...] for s in SETTINGS},
               **{f"finetune.{k}": t for k, t in typing.get_type_hints(Finetune).items()},
               "autointerp": bool,
-              **{f"autointerp.{k}": t for k, t in typing.get_type_hints(AutoInterp).items()}}
+              **{f"autointerp.{k}": t for k, t in typing.get_type_hints(AutoInterp).items()},
+              "evals": tuple[str, ...],
+              **{f"evals.{k}": t for k, t in typing.get_type_hints(Evals).items()
+                 if k != "names"}}
 
 
 def valid_keys(near: str = "") -> str:
@@ -139,6 +146,13 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
         raise ConfigError("autointerp=false with autointerp.<field>= settings: drop one")
     if ai or on:
         axes["autointerp"] = AutoInterp(**ai)
+    ev = {k.split(".", 1)[1]: axes.pop(k) for k in list(axes) if k.startswith("evals.")}
+    names = axes.pop("evals", None)
+    if ev and not names:
+        raise ConfigError(f"evals.{sorted(ev)[0]}= needs evals=[...] (the evaluations to run: "
+                          "core, probing)")
+    if names:
+        axes["evals"] = Evals(names=names, **ev)
     opts = RunOptions(**run)
     for name, low in (("pack", 0), ("gpus_per_cell", 0), ("cpus_per_cell", 0),
                       ("array_parallelism", 0), ("time", 0), ("mem_gb", 0)):

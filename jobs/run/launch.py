@@ -21,6 +21,7 @@ import submitit
 
 from jobs import cli
 from jobs.analysis.step import analyze
+from jobs.plan.evals import job_minutes
 from jobs.plan.grid import make_packs
 from jobs.plan.grids import GRIDS, grid_named, pretrain_dir
 from jobs.report.collect import collect
@@ -61,6 +62,18 @@ def run_autointerp(grid: str, root: str, options_json: str = "") -> str:
     return str(autointerp(root, grid, ai))
 
 
+def run_evals(grid: str, root: str, options_json: str = "") -> str:
+    """The evaluation step with the options it was submitted with, else the grid's evals.json
+    (the plain-sbatch step)."""
+    from jobs.analysis.evals import evaluate
+    from jobs.plan.evals import FILE, Evals
+    from jobs.report.results import existing_grid_dir
+
+    text = options_json or (existing_grid_dir(root, grid) / FILE).read_text()
+    evaluate(root, grid, Evals.from_json(text))
+    return str(Path(root) / grid / "results")
+
+
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
               time_min: int | None = None, extra: dict | None = None, mem_gb: int = 0):
     folder = plan.grid_dir / "_submitit" / "%j"
@@ -98,10 +111,12 @@ def launch(plan) -> None:
 def _launch_local(plan, root: str, grid: str) -> None:
     if (not plan.todo_packs and not plan.needs_pretrain and not _local_child_packs(plan)
             and (plan.grid_dir / "results").exists()):
-        print("every cell is done" + ("; the auto-interp step scores what it has not"
-                                      if plan.autointerp else ": nothing to do"))
+        print("every cell is done" + ("; the steps after it run what they have not"
+                                      if plan.autointerp or plan.evals else ": nothing to do"))
         if plan.autointerp:
             run_autointerp(grid, root, plan.autointerp.to_json())
+        if plan.evals:
+            run_evals(grid, root, plan.evals.to_json())
         _report(plan.grid_dir / "results")
         return
     _interrupt_on_sigterm()
@@ -177,6 +192,12 @@ def _run_local(plan, root: str, grid: str, submit) -> None:
         except Exception:  # the tables and browser are written; say so and go on
             failed.append("auto-interp")
             print("auto-interp: FAILED (the end of its log is above)", flush=True)
+    if plan.evals:
+        try:
+            _follow(submit(run_evals, grid, root, plan.evals.to_json()), progress, next(tasks))
+        except Exception:  # the tables and browser are written; say so and go on
+            failed.append("evals")
+            print("evals: FAILED (the end of its log is above)", flush=True)
     progress.close()
     _report(Path(results))
     if failed:
@@ -292,6 +313,13 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
                          f"afterany:{ana_job.job_id}", plan.autointerp_minutes
                          ).submit(run_autointerp, grid, root, ai.to_json())
         print(f"auto-interp job {last.job_id} (afterany:{ana_job.job_id})")
+    if plan.evals:
+        ev_job = _executor(plan, "slurm", f"{grid}-evals", plan.analysis_gpus,
+                           f"afterany:{ana_job.job_id}", job_minutes(plan)
+                           ).submit(run_evals, grid, root, plan.evals.to_json())
+        print(f"evaluation job {ev_job.job_id} (afterany:{ana_job.job_id})")
+        if plan.opts.wait:
+            ev_job.result()
     if plan.opts.wait:
         _report(Path(last.result()))
     else:
@@ -315,7 +343,7 @@ def _report(results: Path) -> None:
 
 @dataclass(frozen=True)
 class Options:
-    step: Literal["pretrain", "collect", "analyze", "autointerp"]
+    step: Literal["pretrain", "collect", "analyze", "autointerp", "evals"]
     grid: str
     root: str = "runs"
 
@@ -328,7 +356,7 @@ def main(*tokens: str) -> None:
         raise cli.ConfigError(f"grid={o.grid} has no pre-training (it reads its model and "
                               "data from the hub or a stage)")
     steps = {"pretrain": run_pretrain, "collect": run_collect, "analyze": run_analyze,
-             "autointerp": run_autointerp}
+             "autointerp": run_autointerp, "evals": run_evals}
     print(steps[o.step](o.grid, o.root))
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from e2e.io import atomic_write_text, cell_paths, stored_config
 from jobs.plan.autointerp import FILE as AUTOINTERP_FILE
+from jobs.plan.evals import FILE as EVALS_FILE
+from jobs.plan.evals import job_minutes
 from jobs.plan.make import Plan
 
 
@@ -23,6 +25,8 @@ def write_configs(plan: Plan) -> None:
     _write_manifest(plan.grid_dir / "manifest.txt", plan.packs)
     if plan.autointerp:
         atomic_write_text(plan.grid_dir / AUTOINTERP_FILE, plan.autointerp.to_json())
+    if plan.evals:
+        atomic_write_text(plan.grid_dir / EVALS_FILE, plan.evals.to_json())
     for f, packs in plan.child_tasks(plan.packs):
         if packs:  # a fraction whose children are all done has no array
             _write_manifest(plan.grid_dir / f"manifest-ft{f:g}.txt", packs)
@@ -68,13 +72,18 @@ def plain_sbatch_commands(plan: Plan) -> str:
     lines.append(f"col=$(sbatch --parsable --dependency=afterany:{after} "
                  f"--job-name={grid}-collect --wrap {wrap('collect')})")
     gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
-    lines.append(f"{'ana=$(' if plan.autointerp else ''}sbatch "
-                 f"{'--parsable ' if plan.autointerp else ''}--dependency=afterany:$col "
+    after_ana = plan.autointerp or plan.evals
+    lines.append(f"{'ana=$(' if after_ana else ''}sbatch "
+                 f"{'--parsable ' if after_ana else ''}--dependency=afterany:$col "
                  f"--job-name={grid}-analyze {gres}--time={plan.analysis_time_min} "
                  f"--mem={plan.analysis_mem_gb}G --wrap "
-                 f"{wrap('analyze')}{')' if plan.autointerp else ''}")
+                 f"{wrap('analyze')}{')' if after_ana else ''}")
     if plan.autointerp:
         gres = f"--gres=gpu:{plan.autointerp.gpus} " if plan.autointerp.gpus else ""
         lines.append(f"sbatch --dependency=afterany:$ana --job-name={grid}-autointerp {gres}"
                      f"--time={plan.autointerp_minutes} --wrap {wrap('autointerp')}")
+    if plan.evals:
+        gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
+        lines.append(f"sbatch --dependency=afterany:$ana --job-name={grid}-evals {gres}"
+                     f"--time={job_minutes(plan)} --wrap {wrap('evals')}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from e2e.lm.gguf import GGUFLMConfig
+from jobs.plan.evals import job_minutes
 
 _BAR = re.compile(r"(\d+)/(\d+) \[")
 
@@ -26,12 +27,12 @@ _BAR = re.compile(r"(\d+)/(\d+) \[")
 _DEFAULT_MINUTES = {"pretrain": 5.0, "sae": 5.0, "ksvd": 2.0, "collect": 0.2, "analyze": 1.0}
 _NAMES = {"pretrain": "pre-training", "build": "building the model", "sae": "SAE cells",
           "ksvd": "ksvd cells", "collect": "collector", "analyze": "analysis",
-          "autointerp": "auto-interp"}
+          "autointerp": "auto-interp", "evals": "evaluation"}
 
 
 @dataclass
 class Task:
-    kind: str  # pretrain | build | sae | ksvd | collect | analyze | autointerp
+    kind: str  # pretrain | build | sae | ksvd | collect | analyze | autointerp | evals
     cells: int  # cells it finishes (0 for the steps around them)
     expected_s: float
     spent_s: float | None = None  # once finished
@@ -86,6 +87,8 @@ class Progress:
         tasks += [Task("collect", 0, 60 * m["collect"]), Task("analyze", 0, analyze)]
         if plan.autointerp:
             tasks.append(Task("autointerp", 0, 60 * plan.autointerp_minutes))
+        if plan.evals:  # its limit is twice its model: half of it is the estimate
+            tasks.append(Task("evals", 0, 30 * (job_minutes(plan) - 10)))
         for t in tasks:
             t.expected_s *= speed if t.trains else 1.0
         return cls(plan.grid.name, tasks)
