@@ -75,6 +75,18 @@ def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
             "117_us_state_FL", "130_temp_cat_Frequency"]
         assert 0.4 < probe["eval_result_metrics"]["llm"]["llm_test_accuracy"] <= 1
     assert len(list((root / "_evals_cache").glob("*.pt"))) == 2  # one per dataset and layer
+    # where people look: summary.csv's columns, tables.md's section, the figure
+    import csv
+
+    rows = {r["cell_id"]: r for r in csv.DictReader(open(grid / "results" / "summary.csv"))}
+    for cell in cells:
+        core = json.loads((grid / "results" / "evals" / cell / "core.json").read_text())
+        assert float(rows[cell]["saebench_ce_loss_score"]) == pytest.approx(
+            core["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"])
+        assert 0 <= float(rows[cell]["probing_sae_top_1_acc"]) <= 1
+    md = (grid / "results" / "tables.md").read_text()
+    assert "## SAEBench's core and sparse probing" in md and all(c in md for c in cells)
+    assert (grid / "results" / "evals_vs_l0.png").stat().st_size > 10_000
 
 
 def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):

@@ -11,6 +11,8 @@ written as SAEBench writes it to `results/evals/<cell>/<eval_type_id>.json`.
 
 Resumable: a dictionary whose file holds these options is skipped; each file is written
 atomically when its evaluation ends, so a killed step loses one dictionary's work at most.
+Then the collector runs again (`jobs.report.evals`: summary.csv columns, a tables.md section,
+a headline line per layer, `evals_vs_l0.png`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from e2e.io import atomic_path, cell_paths
 from e2e.model import load_model, positions_for, resolve_device
 from e2e.saelens import load_saelens
 from jobs.plan.evals import CACHE, Evals, check_datasets
+from jobs.report.collect import collect
 from jobs.report.mfr import is_mfr_cell
 from jobs.report.results import existing_grid_dir, read_grid
 
@@ -70,6 +73,7 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
                                  extra))
         print(f"evals {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] {c.id} {name}",
               file=sys.stderr, flush=True)
+    collect(root, grid)  # summary.csv, results.h5, tables.md, the headline, the figure
     return out
 
 

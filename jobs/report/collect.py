@@ -12,6 +12,7 @@ from e2e.io import atomic_path, atomic_write_text
 from jobs.plan.grids import GRIDS
 from jobs.report import autointerp as autointerp_report
 from jobs.report import compare, convergence, plots, tables
+from jobs.report import evals as evals_report
 from jobs.report import finetune as finetune_report
 from jobs.report import mfr as mfr_report
 from jobs.report.results import (
@@ -25,8 +26,9 @@ from jobs.report.results import (
 )
 
 
-def _write_csv(path: Path, cells: list[CellResult], ai: dict) -> None:
-    _write_dict_csv(path, [{**c.row, **autointerp_report.columns(ai.get(c.id))}
+def _write_csv(path: Path, cells: list[CellResult], ai: dict, ev: dict) -> None:
+    _write_dict_csv(path, [{**c.row, **autointerp_report.columns(ai.get(c.id)),
+                            **(evals_report.columns(ev.get(c.id)) if ev else {})}
                            for c in cells])
 
 
@@ -38,7 +40,7 @@ def _write_dict_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _write_h5(path: Path, cells: list[CellResult], ai: dict) -> None:
+def _write_h5(path: Path, cells: list[CellResult], ai: dict, ev: dict) -> None:
     import h5py
 
     with atomic_path(path) as tmp:
@@ -53,6 +55,8 @@ def _write_h5(path: Path, cells: list[CellResult], ai: dict) -> None:
                     g.create_dataset(k, data=v)
                 if c.id in ai:
                     autointerp_report.write_h5(g, ai[c.id])
+                if c.id in ev:
+                    evals_report.write_h5(g, ev[c.id])
 
 
 def trained_curves(cells: list[CellResult]) -> dict[int, list[str]]:
@@ -80,8 +84,9 @@ def collect(root: Path | str, grid: str) -> Path:
     for c in cells:
         c.within_max_cos_mean = within.get(c.id, "")
     ai = autointerp_report.read(out)  # the auto-interp step's scores, once it has run
-    _write_csv(out / "summary.csv", cells, ai)
-    _write_h5(out / "results.h5", cells, ai)
+    ev = evals_report.read(out)  # the evaluation step's, once it has run
+    _write_csv(out / "summary.csv", cells, ai, ev)
+    _write_h5(out / "results.h5", cells, ai, ev)
     # The Pareto tables compare single SAEs over λ (each architecture against its own local:
     # `batchtopk/e2e` against `batchtopk/local`); MFR cells and TopK cells also have their own
     # table.
@@ -97,6 +102,7 @@ def collect(root: Path | str, grid: str) -> Path:
     headline += finetune_report.headline(points, cells)
     headline += mfr_report.headline(mfr_rows)
     headline += autointerp_report.headline(points, ai)
+    headline += evals_report.headline(points, ev)
     changes = {c.id: c.change for c in done}
     flag = convergence.headline_line(changes)
     headline += [flag] if flag else []
@@ -116,6 +122,8 @@ def collect(root: Path | str, grid: str) -> Path:
         md += "\n" + convergence.markdown(changes)
     if ai:
         md += "\n" + autointerp_report.markdown(points, ai)
+    if ev:
+        md += "\n" + evals_report.markdown(points, ev)
     atomic_write_text(out / "tables.md", md)
     atomic_write_text(out / "tables.tex", tex)
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
@@ -126,4 +134,6 @@ def collect(root: Path | str, grid: str) -> Path:
         finetune_report.compute_figure(points, cells, out)
         if ai:
             autointerp_report.figure(points, ai, out)
+        if ev:
+            evals_report.figure(points, ev, out)
     return out
