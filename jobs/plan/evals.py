@@ -80,11 +80,11 @@ class Evals:
         return {k: v for k, v in asdict(self).items() if k not in ("names", "batch_size")}
 
 
-def check_datasets(ev: Evals) -> None:
-    """One line naming a dataset the wheel does not ship, or one whose first `max_rows` rows
-    cannot hold the "normal" split, before anything runs."""
-    if "probing" not in ev.names:
-        return
+def check_datasets(ev: Evals | None) -> Evals | None:
+    """`ev`, or one line naming a dataset the wheel does not ship, or one whose first
+    `max_rows` rows cannot hold the "normal" split, before anything runs."""
+    if ev is None or "probing" not in ev.names:
+        return ev
     tags = probing.binary_datasets()
     bad = [d for d in ev.datasets if d not in tags]
     if bad:
@@ -97,6 +97,7 @@ def check_datasets(ev: Evals) -> None:
             probing.normal_split(y[:ev.max_rows], size, ev.seed)
         except ValueError as e:
             raise ConfigError(f"max_rows={ev.max_rows}: dataset {tag}'s first {e}") from None
+    return ev
 
 
 def job_minutes(plan) -> int:

@@ -221,9 +221,7 @@ def make_plan(tokens: list[str]) -> Plan:
                           "in the HF cache): layers are checked when each cell starts")
     plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
-    plan.evals = axes.evals
-    if plan.evals is not None and not opts.dry_run:
-        check_datasets(plan.evals)  # the wheel's datasets and their rows
+    plan.evals = check_datasets(axes.evals)  # the wheel's datasets and their rows
     own = grid_pretrain_dir(root, grid) if grid.pretrain else None
     if own is not None and Path(cells[0].cfg.data.dataset).is_relative_to(own):
         check_own_rows(cells[0].cfg)  # the dry run too: nothing to read

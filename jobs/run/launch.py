@@ -1,5 +1,6 @@
 """Runs a checked plan through submitit: pre-training, one array of cells, the collector, then
-the analysis step (and the auto-interp step after it, when asked for).
+the analysis step (and the auto-interp and evaluation steps after it, when asked for; the
+functions each job runs: `jobs.run.steps`).
 
 SLURM: submissions chained by dependencies (the array `afterok` pre-training, the collector
 `afterany` the array, the analysis `afterany` the collector), so the tables are built even when
@@ -20,58 +21,12 @@ from typing import Literal
 import submitit
 
 from jobs import cli
-from jobs.analysis.step import analyze
 from jobs.plan.evals import job_minutes
 from jobs.plan.grid import make_packs
-from jobs.plan.grids import GRIDS, grid_named, pretrain_dir
-from jobs.report.collect import collect
-from jobs.run.cell import CellJob, match_threads_to_allocation
+from jobs.plan.grids import grid_named
+from jobs.run.cell import CellJob
 from jobs.run.progress import Progress, fraction_done, machine_speed
-
-
-def run_pretrain(grid: str, root: str) -> dict:
-    """The grid's pre-training job (also `python -m jobs.run.launch step=pretrain ...`)."""
-    from e2e.lm import build_lm
-
-    match_threads_to_allocation()
-    return build_lm(GRIDS[grid].pretrain, pretrain_dir(Path(root), grid))
-
-
-def run_collect(grid: str, root: str) -> str:
-    return str(collect(Path(root), grid))
-
-
-def run_analyze(grid: str, root: str, cpus: int = 0) -> str:
-    """The analysis step (geometry, downstream reconstruction, multi-dimensional features),
-    then the collector again, so the tables include it. Runs `cpus` threads where SLURM does not
-    say (a local run: the CPUs its SLURM job would have, not every core)."""
-    match_threads_to_allocation(cpus)
-    return str(analyze(Path(root), grid))
-
-
-def run_autointerp(grid: str, root: str, options_json: str = "") -> str:
-    """The auto-interp step (then the collector again) with the options it was submitted with
-    (a job waiting in the queue keeps them when the grid is submitted again), else the
-    grid's autointerp.json (the plain-sbatch step)."""
-    from jobs.explain.step import autointerp, options
-    from jobs.plan.autointerp import AutoInterp
-    from jobs.report.results import existing_grid_dir
-
-    ai = (AutoInterp.from_json(options_json) if options_json
-          else options(existing_grid_dir(root, grid), {}))
-    return str(autointerp(root, grid, ai))
-
-
-def run_evals(grid: str, root: str, options_json: str = "") -> str:
-    """The evaluation step with the options it was submitted with, else the grid's evals.json
-    (the plain-sbatch step)."""
-    from jobs.analysis.evals import evaluate
-    from jobs.plan.evals import FILE, Evals
-    from jobs.report.results import existing_grid_dir
-
-    text = options_json or (existing_grid_dir(root, grid) / FILE).read_text()
-    evaluate(root, grid, Evals.from_json(text))
-    return str(Path(root) / grid / "results")
+from jobs.run.steps import run_analyze, run_autointerp, run_collect, run_evals, run_pretrain
 
 
 def _executor(plan, cluster: str, name: str, gpus: int, dependency: str | None = None,
