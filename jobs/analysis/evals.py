@@ -30,7 +30,7 @@ from e2e.config import CellConfig
 from e2e.data.tokens import eval_stream
 from e2e.evals import core, probing
 from e2e.evals.saebench import eval_output, write_output
-from e2e.io import atomic_path, cell_paths
+from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.model import load_model, positions_for, resolve_device
 from e2e.saelens import load_saelens
 from jobs.plan.evals import CACHE, Evals, check_datasets
@@ -105,19 +105,15 @@ def _probing(model, d, cfg: CellConfig, ev: Evals, root: Path, device: torch.dev
     raw residual's dimensions (`llm_top_k`, not SAEBench's); per dataset in the details."""
     per_ds, details = [], []
     for tag in ev.datasets or tuple(probing.binary_datasets()):
-        x, y, train, test = _activations(model, cfg, tag, ev, root)
+        x, y, train, test, path = _activations(model, cfg, tag, ev, root)
         with torch.no_grad():
             codes = torch.cat([d.encode(x[s:s + 128].to(device)).float().cpu()
                                for s in range(0, len(x), 128)])
         sae = probing.sparse_probe(codes[train], y[train], codes[test], y[test], ev.ks,
                                    ev.reg_type, ev.seed)
-        raw_k = probing.sparse_probe(x[train], y[train], x[test], y[test], ev.ks, ev.reg_type,
-                                     ev.seed)
-        dense = probing.find_best_reg(x[train], y[train], x[test], y[test], "l2", ev.seed)
-        row = {"dataset_name": tag, **_llm(dense)}
+        row = {"dataset_name": tag, **_baselines(x, y, train, test, ev, path)}
         for k in ev.ks:
             row.update(_by_k("sae_top", k, sae[k]))
-            row.update(_by_k("llm_top", k, raw_k[k]))
         details.append(row)
         per_ds.append(row)
     mean = {k: float(np.mean([r[k] for r in per_ds])) for k in per_ds[0] if k != "dataset_name"}
@@ -127,8 +123,25 @@ def _probing(model, d, cfg: CellConfig, ev: Evals, root: Path, device: torch.dev
     return metrics, details, None
 
 
-def _llm(m: probing.ProbeMetrics) -> dict:
-    return {"llm_test_accuracy": m.test_acc, "llm_test_auc": m.test_auc, "llm_test_f1": m.test_f1}
+def _baselines(x, y, train, test, ev: Evals, acts: Path) -> dict:
+    """The probes on the raw residual (dense `llm_test_*`, k-sparse `llm_top_{k}_*`), the same
+    for every dictionary at a layer: computed once, kept beside the activations."""
+    key = json.dumps({"ks": ev.ks, "reg_type": ev.reg_type, "seed": ev.seed,
+                      "dense": ev.dense_baseline}, sort_keys=True)
+    path = acts.with_name(f"{acts.stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.json")
+    if path.exists():
+        return json.loads(path.read_text())
+    out = {}
+    if ev.dense_baseline:
+        dense = probing.find_best_reg(x[train], y[train], x[test], y[test], "l2", ev.seed)
+        out = {"llm_test_accuracy": dense.test_acc, "llm_test_auc": dense.test_auc,
+               "llm_test_f1": dense.test_f1}
+    raw_k = probing.sparse_probe(x[train], y[train], x[test], y[test], ev.ks, ev.reg_type,
+                                 ev.seed)
+    for k in ev.ks:
+        out.update(_by_k("llm_top", k, raw_k[k]))
+    atomic_write_text(path, json.dumps(out))
+    return out
 
 
 def _by_k(prefix: str, k: int, m: probing.ProbeMetrics) -> dict:
@@ -137,8 +150,8 @@ def _by_k(prefix: str, k: int, m: probing.ProbeMetrics) -> dict:
 
 
 def _activations(model, cfg: CellConfig, tag: str, ev: Evals, root: Path):
-    """(x (rows, d_model), labels, train and test indices) of a dataset at the cell's layer,
-    from the cache when there."""
+    """(x (rows, d_model), labels, train and test indices, the cache file) of a dataset at the
+    cell's layer, from the cache when there."""
     key = json.dumps({"model": cfg.model.name_or_path, "layer": cfg.layer, "dataset": tag,
                       "max_rows": ev.max_rows, "max_seq_len": ev.max_seq_len}, sort_keys=True)
     path = root / CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
@@ -153,4 +166,4 @@ def _activations(model, cfg: CellConfig, tag: str, ev: Evals, root: Path):
         with atomic_path(path) as tmp:
             torch.save(x, tmp)
     train, test = probing.normal_split(y, size, ev.seed)
-    return x, y, train, test
+    return x, y, train, test, path

@@ -21,8 +21,9 @@ EVALS = ("core", "probing")  # SAEBench's core; sae-probes' sparse probing
 FILE = "evals.json"  # the options submit.py was given, for the plain-sbatch step
 CACHE = "_evals_cache"  # under the root: activations per (model, layer, dataset, options)
 CORE_S = 20.0  # seconds per dictionary: three forwards of its evaluation batches
-ACTS_S = 20.0  # seconds per (layer, dataset) at 5,000 rows: their last-token activations
-PROBE_S = 4.0  # seconds per (dictionary, dataset): 3 k-sparse probes, 3 raw ones, the dense
+ACTS_S = 65.0  # seconds per (layer, dataset) at 5,000 rows: their last-token activations
+DENSE_S = 190.0  # seconds per (layer, dataset): the dense baseline
+PROBE_S = 2.0  # seconds per (dictionary, dataset): its 3 k-sparse probes
 # The probing datasets on CPU (16 of sae-probes' 113, one per kind of task, short prompts):
 # people, headlines, science and commonsense truth, ethics, grammar, sentiment, clickbait,
 # hate speech, places, time zones, art, arithmetic, time, emotion, sport.
@@ -43,6 +44,9 @@ class Evals:
     reg_type: str = "l1"  # the sparse probes' penalty (SAEBench's default)
     seed: int = 42
     batch_size: int = 32  # prompts per forward pass
+    # sae-probes' logreg on every dimension of the raw residual (SAEBench's `llm_test_*`): on
+    # CPU about 3 min per (layer, dataset) at SmolLM2's width (lbfgs, 11 fits of 1,024 rows)
+    dense_baseline: bool = True
 
     def __post_init__(self) -> None:
         bad = [n for n in self.names if n not in EVALS]
@@ -72,7 +76,8 @@ class Evals:
         n = n_datasets or len(self.datasets) or 113
         s = dictionaries * CORE_S if "core" in self.names else 0.0
         if "probing" in self.names:
-            s += layers * n * ACTS_S * self.max_rows / 5000 + dictionaries * n * PROBE_S
+            s += layers * n * (ACTS_S * self.max_rows / 5000 + DENSE_S * self.dense_baseline)
+            s += dictionaries * n * PROBE_S
         return 10 + math.ceil(2 * s / 60)
 
     def probing_key(self) -> dict:
