@@ -6,7 +6,7 @@ Runs the field's evaluations on every finished dictionary of a grid on a languag
 as SAEBench writes it to `<root>/<grid>/results/evals/<cell>/<eval_type_id>.json`. A rerun
 skips what is done with the same options; a killed step resumes at the dictionary it was on.
 Fields (`jobs.plan.evals.Evals`): datasets, max_rows, max_seq_len, ks, reg_type, seed,
-batch_size; and device (auto, cpu, cuda).
+batch_size, dense_baseline; and device (auto, cpu, cuda).
 """
 
 from __future__ import annotations

@@ -94,6 +94,16 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     (next(folder.iterdir()) / "core.json").unlink()
     r = _run("grid=smoke", f"root={root}", *SMALL)
     assert r.returncode == 0 and "1 evaluations to run" in r.stdout, r.stdout + r.stderr
+    from safetensors.torch import load_file, save_file
+
+    weights = root / "smoke" / "L1-local-lam1-3bfde3" / "sae" / "sae_weights.safetensors"
+    if not weights.exists():  # the cell ids of the smoke grid are pinned; find it anyway
+        weights = next((root / "smoke").glob("L1-local-*/sae/sae_weights.safetensors"))
+    t = load_file(str(weights))
+    t["b_dec"] = t["b_dec"] + 0.01  # a retrained dictionary: evaluated again
+    save_file(t, str(weights))
+    r = _run("grid=smoke", f"root={root}", *SMALL)
+    assert r.returncode == 0 and "2 evaluations to run" in r.stdout, r.stdout + r.stderr
     r = _run("grid=smoke", f"root={root}", *SMALL, "ks=[1,3]")  # other options: probing again
     assert r.returncode == 0 and "4 evaluations to run" in r.stdout, r.stdout + r.stderr
 

@@ -32,7 +32,7 @@ from e2e.evals import core, probing
 from e2e.evals.saebench import eval_output, write_output
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.model import load_model, positions_for, resolve_device
-from e2e.saelens import load_saelens
+from e2e.saelens import WEIGHTS_FILE, load_saelens
 from jobs.plan.evals import CACHE, Evals, check_datasets
 from jobs.report.collect import collect
 from jobs.report.mfr import is_mfr_cell
@@ -50,8 +50,11 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
     out = grid_dir / "results" / FOLDER
     cells = [c for c in read_grid(grid_dir) if c.status == "done" and c.cfg.source == "model"
              and not is_mfr_cell(c.cfg)]
-    configs = {name: _config(name, ev) for name in ev.names}
-    todo = [(c, n) for c in cells for n in ev.names if not _done(out, c.id, n, configs[n])]
+    sha = {c.id: _sha256(cell_paths(grid_dir / c.id).sae / WEIGHTS_FILE) for c in cells}
+    configs = {(c.id, n): {**_config(n, ev), "sae_weights_sha256": sha[c.id]}
+               for c in cells for n in ev.names}  # a retrained cell is evaluated again
+    todo = [(c, n) for c in cells for n in ev.names
+            if not _done(out, c.id, n, configs[c.id, n])]
     print(f"evals: {len(cells)} dictionaries, {len(todo)} evaluations to run "
           f"({', '.join(ev.names)})", flush=True)
     dev = resolve_device(device)
@@ -69,12 +72,20 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
         folder = out / c.id
         folder.mkdir(parents=True, exist_ok=True)
         write_output(folder / f"{EVAL_TYPE[name]}.json",
-                     eval_output(EVAL_TYPE[name], configs[name], metrics, details, sae_cfg,
-                                 extra))
+                     eval_output(EVAL_TYPE[name], configs[c.id, name], metrics, details,
+                                 sae_cfg, extra))
         print(f"evals {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] {c.id} {name}",
               file=sys.stderr, flush=True)
     collect(root, grid)  # summary.csv, results.h5, tables.md, the headline, the figure
     return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _config(name: str, ev: Evals) -> dict:
