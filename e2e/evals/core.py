@@ -109,11 +109,12 @@ def _logit_terms(model, clean, tokens: torch.Tensor, kept: torch.Tensor, x_hat: 
     nxt = tokens[:, 1:].to(kept.device)
     for i in range(tokens.shape[0]):
         log_p = F.log_softmax(clean.logits[i].float(), -1)
+        p = log_p.exp()
         ce_kept = kept[i, :-1]
         out["ce_loss_without_sae"].append(_ce(log_p, nxt[i])[ce_kept])
         for name, z in logits.items():
             log_q = F.log_softmax(z[i].float(), -1)
-            kl = F.kl_div(log_q, log_p.exp(), reduction="none").sum(-1)
+            kl = F.kl_div(log_q, p, reduction="none").sum(-1)
             out[f"kl_div_with_{name}"].append(kl[kept[i]])
             out[f"ce_loss_with_{name}"].append(_ce(log_q, nxt[i])[ce_kept])
 

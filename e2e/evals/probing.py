@@ -21,6 +21,7 @@ Autoencoders Useful? A Case Study in Sparse Probing"; SAEBench's `sparse_probing
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 import zipfile
@@ -50,7 +51,10 @@ def wheel_path() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=32)
 def _read_csv(wheel: Path, member: str):
+    """A CSV of the wheel, read once per process (as sae-probes caches its reads): the step
+    reads each dataset once per dictionary; callers never modify the frame."""
     import pandas as pd
 
     with zipfile.ZipFile(wheel) as z:
@@ -74,12 +78,12 @@ def read_dataset(tag: str, wheel: Path | None = None) -> tuple[list[str], np.nda
     from sklearn.preprocessing import LabelEncoder
 
     wheel = wheel or wheel_path()
-    master = _master(wheel)
-    tags = [n.split("/")[-1].split(".")[0] for n in master["Dataset save name"]]
+    tags = binary_datasets(wheel)
     if tag not in tags:
         raise ValueError(f"{tag!r} is not a dataset of sae-probes 0.4.2; its binary datasets: "
                          f"{', '.join(tags)}")
     # as sae-probes reads a numbered tag: the first row whose tag is the part after the number
+    master = _master(wheel)
     save_name = master[master["Dataset Tag"] == tag.split("_", 1)[1]]["Dataset save name"]
     df = _read_csv(wheel, save_name.iloc[0] + ".zst")
     return df["prompt"].tolist(), LabelEncoder().fit_transform(df["target"].values), len(df)

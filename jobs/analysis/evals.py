@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from e2e.config import CellConfig
+from e2e.data.staged import sha256
 from e2e.data.tokens import eval_stream
 from e2e.evals import core, probing
 from e2e.evals.saebench import eval_output, write_output
@@ -35,11 +36,11 @@ from e2e.model import load_model, positions_for, resolve_device
 from e2e.saelens import WEIGHTS_FILE, load_saelens
 from jobs.plan.evals import CACHE, Evals, check_datasets
 from jobs.report.collect import collect
+from jobs.report.evals import CORE, FOLDER, PROBING
 from jobs.report.mfr import is_mfr_cell
 from jobs.report.results import existing_grid_dir, read_grid
 
-EVAL_TYPE = {"core": "core", "probing": "sparse_probing_sae_probes"}
-FOLDER = "evals"
+EVAL_TYPE = {"core": CORE, "probing": PROBING}  # SAEBench's eval_type_id of each
 
 
 def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Path:
@@ -50,7 +51,7 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
     out = grid_dir / "results" / FOLDER
     cells = [c for c in read_grid(grid_dir) if c.status == "done" and c.cfg.source == "model"
              and not is_mfr_cell(c.cfg)]
-    sha = {c.id: _sha256(cell_paths(grid_dir / c.id).sae / WEIGHTS_FILE) for c in cells}
+    sha = {c.id: sha256(cell_paths(grid_dir / c.id).sae / WEIGHTS_FILE) for c in cells}
     configs = {(c.id, n): {**_config(n, ev), "sae_weights_sha256": sha[c.id]}
                for c in cells for n in ev.names}  # a retrained cell is evaluated again
     todo = [(c, n) for c in cells for n in ev.names
@@ -80,14 +81,6 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _config(name: str, ev: Evals) -> dict:
     return ({"source": "e2e-sae-hpc: the cell's own evaluation batches and kept positions"}
             if name == "core" else {"setting": "normal", **ev.probing_key()})
@@ -114,7 +107,7 @@ def _probing(model, d, cfg: CellConfig, ev: Evals, root: Path, device: torch.dev
     """SAEBench's `sparse_probing_sae_probes` record: per k the mean test accuracy, AUC and F1
     over the datasets (`sae`), the logreg baseline's (`llm`), and our k-sparse probe on the
     raw residual's dimensions (`llm_top_k`, not SAEBench's); per dataset in the details."""
-    per_ds, details = [], []
+    details = []
     for tag in ev.datasets or tuple(probing.binary_datasets()):
         x, y, train, test, path = _activations(model, cfg, tag, ev, root)
         with torch.no_grad():
@@ -126,8 +119,8 @@ def _probing(model, d, cfg: CellConfig, ev: Evals, root: Path, device: torch.dev
         for k in ev.ks:
             row.update(_by_k("sae_top", k, sae[k]))
         details.append(row)
-        per_ds.append(row)
-    mean = {k: float(np.mean([r[k] for r in per_ds])) for k in per_ds[0] if k != "dataset_name"}
+    mean = {k: float(np.mean([r[k] for r in details])) for k in details[0]
+            if k != "dataset_name"}
     metrics = {"llm": {k: v for k, v in mean.items() if k.startswith("llm_test")},
                "sae": {k: v for k, v in mean.items() if k.startswith("sae_top")},
                "llm_top_k": {k: v for k, v in mean.items() if k.startswith("llm_top")}}

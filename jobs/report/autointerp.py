@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 from e2e.autointerp import SCORERS
-from e2e.io import atomic_path
 from jobs.report import compare
 from jobs.report.compare import SETTING_COLORS, Point
 
@@ -115,7 +114,7 @@ def figure(points: list[Point], ai: dict[str, dict], out: Path) -> Path | None:
     if not any(v for d in got.values() for v in d.values()):
         return None
     scorers = list(next(iter(ai.values()))["scores"])
-    from jobs.report.plots import _pyplot
+    from jobs.report.plots import _pyplot, save
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(scorers), 2, figsize=(9, 3 * len(scorers)), squeeze=False)
@@ -133,11 +132,8 @@ def figure(points: list[Point], ai: dict[str, dict], out: Path) -> Path | None:
             ax.set_title(f"{s}, {title}", fontsize=9)
             if r == 0 and c == 0:
                 ax.legend(fontsize=8)
-    fig.tight_layout()
     path = out / FIGURE
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)
     return path
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from e2e.io import atomic_path
 from jobs.report.compare import SETTING_COLORS, Point
 
 FOLDER = "evals"
@@ -144,7 +143,7 @@ def figure(points: list[Point], ev: dict[str, dict], out: Path) -> Path | None:
     cols = [c for c in COMPARED if any(c in e for e in ev.values())]
     if not layers or not cols:
         return None
-    from jobs.report.plots import _pyplot
+    from jobs.report.plots import _pyplot, save
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(layers), len(cols), figsize=(3.6 * len(cols), 3 * len(layers)),
@@ -165,9 +164,6 @@ def figure(points: list[Point], ev: dict[str, dict], out: Path) -> Path | None:
             ax.set_title(f"layer {layer}: {col}", fontsize=8)
             if r == 0 and c == 0:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
     path = out / FIGURE
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
     return path

@@ -129,11 +129,12 @@ def geometry_figures(out: Path, dicts: list, within: dict[str, np.ndarray], down
         save(fig, out / "downstream.png")
 
 
-def save(fig, path: Path) -> None:
+def save(fig, path: Path, dpi: int = 100) -> None:
+    """Lays `fig` out, writes it as a PNG atomically and closes it."""
     plt = _pyplot()
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
 
 
