@@ -27,6 +27,8 @@ install: .venv/.installed
 .venv-saelens/.installed: tests/saelens-requirements.txt
 	test -x .venv-saelens/bin/python || python3 -m venv .venv-saelens
 	.venv-saelens/bin/python -m pip install -q -r tests/saelens-requirements.txt
+	# SAEBench's absorption code only: its numpy < 2 and datasets < 4 pins are for other evals
+	.venv-saelens/bin/python -m pip install -q --no-deps sae-bench==0.6.0
 	touch $@
 
 # llama.cpp's OpenAI-compatible server, in its own environment: the auto-interp tests serve
