@@ -1,12 +1,13 @@
-"""`python jobs/evaluate.py grid=<name> [root=runs] [evals=[core,probing]] [field=value ...]`:
-the evaluation step (issue 45).
+"""`python jobs/evaluate.py grid=<name> [root=runs] [evals=[core,probing,absorption]]
+[field=value ...]`: the evaluation step (issue 45).
 
 Runs the field's evaluations on every finished dictionary of a grid on a language model
-(`jobs.analysis.evals`): SAEBench's core metrics and sae-probes' sparse probing, each written
+(`jobs.analysis.evals`): SAEBench's core metrics, sae-probes' sparse probing and SAEBench's
+feature absorption (all three unless `evals=` names some), each written
 as SAEBench writes it to `<root>/<grid>/results/evals/<cell>/<eval_type_id>.json`. A rerun
 skips what is done with the same options; a killed step resumes at the dictionary it was on.
 Fields (`jobs.plan.evals.Evals`): datasets, max_rows, max_seq_len, ks, reg_type, seed,
-batch_size, dense_baseline; and device (auto, cpu, cuda).
+batch_size, dense_baseline, words, min_probe_f1, min_letters; and device (auto, cpu, cuda).
 """
 
 from __future__ import annotations

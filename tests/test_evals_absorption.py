@@ -74,13 +74,20 @@ def speller(tmp_path_factory) -> tuple[Path, torch.Tensor]:
     return path, dirs
 
 
-def test_absorption_equals_saebench_own_code(speller, tmp_path):
+@pytest.fixture(scope="module")
+def task(speller):
+    """(the model, its spelling task at LAYER)."""
+    model = load_model(ModelConfig(str(speller[0])))
+    return model, spelling_data(model, LAYER, SEED)
+
+
+def test_absorption_equals_saebench_own_code(speller, task, tmp_path):
     if not SAELENS_PY.exists():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{SAELENS_PY} is missing (make install makes it)")
         pytest.skip(f"{SAELENS_PY} is missing (make install makes it)")
     path, dirs = speller
-    model = load_model(ModelConfig(str(path)))
+    model, data = task
     vocab = alpha_vocab(model.tokenizer)
     assert word_position(model.tokenizer) == -6
     torch.manual_seed(1)
@@ -105,7 +112,6 @@ def test_absorption_equals_saebench_own_code(speller, tmp_path):
     theirs = json.loads((out / "prompts.json").read_text())
     assert [[list(t) for t in side] for side in spelling_split(vocab, SEED)] == theirs
 
-    data = spelling_data(model, LAYER, SEED)
     ref = torch.load(out / "probe.pt")
     assert data.dropped == 0
     assert torch.allclose(data.x_train, ref["x_train"], atol=1e-5)
@@ -127,6 +133,22 @@ def test_absorption_equals_saebench_own_code(speller, tmp_path):
         assert metrics["mean"][name] == pytest.approx(v, abs=1e-6)
 
 
+def test_every_kind_of_dictionary_is_scored(task):
+    """A TopK SAE and a DB-KSVD dictionary (no encoder: matching pursuit) on the same task."""
+    from e2e.ksvd.dictionary import KSVDDictionary
+
+    _, data = task
+    torch.manual_seed(2)
+    topk = SAE(64, 96, k=8)
+    ksvd = KSVDDictionary(torch.nn.functional.normalize(torch.randn(64, 96), dim=0),
+                          torch.zeros(64), max_nnz=8)
+    for d in (topk, ksvd):
+        metrics, details, extra = absorption_eval(d, data, SEED, min_f1=MIN_F1, min_letters=1)
+        assert 0 <= metrics["mean"]["mean_absorption_fraction_score"] <= 1
+        assert len(details) >= 20 and all(1 <= len(m) <= 10
+                                           for m in extra["main_latents"].values())
+
+
 def test_absorption_fraction_by_hand():
     """One word, probe along e0: main latent 0 carries 1 of the residual's 4, latent 1
     (cosine 0.8) 2.4, latent 2 (cosine 0.05, under the 0.1 floor) 0.1."""
@@ -144,9 +166,8 @@ def test_absorption_fraction_by_hand():
     assert frac.item() == 0.0  # 0.8 of 4 < 40%: not absorption
 
 
-def test_a_prompt_is_saebench_shape_and_bad_input_is_one_line(speller):
-    path, _ = speller
-    model = load_model(ModelConfig(str(path)))
+def test_a_prompt_is_saebench_shape_and_bad_input_is_one_line(task):
+    model, data = task
     p = icl_prompt(" kabo", [" dog", "Cat"] * 10, random.Random(0))
     lines = p.split("\n")
     assert lines[0] == "" and len(lines) == 12 and lines[-1] == " kabo has the first letter:"
@@ -160,7 +181,9 @@ def test_a_prompt_is_saebench_shape_and_bad_input_is_one_line(speller):
         {"1": 0, "2": 1, "!": 2, "<unk>": 3}, unk_token="<unk>")))
     with pytest.raises(SpellingError, match="no token made of letters only"):
         alpha_vocab(digits)
-    data = spelling_data(model, LAYER, SEED, max_words=200)
-    data.probe_f1 = [0.0] * 26
+    import dataclasses
+
+    mute = dataclasses.replace(data, probe_f1=[0.0] * 26)
     with pytest.raises(SpellingError, match="spells 0 letters .* fewer than the 20"):
-        data.check()
+        mute.check()
+    data.check(MIN_F1, 20)  # this model spells

@@ -16,6 +16,7 @@ from jobs.report.results import read_grid
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["datasets=[117_us_state_FL,130_temp_cat_Frequency]", "max_seq_len=64"]
+CP = "evals=[core,probing]"
 
 
 def _run(*args):
@@ -45,7 +46,7 @@ def root(smoke_root, tmp_path_factory):
 
 
 def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
-    r = _run("grid=smoke", f"root={root}", *SMALL)  # the submitted step did them all
+    r = _run("grid=smoke", f"root={root}", CP, *SMALL)  # the submitted step did them all
     assert r.returncode == 0 and "4 dictionaries, 0 evaluations to run" in r.stdout, r.stderr
     grid = root / "smoke"
     cells = sorted(d.name for d in grid.iterdir() if d.name.startswith("L"))
@@ -92,7 +93,7 @@ def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
 def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     folder = root / "smoke" / "results" / "evals"
     (next(folder.iterdir()) / "core.json").unlink()
-    r = _run("grid=smoke", f"root={root}", *SMALL)
+    r = _run("grid=smoke", f"root={root}", CP, *SMALL)
     assert r.returncode == 0 and "1 evaluations to run" in r.stdout, r.stdout + r.stderr
     from safetensors.torch import load_file, save_file
 
@@ -102,14 +103,15 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     t = load_file(str(weights))
     t["b_dec"] = t["b_dec"] + 0.01  # a retrained dictionary: evaluated again
     save_file(t, str(weights))
-    r = _run("grid=smoke", f"root={root}", *SMALL)
+    r = _run("grid=smoke", f"root={root}", CP, *SMALL)
     assert r.returncode == 0 and "2 evaluations to run" in r.stdout, r.stdout + r.stderr
-    r = _run("grid=smoke", f"root={root}", *SMALL, "ks=[1,3]")  # other options: probing again
+    r = _run("grid=smoke", f"root={root}", CP, *SMALL, "ks=[1,3]")  # other options: probing again
     assert r.returncode == 0 and "4 evaluations to run" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("args,line", [
-    (["evals=[core,absorb]"], "evals='absorb' is not an evaluation: choose among core, probing"),
+    (["evals=[core,absorb]"],
+     "evals='absorb' is not an evaluation: choose among core, probing, absorption"),
     (["datasets=[nope]"], "'nope' is not one of sae-probes 0.4.2's binary datasets"),
     (["datasets=[117_us_state_FL]", "max_rows=500"],
      "max_rows=500: dataset 117_us_state_FL's first 500 rows cannot hold its 900"),
@@ -118,10 +120,20 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
 ])
 def test_bad_input_is_one_line_before_anything_is_written(smoke_root, tmp_path, args, line):
     grid = [] if any(a.startswith("grid=") for a in args) else ["grid=smoke"]
+    args = args if any(a.startswith("evals=") for a in args) else [CP, *args]
     r = _run(*grid, f"root={smoke_root}", *args)
     assert r.returncode == 1 and line in r.stderr, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (smoke_root / "smoke" / "results" / "evals").exists()
+
+
+def test_absorption_on_a_model_whose_context_cannot_hold_its_prompts_is_one_line(root):
+    """The smoke LM's 64 positions cannot hold SAEBench's ten-example prompts: one line before
+    any forward, nothing written (the evaluation itself: tests/test_evals_absorption.py)."""
+    r = _run("grid=smoke", f"root={root}", "evals=[absorption]", "words=300")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert "past the model's context of 64" in r.stderr and "Traceback" not in r.stderr
+    assert not list((root / "smoke" / "results" / "evals").glob("*/absorption*"))
 
 
 def test_submit_checks_the_step_and_writes_its_plain_sbatch_job(tmp_path):

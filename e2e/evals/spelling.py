@@ -39,6 +39,7 @@ from torch import nn
 
 from e2e.evals.probing import prompt_ids
 from e2e.model import resid_pre
+from e2e.typed import ConfigError
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TEMPLATE = "{word} has the first letter:"
@@ -46,8 +47,8 @@ MAX_ICL = 10
 MIN_PROBE_F1, MIN_LETTERS = 0.6, 20  # SAEBench's guard: letters the model must spell
 
 
-class SpellingError(ValueError):
-    """The model or tokenizer cannot be evaluated for absorption (one line)."""
+class SpellingError(ConfigError):
+    """The model or tokenizer cannot be evaluated for absorption (bad input: one line)."""
 
 
 def alpha_vocab(tokenizer) -> list[str]:
@@ -114,9 +115,15 @@ def word_position(tokenizer, template: str = TEMPLATE) -> int:
 def word_resid(model, words: list[str], prompts: list[str], layer: int, pos: int,
                batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray]:
     """(n, d_model) float32 residual at `blocks.<layer>.hook_resid_pre` at each prompt's
-    `pos`, and a mask of the prompts whose token there is their word's single token."""
+    `pos`, and a mask of the prompts whose token there is their word's single token;
+    SpellingError, before any forward, when a prompt does not fit the model's context."""
     tok = model.tokenizer
     ids = [prompt_ids(tok, p, 1 << 30) for p in prompts]
+    longest = max(map(len, ids), default=0)
+    if longest > model.cfg.n_ctx:
+        raise SpellingError(f"absorption: its prompts ({MAX_ICL} examples, as SAEBench's) run "
+                            f"to {longest} tokens, past the model's context of "
+                            f"{model.cfg.n_ctx}")
     ok = np.array([tok.decode(i[pos]) == w for i, w in zip(ids, words, strict=True)])
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.empty(len(ids), model.cfg.d_model)

@@ -8,6 +8,10 @@ written as SAEBench writes it to `results/evals/<cell>/<eval_type_id>.json`.
   the raw residual and our k-sparse probe on the raw residual's dimensions beside it
   (`e2e.evals.probing`). The last-token activations of each (model, layer, dataset) are
   computed once and cached under `<root>/_evals_cache/`, shared by every dictionary there.
+- `absorption`: SAEBench's feature absorption (`e2e.evals.absorption`); its spelling task
+  (prompts' residuals, ground-truth probe) is computed once per (model, layer) and cached the
+  same way, after SAEBench's guard: a model that spells too few letters is one line before
+  any dictionary is evaluated.
 
 Resumable: a dictionary whose file holds these options is skipped; each file is written
 atomically when its evaluation ends, so a killed step loses one dictionary's work at most.
@@ -17,6 +21,7 @@ a headline line per layer, `evals_vs_l0.png`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -29,18 +34,18 @@ import torch
 from e2e.config import CellConfig
 from e2e.data.staged import sha256
 from e2e.data.tokens import eval_stream
-from e2e.evals import core, probing
+from e2e.evals import absorption, core, probing, spelling
 from e2e.evals.saebench import eval_output, write_output
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.model import load_model, positions_for, resolve_device
 from e2e.saelens import WEIGHTS_FILE, load_saelens
 from jobs.plan.evals import CACHE, Evals, check_datasets
 from jobs.report.collect import collect
-from jobs.report.evals import CORE, FOLDER, PROBING
+from jobs.report.evals import ABSORPTION, CORE, FOLDER, PROBING
 from jobs.report.mfr import is_mfr_cell
 from jobs.report.results import existing_grid_dir, read_grid
 
-EVAL_TYPE = {"core": CORE, "probing": PROBING}  # SAEBench's eval_type_id of each
+EVAL_TYPE = {"core": CORE, "probing": PROBING, "absorption": ABSORPTION}  # SAEBench's ids
 
 
 def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Path:
@@ -60,16 +65,27 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
           f"({', '.join(ev.names)})", flush=True)
     dev = resolve_device(device)
     models: dict[str, object] = {}
+
+    def model(cfg: CellConfig):
+        if cfg.model.name_or_path not in models:
+            models.clear()  # one model in memory at a time
+            models[cfg.model.name_or_path] = load_model(cfg.model, dev)
+        return models[cfg.model.name_or_path]
+
+    tasks = {}  # (model, layer) -> its spelling task, checked before any dictionary
+    for c in sorted({(c.cfg.model.name_or_path, c.cfg.layer): c for c, n in todo
+                     if n == "absorption"}.values(),
+                    key=lambda c: (c.cfg.model.name_or_path, c.cfg.layer)):
+        tasks[c.cfg.model.name_or_path, c.cfg.layer] = _spelling(model(c.cfg), c.cfg, ev,
+                                                                 Path(root))
+    run = {"core": _core, "probing": _probing, "absorption": _absorption}
     t0 = time.perf_counter()
     for i, (c, name) in enumerate(todo):
-        key = c.cfg.model.name_or_path
-        if key not in models:
-            models.clear()  # one model in memory at a time
-            models[key] = load_model(c.cfg.model, dev)
         d, sae_cfg = load_saelens(cell_paths(grid_dir / c.id).sae)
         d = d.to(dev).eval()
-        metrics, details, extra = (_core if name == "core" else _probing)(
-            models[key], d, c.cfg, ev, Path(root), dev)
+        inputs = (tasks[c.cfg.model.name_or_path, c.cfg.layer] if name == "absorption"
+                  else model(c.cfg))
+        metrics, details, extra = run[name](inputs, d, c.cfg, ev, Path(root), dev)
         folder = out / c.id
         folder.mkdir(parents=True, exist_ok=True)
         write_output(folder / f"{EVAL_TYPE[name]}.json",
@@ -82,6 +98,12 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
 
 
 def _config(name: str, ev: Evals) -> dict:
+    if name == "absorption":  # SAEBench's AbsorptionEvalConfig's fields, and ours
+        return {"random_seed": ev.seed, "f1_jump_threshold": absorption.F1_JUMP,
+                "max_k_value": absorption.MAX_K, "prompt_template": spelling.TEMPLATE,
+                "k_sparse_probe_l1_decay": absorption.L1, "k_sparse_probe_batch_size": 4096,
+                "k_sparse_probe_num_epochs": 50, "min_GT_probe_f1": ev.min_probe_f1,
+                "min_feats_for_eval": ev.min_letters, "words": ev.words}
     return ({"source": "e2e-sae-hpc: the cell's own evaluation batches and kept positions"}
             if name == "core" else {"setting": "normal", **ev.probing_key()})
 
@@ -171,3 +193,31 @@ def _activations(model, cfg: CellConfig, tag: str, ev: Evals, root: Path):
             torch.save(x, tmp)
     train, test = probing.normal_split(y, size, ev.seed)
     return x, y, train, test, path
+
+
+def _absorption(data: spelling.SpellingData, d, cfg: CellConfig, ev: Evals, root: Path,
+                device: torch.device):
+    metrics, details, extra = absorption.absorption_eval(d, data, ev.seed, ev.min_probe_f1,
+                                                         ev.min_letters)
+    return metrics, details, {**extra, "prompt_token_pos": data.position,
+                              "words_left_out": data.dropped}
+
+
+def _spelling(model, cfg: CellConfig, ev: Evals, root: Path) -> spelling.SpellingData:
+    """The spelling task at the cell's layer, from the cache when there; SpellingError (one
+    line) when the model spells too few letters, before it is cached."""
+    key = json.dumps({"model": cfg.model.name_or_path, "layer": cfg.layer, "eval": "spelling",
+                      "words": ev.words, "seed": ev.seed}, sort_keys=True)
+    path = root / CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        return spelling.SpellingData(**torch.load(path))
+    t0 = time.perf_counter()
+    data = spelling.spelling_data(model, cfg.layer, ev.seed, ev.words, ev.batch_size)
+    data.check(ev.min_probe_f1, ev.min_letters)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(dataclasses.asdict(data), tmp)
+    print(f"evals: the spelling task at layer {cfg.layer} ({len(data.x_train)} + "
+          f"{len(data.x_test)} words, {len(data.passed(ev.min_probe_f1))} letters spelled) in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return data

@@ -17,13 +17,16 @@ from dataclasses import asdict, dataclass, fields
 from e2e.evals import probing
 from e2e.typed import ConfigError
 
-EVALS = ("core", "probing")  # SAEBench's core; sae-probes' sparse probing
+EVALS = ("core", "probing", "absorption")  # SAEBench's core; sae-probes' sparse probing;
+# SAEBench's feature absorption
 FILE = "evals.json"  # the options submit.py was given, for the plain-sbatch step
 CACHE = "_evals_cache"  # under the root: activations per (model, layer, dataset, options)
 CORE_S = 20.0  # seconds per dictionary: three forwards of its evaluation batches
 ACTS_S = 65.0  # seconds per (layer, dataset) at 5,000 rows: their last-token activations
 DENSE_S = 190.0  # seconds per (layer, dataset): the dense baseline
 PROBE_S = 2.0  # seconds per (dictionary, dataset): its 3 k-sparse probes
+SPELL_S = 0.03  # seconds per (layer, word): the prompts' residuals and the ground-truth probe
+ABSORB_S = 90.0  # seconds per dictionary: its k-sparse probes (260 fits) and absorption
 # The probing datasets on CPU (16 of sae-probes' 113, one per kind of task, short prompts):
 # people, headlines, science and commonsense truth, ethics, grammar, sentiment, clickbait,
 # hate speech, places, time zones, art, arithmetic, time, emotion, sport.
@@ -47,6 +50,11 @@ class Evals:
     # sae-probes' logreg on every dimension of the raw residual (SAEBench's `llm_test_*`): on
     # CPU about 3 min per (layer, dataset) at SmolLM2's width (lbfgs, 11 fits of 1,024 rows)
     dense_baseline: bool = True
+    # absorption: how many of the vocabulary's letter-only words (shuffled) the task uses, 0
+    # for all of them as SAEBench does (SmolLM2: 47,078; about 25 min per layer on CPU)
+    words: int = 8000
+    min_probe_f1: float = 0.6  # SAEBench's min_GT_probe_f1: a letter the model spells
+    min_letters: int = 20  # SAEBench's min_feats_for_eval: letters it must spell
 
     def __post_init__(self) -> None:
         bad = [n for n in self.names if n not in EVALS]
@@ -55,6 +63,10 @@ class Evals:
                               f"choose among {', '.join(EVALS)}")
         if self.reg_type not in ("l1", "l2"):
             raise ConfigError(f"reg_type={self.reg_type!r} must be l1 or l2")
+        if self.words < 0 or 0 < self.words < 200:
+            raise ConfigError(f"words={self.words} must be 0 (all) or at least 200")
+        if not 0 < self.min_letters <= 26:
+            raise ConfigError(f"min_letters={self.min_letters} must be 1 to 26")
         for name in ("max_rows", "max_seq_len", "batch_size"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 2")
@@ -78,11 +90,14 @@ class Evals:
         if "probing" in self.names:
             s += layers * n * (ACTS_S * self.max_rows / 5000 + DENSE_S * self.dense_baseline)
             s += dictionaries * n * PROBE_S
+        if "absorption" in self.names:
+            s += layers * SPELL_S * (self.words or 47078) + dictionaries * ABSORB_S
         return 10 + math.ceil(2 * s / 60)
 
     def probing_key(self) -> dict:
         """What a dictionary's probing results depend on besides the dictionary."""
-        return {k: v for k, v in asdict(self).items() if k not in ("names", "batch_size")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("names", "batch_size", "words", "min_probe_f1", "min_letters")}
 
 
 def check_datasets(ev: Evals | None) -> Evals | None:

@@ -18,7 +18,7 @@ from jobs.report.compare import SETTING_COLORS, Point
 
 FOLDER = "evals"
 FIGURE = "evals_vs_l0.png"
-CORE, PROBING = "core", "sparse_probing_sae_probes"
+CORE, PROBING, ABSORPTION = "core", "sparse_probing_sae_probes", "absorption_first_letter"
 # summary.csv column -> (file, category, SAEBench's name)
 METRICS = {
     "saebench_ce_loss_score": (CORE, "model_performance_preservation", "ce_loss_score"),
@@ -29,11 +29,14 @@ METRICS = {
     "probing_sae_top_5_acc": (PROBING, "sae", "sae_top_5_test_accuracy"),
     "probing_resid_top_1_acc": (PROBING, "llm_top_k", "llm_top_1_test_accuracy"),
     "probing_resid_dense_acc": (PROBING, "llm", "llm_test_accuracy"),
+    "absorption_fraction": (ABSORPTION, "mean", "mean_absorption_fraction_score"),
+    "absorption_full": (ABSORPTION, "mean", "mean_full_absorption_score"),
+    "absorption_split_features": (ABSORPTION, "mean", "mean_num_split_features"),
 }
 # What the comparisons at equal L0 and the figure show (the baselines are the same for every
 # dictionary of a layer: they are in the per-dictionary table).
 COMPARED = ("saebench_ce_loss_score", "saebench_explained_variance", "probing_sae_top_1_acc",
-            "probing_sae_top_5_acc")
+            "probing_sae_top_5_acc", "absorption_fraction", "absorption_full")
 
 
 def read(results: Path) -> dict[str, dict[str, float]]:
