@@ -90,6 +90,37 @@ def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
     assert (grid / "results" / "evals_vs_l0.png").stat().st_size > 10_000
 
 
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian's chromium and chromium-driver (tests/setup-chromium.sh)")
+def test_the_scores_are_columns_of_the_browser(root):
+    """The dictionary table has the evaluations' columns, each cell's value shown; the index
+    shows the figure; no console error."""
+    from selenium.webdriver.common.by import By
+
+    from benchmarks.bench_browser import chromium, console_errors, open_page
+
+    folder = root / "smoke" / "results" / "browser"
+    ev = json.loads((root / "smoke" / "results" / "evals" / sorted(
+        d.name for d in (root / "smoke" / "results" / "evals").iterdir())[0]
+        / "core.json").read_text())
+    score = ev["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"]
+    driver = chromium()
+    try:
+        open_page(driver, f"{folder.as_uri()}/index.html", "tbody tr")
+        heads = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "th")]
+        assert {"SAEBench CE score", "probing top-1", "absorption"} <= set(heads)
+        col = heads.index("SAEBench CE score")
+        shown = [r.find_elements(By.CSS_SELECTOR, "td")[col].text
+                 for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert sum(t not in ("", "–") for t in shown) == 4
+        assert any(abs(float(t) - score) <= 0.01 * max(1, abs(score)) for t in shown
+                   if t not in ("", "–"))
+        assert "evals_vs_l0.png" in driver.page_source
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
+
+
 def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     folder = root / "smoke" / "results" / "evals"
     (next(folder.iterdir()) / "core.json").unlink()

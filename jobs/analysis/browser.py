@@ -50,6 +50,7 @@ from jobs.plan.analysis_cost import (
 )
 from jobs.plan.autointerp import RECORD_FEATURES
 from jobs.report import autointerp as autointerp_report
+from jobs.report import evals as evals_report
 
 SHARD = 64  # features per data file
 
@@ -142,6 +143,7 @@ def _build(grid_dir: Path, tmp: Path, cells: list, full_ids: set[str], clusters:
         rows += [_row(d, f"g{g}") for d in dicts]
         n_pages += sum(len(d.pages) for d in dicts)
     autointerp_report.browser_data(grid_dir / "results", writer.put)  # after a rebuild too
+    evals_report.browser_data(grid_dir / "results", writer.put)
     writer.put("index", "index", {"grid": grid_dir.name, "cells": rows,
                                   "headline": read_or_empty(grid_dir / "results" / "headline.txt"),
                                   "plots": copy_plots(grid_dir / "results", tmp)})

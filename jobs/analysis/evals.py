@@ -39,6 +39,7 @@ from e2e.evals.saebench import eval_output, write_output
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.model import load_model, positions_for, resolve_device
 from e2e.saelens import WEIGHTS_FILE, load_saelens
+from jobs.analysis.pages import refresh
 from jobs.plan.evals import CACHE, Evals, check_datasets
 from jobs.report.collect import collect
 from jobs.report.evals import ABSORPTION, CORE, FOLDER, PROBING
@@ -94,6 +95,7 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
         print(f"evals {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] {c.id} {name}",
               file=sys.stderr, flush=True)
     collect(root, grid)  # summary.csv, results.h5, tables.md, the headline, the figure
+    refresh(grid_dir / "results")  # the browser's columns
     return out
 
 

@@ -55,3 +55,24 @@ def copy_plots(results: Path, tmp: Path) -> list[str]:
         shutil.copy2(p, tmp / p.name)
         names.append(p.name)
     return names
+
+
+def refresh(results: Path) -> None:
+    """A built browser brought up to date after a later step (auto-interp, the evaluations):
+    their per-dictionary data files, and its index's headline and plots as they are now."""
+    from jobs.report import autointerp, evals
+
+    folder = results / "browser"
+    data = folder / "data"
+    if not data.is_dir():
+        return
+    autointerp.browser_data(results, Writer(data).put)
+    evals.browser_data(results, Writer(data).put)
+    text = (data / "index.js").read_text()
+    index = json.loads(text[text.index(",") + 1:text.rindex(")")])
+    index["headline"] = (results / "headline.txt").read_text()
+    for name in (autointerp.FIGURE, evals.FIGURE):
+        if (results / name).exists():
+            shutil.copy(results / name, folder / name)
+            index["plots"] = sorted(set(index["plots"]) | {name})
+    Writer(data).put("index", "index", index)

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from e2e.autointerp import records
 from e2e.autointerp.score import interpret, mean_ci
 from e2e.io import atomic_write_text
 from e2e.typed import ConfigError
+from jobs.analysis.pages import refresh
 from jobs.explain.endpoint import Endpoint, failure_summary
 from jobs.explain.serve import served
 from jobs.plan.autointerp import CACHE, FILE, AutoInterp
@@ -69,28 +69,8 @@ def autointerp(root: Path | str, grid: str, ai: AutoInterp) -> Path:
                       "none cached; the scores hold what came, and a rerun asks only for "
                       "those again", flush=True)
     collect(root, grid)
-    _browser(results)
+    refresh(results)  # the scores in the feature browser
     return results
-
-
-def _browser(results: Path) -> None:
-    """The scores in the feature browser, and its index's headline and plots as they are now
-    (the analysis built it before the scores existed)."""
-    from jobs.analysis.pages import Writer
-
-    folder = results / "browser"
-    data = folder / "data"
-    if not data.is_dir():
-        return
-    autointerp_report.browser_data(results, Writer(data).put)
-    text = (data / "index.js").read_text()
-    index = json.loads(text[text.index(",") + 1:text.rindex(")")])
-    index["headline"] = (results / "headline.txt").read_text()
-    fig = results / autointerp_report.FIGURE
-    if fig.exists():
-        shutil.copy(fig, folder / fig.name)
-        index["plots"] = sorted(set(index["plots"]) | {fig.name})
-    Writer(data).put("index", "index", index)
 
 
 def _endpoints(ai: AutoInterp, base_url: str, cache: Path) -> tuple[Endpoint, Endpoint]:

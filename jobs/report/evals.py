@@ -170,3 +170,8 @@ def figure(points: list[Point], ev: dict[str, dict], out: Path) -> Path | None:
     path = out / FIGURE
     save(fig, path, dpi=110)
     return path
+
+
+def browser_data(results: Path, put) -> None:
+    """The browser's `evals` data file (cell id -> its columns); `put(name, key, value)`."""
+    put("evals", "evals", read(results))

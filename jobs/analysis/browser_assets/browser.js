@@ -69,13 +69,15 @@ function bars(counts, lo, hi, label) {
 const aiSummary = () => BROWSER.load("autointerp", "autointerp");
 const aiFeatures = async cell => (await aiSummary())[cell] ?
   BROWSER.load(`autointerp/${cell}`, `autointerp-${cell}`) : null;
+// The evaluation step's columns (jobs/report/evals.py): cell -> {column: value}; {} before it.
+const evSummary = () => BROWSER.load("evals", "evals").catch(() => ({}));
 const aiFirst = scores => { const k = Object.keys(scores || {})[0]; return k ? scores[k][0] : null; };
 const aiText = scores => Object.entries(scores || {}).map(([k, [m, lo, hi]]) =>
   `${k} ${fmt(m)} [${fmt(lo)}, ${fmt(hi)}]`).join(" · ");
 
 async function indexPage() {
   const d = await BROWSER.load("index", "index");
-  const ai = await aiSummary();
+  const [ai, ev] = [await aiSummary(), await evSummary()];
   document.title = `${d.grid}: feature browser`;
   const m = main();
   m.append($("h1", { text: `Grid ${d.grid}` }));
@@ -89,6 +91,9 @@ async function indexPage() {
     ["L0", c => c.l0], ["CE loss increase", c => c.ce_loss_increase], ["alive", c => c.alive],
     ["elements", c => c.n_dict], ["feature pages", c => c.pages],
     ["auto-interp", c => ai[c.id] ? aiFirst(ai[c.id].scores) : null],
+    ["SAEBench CE score", c => (ev[c.id] || {}).saebench_ce_loss_score],
+    ["probing top-1", c => (ev[c.id] || {}).probing_sae_top_1_acc],
+    ["absorption", c => (ev[c.id] || {}).absorption_fraction],
     ["clusters", c => clusterLinks(c), c => (c.clusters || []).length]], 1000));
 }
 
