@@ -86,7 +86,7 @@ def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
             core["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"])
         assert 0 <= float(rows[cell]["probing_sae_top_1_acc"]) <= 1
     md = (grid / "results" / "tables.md").read_text()
-    assert "## SAEBench's core and sparse probing" in md and all(c in md for c in cells)
+    assert "## SAEBench's core, sparse probing and absorption" in md and all(c in md for c in cells)
     assert (grid / "results" / "evals_vs_l0.png").stat().st_size > 10_000
 
 

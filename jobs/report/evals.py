@@ -108,11 +108,13 @@ def markdown(points: list[Point], ev: dict[str, dict]) -> str:
     if not ev:
         return ""
     cols = [c for c in METRICS if any(c in e for e in ev.values())]
-    lines = ["## SAEBench's core and sparse probing (docs/evals.md)", "",
+    lines = ["## SAEBench's core, sparse probing and absorption (docs/evals.md)", "",
              "SAEBench's core (`ce_loss_score`: the fraction of the CE loss recovered against "
-             "zero-ablation) and sae-probes' sparse probing (mean test accuracy over the "
+             "zero-ablation), sae-probes' sparse probing (mean test accuracy over the "
              "datasets of the top-k latents; `resid`: the same on the raw residual, top-1 "
-             "dimension and dense).", "",
+             "dimension and dense) and SAEBench's first-letter absorption (mean absorption "
+             "fraction, full-absorption rate and feature splits over the letters the model "
+             "spells; lower absorption is better).", "",
              "| dictionary | layer | setting | L0 | " + " | ".join(cols) + " |",
              "|---|---|---|---|" + "---|" * len(cols)]
     for p in sorted((p for p in points if p.cell_id in ev),
@@ -130,13 +132,16 @@ def markdown(points: list[Point], ev: dict[str, dict]) -> str:
 
 
 def headline(points: list[Point], ev: dict[str, dict]) -> list[str]:
-    """Per layer: the top-1 sparse probing accuracy of each setting minus local's at equal L0."""
+    """Per layer: the top-1 sparse probing accuracy and the absorption fraction of each
+    setting minus local's at equal L0."""
     out = []
     for layer in sorted({p.layer for p in points}):
-        r = _compared(points, ev, layer, "probing_sae_top_1_acc")
-        if r:
-            out.append(f"layer {layer}: sparse probing top-1 accuracy at equal L0, minus "
-                       f"local's: " + "; ".join(r))
+        for col, what in (("probing_sae_top_1_acc", "sparse probing top-1 accuracy"),
+                          ("absorption_fraction", "absorption fraction")):
+            r = _compared(points, ev, layer, col)
+            if r:
+                out.append(f"layer {layer}: {what} at equal L0, minus local's: "
+                           + "; ".join(r))
     return out
 
 
