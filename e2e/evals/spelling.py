@@ -187,13 +187,6 @@ class SpellingData:
     position: int
     dropped: int  # prompts whose word was not one token at `position`
 
-    def probe(self) -> nn.Linear:
-        p = nn.Linear(self.probe_weight.shape[1], len(LETTERS))
-        with torch.no_grad():
-            p.weight.copy_(self.probe_weight)
-            p.bias.copy_(self.probe_bias)
-        return p.eval()
-
     def passed(self, min_f1: float = MIN_PROBE_F1) -> list[int]:
         """The letters whose probe F1 is above `min_f1` (SAEBench's `min_GT_probe_f1`)."""
         return [i for i, f in enumerate(self.probe_f1) if f > min_f1]
