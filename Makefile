@@ -46,7 +46,7 @@ demo: install
 
 test: install .venv-saelens/.installed .venv-llm/.installed
 	$(PY) -m ruff check e2e jobs tests benchmarks
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests  # the slowest 30: where CI time goes
 
 lint: install
 	$(PY) -m ruff check e2e jobs tests benchmarks
