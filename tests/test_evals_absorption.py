@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from e2e.config import CellConfig, ModelConfig
 from e2e.evals.absorption import absorption_eval, absorption_of_words
@@ -74,6 +75,28 @@ def speller(tmp_path_factory) -> tuple[Path, torch.Tensor]:
     return path, dirs
 
 
+def _planted_sae(dirs: torch.Tensor) -> SAE:
+    """128 latents: one per letter (silent where the letter is weak), one absorbing "a" into
+    "b", and 101 leaning towards a letter (cosine ~0.8 with it): absorbers, several per letter,
+    so that every branch of the absorption rules is taken (fractions strictly between 0 and 1,
+    more than 3 candidate absorbers, full absorption)."""
+    torch.manual_seed(1)
+    sae = SAE(64, 128)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        sae.encoder.weight[:26] = dirs
+        sae.encoder.bias[:26] = -0.35
+        sae.decoder.weight[:, :26] = dirs.T
+        sae.encoder.weight[26] = dirs[0] + dirs[1]
+        sae.decoder.weight[:, 26] = dirs[0] + dirs[1]
+        for j in range(27, 128):
+            v = F.normalize(0.8 * dirs[j % 26] + torch.randn(64, generator=g) / 8, dim=0)
+            sae.encoder.weight[j] = v
+            sae.decoder.weight[:, j] = v
+            sae.encoder.bias[j] = -0.05
+    return sae
+
+
 @pytest.fixture(scope="module")
 def task(speller):
     """(the model, its spelling task at LAYER)."""
@@ -90,14 +113,7 @@ def test_absorption_equals_saebench_own_code(speller, task, tmp_path):
     model, data = task
     vocab = alpha_vocab(model.tokenizer)
     assert word_position(model.tokenizer) == -6
-    torch.manual_seed(1)
-    sae = SAE(64, 128)
-    with torch.no_grad():  # a latent per letter, and one absorbing half of "a" into "b"
-        sae.encoder.weight[:26] = 4 * dirs
-        sae.encoder.bias[:26] = -0.5
-        sae.decoder.weight[:, :26] = dirs.T
-        sae.encoder.weight[26] = 4 * (dirs[0] + dirs[1])
-        sae.decoder.weight[:, 26] = dirs[0] + dirs[1]
+    sae = _planted_sae(dirs)
     save_saelens(sae, tmp_path / "sae",
                  cell_meta(CellConfig(model=ModelConfig(str(path)), layer=LAYER), 0))
     out = tmp_path / "ref"
@@ -128,7 +144,8 @@ def test_absorption_equals_saebench_own_code(speller, task, tmp_path):
     assert len(details) == len(res["details"]) >= 20
     for ours, their in zip(details, res["details"], strict=True):
         assert ours == pytest.approx(their, abs=1e-6)
-    assert metrics["mean"]["mean_absorption_fraction_score"] > 0  # the planted absorber
+    mean = metrics["mean"]  # the planted absorbers at work
+    assert 0 < mean["mean_absorption_fraction_score"] < 1 and mean["mean_full_absorption_score"] > 0
     for name, v in res["mean"].items():
         assert metrics["mean"][name] == pytest.approx(v, abs=1e-6)
 
@@ -164,6 +181,17 @@ def test_absorption_fraction_by_hand():
     frac, _ = absorption_of_words(x, torch.tensor([[1.0, 1.0, 2.0]]),
                                   torch.tensor([1.0, 0.0, 0.0]), cos, [0])
     assert frac.item() == 0.0  # 0.8 of 4 < 40%: not absorption
+    # four absorbers of 2 each (cosine 1) against a residual projection of 10: the top 3 count
+    x10, cos5 = torch.tensor([[10.0, 0.0, 0.0]]), torch.ones(5)
+    frac, full = absorption_of_words(x10, torch.tensor([[1.0, 2.0, 2.0, 2.0, 2.0]]),
+                                     torch.tensor([1.0, 0.0, 0.0]), cos5, [0])
+    assert frac.item() == pytest.approx(6 / 7) and not full.item()
+    # main silent, one latent carries 5 of 10: full absorption only if its cosine is ≥ 0.025
+    for c, want in ((0.03, True), (0.02, False)):
+        frac, full = absorption_of_words(
+            x10, torch.tensor([[0.0, 5 / c, 0.0, 0.0, 0.0]]), torch.tensor([1.0, 0.0, 0.0]),
+            torch.tensor([1.0, c, 1.0, 1.0, 1.0]), [0])
+        assert full.item() is want and frac.item() == 0.0  # under the 0.1 floor: no fraction
 
 
 def test_a_prompt_is_saebench_shape_and_bad_input_is_one_line(task):
