@@ -131,6 +131,11 @@ def test_relative_model_and_data_paths_are_made_absolute_by_the_plan(model_and_t
     assert cfg.model.name_or_path == str(model_and_text / "model")
     assert cfg.data.dataset == str(model_and_text / "text")
     assert not plan.needs_pretrain  # no cell reads the grid's own LM: it is not built
+    with pytest.raises(ConfigError, match=r"id\(s\) \[5000\] outside"):  # the dry run too
+        make_plan(["grid=smollm2", "root=runs", "executor=local", "layers=[1]",
+                   f"model.name_or_path={rel}/model", f"data.dataset={rel}/text",
+                   "data.column=text", "data.context_length=16", "data.eval_split=train",
+                   "data.exclude_tokens=[5000]", "dry_run=true"])
     (here / "gpt2").mkdir()  # a grid's default hub id is never taken for a folder of the cwd
     paper = make_plan(["grid=paper", "root=runs", "executor=local", "layers=[6]",
                        "settings=[local]", "dry_run=true"])

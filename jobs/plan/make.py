@@ -27,7 +27,7 @@ from e2e.io import cell_paths, check_folder_config, stored_config
 from e2e.kernels.chip import EMULATED_BF16, native_bf16
 from e2e.train.warm import parent_dir, parent_mismatch, parent_notes, weights_sha256
 from e2e.typed import with_overrides
-from jobs.plan import containers
+from jobs.plan import containers, sources
 from jobs.plan.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
 from jobs.plan.autointerp import AutoInterp, n_dictionaries
 from jobs.plan.evals import Evals, check_datasets
@@ -232,6 +232,9 @@ def make_plan(tokens: list[str]) -> Plan:
     elif needs_model and grid.pretrain is None:
         plan.notes.append("model and dataset reachability is checked at submission, not in "
                           "a dry run")
+    if needs_model and opts.dry_run and (Path(cells[0].cfg.model.name_or_path)
+                                         / "config.json").exists():
+        sources.check_tokenizer(cells[0].cfg)  # a model folder here: its tokenizer, exclusions
     return plan
 
 
