@@ -7,7 +7,8 @@ feature absorption (all three unless `evals=` names some), each written
 as SAEBench writes it to `<root>/<grid>/results/evals/<cell>/<eval_type_id>.json`. A rerun
 skips what is done with the same options; a killed step resumes at the dictionary it was on.
 Fields (`jobs.plan.evals.Evals`): datasets, max_rows, max_seq_len, ks, reg_type, seed,
-batch_size, dense_baseline, words, min_probe_f1, min_letters; and device (auto, cpu, cuda).
+batch_size, dense_baseline, words, min_probe_f1, min_letters, layers (only those); and device
+(auto, cpu, cuda).
 """
 
 from __future__ import annotations

@@ -136,6 +136,8 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     save_file(t, str(weights))
     r = _run("grid=smoke", f"root={root}", CP, *SMALL)
     assert r.returncode == 0 and "2 evaluations to run" in r.stdout, r.stdout + r.stderr
+    r = _run("grid=smoke", f"root={root}", CP, *SMALL, "ks=[1,3]", "layers=[2]")
+    assert r.returncode == 0 and "0 dictionaries" in r.stdout, r.stdout + r.stderr  # none there
     r = _run("grid=smoke", f"root={root}", CP, *SMALL, "ks=[1,3]")  # other options: probing again
     assert r.returncode == 0 and "4 evaluations to run" in r.stdout, r.stdout + r.stderr
 

@@ -56,7 +56,7 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
     check_datasets(ev)
     out = grid_dir / "results" / FOLDER
     cells = [c for c in read_grid(grid_dir) if c.status == "done" and c.cfg.source == "model"
-             and not is_mfr_cell(c.cfg)]
+             and not is_mfr_cell(c.cfg) and (not ev.layers or c.cfg.layer in ev.layers)]
     sha = {c.id: sha256(cell_paths(grid_dir / c.id).sae / WEIGHTS_FILE) for c in cells}
     configs = {(c.id, n): {**_config(n, ev), "sae_weights_sha256": sha[c.id]}
                for c in cells for n in ev.names}  # a retrained cell is evaluated again

@@ -55,6 +55,7 @@ class Evals:
     words: int = 8000
     min_probe_f1: float = 0.6  # SAEBench's min_GT_probe_f1: a letter the model spells
     min_letters: int = 20  # SAEBench's min_feats_for_eval: letters it must spell
+    layers: tuple[int, ...] = ()  # only the dictionaries at these layers (): all of them
 
     def __post_init__(self) -> None:
         bad = [n for n in self.names if n not in EVALS]
@@ -97,7 +98,8 @@ class Evals:
     def probing_key(self) -> dict:
         """What a dictionary's probing results depend on besides the dictionary."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("names", "batch_size", "words", "min_probe_f1", "min_letters")}
+                if k not in ("names", "batch_size", "words", "min_probe_f1", "min_letters",
+                             "layers")}
 
 
 def check_datasets(ev: Evals | None) -> Evals | None:
