@@ -229,12 +229,8 @@ def make_plan(tokens: list[str]) -> Plan:
         # fails with a clear message before anything is submitted (staging reads the originals;
         # a grid's own LM, built by its pretrain job, is checked once it is there)
         check_sources(source_cfgs[0] if opts.stage else cells[0].cfg, own)
-    elif needs_model and grid.pretrain is None:
-        plan.notes.append("model and dataset reachability is checked at submission, not in "
-                          "a dry run")
-    if needs_model and opts.dry_run and (Path(cells[0].cfg.model.name_or_path)
-                                         / "config.json").exists():
-        sources.check_tokenizer(cells[0].cfg)  # a model folder here: its tokenizer, exclusions
+    elif needs_model:  # the dry run: what needs no network
+        plan.notes += sources.dry_run_checks(cells[0].cfg, grid.pretrain is None)
     return plan
 
 

@@ -57,6 +57,16 @@ def check_sources(cfg: CellConfig, own_lm: Path | None = None) -> None:
     # dry run included)
 
 
+def dry_run_checks(cfg: CellConfig, reach_note: bool) -> list[str]:
+    """What a dry run checks without the network: a model folder's tokenizer (the excluded
+    tokens included, as at submission); the note that reachability waits for the submission
+    (`reach_note`)."""
+    if (Path(cfg.model.name_or_path) / "config.json").exists():
+        check_tokenizer(cfg)
+    return (["model and dataset reachability is checked at submission, not in a dry run"]
+            if reach_note else [])
+
+
 def check_own_rows(cfg: CellConfig) -> None:
     """ConfigError in one line for a split or column a grid's own token rows will not have
     (known before they are built; the dry run checks it too)."""
