@@ -131,13 +131,20 @@ def prompt_ids(tokenizer, prompt: str, max_seq_len: int = 1024) -> list[int]:
     return [bos, *text[len(text) - min(len(text), max_seq_len - 1):]]
 
 
-@torch.no_grad()
 def last_token_resid(model, prompts: list[str], layer: int, max_seq_len: int = 1024,
                      batch_size: int = 32) -> torch.Tensor:
     """(n, d_model) float32: each prompt's residual at `blocks.<layer>.hook_resid_pre` at its
-    last token. Prompts run in batches of similar length, padded on the right (a causal model:
-    a pad never reaches an earlier position)."""
+    last token."""
     ids = [prompt_ids(model.tokenizer, p, max_seq_len) for p in prompts]
+    return resid_at(model, ids, [len(i) - 1 for i in ids], layer, batch_size)
+
+
+@torch.no_grad()
+def resid_at(model, ids: list[list[int]], at: list[int], layer: int,
+             batch_size: int = 32) -> torch.Tensor:
+    """(n, d_model) float32: the residual at `blocks.<layer>.hook_resid_pre` of each token row
+    `ids[i]` at position `at[i]`. Rows run in batches of similar length, padded on the right
+    (a causal model: a pad never reaches an earlier position)."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.empty(len(ids), model.cfg.d_model)
     for s in range(0, len(order), batch_size):
@@ -147,8 +154,8 @@ def last_token_resid(model, prompts: list[str], layer: int, max_seq_len: int = 1
         for j, i in enumerate(rows):
             tokens[j, :len(ids[i])] = torch.tensor(ids[i])
         resid = resid_pre(model, tokens.to(model.cfg.device), layer)
-        last = torch.tensor([len(ids[i]) - 1 for i in rows], device=resid.device)
-        out[rows] = resid[torch.arange(len(rows), device=resid.device), last].float().cpu()
+        pos = torch.tensor([at[i] for i in rows], device=resid.device)
+        out[rows] = resid[torch.arange(len(rows), device=resid.device), pos].float().cpu()
     return out
 
 

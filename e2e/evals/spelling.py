@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2e.evals.probing import prompt_ids
-from e2e.model import resid_pre
+from e2e.evals.probing import prompt_ids, resid_at
 from e2e.typed import ConfigError
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -111,7 +110,6 @@ def word_position(tokenizer, template: str = TEMPLATE) -> int:
     return len(tokenizer(head)["input_ids"]) - len(tokenizer(head + tail)["input_ids"]) - 1
 
 
-@torch.no_grad()
 def word_resid(model, words: list[str], prompts: list[str], layer: int, pos: int,
                batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray]:
     """(n, d_model) float32 residual at `blocks.<layer>.hook_resid_pre` at each prompt's
@@ -125,18 +123,7 @@ def word_resid(model, words: list[str], prompts: list[str], layer: int, pos: int
                             f"to {longest} tokens, past the model's context of "
                             f"{model.cfg.n_ctx}")
     ok = np.array([tok.decode(i[pos]) == w for i, w in zip(ids, words, strict=True)])
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = torch.empty(len(ids), model.cfg.d_model)
-    for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
-        width = max(len(ids[i]) for i in rows)
-        tokens = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, i in enumerate(rows):
-            tokens[j, :len(ids[i])] = torch.tensor(ids[i])
-        resid = resid_pre(model, tokens.to(model.cfg.device), layer)
-        at = torch.tensor([len(ids[i]) + pos for i in rows], device=resid.device)
-        out[rows] = resid[torch.arange(len(rows), device=resid.device), at].float().cpu()
-    return out, ok
+    return resid_at(model, ids, [len(i) + pos for i in ids], layer, batch_size), ok
 
 
 def train_probe(x: torch.Tensor, labels: torch.Tensor, seed: int, batch_size: int = 64,
