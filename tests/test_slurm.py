@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from e2e.io import cell_lock, cell_paths
 from e2e.store import read_metrics
+from jobs.run.cell import REQUEUE_LOCK_WAIT_S
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("E2E_IMAGE", "localhost/e2e-sae-hpc")
@@ -214,7 +215,9 @@ def test_a_cell_killed_with_sigkill_leaves_no_container_training_on(tmp_path):
         subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], check=True)
         _wait_for(lambda: not containers(), 30, "the killed job's container to be removed")
         assert not cell_paths(cell).done.exists()  # killed mid-training, not finished
-        with cell_lock(cell):  # CellBusyError if anything still trains it
+        # `podman ps` drops a container while its processes are still being killed (CI saw the
+        # lock held just after): the lock must come free within the wait a requeued job allows
+        with cell_lock(cell, wait_s=REQUEUE_LOCK_WAIT_S):  # CellBusyError if it still trains
             pass
     finally:  # nothing left training on the cores the next tests time
         subprocess.run(["scancel", *ids.values()])

@@ -237,6 +237,25 @@ def test_a_cell_is_trained_by_one_process_at_a_time(smoke_cells, tmp_path):
     assert train(cfg, tmp_path, progress=False) == "done"  # free again once released
 
 
+def test_a_lock_held_by_a_dying_process_is_waited_for_only_when_asked(tmp_path):
+    """A requeued job waits for its killed predecessor's lock (jobs/run/cell.py); others refuse."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from e2e.io import cell_lock\n"
+        f"with cell_lock(Path({str(tmp_path)!r})):\n"
+        "    print('held', flush=True); time.sleep(2)")], cwd=REPO, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CellBusyError, match="another process"), cell_lock(tmp_path):
+            pass
+        start = time.monotonic()
+        with cell_lock(tmp_path, wait_s=60):
+            assert 0.5 < time.monotonic() - start < 30  # waited for the holder, not the deadline
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_cells_that_differ_in_more_than_loss_are_not_packed(smoke_cells, tmp_path):
     a, b = smoke_cells[0], replace(smoke_cells[1], seed=1)
     with pytest.raises(ConfigError, match=r"differ in \['seed'\]"):

@@ -104,8 +104,8 @@ def train(cfg: CellConfig, out_dir: Path | str, should_stop: Callable[[], bool] 
 
 
 def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
-               should_stop: Callable[[], bool] | None = None, progress: bool = True
-               ) -> list[str]:
+               should_stop: Callable[[], bool] | None = None, progress: bool = True,
+               lock_wait_s: float = 0.0) -> list[str]:
     """Trains (or resumes) the cells as one pack; a status per cell, as `train` returns.
 
     Members that finished earlier are skipped; members whose checkpoints are at different steps
@@ -113,6 +113,7 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
     reaches their step, so every member ends exactly as if it had run alone. A member whose
     loss goes non-finite stops; the others go on, then `MemberFailed` names it. For the rest
     of the process, glibc keeps freed heap memory for reuse (`e2e.kernels.heap.keep_freed_heap`).
+    A member another process trains is refused (CellBusyError) after `lock_wait_s` seconds.
     """
     if not cfgs or len(cfgs) != len(out_dirs):
         raise ValueError("train_pack needs one output folder per config")
@@ -126,7 +127,7 @@ def train_pack(cfgs: list[CellConfig], out_dirs: list[Path | str],
                 continue
             paths.root.mkdir(parents=True, exist_ok=True)
             try:
-                locks.enter_context(cell_lock(paths.root))
+                locks.enter_context(cell_lock(paths.root, lock_wait_s))
             except CellBusyError as e:  # every member held elsewhere is named, then refused
                 busy.append(str(e))
                 continue

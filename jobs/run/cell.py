@@ -33,6 +33,12 @@ FAILED = "FAILED"
 # checkpointing; slurm/array.sbatch requeues on it.
 EXIT_INTERRUPTED = 3
 
+# A requeued job (SLURM_RESTART_COUNT > 0) may start while its killed predecessor's container
+# is still being removed (up to 2 s to notice, then the kill: jobs/plan/containers.py) and so
+# still holds the cell's lock: it waits this long before taking the cell for another
+# submission's and skipping it, which would leave the cell unfinished.
+REQUEUE_LOCK_WAIT_S = 120.0
+
 
 def _log(cell_dir: Path, message: str) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -108,7 +114,9 @@ class CellJob(submitit.helpers.Checkpointable):
             _log(d, f"start{resuming}{pack} on {platform.node()} with {sys.executable}, "
                     f"{malloc_in_use()} malloc")
         try:
-            statuses = train_pack(cfgs, dirs, should_stop=lambda: bool(stop.requested))
+            requeued = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+            statuses = train_pack(cfgs, dirs, should_stop=lambda: bool(stop.requested),
+                                  lock_wait_s=REQUEUE_LOCK_WAIT_S if requeued else 0.0)
         except CellBusyError as e:  # another process trains it (a second submission into
             for d in dirs:          # the root): skipped here, not a failure of the cell
                 for line in [x for x in str(e).splitlines() if x.startswith(f"{d} ")]:
