@@ -11,6 +11,18 @@ from typing import Literal
 from e2e.typed import require
 
 
+def canonical_exclusions(value: str) -> str:
+    """`data.exclude_tokens` in one spelling: "", "special", "[0,2]" (sorted, once each) or
+    "special,0,2"; a value `DataConfig` refuses is returned as it is."""
+    items = [x.strip() for x in value.strip().strip("[]").split(",")]
+    if not value.strip() or not all(x == "special" or x.isdigit() for x in items):
+        return value
+    ids = ",".join(str(i) for i in sorted({int(x) for x in items if x != "special"}))
+    if "special" not in items:
+        return f"[{ids}]"
+    return f"special,{ids}" if ids else "special"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # A local `datasets.save_to_disk` folder, or a hub dataset id (streamed).
@@ -40,8 +52,12 @@ class DataConfig:
         require(re.fullmatch(r"\s*\[?(\s*(special|\d+)\s*,)*\s*(special|\d+)\s*\]?\s*|",
                              self.exclude_tokens) is not None, "data.exclude_tokens",
                 "special, token ids like [0,2], or both (special,5)", self.exclude_tokens)
-        require(0 <= self.skip_positions < self.context_length, "data.skip_positions",
-                f">= 0 and < data.context_length ({self.context_length})", self.skip_positions)
+        # one spelling per value, so that `[2, 1,0]` and `[0,1,2]` name the same cell
+        object.__setattr__(self, "exclude_tokens", canonical_exclusions(self.exclude_tokens))
+        # a row keeps a position that predicts a next token (the CE's, `e2e.metrics.ce_loss`)
+        require(0 <= self.skip_positions <= self.context_length - 2, "data.skip_positions",
+                f">= 0 and <= data.context_length - 2 ({self.context_length - 2}): a row "
+                "must keep a position followed by a token", self.skip_positions)
         require(bool(self.column), "data.column", "a column name", self.column)
         require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", self.shuffle_buffer)

@@ -108,7 +108,12 @@ def test_the_analysis_job_is_sized_by_its_cost_model_and_runs_the_threads_it_is_
     n = {layer: sum(c.cfg.layer == layer for c in plan.cells) for layer in layers}
     assert size == (sum((4 * 46_080 + (n[i] - 4) * 1_024) * (1_100 + 3 * (n[i] - 1) * 43)
                         for i in layers) + len(sizes) * 46_080 * 26)
-    assert plan.analysis_gpus == 1
+    assert plan.analysis_gpus == 1 and plan.opts.gpus_per_cell == 1
+    cpu = make_plan(["grid=smollm2", "dry_run=true", "executor=slurm",  # cells pin device=cpu
+                     "root=/nonexistent-e2e-root"])
+    assert cpu.opts.gpus_per_cell == 0 and cpu.analysis_gpus == 0
+    assert make_plan(["grid=smollm2", "dry_run=true", "executor=slurm", "gpus_per_cell=2",
+                      "root=/nonexistent-e2e-root"]).opts.gpus_per_cell == 2  # asked: kept
     assert plan.analysis_time_min > 30 + 2 * len(plan.cells)  # the flat allowance fell short
     assert 40 * 60 < cluster_seconds(46_080) < 60 * 60  # the measured power law, extrapolated
     # the model, by hand, for one tiny dictionary on 2 threads

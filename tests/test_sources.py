@@ -107,6 +107,49 @@ def test_excluded_tokens_are_checked_against_the_models_tokenizer(model_and_text
         positions_for(special, bare, 3)
     with pytest.raises(ConfigError, match="data.exclude_tokens='eos' is invalid"):
         replace(cfg.data, exclude_tokens="eos")
+    every = replace(cfg.data, exclude_tokens=f"[{','.join(map(str, range(len(tok))))}]")
+    with pytest.raises(ConfigError, match=f"names every id of the model's vocabulary "
+                                          f"\\({len(tok)}\\), so no position is left"):
+        positions_for(every, tok, len(tok))
+    positions_for(replace(every, exclude_tokens=f"[{','.join(map(str, range(1, len(tok))))}]"),
+                  tok, len(tok))  # one id left: rows may still hold it
+    with pytest.raises(ConfigError, match="data.skip_positions=15 is invalid: must be >= 0 and "
+                                          "<= data.context_length - 2 \\(14\\)"):
+        replace(cfg.data, context_length=16, skip_positions=15)  # no position predicts a token
+
+
+def test_one_exclusion_spelled_differently_is_one_cell(tmp_path):
+    """Cell ids hash the config: an id list is stored sorted, once each, whatever its spelling;
+    `special` is unchanged (the folders of grid=smollm2 keep their names)."""
+    from jobs.plan.make import make_plan
+
+    def first(value: str):
+        plan = make_plan(["grid=smollm2", f"root={tmp_path}", "executor=local", "layers=[6]",
+                          f"data.exclude_tokens={value}", "dry_run=true"])
+        return plan.cells[0].cfg.data.exclude_tokens, plan.cells[0].dir.name
+
+    assert first("[0,1,2]") == first("[2, 1,0]") == first("[1,0,2,2]") == ("[0,1,2]", first(
+        "[0,1,2]")[1])
+    assert first("special,5,1") == first("5,special,1")
+    assert first("special")[0] == "special" and first("special")[1] != first("[0,1,2]")[1]
+    assert first("special")[1] == make_plan(["grid=smollm2", f"root={tmp_path}",
+                                             "executor=local", "layers=[6]", "dry_run=true"]
+                                            ).cells[0].dir.name
+
+
+def test_a_grid_whose_own_lm_is_not_built_yet_checks_the_excluded_ids_at_the_plan(tmp_path):
+    """The vocabulary of a grid's own LM is known before it is built (SmolLM2's GGUF: 49,152
+    ids, special 0-2; the small LM: its `vocab_size`, EOS 0): ids past it are one line at the
+    plan, not a failure of every cell after the build. Nothing is written."""
+    from jobs.plan.make import make_plan
+
+    for grid, vocab in (("smollm2", 49152), ("smoke", 512)):
+        for dry in ("true", "false"):
+            with pytest.raises(ConfigError, match=rf"id\(s\) \[{vocab}\] outside the model's "
+                                                  rf"vocabulary \(0..{vocab - 1}\)"):
+                make_plan([f"grid={grid}", f"root={tmp_path}", "executor=local",
+                           f"data.exclude_tokens=[3,{vocab}]", f"dry_run={dry}"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_relative_model_and_data_paths_are_made_absolute_by_the_plan(model_and_text, tmp_path,

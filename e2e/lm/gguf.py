@@ -16,6 +16,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -38,6 +39,15 @@ class GGUFLMConfig:
     # validation CE over this many rows of `val_context` tokens
     val_rows: int = 16
     val_context: int = 256
+
+    # Its tokenizer, for the plan's check of `data.exclude_tokens` before the folder exists
+    # (checked when it is built; ClassVars: not in the folder's hash).
+    VOCAB: ClassVar[int] = 49152
+    SPECIAL_IDS: ClassVar[tuple[int, ...]] = (0, 1, 2)  # <|endoftext|>, <|im_start|>, <|im_end|>
+
+    def tokens(self) -> tuple[int, tuple[int, ...]]:
+        """(vocabulary size, special ids as `e2e.model.positions.special_ids` finds them)."""
+        return self.VOCAB, self.SPECIAL_IDS
 
     def __post_init__(self) -> None:
         if self.val_rows < 1 or self.val_context < 2:
@@ -123,6 +133,11 @@ def build_gguf_lm(cfg: GGUFLMConfig, out_dir: Path | str, progress: bool = True)
     if shape != (cfg.n_layers, cfg.d_model, cfg.n_ctx):
         raise ConfigError(f"{gguf.name} has (layers, width, positions) {shape}, not "
                           f"{(cfg.n_layers, cfg.d_model, cfg.n_ctx)} as its config says")
+    from e2e.model.positions import special_ids
+
+    if (len(tokenizer), special_ids(tokenizer)) != cfg.tokens():
+        raise ConfigError(f"{gguf.name}'s tokenizer has {len(tokenizer)} ids, special "
+                          f"{special_ids(tokenizer)}, not {cfg.tokens()} as its config says")
     sep = tokenizer.convert_tokens_to_ids(cfg.separator)
     corpus = datasets.load_from_disk(str(build_corpus(out / "corpus", cfg.corpus_max_chars)))
 

@@ -51,6 +51,12 @@ class PretrainConfig:
             if not ok:
                 raise ConfigError(f"pretrain.{name}={getattr(self, name)!r} is invalid")
 
+    def tokens(self) -> tuple[int, tuple[int, ...]]:
+        """(vocabulary size at most, special ids): the plan's check of `data.exclude_tokens`
+        before the model is trained. EOS is the tokenizer's one special token, id 0 (the BPE
+        trainer puts special tokens first); a smaller corpus may give fewer ids."""
+        return self.vocab_size, (0,)
+
     def key(self) -> dict:
         """What the pre-trained model depends on, for its folder's hash (fields added later are
         left out at their defaults)."""
@@ -119,6 +125,11 @@ def pretrain(cfg: PretrainConfig, out_dir: Path | str, progress: bool = True) ->
     t0 = time.time()
     corpus = datasets.load_from_disk(str(build_corpus(out / "corpus", cfg.corpus_max_chars)))
     tokenizer = train_tokenizer(corpus["train"]["text"], cfg.vocab_size)
+    from e2e.model.positions import special_ids
+
+    if special_ids(tokenizer) != cfg.tokens()[1]:  # what the plan checked the ids against
+        raise RuntimeError(f"the tokenizer's special ids are {special_ids(tokenizer)}, not "
+                           f"{cfg.tokens()[1]}")
     tokenize_corpus(corpus, tokenizer).save_to_disk(str(out / "data"))
     write_record(out / "data", tokenizer_record(tokenizer, str(out / "model")))
     model = init_model(cfg, tokenizer)

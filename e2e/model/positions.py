@@ -78,19 +78,31 @@ def special_ids(tokenizer) -> tuple[int, ...]:
 
 
 def positions_for(data: DataConfig, tokenizer, vocab: int) -> Positions:
-    """The kept positions a cell's `data` asks for with this tokenizer and a model of `vocab`
-    token ids; ConfigError in one line for `special` with a tokenizer that has none, or an id
-    outside the vocabulary."""
+    """The kept positions a cell's `data` asks for with this tokenizer (None: none) and a
+    model of `vocab` token ids; ConfigError as `excluded_ids` says."""
+    found = special_ids(tokenizer) if tokenizer is not None else ()
+    return Positions(data.skip_positions, excluded_ids(data, found, vocab),
+                     data.exclude_norm_multiple)
+
+
+def excluded_ids(data: DataConfig, special: tuple[int, ...], vocab: int) -> tuple[int, ...]:
+    """The ids `data.exclude_tokens` leaves out (sorted), given the tokenizer's `special` ids
+    and a vocabulary of `vocab` ids; ConfigError in one line for `special` where there are
+    none, an id outside the vocabulary, or ids that cover it (no position would be left). The
+    plan calls it before a grid's own LM is built (`jobs.plan.sources.check_own_lm_ids`)."""
     items = [x.strip() for x in data.exclude_tokens.strip("[] ").split(",")]
-    special, ids = "special" in items, tuple(sorted({int(x) for x in items if x.isdigit()}))
-    if special:
-        found = special_ids(tokenizer) if tokenizer is not None else ()
-        if not found:
+    ids = {int(x) for x in items if x.isdigit()}
+    if "special" in items:
+        if not special:
             raise ConfigError("data.exclude_tokens=special is invalid: the model's tokenizer "
                               "has no special tokens (give the ids: data.exclude_tokens=[0,1])")
-        ids = tuple(sorted(set(ids) | set(found)))
-    bad = [i for i in ids if not 0 <= i < vocab]
+        ids |= set(special)
+    bad = sorted(i for i in ids if not 0 <= i < vocab)
     if bad:
         raise ConfigError(f"data.exclude_tokens={data.exclude_tokens} is invalid: id(s) "
                           f"{bad} outside the model's vocabulary (0..{vocab - 1})")
-    return Positions(data.skip_positions, ids, data.exclude_norm_multiple)
+    if len(ids) >= vocab:
+        raise ConfigError(f"data.exclude_tokens={data.exclude_tokens} is invalid: it names "
+                          f"every id of the model's vocabulary ({vocab}), so no position is "
+                          "left to train on")
+    return tuple(sorted(ids))

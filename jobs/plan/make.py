@@ -36,7 +36,7 @@ from jobs.plan.folders import folder_id, legacy_folder
 from jobs.plan.grid import Grid, expand, grid_pretrain_dir, k_axis, make_packs
 from jobs.plan.grids import grid_named
 from jobs.plan.options import Axes, RunOptions, absolute, parse_overrides
-from jobs.plan.sources import check_own_rows, check_sources, check_tokenizers, known_shape
+from jobs.plan.sources import check_own_lm, check_sources, check_tokenizers, known_shape
 from jobs.plan.stages import Stage, apply_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,8 +223,8 @@ def make_plan(tokens: list[str]) -> Plan:
     plan.autointerp = axes.autointerp
     plan.evals = check_datasets(axes.evals)  # the wheel's datasets and their rows
     own = grid_pretrain_dir(root, grid) if grid.pretrain else None
-    if own is not None and Path(cells[0].cfg.data.dataset).is_relative_to(own):
-        check_own_rows(cells[0].cfg)  # the dry run too: nothing to read
+    if own is not None:  # the dry run too: nothing to read
+        check_own_lm(cells[0].cfg, own, grid.pretrain.tokens())
     if needs_model and not opts.dry_run:
         # fails with a clear message before anything is submitted (staging reads the originals;
         # a grid's own LM, built by its pretrain job, is checked once it is there)
@@ -305,6 +305,8 @@ def _check_shapes(grid: Grid, cfgs: list[CellConfig], source_cfgs: list[CellConf
 
 def _place(opts: RunOptions, grid: Grid, cells: list[Cell], cfgs: list[CellConfig], stages,
            notes: list[str], root: Path) -> Plan:
+    if opts.gpus_per_cell is None:  # no GPU asked for cells that run on CPU (grid=smollm2)
+        opts = replace(opts, gpus_per_cell=0 if all(c.device == "cpu" for c in cfgs) else 1)
     pack_size = opts.pack or grid.pack
     executor = opts.executor
     if executor == "auto":

@@ -30,7 +30,7 @@ class RunOptions:
     image: str | None = None
     partition: str = ""
     time: int = 0  # minutes per cell; 0 takes the grid's own estimate
-    gpus_per_cell: int = 1
+    gpus_per_cell: int | None = None  # None: 1, or 0 where every cell pins device=cpu
     cpus_per_cell: int = 0  # 0: the grid's own (4 for paper, 1 for the small grids)
     mem_gb: int = 0  # 0: the partition's default
     array_parallelism: int = 0  # 0: unlimited on SLURM, 1 task at a time locally
@@ -156,7 +156,7 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
     opts = RunOptions(**run)
     for name, low in (("pack", 0), ("gpus_per_cell", 0), ("cpus_per_cell", 0),
                       ("array_parallelism", 0), ("time", 0), ("mem_gb", 0)):
-        if getattr(opts, name) < low:
+        if getattr(opts, name) is not None and getattr(opts, name) < low:
             raise ConfigError(f"{name}={getattr(opts, name)} is invalid: must be >= {low}")
     if not opts.root.strip():
         raise ConfigError("root= is empty: name the shared output folder (default runs)")

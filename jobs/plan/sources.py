@@ -53,7 +53,7 @@ def check_sources(cfg: CellConfig, own_lm: Path | None = None) -> None:
             raise ConfigError(f"data.dataset={cfg.data.dataset} holds token id {top:,} but the "
                               f"model's embedding has {vocab:,} rows (ids 0..{vocab - 1:,}): "
                               "rows made by another tokenizer?")
-    # rows not built yet: their splits and column are checked by `check_own_rows` (the plan,
+    # rows not built yet: their splits and column are checked by `check_own_lm` (the plan,
     # dry run included)
 
 
@@ -67,9 +67,18 @@ def dry_run_checks(cfg: CellConfig, reach_note: bool) -> list[str]:
             if reach_note else [])
 
 
-def check_own_rows(cfg: CellConfig) -> None:
-    """ConfigError in one line for a split or column a grid's own token rows will not have
-    (known before they are built; the dry run checks it too)."""
+def check_own_lm(cfg: CellConfig, own_lm: Path, tokens: tuple[int, tuple[int, ...]]) -> None:
+    """ConfigError in one line for what a grid's own LM (`own_lm`, perhaps not built yet) will
+    not have, known before it is built (the dry run checks it too): a split or column of its
+    token rows, excluded ids outside its vocabulary or covering it (`tokens`: its vocabulary
+    size and special ids, `e2e.lm.pretrain.PretrainConfig.tokens`); once built, its tokenizer
+    is checked as any model folder's (`check_tokenizer`)."""
+    if Path(cfg.model.name_or_path).is_relative_to(own_lm) and not (own_lm / "DONE").exists():
+        from e2e.model.positions import excluded_ids
+
+        excluded_ids(cfg.data, tokens[1], tokens[0])
+    if not Path(cfg.data.dataset).is_relative_to(own_lm):
+        return
     for key, value, have in (("data.split", cfg.data.split, OWN_SPLITS),
                              ("data.eval_split", cfg.data.eval_split, (None, *OWN_SPLITS)),
                              ("data.column", cfg.data.column, ("input_ids",))):
