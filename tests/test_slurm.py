@@ -18,8 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2e.io import cell_lock, cell_paths
+from e2e.io import cell_paths
 from e2e.store import read_metrics
+from e2e.train.lock import cell_lock
 from jobs.run.cell import REQUEUE_LOCK_WAIT_S
 
 REPO = Path(__file__).resolve().parent.parent

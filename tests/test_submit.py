@@ -231,7 +231,7 @@ def test_sigterm_of_a_local_run_stops_its_cell_so_a_rerun_is_not_refused(tmp_pat
     import signal
     import time
 
-    from e2e.io import CellBusyError, cell_lock
+    from e2e.train.lock import CellBusyError, cell_lock
 
     args = [sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
             "executor=local", "settings=[e2e]", "optim.n_samples=40000"]

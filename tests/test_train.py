@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from e2e.config import ConfigError
-from e2e.io import CellBusyError, cell_lock, cell_paths
+from e2e.io import cell_paths
 from e2e.store import read_metrics
 from e2e.train import NonFiniteLossError, lr_factor, train, train_pack
+from e2e.train.lock import CellBusyError, cell_lock
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -240,7 +241,7 @@ def test_a_cell_is_trained_by_one_process_at_a_time(smoke_cells, tmp_path):
 def test_a_lock_held_by_a_dying_process_is_waited_for_only_when_asked(tmp_path):
     """A requeued job waits for its killed predecessor's lock (jobs/run/cell.py); others refuse."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from e2e.io import cell_lock\n"
+        "import sys, time; from pathlib import Path; from e2e.train.lock import cell_lock\n"
         f"with cell_lock(Path({str(tmp_path)!r})):\n"
         "    print('held', flush=True); time.sleep(2)")], cwd=REPO, stdout=subprocess.PIPE,
         text=True)

@@ -31,13 +31,7 @@ from e2e.data.source import (
     evaluate_dictionaries,
     open_source,
 )
-from e2e.io import (
-    CellBusyError,
-    atomic_write_text,
-    cell_lock,
-    cell_paths,
-    check_folder_config,
-)
+from e2e.io import atomic_write_text, cell_paths, check_folder_config
 from e2e.kernels.chip import autocast_for, train_dtype
 from e2e.kernels.heap import keep_freed_heap
 from e2e.ksvd.fit import fit as fit_ksvd
@@ -51,6 +45,7 @@ from e2e.model import (
 )
 from e2e.store import wandb_run
 from e2e.train.cost import part_params
+from e2e.train.lock import CellBusyError, cell_lock
 from e2e.train.member import Member, NonFiniteLossError, lr_factor
 from e2e.typed import changed
 

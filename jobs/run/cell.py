@@ -22,8 +22,9 @@ from pathlib import Path
 import submitit
 import torch
 
-from e2e.io import CellBusyError, cell_paths, read_cell_config
+from e2e.io import cell_paths, read_cell_config
 from e2e.train import MemberFailed, train_pack
+from e2e.train.lock import CellBusyError
 from jobs.plan.containers import malloc_in_use
 
 FAILED = "FAILED"
