@@ -19,6 +19,7 @@ from e2e.evals.absorption import absorption_eval, absorption_of_words
 from e2e.evals.spelling import (
     LETTERS,
     SpellingError,
+    alpha_tokens,
     alpha_vocab,
     icl_prompt,
     spelling_data,
@@ -215,3 +216,16 @@ def test_a_prompt_is_saebench_shape_and_bad_input_is_one_line(task):
     with pytest.raises(SpellingError, match="spells 0 letters .* fewer than the 20"):
         mute.check()
     data.check(MIN_F1, 20)  # this model spells
+
+
+def test_words_whose_token_the_dictionary_never_acts_on_are_left_out(task):
+    """`data.exclude_tokens` naming letter-only tokens: the task is built without those words
+    (the residual there is never the dictionary's input); other exclusions change nothing."""
+    model, _ = task
+    tok = model.tokenizer
+    tokens = alpha_tokens(tok)
+    (i, word), (j, other) = tokens[3], tokens[10]
+    assert alpha_vocab(tok, (i, j)) == [w for t, w in tokens if t not in (i, j)]
+    assert word not in alpha_vocab(tok, (i,)) and other in alpha_vocab(tok, (i,))
+    special = tuple(tok.all_special_ids)
+    assert special and alpha_vocab(tok, special) == alpha_vocab(tok)  # none is letter-only

@@ -15,8 +15,10 @@ from e2e.config import CellConfig, ModelConfig
 from e2e.evals.probing import (
     binary_datasets,
     find_best_reg,
+    last_kept,
     last_token_resid,
     normal_split,
+    prompt_ids,
     ranked,
     read_dataset,
     sparse_probe,
@@ -103,3 +105,26 @@ def test_the_wheel_lists_its_datasets_and_a_name_not_there_is_named():
     assert size == len(prompts) == len(y) == 1000 and set(np.unique(y)) == {0, 1}
     with pytest.raises(ValueError, match="not a dataset of sae-probes 0.4.2"):
         read_dataset("117_us_state_ZZ")
+
+
+def test_each_prompt_is_read_at_its_last_position_the_dictionary_acts_on(gpt2_dir):
+    """sae-probes reads the last token; where the cell skips or excludes it (an EOS that ends
+    a prompt; position 0) the last kept position before it, as the hooked forward gives it."""
+    from e2e.model import Positions
+
+    keep = Positions(1, (0, 2))
+    assert last_kept([[1, 5, 7, 0], [1, 0, 6, 2], [1, 3], [4, 0, 9]], keep) == [2, 2, 1, 2]
+    assert last_kept([[1, 5, 7, 0]]) == [3]  # nothing left out: sae-probes' last token
+    with pytest.raises(ValueError, match="prompt 1 has no position the dictionary acts on"):
+        last_kept([[1, 5], [7, 0]], keep)
+    model = load_model(ModelConfig(str(gpt2_dir)), "cpu")
+    eos = model.tokenizer.eos_token_id
+    prompts = ["In the beginning God created", "the heaven and the earth"]
+    ids = [prompt_ids(model.tokenizer, p) for p in prompts]
+    ended = [p + model.tokenizer.decode([eos]) for p in prompts]  # each now ends in an EOS
+    got = last_token_resid(model, ended, 1, positions=Positions(0, (eos,)))
+    _, cache = model.run_with_cache(torch.tensor([ids[0]]), names_filter="blocks.1.hook_resid_pre")
+    torch.testing.assert_close(got[0], cache["blocks.1.hook_resid_pre"][0, -1], atol=1e-5,
+                               rtol=1e-5)
+    plain = last_token_resid(model, ended, 1)
+    assert not torch.allclose(plain[0], got[0])  # the EOS's own residual differs

@@ -183,6 +183,38 @@ def test_a_ksvd_cell_on_the_model_is_scored_like_every_cell(smoke_cells, tmp_pat
     assert torch.allclose(x_hat, c @ model.D.T + model.b_dec, atol=1e-5)
 
 
+def test_ksvd_fits_only_the_kept_positions_separators_mid_row_left_out(smoke_cells, tmp_path):
+    """`data.skip_positions=1`, `data.exclude_tokens=special,<the commonest token>` (the smoke
+    LM's EOS after every document is rare in its rows): the cached activations are the
+    training stream's residuals at the kept positions, row by row, as TransformerLens's own
+    hooked forward gives them."""
+    from e2e.data.tokens import TokenStream
+    from e2e.model import load_model
+    from e2e.model.positions import special_ids
+
+    (cfg,) = [c for c in smoke_cells if c.loss.setting == "ksvd"]
+    model = load_model(cfg.model)
+    common = int(TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split).next_batch(
+        cfg.eval.batch_size)[:, 1:].flatten().mode().values)
+    cfg = replace(cfg, ksvd=replace(cfg.ksvd, keep_activations=True, n_tokens=700),
+                  data=replace(cfg.data, skip_positions=1, exclude_tokens=f"special,{common}"))
+    assert train(cfg, tmp_path, progress=False) == "done"
+    acts = np.load(tmp_path / "activations.npy")
+    ids = torch.tensor([*special_ids(model.tokenizer), common])
+    stream = TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split)
+    want, seps = [], 0
+    while sum(map(len, want)) < len(acts):
+        batch = stream.next_batch(cfg.eval.batch_size)
+        _, cache = model.run_with_cache(batch, names_filter=cfg.hook_name)
+        keep = ~torch.isin(batch, ids)
+        keep[:, 0] = False
+        seps += int(torch.isin(batch[:, 1:], ids).sum())
+        want.append(cache[cfg.hook_name][keep])
+    assert seps > 20  # positions mid-row were there to leave out
+    want = torch.cat(want)[:len(acts)]
+    torch.testing.assert_close(torch.from_numpy(acts), want, atol=1e-3, rtol=1e-3)
+
+
 def test_bad_ksvd_options_fail_before_submission(tmp_path):
     for tokens, message in (
             (["lambdas.ksvd=[0]"], "ksvd.max_nnz=0"),

@@ -108,3 +108,31 @@ def test_separability_equals_the_minimum_over_numpys_rotated_histograms():
         want = min(want, float((p[nz] * np.log(p[nz] / (px @ py)[nz] + 1e-10)).sum()
                                / math.log(2)))
     assert multidim.separability_index(x) == pytest.approx(want, abs=1e-9)
+
+
+def test_codes_are_zero_where_the_dictionary_never_acts_a_masked_position_mid_row(
+        smoke_cells, smoke_model):
+    """The analysis's points (`jobs.analysis.multidim.kept_codes`): position 0 and every
+    excluded token mid-row code nothing; the other positions are the SAE's codes of the hooked
+    forward's residual."""
+    from dataclasses import replace
+
+    from e2e.sae import SAE
+    from jobs.analysis.multidim import kept_codes
+
+    cfg = smoke_cells[0]
+    torch.manual_seed(0)
+    tokens = torch.randint(1, smoke_model.cfg.d_vocab, (3, 16))
+    tokens[1, 7] = tokens[2, 3] = 0  # EOS mid-row
+    tokens[0, 9] = 5
+    cfg = replace(cfg, data=replace(cfg.data, skip_positions=1, exclude_tokens="special,5"))
+    sae = SAE(smoke_model.cfg.d_model, 64)
+    with torch.no_grad():
+        sae.encoder.bias.fill_(10.0)  # every latent fires everywhere the SAE acts
+        _, cache = smoke_model.run_with_cache(tokens, names_filter=cfg.hook_name)
+        want = sae.encode(cache[cfg.hook_name])
+    got = kept_codes(smoke_model, sae, cfg, tokens)
+    masked = torch.zeros_like(tokens, dtype=torch.bool)
+    masked[:, 0] = masked[1, 7] = masked[2, 3] = masked[0, 9] = True
+    assert (got[masked] == 0).all() and (want[masked] != 0).any(-1).all()
+    torch.testing.assert_close(got[~masked], want[~masked], atol=1e-5, rtol=1e-5)

@@ -34,7 +34,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from e2e.data.tokens import DataUnavailableError
 from e2e.lm.corpus import sources_dir
-from e2e.model import resid_pre
+from e2e.model import Positions, resid_pre
 
 WHEEL = "sae_probes-0.4.2-py3-none-any.whl"
 DATA = "sae_probes/data/"
@@ -131,12 +131,28 @@ def prompt_ids(tokenizer, prompt: str, max_seq_len: int = 1024) -> list[int]:
     return [bos, *text[len(text) - min(len(text), max_seq_len - 1):]]
 
 
+def last_kept(ids: list[list[int]], positions: Positions | None = None) -> list[int]:
+    """Each row's last position the dictionary acts on (`e2e.model.positions`: from `skip` on,
+    its token not excluded; sae-probes reads the last token, where the field's SAEs act);
+    ValueError naming the first row without one."""
+    positions = positions or Positions()
+    out = []
+    for n, row in enumerate(ids):
+        at = next((i for i in range(len(row) - 1, positions.skip - 1, -1)
+                   if row[i] not in positions.exclude), None)
+        if at is None:
+            raise ValueError(f"prompt {n} has no position the dictionary acts on (its "
+                             f"{len(row)} tokens are skipped or excluded)")
+        out.append(at)
+    return out
+
+
 def last_token_resid(model, prompts: list[str], layer: int, max_seq_len: int = 1024,
-                     batch_size: int = 32) -> torch.Tensor:
+                     batch_size: int = 32, positions: Positions | None = None) -> torch.Tensor:
     """(n, d_model) float32: each prompt's residual at `blocks.<layer>.hook_resid_pre` at its
-    last token."""
+    last token the dictionary acts on (`last_kept`)."""
     ids = [prompt_ids(model.tokenizer, p, max_seq_len) for p in prompts]
-    return resid_at(model, ids, [len(i) - 1 for i in ids], layer, batch_size)
+    return resid_at(model, ids, last_kept(ids, positions), layer, batch_size)
 
 
 @torch.no_grad()

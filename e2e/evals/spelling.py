@@ -50,21 +50,28 @@ class SpellingError(ConfigError):
     """The model or tokenizer cannot be evaluated for absorption (bad input: one line)."""
 
 
-def alpha_vocab(tokenizer) -> list[str]:
+def alpha_vocab(tokenizer, exclude: tuple[int, ...] = ()) -> list[str]:
     """The words (token texts) of `tokenizer` made of ASCII letters after at most one leading
-    space, by token id; SpellingError when there are none."""
+    space, by token id, less the ids in `exclude` (a dictionary never acts on them:
+    `data.exclude_tokens`); SpellingError when there are none."""
+    words = [text for i, text in alpha_tokens(tokenizer) if i not in exclude]
+    if not words:
+        raise SpellingError("absorption: the tokenizer has no token made of letters only")
+    return words
+
+
+def alpha_tokens(tokenizer) -> list[tuple[int, str]]:
+    """(id, text) of the tokens made of ASCII letters after at most one leading space."""
     letters = set(LETTERS + LETTERS.upper())
-    words = []
-    for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda t: t[1]):
+    out = []
+    for token, i in sorted(tokenizer.get_vocab().items(), key=lambda t: t[1]):
         text = tokenizer.convert_tokens_to_string([token])
         if token.startswith("▁") and not text.startswith(" "):  # SAEBench's sentencepiece fix
             text = " " + text
         bare = text[1:] if text.startswith(" ") else text
         if bare and set(bare) <= letters:
-            words.append(text)
-    if not words:
-        raise SpellingError("absorption: the tokenizer has no token made of letters only")
-    return words
+            out.append((i, text))
+    return out
 
 
 def first_letter(word: str) -> str:
@@ -203,11 +210,11 @@ def probe_f1s(probe: nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> list[f
 
 
 def spelling_data(model, layer: int, seed: int = 42, max_words: int = 0,
-                  batch_size: int = 64) -> SpellingData:
-    """The task of `model` at `blocks.<layer>.hook_resid_pre`; SpellingError for a tokenizer
-    with no letter-only token."""
+                  batch_size: int = 64, exclude: tuple[int, ...] = ()) -> SpellingData:
+    """The task of `model` at `blocks.<layer>.hook_resid_pre`, on the letter-only tokens not
+    in `exclude` (`alpha_vocab`); SpellingError for a tokenizer with no such token."""
     tok = model.tokenizer
-    vocab = alpha_vocab(tok)
+    vocab = alpha_vocab(tok, exclude)
     pos = word_position(tok)
     sides, dropped = [], 0
     for side in spelling_split(vocab, seed, TEMPLATE, max_words):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from e2e.config import CellConfig
+from e2e.config import CellConfig, ConfigError
 from e2e.data.staged import sha256
 from e2e.data.tokens import eval_stream
 from e2e.evals import absorption, core, probing, spelling
@@ -179,17 +179,25 @@ def _by_k(prefix: str, k: int, m: probing.ProbeMetrics) -> dict:
 
 def _activations(model, cfg: CellConfig, tag: str, ev: Evals, root: Path):
     """(x (rows, d_model), labels, train and test indices, the cache file) of a dataset at the
-    cell's layer, from the cache when there."""
-    key = json.dumps({"model": cfg.model.name_or_path, "layer": cfg.layer, "dataset": tag,
-                      "max_rows": ev.max_rows, "max_seq_len": ev.max_seq_len}, sort_keys=True)
-    path = root / CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    cell's layer, each prompt's residual at its last position the dictionary acts on (the
+    last token unless the cell skips or excludes it), from the cache when there."""
     prompts, y, size = probing.read_dataset(tag)
     y = y[:ev.max_rows]
+    ids = [probing.prompt_ids(model.tokenizer, p, ev.max_seq_len) for p in prompts[:ev.max_rows]]
+    try:
+        at = probing.last_kept(ids, positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab))
+    except ValueError as e:
+        raise ConfigError(f"probing: dataset {tag}: {e}") from None
+    key = {"model": cfg.model.name_or_path, "layer": cfg.layer, "dataset": tag,
+           "max_rows": ev.max_rows, "max_seq_len": ev.max_seq_len}
+    if at != [len(i) - 1 for i in ids]:  # read elsewhere than sae-probes' last token
+        key["at"] = hashlib.sha256(json.dumps(at).encode()).hexdigest()
+    key = json.dumps(key, sort_keys=True)
+    path = root / CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.exists():
         x = torch.load(path)
     else:
-        x = probing.last_token_resid(model, prompts[:ev.max_rows], cfg.layer, ev.max_seq_len,
-                                     ev.batch_size)
+        x = probing.resid_at(model, ids, at, cfg.layer, ev.batch_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save(x, tmp)
@@ -208,13 +216,19 @@ def _absorption(data: spelling.SpellingData, d, cfg: CellConfig, ev: Evals, root
 def _spelling(model, cfg: CellConfig, ev: Evals, root: Path) -> spelling.SpellingData:
     """The spelling task at the cell's layer, from the cache when there; SpellingError (one
     line) when the model spells too few letters, before it is cached."""
-    key = json.dumps({"model": cfg.model.name_or_path, "layer": cfg.layer, "eval": "spelling",
-                      "words": ev.words, "seed": ev.seed}, sort_keys=True)
+    # words whose token the cell excludes are left out (the dictionary never acts on them);
+    # the key names them only where there are some, so other cells share one task
+    excluded = positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab).exclude
+    letters = {i for i, _ in spelling.alpha_tokens(model.tokenizer)} if excluded else set()
+    named = tuple(i for i in excluded if i in letters)
+    key = {"model": cfg.model.name_or_path, "layer": cfg.layer, "eval": "spelling",
+           "words": ev.words, "seed": ev.seed, **({"exclude": named} if named else {})}
+    key = json.dumps(key, sort_keys=True)
     path = root / CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.exists():
         return spelling.SpellingData(**torch.load(path))
     t0 = time.perf_counter()
-    data = spelling.spelling_data(model, cfg.layer, ev.seed, ev.words, ev.batch_size)
+    data = spelling.spelling_data(model, cfg.layer, ev.seed, ev.words, ev.batch_size, named)
     data.check(ev.min_probe_f1, ev.min_letters)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -13,13 +13,26 @@ from e2e.io import cell_paths
 from jobs.report import plots
 
 
+@torch.no_grad()
+def kept_codes(model, sae, cfg, tokens: torch.Tensor) -> torch.Tensor:
+    """(batch, pos, n_dict): `sae`'s codes of the residual at `cfg`'s hook for `tokens`
+    (batch, pos), zero at the positions it never acts on (`data.skip_positions`,
+    `data.exclude_tokens`, `data.exclude_norm_multiple`: `e2e.model.positions`)."""
+    from e2e.model import positions_for, resid_pre
+
+    resid = resid_pre(model, tokens, cfg.layer)
+    codes = sae.encode(resid)
+    codes[~positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab).kept(tokens, resid)] = 0
+    return codes
+
+
 def multidim_sections(grid_dir: Path, out: Path, chosen: list, opts, h5: dict, clusters: dict,
                       tick=lambda _: None) -> list[tuple]:
     """Multi-dimensional features of the `chosen` dictionaries (`jobs.analysis.step.Saved`: the
     Table 2 trio of each layer): clusters, their points Σ a_i d_i on eval tokens, PCA and the
     mixture / separability indices; `tick(n_dict)` after each dictionary (the progress)."""
     from e2e.data.tokens import eval_stream
-    from e2e.model import load_model, positions_for, resid_pre
+    from e2e.model import load_model
     from e2e.saelens import load_saelens
 
     rows, scatter, tops = [], [], []
@@ -32,11 +45,7 @@ def multidim_sections(grid_dir: Path, out: Path, chosen: list, opts, h5: dict, c
         sae, _ = load_saelens(cell_paths(grid_dir / x.point.cell_id).sae)
         tokens = eval_stream(cfg.data, model.tokenizer, cfg.seed).next_batch(
             max(1, opts.multidim_tokens // cfg.data.context_length))
-        with torch.no_grad():
-            resid = resid_pre(model, tokens, cfg.layer)
-            codes = sae.encode(resid)
-            kept = positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab).kept(tokens, resid)
-            codes[~kept] = 0  # positions the SAE never acts on (skipped, excluded tokens)
+        codes = kept_codes(model, sae, cfg, tokens)
         flat = tokens.reshape(-1).tolist()
         results = _clusters(x, codes.reshape(-1, sae.n_dict)[:, x.alive_index], flat, opts, h5)
         scatter += [(x.point.setting, r[4]["mixture"], r[4]["separability"]) for r in results]
