@@ -189,6 +189,35 @@ def test_mfr_topk_saes_train_on_the_language_model(smoke_cells, tmp_path, settin
     assert (tmp_path / "sae_1" / "cfg.json").exists()
 
 
+def test_mfr_saes_train_only_on_kept_positions_a_common_token_masked_mid_row(smoke_cells,
+                                                                              tmp_path):
+    """The pack's SAEs and their penalty see the kept positions only (the smoke LM's commonest
+    token excluded, position 0 skipped): the cell trains, every SAE's cfg.json names the ids
+    it never acted on, and the SAEs ran on fewer positions than the model."""
+    import json
+
+    from e2e.data.tokens import TokenStream
+    from e2e.model import load_model
+
+    (cfg,) = [c for c in smoke_cells if c.loss.setting == "local"]
+    model = load_model(cfg.model)
+    common = int(TokenStream(cfg.data, model.tokenizer, cfg.seed, cfg.data.split).next_batch(
+        cfg.eval.batch_size)[:, 1:].flatten().mode().values)
+    cfg = replace(cfg, sae=SAEConfig(dict_size_to_input_ratio=2.0, activation="topk", k=4),
+                  loss=replace(cfg.loss, sparsity_coeff=0.0),
+                  mfr=MFRConfig(n_saes=2, coeff=1.0, warmup_steps=2),
+                  data=replace(cfg.data, skip_positions=1, exclude_tokens=f"special,{common}"))
+    assert train(cfg, tmp_path, progress=False) == "done"
+    m = read_metrics(cell_paths(tmp_path).metrics)
+    for k in ("sae0/l0", "sae1/l0", "mfr_similarity/symmetric_max", "ce_loss_increase"):
+        assert np.isfinite(m["eval"][k]), k
+    for d in (cell_paths(tmp_path).sae, tmp_path / "sae_1"):
+        meta = json.loads((d / "cfg.json").read_text())
+        assert common in meta["exclude_special_tokens"] and meta["seqpos_slice"][0] == 1
+    # each of the n SAEs ran on the kept positions; the model on every one
+    assert m["attrs"]["tokens_sae"] < cfg.mfr.n_saes * m["attrs"]["tokens_prefix"]
+
+
 SMALL_SYNTHETIC = [  # the synthetic grid, shrunk to seconds
     "synthetic.d=32", "synthetic.n_features=64", "synthetic.n_groups=4", "synthetic.group_size=16",
     "synthetic.active=4", "sae.k=4", "optim.lr=1e-2", "optim.warmup_samples=64",
