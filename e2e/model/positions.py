@@ -89,7 +89,7 @@ def excluded_ids(data: DataConfig, special: tuple[int, ...], vocab: int) -> tupl
     """The ids `data.exclude_tokens` leaves out (sorted), given the tokenizer's `special` ids
     and a vocabulary of `vocab` ids; ConfigError in one line for `special` where there are
     none, an id outside the vocabulary, or ids that cover it (no position would be left). The
-    plan calls it before a grid's own LM is built (`jobs.plan.sources.check_own_lm_ids`)."""
+    plan calls it before a grid's own LM is built (`jobs.plan.sources.check_own_lm`)."""
     items = [x.strip() for x in data.exclude_tokens.strip("[] ").split(",")]
     ids = {int(x) for x in items if x.isdigit()}
     if "special" in items:
