@@ -14,6 +14,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from jobs.plan.grid import expand
 from jobs.plan.grids import SMOKE, pretrain_dir
 
+# SAELens's own interpreter (its transformer-lens pin conflicts with ours): SAELens, SAEBench
+# and sae-probes run our files through their own code there.
+SAELENS_PY = Path(__file__).resolve().parent.parent / ".venv-saelens" / "bin" / "python"
+
+
+def need(path: Path) -> None:
+    """Skips a test whose external reference (SAELens's own environment, a wheel's file) is
+    not here; in CI (CI=true), where `make install` puts it there, fails it instead."""
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing (make install gets it)")
+        pytest.skip(f"{path} is missing (make install gets it)")
+
 
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:

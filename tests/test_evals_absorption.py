@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SAELENS_PY, need
 
 from e2e.config import CellConfig, ModelConfig
 from e2e.evals.absorption import absorption_eval, absorption_of_words
@@ -31,7 +32,6 @@ from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
 
 REPO = Path(__file__).resolve().parent.parent
-SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
 LAYER, SEED, MIN_F1 = 1, 3, 0.3
 
 
@@ -106,10 +106,7 @@ def task(speller):
 
 
 def test_absorption_equals_saebench_own_code(speller, task, tmp_path):
-    if not SAELENS_PY.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SAELENS_PY} is missing (make install makes it)")
-        pytest.skip(f"{SAELENS_PY} is missing (make install makes it)")
+    need(SAELENS_PY)
     path, dirs = speller
     model, data = task
     vocab = alpha_vocab(model.tokenizer)

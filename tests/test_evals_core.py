@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SAELENS_PY, need
 
 from e2e import ksvd
 from e2e.config import CellConfig, ModelConfig
@@ -21,14 +22,10 @@ from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
 
 REPO = Path(__file__).resolve().parent.parent
-SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
 
 
 def test_core_equals_saelens_own_evaluation_with_separators_mid_row(gpt2_dir, tmp_path):
-    if not SAELENS_PY.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SAELENS_PY} is missing (make install builds it)")
-        pytest.skip(f"{SAELENS_PY} is missing (make install builds it)")
+    need(SAELENS_PY)
     model = load_model(ModelConfig(str(gpt2_dir)))
     layer, ids = 2, (0, 2)
     torch.manual_seed(1)

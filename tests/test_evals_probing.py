@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SAELENS_PY, need
 
 from e2e.config import CellConfig, ModelConfig
 from e2e.evals.probing import (
@@ -29,23 +30,15 @@ from e2e.sae import SAE
 from e2e.saelens import cell_meta, save_saelens
 
 REPO = Path(__file__).resolve().parent.parent
-SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
 DATASETS = ("117_us_state_FL", "130_temp_cat_Frequency")  # short prompts, ~1,000 rows each
 
 
-def _need(path: Path) -> None:
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing (make install gets it)")
-        pytest.skip(f"{path} is missing (make install gets it)")
-
-
 def test_probing_equals_sae_probes_own_pipeline(gpt2_dir, tmp_path):
-    _need(SAELENS_PY)
+    need(SAELENS_PY)
     from e2e.evals.probing import WHEEL
     from e2e.lm.corpus import sources_dir
 
-    _need(sources_dir() / WHEEL)
+    need(sources_dir() / WHEEL)
     model = load_model(ModelConfig(str(gpt2_dir)))
     layer, max_seq_len = 2, 64  # prompts past 64 tokens are cut from the left
     torch.manual_seed(1)
@@ -98,7 +91,7 @@ def test_the_wheel_lists_its_datasets_and_a_name_not_there_is_named():
     try:
         wheel_path()
     except Exception:
-        _need(Path("/nonexistent-sae-probes-wheel"))
+        need(Path("/nonexistent-sae-probes-wheel"))
     tags = binary_datasets()
     assert len(tags) == 113 and "117_us_state_FL" in tags
     prompts, y, size = read_dataset("117_us_state_FL")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SAELENS_PY, need
 from safetensors.torch import save_file
 
 from e2e import ksvd
@@ -22,7 +23,6 @@ from e2e.sae import SAE
 from e2e.saelens import cell_meta, load_saelens, save_saelens
 
 REPO = Path(__file__).resolve().parent.parent
-SAELENS_PY = REPO / ".venv-saelens" / "bin" / "python"
 
 
 def _foreign(path: Path, seed: int = 0, norms=(1.3, 2.2), **cfg) -> dict:
@@ -182,10 +182,7 @@ def test_the_new_architectures_are_saved_as_saelens_saves_them_for_inference(tmp
 
 
 def test_saelens_itself_loads_ours_and_foreign_folders_with_the_same_forward(tmp_path):
-    if not SAELENS_PY.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SAELENS_PY} is missing (make install builds it)")
-        pytest.skip(f"{SAELENS_PY} is missing (make install builds it)")
+    need(SAELENS_PY)
     folders = [p for p, _ in _ours(tmp_path)]
     _foreign(tmp_path / "f_norms_bdec", apply_b_dec_to_input=True)
     _foreign(tmp_path / "f_pre6_topk", norms=(1.0, 1.0), activation_fn_str="topk",
@@ -222,10 +219,7 @@ def test_saelens_applies_our_sae_only_where_we_trained_it(tmp_path):
     clean residual at those ids, mid-row too, and our SAE's output at every position we kept
     (`e2e.model.positions.Positions`). Position 0, which we skip, is a BOS in SAELens's own
     tokenization (`prepend_bos`), one of the ids: here rows start with it or not."""
-    if not SAELENS_PY.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SAELENS_PY} is missing (make install builds it)")
-        pytest.skip(f"{SAELENS_PY} is missing (make install builds it)")
+    need(SAELENS_PY)
     torch.manual_seed(3)
     sae = SAE(8, 16)
     cfg = CellConfig(model=ModelConfig("gpt2"), layer=1,
