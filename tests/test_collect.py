@@ -270,3 +270,29 @@ def test_the_headline_says_its_spread_over_seeds():
     assert "(per seed: s0 80%, s1 50%)" in line, line
     (line,) = headline(pts[:4], {2: ["local", "e2e"]})
     assert "per seed" not in line and "80% of local's" in line
+
+
+def test_every_curve_has_its_own_colour_in_every_plot(tmp_path, monkeypatch):
+    """The evaluations' figure drew the fine-tune curves in local's colour (a setting without
+    a colour of its own fell back to matplotlib's first, local's blue); each curve now has the
+    colour the Pareto plots give it, and a layer an evaluation skipped says so."""
+    from matplotlib.colors import to_hex
+
+    from jobs.report import evals, plots
+
+    curves = ["local", "e2e", "ft-karvonen-lr0.1-25.3%"]
+    points = [Point(f"L{layer}-{s}-{i}", layer, s, 1.0, 10.0 * (i + 1), 1, 0, 0.1, 1)
+              for layer in (6, 12) for s in curves for i in range(2)]
+    ev = {p.cell_id: {"absorption_fraction": 0.1} if p.layer == 12 else
+          {"probing_sae_top_1_acc": 0.6} for p in points}  # absorption: layer 12 only
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, dpi=100: figs.append(fig))
+    evals.figure(points, ev, tmp_path)
+    (fig,) = figs
+    drawn = {ln.get_label(): to_hex(ln.get_color()) for ax in fig.axes for ln in ax.get_lines()
+             if not ln.get_label().startswith("_")}
+    want = plots.curve_colors(set(curves))
+    assert drawn == {c: to_hex(want[c]) for c in curves} and len(set(drawn.values())) == 3
+    titles = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
+    assert titles["layer 6: absorption_fraction"] == ["not evaluated"]
+    assert titles["layer 12: absorption_fraction"] == []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.report.compare import SETTING_COLORS, Point
+from jobs.report.compare import Point
 
 FOLDER = "evals"
 FIGURE = "evals_vs_l0.png"
@@ -151,27 +151,37 @@ def figure(points: list[Point], ev: dict[str, dict], out: Path) -> Path | None:
     cols = [c for c in COMPARED if any(c in e for e in ev.values())]
     if not layers or not cols:
         return None
-    from jobs.report.plots import _pyplot, save
+    from jobs.report.plots import _pyplot, _style, curve_colors, save
 
     plt = _pyplot()
+    colors = curve_colors({p.setting for p in points})
     fig, axes = plt.subplots(len(layers), len(cols), figsize=(3.6 * len(cols), 3 * len(layers)),
                              squeeze=False)
     for r, layer in enumerate(layers):
         for c, col in enumerate(cols):
             ax = axes[r][c]
-            for s in sorted({p.setting for p in points if p.layer == layer}):
-                ps = sorted((p for p in points if p.layer == layer and p.setting == s
-                             and col in ev.get(p.cell_id, {})), key=lambda p: (p.seed, p.l0))
+            ax.set_title(f"layer {layer}: {col}", fontsize=8)
+            evaluated = [p for p in points if p.layer == layer and col in ev.get(p.cell_id, {})]
+            if not evaluated:  # this evaluation did not run at this layer
+                ax.text(0.5, 0.5, "not evaluated", ha="center", va="center", color="gray",
+                        transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            for s in sorted({p.setting for p in evaluated}, key=list(colors).index):
+                ps = sorted((p for p in evaluated if p.setting == s), key=lambda p: (p.seed, p.l0))
                 for seed in sorted({p.seed for p in ps}):
                     q = [p for p in ps if p.seed == seed]
-                    ax.plot([p.l0 for p in q], [ev[p.cell_id][col] for p in q], "o-",
-                            color=SETTING_COLORS.get(s), alpha=1 if seed == 0 else 0.5,
-                            label=s if seed == min(p.seed for p in ps) else None)
+                    ax.plot([p.l0 for p in q], [ev[p.cell_id][col] for p in q], _style(s),
+                            color=colors[s], alpha=1 if seed == ps[0].seed else 0.5,
+                            label=s if seed == ps[0].seed else None)
             ax.set_xscale("log")
             ax.set_xlabel("L0")
-            ax.set_title(f"layer {layer}: {col}", fontsize=8)
-            if r == 0 and c == 0:
-                ax.legend(fontsize=7)
+    # one legend of every curve, in the first panel that has some
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()
+               if not h.get_label().startswith("_")}
+    first = next(ax for ax in axes.flat if ax.get_lines())
+    first.legend(handles.values(), handles.keys(), fontsize=7)
     path = out / FIGURE
     save(fig, path, dpi=110)
     return path

@@ -34,17 +34,22 @@ def _style(curve: str) -> str:
     return {"e2e": "^--", "local": "s:", "e2e_ds": "D-."}.get(curve.rpartition("/")[2], "s--")
 
 
+def curve_colors(curves: set[str]) -> dict:
+    """Every plot's colour per curve: the settings' own, then the fine-tune curves (dashed:
+    `_style`; `ft-<recipe>-lr<f>-<n>%`) in recipe and fraction order, a shade of tab20 each."""
+    extra = sorted(curves - set(SETTING_COLORS), key=curve_order)
+    cmap = _pyplot().get_cmap("tab20")
+    return {**SETTING_COLORS, **{s: cmap((4 + i) % 20) for i, s in enumerate(extra)}}
+
+
 def pareto(points: list[Point], out_dir: Path, suffix: str = "") -> list[Path]:
     """CE loss increase against L0 and against alive elements; a panel per layer; files
     `pareto_l0<suffix>.png`, `pareto_alive<suffix>.png`."""
     plt = _pyplot()
 
     layers = sorted({p.layer for p in points})
-    # the settings' own colours, then the fine-tune curves (dashed; `ft-<recipe>-lr<f>-<n>%`)
-    # in recipe and fraction order, a shade each
-    extra = sorted({p.setting for p in points} - set(SETTING_COLORS), key=curve_order)
-    cmap = plt.get_cmap("tab20")
-    colors = {**SETTING_COLORS, **{s: cmap((4 + i) % 20) for i, s in enumerate(extra)}}
+    colors = curve_colors({p.setting for p in points})
+    extra = set(colors) - set(SETTING_COLORS)
     written = []
     for x_name, fname in (("l0", f"pareto_l0{suffix}.png"),
                           ("alive", f"pareto_alive{suffix}.png")):
