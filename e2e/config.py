@@ -189,6 +189,10 @@ class CellConfig:
             require(self.loss.setting in ("local", "ksvd"), "loss.setting",
                     "local or ksvd with source=synthetic (there is no model for a KL)",
                     self.loss.setting)
+            masked = (self.data.skip_positions, self.data.exclude_tokens,
+                      self.data.exclude_norm_multiple)
+            require(not any(masked), "data.skip_positions/exclude_tokens/exclude_norm_multiple",
+                    "unset with source=synthetic (its activations have no tokens)", masked)
         if self.kind == "ksvd":
             require(self.loss.sparsity_coeff == 0, "loss.sparsity_coeff",
                     "0 with loss.setting=ksvd (its sparsity is ksvd.max_nnz)",

@@ -4,6 +4,7 @@ its defaults where unused); `e2e.config` exports them all."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -47,19 +48,21 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.dataset), "data.dataset", "a dataset path or hub id", self.dataset)
-        require(self.exclude_norm_multiple == 0 or self.exclude_norm_multiple > 1,
-                "data.exclude_norm_multiple", "0 (off) or > 1", self.exclude_norm_multiple)
-        require(re.fullmatch(r"\s*\[?(\s*(special|\d+)\s*,)*\s*(special|\d+)\s*\]?\s*|",
-                             self.exclude_tokens) is not None, "data.exclude_tokens",
-                "special, token ids like [0,2], or both (special,5)", self.exclude_tokens)
+        require(self.exclude_norm_multiple == 0 or 1 < self.exclude_norm_multiple < math.inf,
+                "data.exclude_norm_multiple", "0 (off) or > 1 and finite",
+                self.exclude_norm_multiple)
+        items = r"\s*(special|\d+)\s*(,\s*(special|\d+)\s*)*"  # in brackets or none
+        require(re.fullmatch(rf"\s*(\[{items}\]|{items})\s*|", self.exclude_tokens) is not None,
+                "data.exclude_tokens", "special, token ids like [0,2], or both (special,5); "
+                "a sweep's values hold no commas", self.exclude_tokens)
         # one spelling per value, so that `[2, 1,0]` and `[0,1,2]` name the same cell
         object.__setattr__(self, "exclude_tokens", canonical_exclusions(self.exclude_tokens))
+        require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
         # a row keeps a position that predicts a next token (the CE's, `e2e.metrics.ce_loss`)
         require(0 <= self.skip_positions <= self.context_length - 2, "data.skip_positions",
                 f">= 0 and <= data.context_length - 2 ({self.context_length - 2}): a row "
                 "must keep a position followed by a token", self.skip_positions)
         require(bool(self.column), "data.column", "a column name", self.column)
-        require(self.context_length >= 2, "data.context_length", ">= 2", self.context_length)
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", ">= 1", self.shuffle_buffer)
 
 

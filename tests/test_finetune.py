@@ -306,6 +306,14 @@ def test_the_plain_sbatch_path_writes_aligned_manifests_and_aftercorr_commands(t
     assert ("--dependency=aftercorr:$arr --kill-on-invalid-dep=yes" in r.stdout
             and "manifest-ft0.5.txt); all=\"$all:$ft\"" in r.stdout
             and "--dependency=afterany:$arr$all" in r.stdout), r.stdout
+    # the smoke cells run on CPU: no GPU, overriding slurm/array.sbatch's `--gres=gpu:1`
+    arrays = [x for x in r.stdout.splitlines() if "slurm/array.sbatch" in x]
+    assert len(arrays) == 2 and all(" --gres=none " in x for x in arrays), arrays
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=smoke", f"root={tmp_path}",
+                        "executor=slurm", "submit=false", "gpus_per_cell=2"],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                       text=True, timeout=120)
+    assert " --gres=gpu:2 " in next(x for x in r.stdout.splitlines() if x.startswith("arr="))
 
 
 def _karvonen(cfg, parent_id, **optim):

@@ -4,6 +4,7 @@ anything is written."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import datasets
@@ -105,8 +106,18 @@ def test_excluded_tokens_are_checked_against_the_models_tokenizer(model_and_text
         {"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]")))
     with pytest.raises(ConfigError, match="the model's tokenizer has no special tokens"):
         positions_for(special, bare, 3)
-    with pytest.raises(ConfigError, match="data.exclude_tokens='eos' is invalid"):
-        replace(cfg.data, exclude_tokens="eos")
+    for bad in ("eos", "[0,2", "0,2]", "[]", "[0,,2]", "-1"):
+        with pytest.raises(ConfigError, match=f"data.exclude_tokens='{re.escape(bad)}' is "
+                                              "invalid: must be special, token ids"):
+            replace(cfg.data, exclude_tokens=bad)
+    for bad in (float("inf"), float("nan"), 1.0):
+        with pytest.raises(ConfigError, match="exclude_norm_multiple=.* must be 0 .off. or > 1"):
+            replace(cfg.data, exclude_norm_multiple=bad)
+    with pytest.raises(ConfigError, match="data.context_length=1 is invalid"):
+        replace(cfg.data, context_length=1)
+    with pytest.raises(ConfigError, match="unset with source=synthetic"):
+        replace(cfg, source="synthetic", loss=replace(cfg.loss, setting="local"),
+                data=replace(cfg.data, exclude_tokens="[3]"))
     every = replace(cfg.data, exclude_tokens=f"[{','.join(map(str, range(len(tok))))}]")
     with pytest.raises(ConfigError, match=f"names every id of the model's vocabulary "
                                           f"\\({len(tok)}\\), so no position is left"):
@@ -149,6 +160,11 @@ def test_a_grid_whose_own_lm_is_not_built_yet_checks_the_excluded_ids_at_the_pla
                                                   rf"vocabulary \(0..{vocab - 1}\)"):
                 make_plan([f"grid={grid}", f"root={tmp_path}", "executor=local",
                            f"data.exclude_tokens=[3,{vocab}]", f"dry_run={dry}"])
+    # a hub model the dry run does not reach: its vocabulary from the grid's `model_sizes`
+    for grid, vocab in (("pythia-410m", 50304), ("paper", 50257)):
+        with pytest.raises(ConfigError, match=rf"id\(s\) \[{vocab}\] outside"):
+            make_plan([f"grid={grid}", f"root={tmp_path}", "executor=local", "dry_run=true",
+                       f"data.exclude_tokens=special,{vocab}"])
     assert list(tmp_path.iterdir()) == []
 
 

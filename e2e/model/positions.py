@@ -94,8 +94,9 @@ def excluded_ids(data: DataConfig, special: tuple[int, ...], vocab: int) -> tupl
     ids = {int(x) for x in items if x.isdigit()}
     if "special" in items:
         if not special:
-            raise ConfigError("data.exclude_tokens=special is invalid: the model's tokenizer "
-                              "has no special tokens (give the ids: data.exclude_tokens=[0,1])")
+            raise ConfigError(f"data.exclude_tokens={data.exclude_tokens} is invalid: the "
+                              "model's tokenizer has no special tokens (give the ids: "
+                              "data.exclude_tokens=[0,1])")
         ids |= set(special)
     bad = sorted(i for i in ids if not 0 <= i < vocab)
     if bad:

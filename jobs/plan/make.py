@@ -230,7 +230,7 @@ def make_plan(tokens: list[str]) -> Plan:
         # a grid's own LM, built by its pretrain job, is checked once it is there)
         check_sources(source_cfgs[0] if opts.stage else cells[0].cfg, own)
     elif needs_model:  # the dry run: what needs no network
-        plan.notes += sources.dry_run_checks(cells[0].cfg, grid.pretrain is None)
+        plan.notes += sources.dry_run_checks(cells[0].cfg, grid.pretrain is None, grid)
     return plan
 
 

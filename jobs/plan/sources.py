@@ -57,12 +57,22 @@ def check_sources(cfg: CellConfig, own_lm: Path | None = None) -> None:
     # dry run included)
 
 
-def dry_run_checks(cfg: CellConfig, reach_note: bool) -> list[str]:
+def dry_run_checks(cfg: CellConfig, reach_note: bool, grid=None) -> list[str]:
     """What a dry run checks without the network: a model folder's tokenizer (the excluded
-    tokens included, as at submission); the note that reachability waits for the submission
-    (`reach_note`)."""
+    tokens included, as at submission); else the listed ids against the vocabulary of the
+    grid's `model_sizes` (its own model; `special` waits for the tokenizer); the note that
+    reachability waits for the submission (`reach_note`)."""
     if (Path(cfg.model.name_or_path) / "config.json").exists():
         check_tokenizer(cfg)
+    elif grid is not None and grid.model_sizes and cfg.model == grid.base.model:
+        from dataclasses import replace
+
+        from e2e.model.positions import excluded_ids
+
+        vocab = config_int(grid.model_sizes, ("vocab_size", "n_vocab", "d_vocab"))
+        ids = [x for x in cfg.data.exclude_tokens.strip("[]").split(",") if x.isdigit()]
+        if vocab and ids:
+            excluded_ids(replace(cfg.data, exclude_tokens=f"[{','.join(ids)}]"), (), vocab)
     return (["model and dataset reachability is checked at submission, not in a dry run"]
             if reach_note else [])
 

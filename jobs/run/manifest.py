@@ -58,14 +58,16 @@ def plain_sbatch_commands(plan: Plan) -> str:
         lines.append(f"pre=$(sbatch --parsable --job-name={grid}-pretrain --wrap "
                      f"{wrap('pretrain')})")
         dep = " --dependency=afterok:$pre"
-    lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} "
+    # overrides the script's `#SBATCH --gres=gpu:1`; `none` clears it (cells on CPU)
+    cell_gres = f"--gres={f'gpu:{plan.opts.gpus_per_cell}' if plan.opts.gpus_per_cell else 'none'}"
+    lines.append(f"arr=$({env} sbatch --parsable --array=0-{n - 1}{dep} {cell_gres} "
                  f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
                  f"{plan.grid_dir / 'manifest.txt'})")
     after = "$arr"
     lines += ["all="] if plan.children else []
     for f, packs in [(f, p) for f, p in plan.child_tasks(plan.packs) if p]:
         lines.append(f"ft=$({env} sbatch --parsable --array=0-{len(packs) - 1} "
-                     f"--dependency=aftercorr:$arr --kill-on-invalid-dep=yes "
+                     f"--dependency=aftercorr:$arr --kill-on-invalid-dep=yes {cell_gres} "
                      f"--time={plan.time_min} --cpus-per-task={plan.cpus} slurm/array.sbatch "
                      f"{plan.grid_dir / f'manifest-ft{f:g}.txt'}); all=\"$all:$ft\"")
         after = "$arr$all"
