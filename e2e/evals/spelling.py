@@ -62,16 +62,21 @@ def alpha_vocab(tokenizer, exclude: tuple[int, ...] = ()) -> list[str]:
 
 def alpha_tokens(tokenizer) -> list[tuple[int, str]]:
     """(id, text) of the tokens made of ASCII letters after at most one leading space."""
-    letters = set(LETTERS + LETTERS.upper())
     out = []
     for token, i in sorted(tokenizer.get_vocab().items(), key=lambda t: t[1]):
-        text = tokenizer.convert_tokens_to_string([token])
-        if token.startswith("▁") and not text.startswith(" "):  # SAEBench's sentencepiece fix
-            text = " " + text
-        bare = text[1:] if text.startswith(" ") else text
-        if bare and set(bare) <= letters:
+        text = alpha_text(tokenizer, token)
+        if text is not None:
             out.append((i, text))
     return out
+
+
+def alpha_text(tokenizer, token: str) -> str | None:
+    """`token`'s text if it is ASCII letters after at most one leading space, else None."""
+    text = tokenizer.convert_tokens_to_string([token])
+    if token.startswith("▁") and not text.startswith(" "):  # SAEBench's sentencepiece fix
+        text = " " + text
+    bare = text[1:] if text.startswith(" ") else text
+    return text if bare and set(bare) <= set(LETTERS + LETTERS.upper()) else None
 
 
 def first_letter(word: str) -> str:

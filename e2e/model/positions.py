@@ -85,14 +85,16 @@ def positions_for(data: DataConfig, tokenizer, vocab: int) -> Positions:
                      data.exclude_norm_multiple)
 
 
-def excluded_ids(data: DataConfig, special: tuple[int, ...], vocab: int) -> tuple[int, ...]:
+def excluded_ids(data: DataConfig, special: tuple[int, ...] | None, vocab: int
+                 ) -> tuple[int, ...]:
     """The ids `data.exclude_tokens` leaves out (sorted), given the tokenizer's `special` ids
-    and a vocabulary of `vocab` ids; ConfigError in one line for `special` where there are
-    none, an id outside the vocabulary, or ids that cover it (no position would be left). The
-    plan calls it before a grid's own LM is built (`jobs.plan.sources.check_own_lm`)."""
+    (None: not known yet, the listed ids alone are checked) and a vocabulary of `vocab` ids;
+    ConfigError in one line for `special` where there are none, an id outside the vocabulary,
+    or ids that cover it (no position would be left). The plan calls it before a grid's own
+    LM is built (`jobs.plan.sources.check_own_lm`) and on a dry run of a hub grid."""
     items = [x.strip() for x in data.exclude_tokens.strip("[] ").split(",")]
     ids = {int(x) for x in items if x.isdigit()}
-    if "special" in items:
+    if "special" in items and special is not None:
         if not special:
             raise ConfigError(f"data.exclude_tokens={data.exclude_tokens} is invalid: the "
                               "model's tokenizer has no special tokens (give the ids: "

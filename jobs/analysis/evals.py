@@ -218,9 +218,9 @@ def _spelling(model, cfg: CellConfig, ev: Evals, root: Path) -> spelling.Spellin
     line) when the model spells too few letters, before it is cached."""
     # words whose token the cell excludes are left out (the dictionary never acts on them);
     # the key names them only where there are some, so other cells share one task
-    excluded = positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab).exclude
-    letters = {i for i, _ in spelling.alpha_tokens(model.tokenizer)} if excluded else set()
-    named = tuple(i for i in excluded if i in letters)
+    tok = model.tokenizer
+    named = tuple(i for i in positions_for(cfg.data, tok, model.cfg.d_vocab).exclude
+                  if spelling.alpha_text(tok, tok.convert_ids_to_tokens(i)) is not None)
     key = {"model": cfg.model.name_or_path, "layer": cfg.layer, "eval": "spelling",
            "words": ev.words, "seed": ev.seed, **({"exclude": named} if named else {})}
     key = json.dumps(key, sort_keys=True)

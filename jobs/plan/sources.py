@@ -65,14 +65,11 @@ def dry_run_checks(cfg: CellConfig, reach_note: bool, grid=None) -> list[str]:
     if (Path(cfg.model.name_or_path) / "config.json").exists():
         check_tokenizer(cfg)
     elif grid is not None and grid.model_sizes and cfg.model == grid.base.model:
-        from dataclasses import replace
-
         from e2e.model.positions import excluded_ids
 
         vocab = config_int(grid.model_sizes, ("vocab_size", "n_vocab", "d_vocab"))
-        ids = [x for x in cfg.data.exclude_tokens.strip("[]").split(",") if x.isdigit()]
-        if vocab and ids:
-            excluded_ids(replace(cfg.data, exclude_tokens=f"[{','.join(ids)}]"), (), vocab)
+        if vocab:
+            excluded_ids(cfg.data, None, vocab)  # the tokenizer's special ids: at submission
     return (["model and dataset reachability is checked at submission, not in a dry run"]
             if reach_note else [])
 
