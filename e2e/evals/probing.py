@@ -175,6 +175,16 @@ def resid_at(model, ids: list[list[int]], at: list[int], layer: int,
     return out
 
 
+def one_blas_thread():
+    """A context in which NumPy's and SciPy's BLAS run on one thread. The probes' products are
+    small (at most 1,024 rows by d_model), and OpenBLAS's threads cost more than they give:
+    sae-probes' dense baseline took 37 s on one dataset with 2 threads and 2.9 s with one, the
+    same numbers (benchmarks/bench_probing.py)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def mean_act_normalization(x: torch.Tensor) -> torch.Tensor:
     """Each column divided by its mean |value| over the rows where it is non-zero."""
     col_means = x.abs().sum(0) / ((x != 0).sum(0) + 1e-6)
@@ -230,9 +240,9 @@ def find_best_reg(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     scikit-learn converts sae-probes' torch tensors to it (a float32 array stays float32, and
     saga's path differs)."""
     x_train, x_test = (np.asarray(x, dtype=np.float64) for x in (x_train, x_test))
-    with warnings.catch_warnings():  # sae-probes silences them too: a probe that stops at
-        warnings.simplefilter("ignore", ConvergenceWarning)  # 1,000 iterations is still scored
-        return _find_best_reg(x_train, y_train, x_test, y_test, penalty, seed)
+    with warnings.catch_warnings(), one_blas_thread():  # sae-probes silences them too: a
+        warnings.simplefilter("ignore", ConvergenceWarning)  # probe stopped at 1,000
+        return _find_best_reg(x_train, y_train, x_test, y_test, penalty, seed)  # is scored
 
 
 def _find_best_reg(x_train, y_train, x_test, y_test, penalty, seed) -> ProbeMetrics:
