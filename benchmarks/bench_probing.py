@@ -30,7 +30,8 @@ def _features(args, y: np.ndarray) -> torch.Tensor:
         return torch.load(args.acts)[:len(y)]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(len(y), 576, generator=g) * torch.rand(576, generator=g) * 3
-    return x + torch.as_tensor(y, dtype=torch.float32)[:, None] * torch.randn(576, generator=g) * 0.1
+    shift = torch.randn(576, generator=g) * 0.1
+    return x + torch.as_tensor(y, dtype=torch.float32)[:, None] * shift
 
 
 def _probing(x, y, train, test):

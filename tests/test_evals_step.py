@@ -11,12 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SAELENS_PY, need
 
 from jobs.report.results import read_grid
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["datasets=[117_us_state_FL,130_temp_cat_Frequency]", "max_seq_len=64"]
 CP = "evals=[core,probing]"
+
+
+def _result(grid: Path, cell: str, eval_type: str) -> dict:
+    """A cell's result file, where SAEBench's layout puts it."""
+    return json.loads((grid / "results" / "evals" / eval_type / f"{cell}_eval_results.json")
+                      .read_text())
 
 
 def _run(*args):
@@ -53,9 +60,7 @@ def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
     evals = {c.id: c.eval for c in read_grid(grid)}  # the paper's metrics, as collected
     assert {c.split("-")[1] for c in cells} == {"local", "e2e", "e2e_ds", "ksvd"}
     for cell in cells:
-        folder = grid / "results" / "evals" / cell
-        core = json.loads((folder / "core.json").read_text())
-        probe = json.loads((folder / "sparse_probing_sae_probes.json").read_text())
+        core, probe = (_result(grid, cell, t) for t in ("core", "sparse_probing_sae_probes"))
         assert core["eval_type_id"] == "core" and probe["eval_type_id"] == (
             "sparse_probing_sae_probes")
         assert core["sae_cfg_dict"]["hook_name"] == "blocks.1.hook_resid_pre"
@@ -81,7 +86,7 @@ def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
 
     rows = {r["cell_id"]: r for r in csv.DictReader(open(grid / "results" / "summary.csv"))}
     for cell in cells:
-        core = json.loads((grid / "results" / "evals" / cell / "core.json").read_text())
+        core = _result(grid, cell, "core")
         assert float(rows[cell]["saebench_ce_loss_score"]) == pytest.approx(
             core["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"])
         assert 0 <= float(rows[cell]["probing_sae_top_1_acc"]) <= 1
@@ -92,6 +97,37 @@ def test_every_dictionary_gets_both_evaluations_as_saebench_writes_them(root):
 
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="needs Debian's chromium and chromium-driver (tests/setup-chromium.sh)")
+def test_saebench_s_own_graphing_finds_the_files_and_keys_them_by_cell(root):
+    """SAEBench 0.6.0's `find_eval_results_files`, `get_core_results` and `get_eval_results`,
+    in SAELens's environment, on the step's folder."""
+    need(SAELENS_PY)
+    code = ("import json, sys\n"
+            "from sae_bench.sae_bench_utils import graphing_utils as g\n"
+            "files = g.find_eval_results_files([sys.argv[1]])\n"
+            "core = g.get_core_results([f for f in files if '/core/' in f])\n"
+            "probe = g.get_eval_results([f for f in files if 'sparse_probing' in f])\n"
+            "print(json.dumps({'core': core, 'probe': sorted(probe)}))")
+    r = subprocess.run([str(SAELENS_PY), "-c", code, str(root / "smoke" / "results" / "evals")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    cells = sorted(d.name for d in (root / "smoke").iterdir() if d.name.startswith("L"))
+    assert sorted(out["core"]) == cells == out["probe"]
+    for cell in cells:
+        assert out["core"][cell]["l0"] == _result(root / "smoke", cell, "core")[
+            "eval_result_metrics"]["sparsity"]["l0"]
+
+
+def test_a_moved_root_keeps_its_activations_cache(root, tmp_path):
+    """The cache is keyed by the model's path under the root, not by where the root lies."""
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    shutil.rmtree(moved / "smoke" / "results" / "evals")
+    r = _run("grid=smoke", f"root={moved}", CP, *SMALL)
+    assert r.returncode == 0 and "8 evaluations to run" in r.stdout, r.stdout + r.stderr
+    assert "activations at layer" not in r.stderr  # every dataset's came from the cache
+
+
 def test_the_scores_are_columns_of_the_browser(root):
     """The dictionary table has the evaluations' columns, each cell's value shown; the index
     shows the figure; no console error."""
@@ -100,9 +136,8 @@ def test_the_scores_are_columns_of_the_browser(root):
     from benchmarks.bench_browser import chromium, console_errors, open_page
 
     folder = root / "smoke" / "results" / "browser"
-    ev = json.loads((root / "smoke" / "results" / "evals" / sorted(
-        d.name for d in (root / "smoke" / "results" / "evals").iterdir())[0]
-        / "core.json").read_text())
+    ev = json.loads(sorted((root / "smoke" / "results" / "evals" / "core").iterdir())[0]
+                    .read_text())
     score = ev["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"]
     driver = chromium()
     try:
@@ -123,7 +158,7 @@ def test_the_scores_are_columns_of_the_browser(root):
 
 def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     folder = root / "smoke" / "results" / "evals"
-    (next(folder.iterdir()) / "core.json").unlink()
+    next((folder / "core").iterdir()).unlink()
     r = _run("grid=smoke", f"root={root}", CP, *SMALL)
     assert r.returncode == 0 and "1 evaluations to run" in r.stdout, r.stdout + r.stderr
     from safetensors.torch import load_file, save_file
@@ -136,8 +171,14 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     save_file(t, str(weights))
     r = _run("grid=smoke", f"root={root}", CP, *SMALL)
     assert r.returncode == 0 and "2 evaluations to run" in r.stdout, r.stdout + r.stderr
-    r = _run("grid=smoke", f"root={root}", CP, *SMALL, "ks=[1,3]", "layers=[2]")
-    assert r.returncode == 0 and "0 dictionaries" in r.stdout, r.stdout + r.stderr  # none there
+    r = _run("grid=smoke", f"root={root}", CP, *SMALL, "layers=[2]")
+    assert r.returncode == 1 and "no dictionary on a model at layer 2 (its layers: [1])" in (
+        r.stderr), r.stdout + r.stderr
+    # prompts past the smoke LM's 64 positions are cut to them (sciq's run to 1,024 tokens)
+    r = _run("grid=smoke", f"root={root}", "evals=[probing]", "datasets=[36_sciq_tf]",
+             "layers=[1]")
+    assert r.returncode == 0 and "4 evaluations to run" in r.stdout, r.stdout + r.stderr
+    assert "36_sciq_tf's activations at layer 1 (5,000 prompts" in r.stderr
     r = _run("grid=smoke", f"root={root}", CP, *SMALL, "ks=[1,3]")  # other options: probing again
     assert r.returncode == 0 and "4 evaluations to run" in r.stdout, r.stdout + r.stderr
 
@@ -149,6 +190,10 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     (["datasets=[117_us_state_FL]", "max_rows=500"],
      "max_rows=500: dataset 117_us_state_FL's first 500 rows cannot hold its 900"),
     (["grid=nosuch"], "grid='nosuch'"),
+    (["layers=[1]"], "grid smoke has no dictionary on a model (synthetic and MFR"),
+    (["evals=[core,core]"], "names an evaluation twice"),
+    (["min_probe_f1=2"], "min_probe_f1=2.0 must be in [0, 1]"),
+    (["device=tpu"], "device='tpu' is invalid"),
     (["colour=red"], "unknown key 'colour'"),
 ])
 def test_bad_input_is_one_line_before_anything_is_written(smoke_root, tmp_path, args, line):
@@ -166,7 +211,7 @@ def test_absorption_on_a_model_whose_context_cannot_hold_its_prompts_is_one_line
     r = _run("grid=smoke", f"root={root}", "evals=[absorption]", "words=300")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
     assert "past the model's context of 64" in r.stderr and "Traceback" not in r.stderr
-    assert not list((root / "smoke" / "results" / "evals").glob("*/absorption*"))
+    assert not (root / "smoke" / "results" / "evals" / "absorption_first_letter").exists()
 
 
 def test_submit_checks_the_step_and_writes_its_plain_sbatch_job(tmp_path):
@@ -180,6 +225,15 @@ def test_submit_checks_the_step_and_writes_its_plain_sbatch_job(tmp_path):
     assert not (tmp_path / "smoke").exists()  # nothing written
     r = submit("evals.max_rows=10")
     assert r.returncode == 1 and "evals.max_rows= needs evals=[...]" in r.stderr
+    assert "core, probing, absorption" in r.stderr
+    r = submit("evals=[core]", "evals.layers=[3]", "dry_run=true")
+    assert r.returncode == 1 and "the grid has no dictionary on a model at layer 3" in r.stderr
+    r = submit("evals=[core,absorption]", "dry_run=true")
+    assert r.returncode == 1 and "need a context of 128 tokens; the model's is 64" in r.stderr
+    r = subprocess.run([sys.executable, "jobs/submit.py", "grid=tiny", f"root={tmp_path}",
+                        "dry_run=true", "evals=[absorption,core]", "evals.words=2000"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "SAEBench's core, SAEBench's absorption (2,000 words) of every" in r.stdout, r.stderr
     r = submit("executor=slurm", "submit=false", "evals=[core]")
     assert r.returncode == 0, r.stderr
     job = next(x for x in r.stdout.splitlines() if "smoke-evals" in x)

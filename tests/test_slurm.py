@@ -110,7 +110,8 @@ def test_smoke_grid_as_one_array_in_containers_then_collector(tmp_path):
     (ev,) = _sacct(ids["evals"])
     assert ev["state"] == "COMPLETED" and ev["start"] >= ana["end"]
     for cell in grid.glob("L*"):
-        core = json.loads((grid / "results" / "evals" / cell.name / "core.json").read_text())
+        core = json.loads((grid / "results" / "evals" / "core" / f"{cell.name}_eval_results.json")
+                          .read_text())
         assert core["eval_type_id"] == "core"
 
 

@@ -43,6 +43,10 @@ from e2e.typed import ConfigError
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TEMPLATE = "{word} has the first letter:"
 MAX_ICL = 10
+# The plan's bound (jobs.plan.evals.check_evals): ten examples of a word, its template and a
+# letter take about 90 tokens on SmolLM2's tokenizer and 147 on the smoke grid's small one; a
+# model with a shorter context cannot run the task (a longer prompt is refused at its forward)
+MIN_CONTEXT = 128
 MIN_PROBE_F1, MIN_LETTERS = 0.6, 20  # SAEBench's guard: letters the model must spell
 
 

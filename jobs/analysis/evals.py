@@ -1,6 +1,6 @@
 """The evaluation step (`evaluate`; its command line is `jobs/evaluate.py`): the field's
 evaluations (`e2e.evals`) of every finished dictionary of a grid on a language model, each
-written as SAEBench writes it to `results/evals/<cell>/<eval_type_id>.json`.
+written as SAEBench writes it to `results/evals/<eval_type_id>/<cell>_eval_results.json`.
 
 - `core`: SAEBench's core metrics on the cell's own evaluation batches, over the positions it
   was trained on (`e2e.evals.core`).
@@ -42,7 +42,7 @@ from e2e.saelens import WEIGHTS_FILE, load_saelens
 from jobs.analysis.pages import refresh
 from jobs.plan.evals import CACHE, Evals, check_datasets
 from jobs.report.collect import collect
-from jobs.report.evals import ABSORPTION, CORE, FOLDER, PROBING
+from jobs.report.evals import ABSORPTION, CORE, FOLDER, PROBING, result_path
 from jobs.report.mfr import is_mfr_cell
 from jobs.report.results import existing_grid_dir, read_grid
 
@@ -54,9 +54,19 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
     folder of the files."""
     grid_dir = existing_grid_dir(root, grid)
     check_datasets(ev)
-    out = grid_dir / "results" / FOLDER
-    cells = [c for c in read_grid(grid_dir) if c.status == "done" and c.cfg.source == "model"
-             and not is_mfr_cell(c.cfg) and (not ev.layers or c.cfg.layer in ev.layers)]
+    out = grid_dir / "results"
+    every = [c for c in read_grid(grid_dir) if c.cfg.source == "model" and not is_mfr_cell(c.cfg)]
+    if not every:
+        raise ConfigError(f"evals: grid {grid} has no dictionary on a model (synthetic and MFR "
+                          "cells are not evaluated)")
+    missing = sorted(set(ev.layers) - {c.cfg.layer for c in every})
+    if missing:
+        raise ConfigError(f"layers: grid {grid} has no dictionary on a model at layer "
+                          f"{missing[0]} (its layers: {sorted({c.cfg.layer for c in every})})")
+    cells = [c for c in every if c.status == "done" and (not ev.layers or c.cfg.layer in ev.layers)]
+    if not cells:
+        raise ConfigError(f"evals: grid {grid} has no finished dictionary on a model"
+                          + (f" at layers {list(ev.layers)}" if ev.layers else "") + " yet")
     sha = {c.id: sha256(cell_paths(grid_dir / c.id).sae / WEIGHTS_FILE) for c in cells}
     configs = {(c.id, n): {**_config(n, ev), "sae_weights_sha256": sha[c.id]}
                for c in cells for n in ev.names}  # a retrained cell is evaluated again
@@ -87,16 +97,16 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
         inputs = (tasks[c.cfg.model.name_or_path, c.cfg.layer] if name == "absorption"
                   else model(c.cfg))
         metrics, details, extra = run[name](inputs, d, c.cfg, ev, Path(root), dev)
-        folder = out / c.id
-        folder.mkdir(parents=True, exist_ok=True)
-        write_output(folder / f"{EVAL_TYPE[name]}.json",
+        path = result_path(out, c.id, EVAL_TYPE[name])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_output(path,
                      eval_output(EVAL_TYPE[name], configs[c.id, name], metrics, details,
                                  sae_cfg, extra))
         print(f"evals {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] {c.id} {name}",
               file=sys.stderr, flush=True)
     collect(root, grid)  # summary.csv, results.h5, tables.md, the headline, the figure
     refresh(grid_dir / "results")  # the browser's columns
-    return out
+    return out / FOLDER
 
 
 def _config(name: str, ev: Evals) -> dict:
@@ -111,7 +121,7 @@ def _config(name: str, ev: Evals) -> dict:
 
 
 def _done(out: Path, cell: str, name: str, config: dict) -> bool:
-    path = out / cell / f"{EVAL_TYPE[name]}.json"
+    path = result_path(out, cell, EVAL_TYPE[name])
     try:
         return json.loads(path.read_text())["eval_config"] == json.loads(json.dumps(config))
     except (OSError, ValueError, KeyError):
@@ -183,13 +193,14 @@ def _activations(model, cfg: CellConfig, tag: str, ev: Evals, root: Path):
     last token unless the cell skips or excludes it), from the cache when there."""
     prompts, y, size = probing.read_dataset(tag)
     y = y[:ev.max_rows]
-    ids = [probing.prompt_ids(model.tokenizer, p, ev.max_seq_len) for p in prompts[:ev.max_rows]]
+    seq = min(ev.max_seq_len, model.cfg.n_ctx)  # cut from the left to what the model takes
+    ids = [probing.prompt_ids(model.tokenizer, p, seq) for p in prompts[:ev.max_rows]]
     try:
         at = probing.last_kept(ids, positions_for(cfg.data, model.tokenizer, model.cfg.d_vocab))
     except ValueError as e:
         raise ConfigError(f"probing: dataset {tag}: {e}") from None
-    key = {"model": cfg.model.name_or_path, "layer": cfg.layer, "dataset": tag,
-           "max_rows": ev.max_rows, "max_seq_len": ev.max_seq_len}
+    key = {"model": model_key(cfg, root), "layer": cfg.layer, "dataset": tag,
+           "max_rows": ev.max_rows, "max_seq_len": seq}
     if at != [len(i) - 1 for i in ids]:  # read elsewhere than sae-probes' last token
         key["at"] = hashlib.sha256(json.dumps(at).encode()).hexdigest()
     key = json.dumps(key, sort_keys=True)
@@ -197,12 +208,26 @@ def _activations(model, cfg: CellConfig, tag: str, ev: Evals, root: Path):
     if path.exists():
         x = torch.load(path)
     else:
+        t0 = time.perf_counter()
         x = probing.resid_at(model, ids, at, cfg.layer, ev.batch_size)
+        print(f"evals: {tag}'s activations at layer {cfg.layer} ({len(ids):,} prompts, "
+              f"{sum(map(len, ids)):,} tokens) in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save(x, tmp)
     train, test = probing.normal_split(y, size, ev.seed)
     return x, y, train, test, path
+
+
+def model_key(cfg: CellConfig, root: Path) -> str:
+    """The cache's name for the cell's model: its path relative to the root where it lies
+    under it (a grid's own LM), so a root moved, copied or mounted elsewhere keeps its cache;
+    else the name or path as given."""
+    path = Path(cfg.model.name_or_path)
+    if path.is_absolute() and path.is_relative_to(root.resolve()):
+        return path.relative_to(root.resolve()).as_posix()
+    return cfg.model.name_or_path
 
 
 def _absorption(data: spelling.SpellingData, d, cfg: CellConfig, ev: Evals, root: Path,
@@ -221,12 +246,14 @@ def _spelling(model, cfg: CellConfig, ev: Evals, root: Path) -> spelling.Spellin
     tok = model.tokenizer
     named = tuple(i for i in positions_for(cfg.data, tok, model.cfg.d_vocab).exclude
                   if spelling.alpha_text(tok, tok.convert_ids_to_tokens(i)) is not None)
-    key = {"model": cfg.model.name_or_path, "layer": cfg.layer, "eval": "spelling",
+    key = {"model": model_key(cfg, root), "layer": cfg.layer, "eval": "spelling",
            "words": ev.words, "seed": ev.seed, **({"exclude": named} if named else {})}
     key = json.dumps(key, sort_keys=True)
     path = root / CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if path.exists():
-        return spelling.SpellingData(**torch.load(path))
+    if path.exists():  # checked again: these options may ask more of it than the first run's
+        data = spelling.SpellingData(**torch.load(path))
+        data.check(ev.min_probe_f1, ev.min_letters)
+        return data
     t0 = time.perf_counter()
     data = spelling.spelling_data(model, cfg.layer, ev.seed, ev.words, ev.batch_size, named)
     data.check(ev.min_probe_f1, ev.min_letters)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jobs.plan.autointerp import CACHE as AUTOINTERP_CACHE
 from jobs.plan.autointerp import n_dictionaries
-from jobs.plan.evals import job_minutes
+from jobs.plan.evals import job_mem_gb, job_minutes
 from jobs.plan.grids import pretrain_dir
 from jobs.plan.make import Plan
 
@@ -62,12 +62,16 @@ def format_plan(plan: Plan) -> str:
     lines += _autointerp_lines(plan)
     if plan.evals:
         ev = plan.evals
-        what = " and ".join(("SAEBench's core",) * ("core" in ev.names) + (
+        what = ", ".join(("SAEBench's core",) * ("core" in ev.names) + (
             f"sparse probing on {len(ev.datasets) or 113} dataset(s) of sae-probes (at most "
-            f"{ev.max_rows:,} rows each)",) * ("probing" in ev.names))
-        lines.append(f"then: evaluation job (after the analysis): {what} of every dictionary, "
-                     f"--time={job_minutes(plan)}; results/evals/<cell>/ as SAEBench writes "
-                     "them (docs/evals.md)")
+            f"{ev.max_rows:,} rows each)",) * ("probing" in ev.names) + (
+            f"SAEBench's absorption ({f'{ev.words:,}' if ev.words else 'all'} words)",)
+            * ("absorption" in ev.names))
+        where = f"the dictionaries at layers {list(ev.layers)}" if ev.layers else (
+            "every dictionary")
+        lines.append(f"then: evaluation job (after the analysis): {what} of {where}, "
+                     f"--time={job_minutes(plan)} --mem={job_mem_gb(plan)}G; results/evals/ "
+                     "as SAEBench lays them out (docs/evals.md)")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
-from e2e.evals import probing
+from e2e.evals import probing, spelling
 from e2e.typed import ConfigError
 
 EVALS = ("core", "probing", "absorption")  # SAEBench's core; sae-probes' sparse probing;
@@ -22,8 +22,11 @@ EVALS = ("core", "probing", "absorption")  # SAEBench's core; sae-probes' sparse
 FILE = "evals.json"  # the options submit.py was given, for the plain-sbatch step
 CACHE = "_evals_cache"  # under the root: activations per (model, layer, dataset, options)
 CORE_S = 20.0  # seconds per dictionary: three forwards of its evaluation batches
-ACTS_S = 65.0  # seconds per (layer, dataset) at 5,000 rows: their last-token activations
-DENSE_S = 190.0  # seconds per (layer, dataset): the dense baseline
+# seconds per (block run, dataset) at 5,000 rows: the prompts' forwards up to the layer
+# (layer 12: 65 s per dataset, 2026-12-07; the forward stops at the layer)
+ACTS_S = 5.5
+DENSE_S = 5.0  # seconds per (layer, dataset): the raw residual's probes (3.3 s measured, one
+# BLAS thread; 190 s on 2 threads before, benchmarks/bench_probing.py)
 PROBE_S = 2.0  # seconds per (dictionary, dataset): its 3 k-sparse probes
 # absorption, SmolLM2 on 2 cores (8,000 words, ~90-token prompts; 2026-12-07): the spelling
 # task took 391 s at layer 6 and 667 s at layer 18 beside light tests (0.05 and 0.08 s a word),
@@ -45,7 +48,7 @@ CPU_DATASETS = ("5_hist_fig_ismale", "21_headline_istrump", "36_sciq_tf", "54_cs
 @dataclass(frozen=True)
 class Evals:
     names: tuple[str, ...] = EVALS
-    datasets: tuple[str, ...] = CPU_DATASETS  # () : every binary dataset of the wheel
+    datasets: tuple[str, ...] = CPU_DATASETS  # (), or `datasets=all`: every binary dataset
     max_rows: int = 5000  # sae-probes' MAX_AMT: the first rows of each dataset
     max_seq_len: int = 1024  # tokens per prompt, cut from the left
     ks: tuple[int, ...] = (1, 2, 5)  # SAEBench's k values
@@ -53,7 +56,7 @@ class Evals:
     seed: int = 42
     batch_size: int = 32  # prompts per forward pass
     # sae-probes' logreg on every dimension of the raw residual (SAEBench's `llm_test_*`): on
-    # CPU about 3 min per (layer, dataset) at SmolLM2's width (lbfgs, 11 fits of 1,024 rows)
+    # CPU about 3 s per (layer, dataset) at SmolLM2's width (lbfgs, 11 fits of 1,024 rows)
     dense_baseline: bool = True
     # absorption: how many of the vocabulary's letter-only words (shuffled) the task uses, 0
     # for all of them as SAEBench does (SmolLM2: 47,078)
@@ -63,10 +66,16 @@ class Evals:
     layers: tuple[int, ...] = ()  # only the dictionaries at these layers (): all of them
 
     def __post_init__(self) -> None:
+        if self.datasets == ("all",):  # the command line's word for every binary dataset
+            object.__setattr__(self, "datasets", ())
         bad = [n for n in self.names if n not in EVALS]
         if bad or not self.names:
             raise ConfigError(f"evals={bad[0] if bad else '[]'!r} is not an evaluation: "
                               f"choose among {', '.join(EVALS)}")
+        if len(set(self.names)) < len(self.names):
+            raise ConfigError(f"evals={list(self.names)} names an evaluation twice")
+        if not 0 <= self.min_probe_f1 <= 1:
+            raise ConfigError(f"min_probe_f1={self.min_probe_f1} must be in [0, 1]")
         if self.reg_type not in ("l1", "l2"):
             raise ConfigError(f"reg_type={self.reg_type!r} must be l1 or l2")
         if self.words < 0 or 0 < self.words < 200:
@@ -88,16 +97,18 @@ class Evals:
         return cls(**{k: tuple(v) if isinstance(v, list) else v
                       for k, v in json.loads(text).items() if k in known})
 
-    def minutes(self, dictionaries: int, layers: int, n_datasets: int = 0) -> int:
-        """The job's time limit for `dictionaries` at `layers` (model, layer) pairs: twice the
-        model plus 10 minutes."""
+    def minutes(self, dictionaries: int, layers: list[int], n_datasets: int = 0) -> int:
+        """The job's time limit for `dictionaries` at `layers` (one entry per (model, layer)
+        pair, its layer index: a forward runs that many blocks): twice the model plus 10
+        minutes."""
         n = n_datasets or len(self.datasets) or 113
         s = dictionaries * CORE_S if "core" in self.names else 0.0
         if "probing" in self.names:
-            s += layers * n * (ACTS_S * self.max_rows / 5000 + DENSE_S * self.dense_baseline)
+            s += sum(n * (ACTS_S * max(layer, 1) * self.max_rows / 5000
+                          + DENSE_S * self.dense_baseline) for layer in layers)
             s += dictionaries * n * PROBE_S
         if "absorption" in self.names:
-            s += layers * SPELL_S * (self.words or 47078) + dictionaries * ABSORB_S
+            s += len(layers) * SPELL_S * (self.words or 47078) + dictionaries * ABSORB_S
         return 10 + math.ceil(2 * s / 60)
 
     def probing_key(self) -> dict:
@@ -127,8 +138,45 @@ def check_datasets(ev: Evals | None) -> Evals | None:
     return ev
 
 
-def job_minutes(plan) -> int:
-    """The evaluation job's limit (`Evals.minutes`) for a plan's dictionaries."""
-    from jobs.plan.autointerp import n_dictionaries
+def job_mem_gb(plan) -> int:
+    """Host memory (--mem, GiB) of the evaluation job: 2 GiB for Python and torch, the model's
+    weights (12 d_in² per block, at least 1 GiB), a forward's attention scores (batch x heads
+    (d_in / 64) x max_seq_len², the model's peak), and the codes of the widest dictionary on
+    the most rows an evaluation holds at once (probing's `max_rows`, absorption's words), all
+    in float32, doubled for what is not modelled."""
+    ev = plan.evals
+    dicts, width, depth = plan._dicts
+    widest = max((n for _, n, _ in dicts), default=4 * width)
+    rows = max(ev.max_rows * ("probing" in ev.names),
+               (ev.words or 47078) * ("absorption" in ev.names), 1)
+    floats = (ev.batch_size * max(width // 64, 1) * ev.max_seq_len ** 2 + widest * rows)
+    model = max(1.0, 12 * width * width * depth * 4 / 2**30)
+    return math.ceil(2 * (2 + model + floats * 4 / 2**30))
 
-    return plan.evals.minutes(n_dictionaries(plan), len({c.cfg.layer for c in plan.cells}))
+
+def check_evals(ev: Evals | None, cells, n_ctx: int | None) -> Evals | None:
+    """`ev` checked against a plan's cells (`check_datasets` too): one line for `layers` the
+    grid has no dictionary at, or absorption on a model whose context cannot hold its prompts
+    (where the context is known offline)."""
+    if ev is None:
+        return None
+    have = sorted({c.cfg.layer for c in cells if c.cfg.source == "model"})
+    missing = [layer for layer in ev.layers if layer not in have]
+    if missing:
+        raise ConfigError(f"evals.layers: the grid has no dictionary on a model at layer "
+                          f"{missing[0]} (its layers: {have or 'none'})")
+    if "absorption" in ev.names and n_ctx is not None and n_ctx < spelling.MIN_CONTEXT:
+        raise ConfigError(f"absorption: its prompts ({spelling.MAX_ICL} in-context examples, "
+                          f"as SAEBench's) need a context of {spelling.MIN_CONTEXT} tokens; "
+                          f"the model's is {n_ctx}: leave absorption out of evals=")
+    return check_datasets(ev)
+
+
+def job_minutes(plan) -> int:
+    """The evaluation job's limit (`Evals.minutes`) for a plan's dictionaries on a model, those
+    at `layers` only where it names some."""
+    ev = plan.evals
+    cells = [c for c in plan.cells + plan.children if c.cfg.source == "model"
+             and (not ev.layers or c.cfg.layer in ev.layers)]
+    pairs = {(c.cfg.model.name_or_path, c.cfg.layer) for c in cells}
+    return ev.minutes(len(cells), [layer for _, layer in pairs])

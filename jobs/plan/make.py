@@ -30,7 +30,7 @@ from e2e.typed import with_overrides
 from jobs.plan import containers, sources
 from jobs.plan.analysis_cost import analysis_mem_gb, analysis_seconds, browser_estimate
 from jobs.plan.autointerp import AutoInterp, n_dictionaries
-from jobs.plan.evals import Evals, check_datasets
+from jobs.plan.evals import Evals, check_evals
 from jobs.plan.finetune import Finetune, aligned_packs, children
 from jobs.plan.folders import folder_id, legacy_folder
 from jobs.plan.grid import Grid, expand, grid_pretrain_dir, k_axis, make_packs
@@ -221,7 +221,7 @@ def make_plan(tokens: list[str]) -> Plan:
                           "in the HF cache): layers are checked when each cell starts")
     plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
-    plan.evals = check_datasets(axes.evals)  # the wheel's datasets and their rows
+    plan.evals = check_evals(axes.evals, cells, shape[2] if shape else None)
     own = grid_pretrain_dir(root, grid) if grid.pretrain else None
     if own is not None:  # the dry run too: nothing to read
         check_own_lm(cells[0].cfg, own, grid.pretrain.tokens())

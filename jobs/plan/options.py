@@ -16,7 +16,7 @@ from e2e.io import PATH_FIELDS
 from e2e.typed import ConfigError, field_types, from_text
 from jobs.cli import split_tokens
 from jobs.plan.autointerp import AutoInterp
-from jobs.plan.evals import Evals
+from jobs.plan.evals import EVALS, Evals
 from jobs.plan.finetune import Finetune
 
 
@@ -150,7 +150,7 @@ def parse_overrides(tokens: list[str]) -> tuple[RunOptions, Axes, dict[str, Any]
     names = axes.pop("evals", None)
     if ev and not names:
         raise ConfigError(f"evals.{sorted(ev)[0]}= needs evals=[...] (the evaluations to run: "
-                          "core, probing)")
+                          f"{', '.join(EVALS)})")
     if names:
         axes["evals"] = Evals(names=names, **ev)
     opts = RunOptions(**run)

@@ -3,8 +3,9 @@ tables.md section (every dictionary; then, per layer, each setting against local
 with the seeds' spread), a headline line per layer and a figure (each metric against L0, one
 curve per setting).
 
-The step (`jobs.analysis.evals`) writes `results/evals/<cell>/<eval_type_id>.json` in
-SAEBench's schema; the collector reads them on every run, so a rerun keeps them.
+The step (`jobs.analysis.evals`) writes `results/evals/<eval_type_id>/<cell>_eval_results.json`
+in SAEBench's schema and layout (its graphing finds them by that suffix and keys them by the
+name before it); the collector reads them on every run, so a rerun keeps them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from jobs.report.compare import Point
 
 FOLDER = "evals"
+SUFFIX = "_eval_results.json"  # SAEBench's: `<release>_<sae_id>_eval_results.json`
 FIGURE = "evals_vs_l0.png"
 CORE, PROBING, ABSORPTION = "core", "sparse_probing_sae_probes", "absorption_first_letter"
 # summary.csv column -> (file, category, SAEBench's name)
@@ -39,19 +41,25 @@ COMPARED = ("saebench_ce_loss_score", "saebench_explained_variance", "probing_sa
             "probing_sae_top_5_acc", "absorption_fraction", "absorption_full")
 
 
+def result_path(results: Path, cell: str, eval_type: str) -> Path:
+    """Where a dictionary's result of one evaluation lies, as SAEBench lays them out."""
+    return results / FOLDER / eval_type / f"{cell}{SUFFIX}"
+
+
 def read(results: Path) -> dict[str, dict[str, float]]:
     """cell id -> its columns (those its files hold), for every dictionary evaluated."""
+    files: dict[str, dict[str, dict]] = {}  # cell -> eval type -> its file
+    for f in sorted((results / FOLDER).glob(f"*/*{SUFFIX}")):
+        files.setdefault(f.name[:-len(SUFFIX)], {})[f.parent.name] = json.loads(f.read_text())
     out: dict[str, dict[str, float]] = {}
-    folder = results / FOLDER
-    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
-        files = {f.stem: json.loads(f.read_text()) for f in d.glob("*.json")}
+    for cell, by_type in files.items():
         row = {}
         for col, (name, cat, key) in METRICS.items():
-            v = files.get(name, {}).get("eval_result_metrics", {}).get(cat, {}).get(key)
+            v = by_type.get(name, {}).get("eval_result_metrics", {}).get(cat, {}).get(key)
             if v is not None and v != -1:
                 row[col] = float(v)
         if row:
-            out[d.name] = row
+            out[cell] = row
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 import submitit
 
 from jobs import cli
-from jobs.plan.evals import job_minutes
+from jobs.plan.evals import job_mem_gb, job_minutes
 from jobs.plan.grid import make_packs
 from jobs.plan.grids import grid_named
 from jobs.run.cell import CellJob
@@ -270,7 +270,8 @@ def _launch_slurm(plan, root: str, grid: str) -> None:
         print(f"auto-interp job {last.job_id} (afterany:{ana_job.job_id})")
     if plan.evals:
         ev_job = _executor(plan, "slurm", f"{grid}-evals", plan.analysis_gpus,
-                           f"afterany:{ana_job.job_id}", job_minutes(plan)
+                           f"afterany:{ana_job.job_id}", job_minutes(plan),
+                           mem_gb=job_mem_gb(plan)
                            ).submit(run_evals, grid, root, plan.evals.to_json())
         print(f"evaluation job {ev_job.job_id} (afterany:{ana_job.job_id})")
         if plan.opts.wait:

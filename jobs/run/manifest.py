@@ -9,7 +9,7 @@ from pathlib import Path
 from e2e.io import atomic_write_text, cell_paths, stored_config
 from jobs.plan.autointerp import FILE as AUTOINTERP_FILE
 from jobs.plan.evals import FILE as EVALS_FILE
-from jobs.plan.evals import job_minutes
+from jobs.plan.evals import job_mem_gb, job_minutes
 from jobs.plan.make import Plan
 
 
@@ -87,5 +87,6 @@ def plain_sbatch_commands(plan: Plan) -> str:
     if plan.evals:
         gres = f"--gres=gpu:{plan.analysis_gpus} " if plan.analysis_gpus else ""
         lines.append(f"sbatch --dependency=afterany:$ana --job-name={grid}-evals {gres}"
-                     f"--time={job_minutes(plan)} --wrap {wrap('evals')}")
+                     f"--time={job_minutes(plan)} --mem={job_mem_gb(plan)}G "
+                     f"--wrap {wrap('evals')}")
     return "\n".join(lines)
