@@ -128,6 +128,28 @@ def test_a_moved_root_keeps_its_activations_cache(root, tmp_path):
     assert "activations at layer" not in r.stderr  # every dataset's came from the cache
 
 
+def test_one_command_evaluates_a_foreign_saelens_folder(root, tmp_path):
+    """`sae=<folder>`: a cell's SAE copied out of the grid gets the grid's own numbers; a hook
+    the evaluations cannot read, core, or a folder without an SAE is one line."""
+    cell = sorted((root / "smoke").glob("L1-local-*"))[0]
+    sae = tmp_path / "their-sae"
+    shutil.copytree(cell / "sae", sae)
+    r = _run(f"sae={sae}", f"root={tmp_path}", "evals=[probing]", *SMALL)
+    assert r.returncode == 0 and "1 dictionaries, 1 evaluations to run" in r.stdout, r.stderr
+    theirs = json.loads((tmp_path / "foreign" / "evals" / "sparse_probing_sae_probes" /
+                         "their-sae_eval_results.json").read_text())
+    ours = _result(root / "smoke", cell.name, "sparse_probing_sae_probes")
+    assert theirs["eval_result_metrics"] == ours["eval_result_metrics"]
+    cfg = json.loads((sae / "cfg.json").read_text())
+    (sae / "cfg.json").write_text(json.dumps({**cfg, "hook_name": "blocks.1.hook_mlp_out"}))
+    for args, line in ((["evals=[probing]"], "hook 'blocks.1.hook_mlp_out': the evaluations"),
+                       (["evals=[core]"], "on a foreign SAE run evals=[probing,absorption]"),
+                       (["evals=[probing]", f"sae={tmp_path}"], "not a SAELens folder")):
+        r = _run(*([] if any(a.startswith("sae=") for a in args) else [f"sae={sae}"]), *args,
+                 f"root={tmp_path}")
+        assert r.returncode == 1 and line in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_the_scores_are_columns_of_the_browser(root):
     """The dictionary table has the evaluations' columns, each cell's value shown; the index
     shows the figure; no console error."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from e2e.config import CellConfig, ConfigError
+from e2e.config import CellConfig, ConfigError, DataConfig, ModelConfig
 from e2e.data.staged import sha256
 from e2e.data.tokens import eval_stream
 from e2e.evals import absorption, core, probing, spelling
 from e2e.evals.saebench import eval_output, write_output
 from e2e.io import atomic_path, atomic_write_text, cell_paths
 from e2e.model import load_model, positions_for, resolve_device
-from e2e.saelens import WEIGHTS_FILE, load_saelens
+from e2e.saelens import CFG_FILE, WEIGHTS_FILE, load_saelens
 from jobs.analysis.pages import refresh
 from jobs.plan.evals import CACHE, Evals, check_datasets
 from jobs.report.collect import collect
@@ -67,12 +68,62 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
     if not cells:
         raise ConfigError(f"evals: grid {grid} has no finished dictionary on a model"
                           + (f" at layers {list(ev.layers)}" if ev.layers else "") + " yet")
-    sha = {c.id: sha256(cell_paths(grid_dir / c.id).sae / WEIGHTS_FILE) for c in cells}
-    configs = {(c.id, n): {**_config(n, ev), "sae_weights_sha256": sha[c.id]}
-               for c in cells for n in ev.names}  # a retrained cell is evaluated again
-    todo = [(c, n) for c in cells for n in ev.names
-            if not _done(out, c.id, n, configs[c.id, n])]
-    print(f"evals: {len(cells)} dictionaries, {len(todo)} evaluations to run "
+    _run(out, [(c.id, c.cfg, cell_paths(grid_dir / c.id).sae) for c in cells], ev, Path(root),
+         device)
+    collect(root, grid)  # summary.csv, results.h5, tables.md, the headline, the figure
+    refresh(grid_dir / "results")  # the browser's columns
+    return out / FOLDER
+
+
+def evaluate_folder(sae_dir: Path | str, model_name: str, root: Path | str, ev: Evals,
+                    device: str = "auto") -> Path:
+    """Evaluates one SAELens folder written by any tool (`sae=` on jobs/evaluate.py) on
+    `model_name` (a folder or hub id; default: the cfg's `model_name`): probing and absorption
+    at the positions its cfg's `seqpos_slice` and `exclude_special_tokens` leave (core needs a
+    cell's own evaluation batches). Results in
+    `<root>/foreign/evals/<eval_type_id>/<folder name>_eval_results.json`, the cache shared
+    with the grids' under `<root>/_evals_cache/`. ConfigError (one line) for a folder that is
+    not a SAELens SAE, a hook other than `blocks.<layer>.hook_resid_pre`, or core."""
+    sae_dir = Path(sae_dir)
+    if not (sae_dir / CFG_FILE).is_file() or not (sae_dir / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"sae={sae_dir}: not a SAELens folder (it holds {CFG_FILE} and "
+                          f"{WEIGHTS_FILE})")
+    if "core" in ev.names:
+        raise ConfigError("evals: core scores a grid's cells on their own evaluation batches; "
+                          "on a foreign SAE run evals=[probing,absorption]")
+    cfg = json.loads((sae_dir / CFG_FILE).read_text())
+    hook = cfg.get("hook_name", "")
+    layer = re.fullmatch(r"blocks\.(\d+)\.hook_resid_pre", hook)
+    if layer is None:
+        raise ConfigError(f"sae={sae_dir}: hook {hook!r}: the evaluations read the residual "
+                          "stream entering a block, blocks.<layer>.hook_resid_pre")
+    name = model_name or cfg.get("model_name") or cfg.get("metadata", {}).get("model_name")
+    if not name:
+        raise ConfigError(f"sae={sae_dir}: its cfg.json names no model: give model=")
+    if ev.layers and int(layer[1]) not in ev.layers:
+        raise ConfigError(f"layers={list(ev.layers)}: the SAE reads layer {layer[1]}")
+    check_datasets(ev)
+    # the positions it acts on, as SAELens's cfg says them: its slice's start, special ids
+    ex = cfg.get("exclude_special_tokens")
+    ids = "special" if ex is True else (f"[{','.join(map(str, ex))}]" if ex else "")
+    skip = (cfg.get("seqpos_slice") or [0])[0] or 0
+    cell = CellConfig(model=ModelConfig(name), layer=int(layer[1]),
+                      data=DataConfig(skip_positions=skip, exclude_tokens=ids))
+    out = Path(root) / "foreign"
+    _run(out, [(sae_dir.name, cell, sae_dir)], ev, Path(root), device)
+    return out / FOLDER
+
+
+def _run(out: Path, dicts: list[tuple[str, CellConfig, Path]], ev: Evals, root: Path,
+         device: str) -> None:
+    """Every evaluation of `ev` of each (name, cell config, SAELens folder) not yet in `out`
+    with these options, the results written under `out` as SAEBench lays them out."""
+    sha = {n: sha256(sae / WEIGHTS_FILE) for n, _, sae in dicts}
+    configs = {(n, e): {**_config(e, ev), "sae_weights_sha256": sha[n]}
+               for n, _, _ in dicts for e in ev.names}  # a retrained cell is evaluated again
+    todo = [(n, cfg, sae, e) for n, cfg, sae in dicts for e in ev.names
+            if not _done(out, n, e, configs[n, e])]
+    print(f"evals: {len(dicts)} dictionaries, {len(todo)} evaluations to run "
           f"({', '.join(ev.names)})", flush=True)
     dev = resolve_device(device)
     models: dict[str, object] = {}
@@ -84,29 +135,27 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
         return models[cfg.model.name_or_path]
 
     tasks = {}  # (model, layer) -> its spelling task, checked before any dictionary
-    for c in sorted({(c.cfg.model.name_or_path, c.cfg.layer): c for c, n in todo
-                     if n == "absorption"}.values(),
-                    key=lambda c: (c.cfg.model.name_or_path, c.cfg.layer)):
-        tasks[c.cfg.model.name_or_path, c.cfg.layer] = _spelling(model(c.cfg), c.cfg, ev,
-                                                                 Path(root))
+    for cfg in sorted({(cfg.model.name_or_path, cfg.layer): cfg for _, cfg, _, e in todo
+                       if e == "absorption"}.values(),
+                      key=lambda cfg: (cfg.model.name_or_path, cfg.layer)):
+        tasks[cfg.model.name_or_path, cfg.layer] = _spelling(model(cfg), cfg, ev, root)
     run = {"core": _core, "probing": _probing, "absorption": _absorption}
     t0 = time.perf_counter()
-    for i, (c, name) in enumerate(todo):
-        d, sae_cfg = load_saelens(cell_paths(grid_dir / c.id).sae)
+    for i, (n, cfg, sae, name) in enumerate(todo):
+        d, sae_cfg = load_saelens(sae)
         d = d.to(dev).eval()
-        inputs = (tasks[c.cfg.model.name_or_path, c.cfg.layer] if name == "absorption"
-                  else model(c.cfg))
-        metrics, details, extra = run[name](inputs, d, c.cfg, ev, Path(root), dev)
-        path = result_path(out, c.id, EVAL_TYPE[name])
+        inputs = (tasks[cfg.model.name_or_path, cfg.layer] if name == "absorption"
+                  else model(cfg))
+        if d.d_in != model(cfg).cfg.d_model:
+            raise ConfigError(f"{sae}: the SAE reads {d.d_in} dimensions, the model's "
+                              f"residual has {model(cfg).cfg.d_model}")
+        metrics, details, extra = run[name](inputs, d, cfg, ev, root, dev)
+        path = result_path(out, n, EVAL_TYPE[name])
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_output(path,
-                     eval_output(EVAL_TYPE[name], configs[c.id, name], metrics, details,
-                                 sae_cfg, extra))
-        print(f"evals {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] {c.id} {name}",
+        write_output(path, eval_output(EVAL_TYPE[name], configs[n, name], metrics, details,
+                                       sae_cfg, extra))
+        print(f"evals {i + 1}/{len(todo)} [{time.perf_counter() - t0:.0f} s] {n} {name}",
               file=sys.stderr, flush=True)
-    collect(root, grid)  # summary.csv, results.h5, tables.md, the headline, the figure
-    refresh(grid_dir / "results")  # the browser's columns
-    return out / FOLDER
 
 
 def _config(name: str, ev: Evals) -> dict:

@@ -22,8 +22,9 @@ EVALS = ("core", "probing", "absorption")  # SAEBench's core; sae-probes' sparse
 FILE = "evals.json"  # the options submit.py was given, for the plain-sbatch step
 CACHE = "_evals_cache"  # under the root: activations per (model, layer, dataset, options)
 CORE_S = 20.0  # seconds per dictionary: three forwards of its evaluation batches
-# seconds per (block run, dataset) at 5,000 rows: the prompts' forwards up to the layer
-# (layer 12: 65 s per dataset, 2026-12-07; the forward stops at the layer)
+# seconds per (block run, dataset) at 5,000 rows: the prompts' forwards up to the layer,
+# which they stop at (SmolLM2, 2 cores, 2026-12-07: layer 12 beside training 65 s a dataset,
+# 5.4 a block; layer 6 alone 22 s, 3.6 a block; layer 18 alone about 2.2 a block)
 ACTS_S = 5.5
 DENSE_S = 5.0  # seconds per (layer, dataset): the raw residual's probes (3.3 s measured, one
 # BLAS thread; 190 s on 2 threads before, benchmarks/bench_probing.py)
