@@ -215,6 +215,7 @@ def test_a_rerun_skips_what_is_done_and_redoes_what_is_missing(root):
     (["layers=[1]"], "grid smoke has no dictionary on a model (synthetic and MFR"),
     (["evals=[core,core]"], "names an evaluation twice"),
     (["min_probe_f1=2"], "min_probe_f1=2.0 must be in [0, 1]"),
+    (["seed=-1"], "seed=-1 must be in [0, 2**32)"),
     (["device=tpu"], "device='tpu' is invalid"),
     (["colour=red"], "unknown key 'colour'"),
 ])
@@ -256,6 +257,16 @@ def test_submit_checks_the_step_and_writes_its_plain_sbatch_job(tmp_path):
                         "dry_run=true", "evals=[absorption,core]", "evals.words=2000"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "SAEBench's core, SAEBench's absorption (2,000 words) of every" in r.stdout, r.stderr
+    # an evaluation job on a GPU runs every dataset and word by default, on CPUs the subsets
+    for gpu, line in ((0, "probing on 16 dataset(s) of sae-probes (at most 5,000 rows each), "
+                          "SAEBench's absorption (8,000 words)"),
+                      (1, "probing on 113 dataset(s) of sae-probes (at most 5,000 rows each), "
+                          "SAEBench's absorption (all words)")):
+        r = subprocess.run([sys.executable, "jobs/submit.py", "grid=tiny", f"root={tmp_path}",
+                            "dry_run=true", "executor=slurm", f"gpus_per_cell={gpu}",
+                            "evals=[probing,absorption]"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert line in r.stdout, r.stdout + r.stderr
     r = submit("executor=slurm", "submit=false", "evals=[core]")
     assert r.returncode == 0, r.stderr
     job = next(x for x in r.stdout.splitlines() if "smoke-evals" in x)

@@ -203,7 +203,8 @@ class SpellingData:
             raise SpellingError(
                 f"absorption: the model spells {len(ok)} letters with a probe F1 above "
                 f"{min_f1} ({''.join(LETTERS[i] for i in ok) or 'none'}), fewer than the "
-                f"{min_letters} SAEBench asks for; probe F1s: {f1s}")
+                f"{min_letters} SAEBench asks for, on {len(self.x_test)} test words (more: "
+                f"words=); probe F1s: {f1s}")
 
 
 def probe_f1s(probe: nn.Linear, x: torch.Tensor, labels: torch.Tensor) -> list[float]:

@@ -54,7 +54,7 @@ def evaluate(root: Path | str, grid: str, ev: Evals, device: str = "auto") -> Pa
     """Evaluates every finished dictionary not yet evaluated with these options; returns the
     folder of the files."""
     grid_dir = existing_grid_dir(root, grid)
-    check_datasets(ev)
+    ev = check_datasets(ev.on(resolve_device(device).type == "cuda"))  # all of them on a GPU
     out = grid_dir / "results"
     every = [c for c in read_grid(grid_dir) if c.cfg.source == "model" and not is_mfr_cell(c.cfg)]
     if not every:
@@ -102,7 +102,7 @@ def evaluate_folder(sae_dir: Path | str, model_name: str, root: Path | str, ev: 
         raise ConfigError(f"sae={sae_dir}: its cfg.json names no model: give model=")
     if ev.layers and int(layer[1]) not in ev.layers:
         raise ConfigError(f"layers={list(ev.layers)}: the SAE reads layer {layer[1]}")
-    check_datasets(ev)
+    ev = check_datasets(ev.on(resolve_device(device).type == "cuda"))  # all of them on a GPU
     # the positions it acts on, as SAELens's cfg says them: its slice's start, special ids
     ex = cfg.get("exclude_special_tokens")
     ids = "special" if ex is True else (f"[{','.join(map(str, ex))}]" if ex else "")
@@ -191,7 +191,7 @@ def _probing(model, d, cfg: CellConfig, ev: Evals, root: Path, device: torch.dev
     over the datasets (`sae`), the logreg baseline's (`llm`), and our k-sparse probe on the
     raw residual's dimensions (`llm_top_k`, not SAEBench's); per dataset in the details."""
     details = []
-    for tag in ev.datasets or tuple(probing.binary_datasets()):
+    for tag in ev.datasets:
         x, y, train, test, path = _activations(model, cfg, tag, ev, root)
         with torch.no_grad():
             codes = torch.cat([d.encode(x[s:s + 128].to(device)).float().cpu()

@@ -63,7 +63,7 @@ def format_plan(plan: Plan) -> str:
     if plan.evals:
         ev = plan.evals
         what = ", ".join(("SAEBench's core",) * ("core" in ev.names) + (
-            f"sparse probing on {len(ev.datasets) or 113} dataset(s) of sae-probes (at most "
+            f"sparse probing on {len(ev.datasets)} dataset(s) of sae-probes (at most "
             f"{ev.max_rows:,} rows each)",) * ("probing" in ev.names) + (
             f"SAEBench's absorption ({f'{ev.words:,}' if ev.words else 'all'} words)",)
             * ("absorption" in ev.names))

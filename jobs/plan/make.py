@@ -221,7 +221,8 @@ def make_plan(tokens: list[str]) -> Plan:
                           "in the HF cache): layers are checked when each cell starts")
     plan.notes += emulated_bf16(cfgs, plan.executor)
     plan.autointerp = axes.autointerp
-    plan.evals = check_evals(axes.evals, cells, shape[2] if shape else None)
+    plan.evals = check_evals(axes.evals and axes.evals.on(plan.analysis_gpus > 0), cells,
+                             shape[2] if shape else None)
     own = grid_pretrain_dir(root, grid) if grid.pretrain else None
     if own is not None:  # the dry run too: nothing to read
         check_own_lm(cells[0].cfg, own, grid.pretrain.tokens())

@@ -287,7 +287,8 @@ def _report(results: Path) -> None:
     print("\n" + (results / "headline.txt").read_text().strip())
     print(f"tables: {results / 'tables.md'} (and .tex, summary.csv, results.h5)")
     print(f"plots:  {results / 'pareto_l0.png'}, {results / 'pareto_alive.png'}, "
-          "geometry_*.png, downstream.png")
+          "geometry_*.png, downstream.png"
+          + (", evals_vs_l0.png" if (results / "evals_vs_l0.png").exists() else ""))
     if (results / "browser.json").exists():
         cost = json.loads((results / "browser.json").read_text())
         print(f"features: {results / 'browser' / 'index.html'} (open it in a browser: "
